@@ -1,0 +1,42 @@
+"""aoti: ahead-of-time compile a module's hot path with torch.export + AOTInductor, cache it, swap it in.
+
+    with aoti.capture(pipe.transformer) as call:
+        pipe("a cat", num_inference_steps=1)
+    artifact = aoti.compile(pipe.transformer, call)   # or a cache hit: no compile
+    aoti.apply(artifact, pipe.transformer)            # forward now runs the compiled graph
+    aoti.restore(pipe.transformer)                    # eager again
+"""
+
+from .apply import CompiledMethod, apply, restore, status_of
+from .cache import Cache, default_cache_dir
+from .capture import CapturedCall, CapturedCalls, capture
+from .compile import Artifact, RegionalArtifact, compile
+from .options import CompileOptions, DimRange
+from .probe import ProbeResult, probe_package
+from .quant import decide as decide_quantization
+from .regional import find_blocks
+from .status import Status
+from .toolchain import ensure_toolchain
+
+__all__ = [
+    "Artifact",
+    "Cache",
+    "CapturedCall",
+    "CapturedCalls",
+    "CompileOptions",
+    "CompiledMethod",
+    "DimRange",
+    "ProbeResult",
+    "RegionalArtifact",
+    "Status",
+    "apply",
+    "capture",
+    "compile",
+    "decide_quantization",
+    "default_cache_dir",
+    "ensure_toolchain",
+    "find_blocks",
+    "probe_package",
+    "restore",
+    "status_of",
+]

@@ -1,0 +1,175 @@
+"""Hot-swap a module's method with compiled graphs bound to the module's own weights; restore eager."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import time
+from typing import Any
+
+import torch
+from torch.export._tree_utils import reorder_kwargs
+from torch.utils import _pytree as pytree
+
+from . import quant
+from .cache import MANIFEST_FILE, PROBE_FILE
+from .compile import EXTRA_CONSTANTS_FILE, Artifact, RegionalArtifact
+from .env import fingerprint
+from .probe import probe_package
+from .shapes import Guard, flatten_call
+from .status import Status
+
+log = logging.getLogger(__name__)
+
+REGIONAL_ATTR = "_aoti_regional_status"
+ENV_PROBE = "AOTI_PROBE"
+
+
+class CompiledMethod:
+    """Installed as ``module.<method>``: runs the first compiled graph whose guard accepts the call,
+    otherwise the eager method (counted in ``status.guard_fallbacks``)."""
+
+    def __init__(self, module: torch.nn.Module, method: str, graphs: list[tuple[Any, ...]], weights: dict[str, torch.Tensor], status: Status) -> None:
+        self.method = method
+        self.eager = getattr(module, method)
+        self.graphs = graphs  # (guard, runner, in_spec, out_spec)
+        self.weights = weights  # the compiled graphs alias these tensors: keep them alive
+        self.status = status
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        reason = "no compiled graph"
+        for guard, runner, in_spec, out_spec in self.graphs:
+            try:
+                ordered = reorder_kwargs(kwargs, in_spec) if kwargs else kwargs
+            except (ValueError, KeyError, TypeError, AssertionError):
+                reason = f"keyword arguments {sorted(kwargs)} differ from the compiled call"
+                continue
+            leaves, spec = flatten_call(args, ordered)
+            reason = guard(leaves, spec)
+            if reason is None:
+                outputs = runner.run([leaf for leaf in leaves if isinstance(leaf, torch.Tensor)])
+                self.status.compiled_calls += 1
+                return pytree.tree_unflatten(outputs, out_spec)
+        self.status.guard_fallbacks += 1
+        self.status.last_guard_reason = reason
+        log.debug("aoti: eager fallback for %s: %s", self.method, reason)
+        return self.eager(*args, **kwargs)
+
+
+def _probe_verdict(artifact: Artifact) -> tuple[bool, str]:
+    """The cached crash-probe verdict for this package on this machine, probing once if needed."""
+    if os.environ.get(ENV_PROBE, "1") == "0":
+        return True, "probe disabled (AOTI_PROBE=0)"
+    env = fingerprint(torch.device(artifact.manifest["device"]))
+    verdict = artifact.cache.read_json(artifact.key, PROBE_FILE)
+    if verdict is None or verdict.get("env") != env:
+        result = probe_package(artifact.package, artifact.entry.dir / MANIFEST_FILE)
+        verdict = {**result.to_dict(), "env": env}
+        artifact.cache.write_json(artifact.key, PROBE_FILE, verdict)
+        log.info("aoti: probe of %s: %s", artifact.key, result.reason)
+    return bool(verdict["ok"]), str(verdict["reason"])
+
+
+def _bind(artifact: Artifact, module: torch.nn.Module) -> tuple[list[tuple[Any, ...]], dict[str, torch.Tensor]]:
+    from torch._inductor.package import load_package
+
+    available = quant.constants_map(module)
+    extra_path = artifact.entry.dir / EXTRA_CONSTANTS_FILE
+    extra = torch.load(extra_path, weights_only=True) if extra_path.exists() else {}
+    device = torch.device(artifact.manifest["device"])
+    graphs, weights = [], {}
+    for graph in artifact.manifest["graphs"]:
+        name, prefix = graph["name"], graph.get("constant_prefix", "")
+        runner = load_package(str(artifact.package), name)
+        bound: dict[str, torch.Tensor] = {}
+        missing = []
+        for fqn in runner.get_constant_fqns():
+            clean = fqn.removeprefix(prefix)
+            tensor = available.get(clean)
+            if tensor is None and f"{name}/{clean}" in extra:
+                tensor = extra[f"{name}/{clean}"].to(device)
+            if tensor is None:
+                missing.append(clean)
+                continue
+            bound[fqn] = tensor
+        if missing:
+            raise RuntimeError(
+                f"the compiled graph needs tensors the module does not have: {missing[:8]}"
+                f"{' ...' if len(missing) > 8 else ''} (was it compiled for another model or quantization?)"
+            )
+        wrong = [f for f, t in bound.items() if t.device.type != device.type]
+        if wrong:
+            raise RuntimeError(f"weights {wrong[:4]} are not on {device.type}; move the module there first.")
+        runner.load_constants(bound, check_full_update=True, user_managed=True)
+        in_spec, out_spec = (pytree.treespec_loads(s) for s in runner.loader.get_call_spec())
+        guard = Guard.from_json(graph["guard"]).compiled()
+        graphs.append((guard, runner.loader, in_spec, out_spec))
+        weights.update({f"{name}/{k}": v for k, v in bound.items()})
+    return graphs, weights
+
+
+def apply(artifact: Artifact | RegionalArtifact, module: torch.nn.Module, *, method: str | None = None) -> Status:
+    """Swap ``module.<method>`` for the compiled graphs, bound to the module's own weights (no copy).
+
+    The module keeps its attributes (``config``, ``dtype``, ``device``). Inputs outside the compiled
+    shapes run eagerly and are counted. A package that crashes the probe process is not loaded: the
+    module stays eager and the returned status says why.
+    """
+    if isinstance(artifact, RegionalArtifact):
+        return _apply_regional(artifact, module)
+    method = method or artifact.manifest["options"].get("method", "forward")
+    status = copy.deepcopy(artifact.status)
+    ok, reason = _probe_verdict(artifact)
+    if not ok:
+        status.runtime, status.reason = "eager", f"package rejected: {reason}"
+        status.fallbacks.append(f"aoti -> eager: {reason}")
+        log.error("aoti: %s stays eager: %s", type(module).__name__, reason)
+        return status
+    restore(module, method=method)
+    start = time.perf_counter()
+    graphs, weights = _bind(artifact, module)
+    status.load_s = round(time.perf_counter() - start, 4)
+    status.runtime = "aoti"
+    status.reason = "loaded from cache" if status.cache_hit else "compiled now"
+    setattr(module, method, CompiledMethod(module, method, graphs, weights, status))
+    return status
+
+
+def _apply_regional(artifact: RegionalArtifact, module: torch.nn.Module) -> Status:
+    status = copy.deepcopy(artifact.status)
+    status.runtime, status.load_s = "aoti", 0.0
+    rejected = []
+    for names, part in artifact.parts:
+        for name in names:
+            block = module.get_submodule(name)
+            part_status = apply(part, block)
+            if part_status.runtime != "aoti":
+                rejected.append(part_status.reason)
+                continue
+            status.load_s += part_status.load_s or 0.0
+            block.forward.status = status  # one shared live record for every block
+    if rejected:
+        status.runtime = "eager" if len(rejected) == sum(len(n) for n, _ in artifact.parts) else "aoti"
+        status.fallbacks.append(f"aoti -> eager for {len(rejected)} blocks: {rejected[0]}")
+    status.reason = f"regional: {len(artifact.parts)} packages for {sum(len(n) for n, _ in artifact.parts)} blocks"
+    module.__dict__[REGIONAL_ATTR] = status
+    return status
+
+
+def restore(module: torch.nn.Module, *, method: str = "forward") -> Status:
+    """Bring back the eager method (and every regional block's). Returns the eager status."""
+    for sub in module.modules():
+        swapped = sub.__dict__.get(method)
+        if isinstance(swapped, CompiledMethod):
+            del sub.__dict__[method]
+    module.__dict__.pop(REGIONAL_ATTR, None)
+    return Status(runtime="eager", reason="restored")
+
+
+def status_of(module: torch.nn.Module, method: str = "forward") -> Status:
+    """The live status of a module: its compiled method's record, or eager."""
+    swapped = module.__dict__.get(method)
+    if isinstance(swapped, CompiledMethod):
+        return swapped.status
+    return module.__dict__.get(REGIONAL_ATTR) or Status(runtime="eager", reason="not compiled")

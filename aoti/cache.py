@@ -1,0 +1,234 @@
+"""Content-addressed artifact store on local disk.
+
+Layout (names are constants below)::
+
+    $AOTI_CACHE_DIR/
+      artifacts/<key>/package.pt2     the compiled graphs (no weights)
+      artifacts/<key>/manifest.json   key fields, versions, options, guards, sizes, sha256
+      artifacts/<key>/probe.json      crash-probe verdict for this machine
+      artifacts/<key>/last_used       touched on every load (LRU order)
+      staging/                        artifacts being written; renamed into place when complete
+      locks/<key>.lock                one compile per key across processes
+
+The key is the sha256 of everything that makes an artifact valid (`key_fields`). A manifest whose key,
+environment or checksum does not match is treated as absent and the entry is rebuilt.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock
+
+log = logging.getLogger(__name__)
+
+CACHE_FORMAT = 1
+PACKAGE_FILE = "package.pt2"
+MANIFEST_FILE = "manifest.json"
+PROBE_FILE = "probe.json"
+LAST_USED_FILE = "last_used"
+ARTIFACTS_DIR = "artifacts"
+STAGING_DIR = "staging"
+LOCKS_DIR = "locks"
+ENV_CACHE_DIR = "AOTI_CACHE_DIR"
+ENV_CACHE_MAX_BYTES = "AOTI_CACHE_MAX_BYTES"
+DEFAULT_MAX_BYTES = 50 * 1024**3
+
+
+def default_cache_dir() -> Path:
+    """``$AOTI_CACHE_DIR``, else the user's cache dir (``~/.cache/aoti-studio`` on Linux)."""
+    if os.environ.get(ENV_CACHE_DIR):
+        return Path(os.environ[ENV_CACHE_DIR]).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("aoti-studio"))
+
+
+def key_of(fields: dict[str, Any]) -> str:
+    blob = json.dumps({"format": CACHE_FORMAT, **fields}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass
+class Entry:
+    """A verified artifact on disk."""
+
+    key: str
+    dir: Path
+    manifest: dict[str, Any]
+
+    @property
+    def package(self) -> Path:
+        return self.dir / PACKAGE_FILE
+
+
+class Cache:
+    """A local store of compiled packages keyed by content; safe across processes."""
+
+    def __init__(self, root: str | os.PathLike | None = None, max_bytes: int | None = None) -> None:
+        self.root = Path(root) if root is not None else default_cache_dir()
+        env_max = os.environ.get(ENV_CACHE_MAX_BYTES)
+        self.max_bytes = max_bytes if max_bytes is not None else int(env_max) if env_max else DEFAULT_MAX_BYTES
+        for sub in (ARTIFACTS_DIR, STAGING_DIR, LOCKS_DIR):
+            (self.root / sub).mkdir(parents=True, exist_ok=True)
+
+    def __repr__(self) -> str:
+        return f"Cache({str(self.root)!r})"
+
+    def entry_dir(self, key: str) -> Path:
+        return self.root / ARTIFACTS_DIR / key
+
+    @contextlib.contextmanager
+    def lock(self, key: str, timeout: float = 3600) -> Iterator[None]:
+        """Hold the per-key lock: one process compiles a key, the others wait and then load it."""
+        with FileLock(str(self.root / LOCKS_DIR / f"{key}.lock"), timeout=timeout):
+            yield
+
+    # --- reading -----------------------------------------------------------------------------------
+
+    def problems(self, key: str, expected_env: dict[str, Any] | None = None) -> list[str]:
+        """Why the entry for ``key`` must not be loaded (empty when it is sound)."""
+        directory = self.entry_dir(key)
+        manifest_path, package = directory / MANIFEST_FILE, directory / PACKAGE_FILE
+        if not directory.exists():
+            return ["missing"]
+        try:
+            manifest = json.loads(manifest_path.read_text())
+        except (OSError, ValueError) as exc:
+            return [f"manifest unreadable: {exc}"]
+        issues = []
+        if manifest.get("key") != key:
+            issues.append(f"manifest is for key {manifest.get('key')}, not {key}")
+        if manifest.get("format") != CACHE_FORMAT:
+            issues.append(f"cache format {manifest.get('format')} is not {CACHE_FORMAT}")
+        if expected_env is not None and manifest.get("key_fields", {}).get("env") != expected_env:
+            issues.append(f"built for another environment: {manifest.get('key_fields', {}).get('env')}")
+        if not package.exists():
+            issues.append("package file missing")
+        else:
+            size = package.stat().st_size
+            if size != manifest.get("package_bytes"):
+                issues.append(f"package is {size} bytes, manifest says {manifest.get('package_bytes')} (truncated?)")
+            elif sha256_file(package) != manifest.get("package_sha256"):
+                issues.append("package checksum does not match the manifest")
+        return issues
+
+    def get(self, key: str, expected_env: dict[str, Any] | None = None) -> Entry | None:
+        """The verified entry, or None. A damaged entry is removed so it gets rebuilt."""
+        issues = self.problems(key, expected_env)
+        if issues == ["missing"]:
+            return None
+        if issues:
+            log.warning("cache: entry %s is unusable (%s); rebuilding", key, "; ".join(issues))
+            self.remove(key)
+            return None
+        directory = self.entry_dir(key)
+        (directory / LAST_USED_FILE).touch()
+        return Entry(key, directory, json.loads((directory / MANIFEST_FILE).read_text()))
+
+    def entries(self) -> list[Entry]:
+        found = []
+        for directory in sorted((self.root / ARTIFACTS_DIR).iterdir()):
+            try:
+                manifest = json.loads((directory / MANIFEST_FILE).read_text())
+            except (OSError, ValueError):
+                manifest = {}
+            found.append(Entry(directory.name, directory, manifest))
+        return found
+
+    def size_bytes(self, key: str) -> int:
+        return sum(p.stat().st_size for p in self.entry_dir(key).rglob("*") if p.is_file())
+
+    def last_used(self, key: str) -> float:
+        marker = self.entry_dir(key) / LAST_USED_FILE
+        return marker.stat().st_mtime if marker.exists() else 0.0
+
+    # --- writing -----------------------------------------------------------------------------------
+
+    def staging(self) -> Path:
+        """A fresh private folder to build an artifact in before `publish`."""
+        path = self.root / STAGING_DIR / f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        path.mkdir(parents=True)
+        return path
+
+    def publish(self, key: str, staged: Path, manifest: dict[str, Any]) -> Entry:
+        """Complete ``manifest`` (sizes, checksum), write it, and move the staged folder into place
+        atomically. Call under `lock(key)`."""
+        package = staged / PACKAGE_FILE
+        manifest = {
+            **manifest,
+            "key": key,
+            "format": CACHE_FORMAT,
+            "package_bytes": package.stat().st_size,
+            "package_sha256": sha256_file(package),
+            "created": time.time(),
+        }
+        tmp = staged / (MANIFEST_FILE + ".tmp")
+        tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str))
+        os.replace(tmp, staged / MANIFEST_FILE)
+        (staged / LAST_USED_FILE).touch()
+        target = self.entry_dir(key)
+        if target.exists():
+            shutil.rmtree(target)
+        os.rename(staged, target)
+        self.evict(keep=key)
+        return Entry(key, target, manifest)
+
+    def write_json(self, key: str, name: str, data: dict[str, Any]) -> None:
+        """Atomically write a side file (e.g. the probe verdict) into an entry."""
+        path = self.entry_dir(key) / name
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
+        os.replace(tmp, path)
+
+    def read_json(self, key: str, name: str) -> dict[str, Any] | None:
+        try:
+            return json.loads((self.entry_dir(key) / name).read_text())
+        except (OSError, ValueError):
+            return None
+
+    def remove(self, key: str) -> None:
+        shutil.rmtree(self.entry_dir(key), ignore_errors=True)
+
+    def evict(self, keep: str | None = None) -> list[str]:
+        """Remove least recently used entries until the store fits ``max_bytes``."""
+        sizes = {e.key: self.size_bytes(e.key) for e in self.entries()}
+        total = sum(sizes.values())
+        removed = []
+        for key in sorted(sizes, key=self.last_used):
+            if total <= self.max_bytes:
+                break
+            if key == keep:
+                continue
+            self.remove(key)
+            total -= sizes[key]
+            removed.append(key)
+            log.info("cache: evicted %s (%d bytes) to stay under %d bytes", key, sizes[key], self.max_bytes)
+        return removed
+
+    def clear(self) -> int:
+        entries = self.entries()
+        for entry in entries:
+            self.remove(entry.key)
+        shutil.rmtree(self.root / STAGING_DIR, ignore_errors=True)
+        (self.root / STAGING_DIR).mkdir(exist_ok=True)
+        return len(entries)

@@ -1,0 +1,250 @@
+"""export + AOTInductor, weights kept outside the package, through the content-addressed cache."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import quant
+from .cache import PACKAGE_FILE, Cache, Entry, key_of
+from .capture import CapturedCall, CapturedCalls
+from .env import fingerprint, module_device
+from .options import CompileOptions
+from .shapes import GraphPlan, Guard, export_dynamic_shapes, plan_graphs, shape_signature
+from .status import Status
+from .toolchain import ensure_toolchain
+
+log = logging.getLogger(__name__)
+
+EXTRA_CONSTANTS_FILE = "extra_constants.pt"
+
+
+@dataclass
+class Artifact:
+    """A verified package on disk plus its manifest; what `apply` binds to a module."""
+
+    entry: Entry
+    status: Status
+    cache: Cache
+
+    @property
+    def key(self) -> str:
+        return self.entry.key
+
+    @property
+    def package(self) -> Path:
+        return self.entry.package
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        return self.entry.manifest
+
+
+@dataclass
+class RegionalArtifact:
+    """One artifact per distinct block signature, and which blocks (by qualified name) use each."""
+
+    parts: list[tuple[list[str], Artifact]]
+    status: Status = field(default_factory=Status)
+
+
+class _MethodAsForward(torch.nn.Module):
+    """Exports ``module.<method>`` as a forward; its parameters keep their names under ``inner.``."""
+
+    def __init__(self, module: torch.nn.Module, method: str) -> None:
+        super().__init__()
+        self.inner = module
+        self.method = method
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return getattr(self.inner, self.method)(*args, **kwargs)
+
+
+def _as_calls(call: CapturedCalls | CapturedCall | list[CapturedCall]) -> list[CapturedCall]:
+    if isinstance(call, CapturedCalls):
+        return list(call.calls) if call.calls else [call.first]
+    if isinstance(call, CapturedCall):
+        return [call]
+    return list(call)
+
+
+def _config_dict(module: torch.nn.Module) -> Any:
+    config = getattr(module, "config", None)
+    if config is None:
+        return None
+    data = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+    return {k: v for k, v in data.items() if not k.startswith("_name_or_path") and k not in ("_commit_hash",)}
+
+
+def _identity(module: torch.nn.Module) -> dict[str, Any]:
+    tensors = quant.constants_map(module)
+    return {
+        "class": f"{type(module).__module__}.{type(module).__qualname__}",
+        "config": _config_dict(module),
+        "tensors": sorted((name, list(t.shape), str(t.dtype)) for name, t in tensors.items()),
+    }
+
+
+@contextlib.contextmanager
+def _eager(module: torch.nn.Module, method: str) -> Iterator[None]:
+    """Export the module's own method even while a compiled one is swapped in."""
+    swapped = module.__dict__.pop(method, None)
+    try:
+        yield
+    finally:
+        if swapped is not None:
+            module.__dict__[method] = swapped
+
+
+def cache_key(module: torch.nn.Module, calls: list[CapturedCall], options: CompileOptions, plans: list[GraphPlan]) -> tuple[str, dict[str, Any]]:
+    device = torch.device(options.device) if options.device else module_device(module)
+    fields = {
+        "model": _identity(module),
+        "options": options.to_dict(),
+        "env": fingerprint(device),
+        "graphs": [[list(map(str, shape_signature(p.call))), repr(sorted((i, sorted(d)) for i, d in p.dynamic.items()))] for p in plans],
+    }
+    return key_of(fields), fields
+
+
+def compile(
+    module: torch.nn.Module,
+    call: CapturedCalls | CapturedCall | list[CapturedCall],
+    options: CompileOptions | None = None,
+    *,
+    cache: Cache | None = None,
+) -> Artifact | RegionalArtifact:
+    """Compile ``module`` for the captured call(s) with torch.export + AOTInductor, or load it from cache.
+
+    Quantization, if asked for, is applied to ``module`` in place first (a recipe the device can't run
+    falls back to "none", recorded in the status). Returns an `Artifact` (or a `RegionalArtifact` with
+    ``options.regional``) to pass to `aoti.apply`.
+    """
+    options = options or CompileOptions()
+    cache = cache or Cache()
+    calls = _as_calls(call)
+    device = torch.device(options.device) if options.device else module_device(module)
+
+    # 1. Quantization: decide, apply once, and record the recipe that really runs.
+    decision = quant.decide(options.quantization, device)
+    fallbacks = [f"{decision.requested} -> {decision.applied}: {decision.reason}"] if decision.reason else []
+    if decision.reason:
+        log.warning("aoti: %s", fallbacks[0])
+    options = options.replace(quantization=decision.applied)
+    if getattr(module, "_aoti_quantization", "none") != decision.applied:
+        quant.quantize(module, decision.applied)
+        for sub in module.modules():
+            sub._aoti_quantization = decision.applied
+
+    # 2. Regional mode compiles the repeated blocks instead of the whole module.
+    if options.regional:
+        from .regional import compile_regional
+
+        artifact = compile_regional(module, calls, options.replace(regional=False), cache=cache)
+        artifact.status.fallbacks[:0] = fallbacks
+        return artifact
+
+    # 3. Whole module: one package with one graph per plan, through the cache.
+    plans = plan_graphs(calls, options, module)
+    key, fields = cache_key(module, calls, options, plans)
+    entry = cache.get(key, fields["env"])
+    cache_hit = entry is not None
+    if entry is None:
+        with cache.lock(key):
+            entry = cache.get(key, fields["env"])
+            cache_hit = entry is not None
+            if entry is None:
+                entry = _build(module, plans, options, device, cache, key, fields)
+    manifest = entry.manifest
+    status = Status(
+        runtime="eager",
+        reason="compiled, not applied yet" if not cache_hit else "cache hit, not applied yet",
+        key=key,
+        cache_hit=cache_hit,
+        compile_s=None if cache_hit else manifest["compile_s"],
+        artifact_bytes=manifest["package_bytes"],
+        graphs=len(manifest["graphs"]),
+        quantization=options.quantization,
+        fallbacks=fallbacks,
+    )
+    log.info("aoti: %s %s (%d graphs, key %s)", "loaded" if cache_hit else "compiled", type(module).__name__, status.graphs, key)
+    return Artifact(entry, status, cache)
+
+
+def _build(
+    module: torch.nn.Module,
+    plans: list[GraphPlan],
+    options: CompileOptions,
+    device: torch.device,
+    cache: Cache,
+    key: str,
+    fields: dict[str, Any],
+) -> Entry:
+    from torch._inductor.package import package_aoti
+
+    toolchain = ensure_toolchain()
+    start = time.perf_counter()
+    known = set(quant.constants_map(module))
+    staged = cache.staging()
+    files: dict[str, list[str]] = {}
+    graphs: list[dict[str, Any]] = []
+    extra_constants: dict[str, torch.Tensor] = {}
+    export_s = 0.0
+    with _eager(module, options.method):
+        target = quant.exportable(module)
+        prefix = ""
+        if options.method != "forward":
+            target, prefix = _MethodAsForward(target, options.method), "inner."
+        for index, plan in enumerate(plans):
+            name = f"graph{index}"
+            t0 = time.perf_counter()
+            dynamic = export_dynamic_shapes(module, options.method, plan.call, plan.dynamic)
+            with torch.no_grad():
+                ep = torch.export.export(target, plan.call.args, plan.call.kwargs, dynamic_shapes=dynamic, strict=False)
+            export_s += time.perf_counter() - t0
+            constants = _constant_specs(ep, prefix)
+            for raw_name, tensor in ep.constants.items():
+                clean = raw_name.removeprefix(prefix)
+                if isinstance(tensor, torch.Tensor) and clean not in known:
+                    extra_constants[f"{name}/{clean}"] = tensor.detach().cpu()
+            configs = {**options.inductor_configs(), "aot_inductor.package": True}
+            files[name] = torch._inductor.aot_compile(ep.module(), plan.call.args, plan.call.kwargs, options=configs)
+            leaves = [(list(t.shape), str(t.dtype)) for t in torch.utils._pytree.tree_leaves((plan.call.args, plan.call.kwargs)) if isinstance(t, torch.Tensor)]
+            graphs.append({
+                "name": name,
+                "guard": Guard.from_exported(ep, plan.call).to_json(),
+                "constants": constants,
+                "example_inputs": leaves,
+                "constant_prefix": prefix,
+            })
+        package_aoti(str(staged / PACKAGE_FILE), files)
+        if extra_constants:
+            torch.save(extra_constants, staged / EXTRA_CONSTANTS_FILE)
+    compile_s = time.perf_counter() - start
+    manifest = {
+        "key_fields": fields,
+        "device": device.type,
+        "options": options.to_dict(),
+        "graphs": graphs,
+        "compile_s": round(compile_s, 3),
+        "export_s": round(export_s, 3),
+        "toolchain": toolchain.note,
+        "module_class": fields["model"]["class"],
+    }
+    return cache.publish(key, staged, manifest)
+
+
+def _constant_specs(ep: torch.export.ExportedProgram, prefix: str) -> dict[str, list[Any]]:
+    """Names, shapes and dtypes of the tensors the compiled graph expects to be given."""
+    specs: dict[str, list[Any]] = {}
+    for name, tensor in list(ep.state_dict.items()) + list(ep.constants.items()):
+        if isinstance(tensor, torch.Tensor):
+            specs[name.removeprefix(prefix)] = [list(tensor.shape), str(tensor.dtype)]
+    return specs

@@ -1,0 +1,105 @@
+"""Compile options: plain, frozen, versioned data that is hashed into every cache key."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+OPTIONS_VERSION = 1
+
+Dispatch = Literal["static", "dynamic", "buckets"]
+Preset = Literal["default", "max-autotune"]
+Quantization = Literal["none", "int8_weight_only", "fp8_rowwise"]
+
+DISPATCH_MODES: tuple[str, ...] = ("static", "dynamic", "buckets")
+PRESETS: tuple[str, ...] = ("default", "max-autotune")
+QUANTIZATIONS: tuple[str, ...] = ("none", "int8_weight_only", "fp8_rowwise")
+
+# Inductor settings that keep weights outside the package, named like the module's state_dict().
+EXTERNAL_WEIGHTS_CONFIGS: dict[str, Any] = {
+    "aot_inductor.package_constants_in_so": False,
+    "always_keep_tensor_constants": True,
+}
+
+PRESET_CONFIGS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "max-autotune": {"max_autotune": True, "coordinate_descent_tuning": True},
+}
+
+
+@dataclass(frozen=True)
+class DimRange:
+    """An explicit dynamic range for one input dimension (`torch.export.Dim(min=, max=)`)."""
+
+    min: int
+    max: int
+
+    def __post_init__(self) -> None:
+        if self.min < 2:
+            raise ValueError(
+                f"`DimRange.min` must be >= 2 (got {self.min}); AOTInductor specializes size-1 dims, "
+                "so compile size 1 as its own static graph (dispatch='buckets')."
+            )
+        if self.max < self.min:
+            raise ValueError(f"`DimRange.max` ({self.max}) must be >= `min` ({self.min}).")
+
+
+@dataclass(frozen=True)
+class CompileOptions:
+    """Everything that decides what an artifact contains.
+
+    Args:
+        dispatch: "static" compiles the first captured call's shapes; "dynamic" infers dims that vary
+            across captured calls (sizes of 1 get their own static graph); "buckets" compiles one
+            static graph per distinct captured shape, all in one package, dispatched by input shape.
+        dynamic_dims: explicit ranges, ``((input_path, dim_index, DimRange), ...)`` where
+            ``input_path`` is a positional index (``"0"``) or keyword name (``"hidden_states"``).
+            Implies dispatch="dynamic" for those dims.
+        quantization: "none", "int8_weight_only" (CPU and GPU) or "fp8_rowwise" (CUDA, capability >= 8.9).
+        regional: compile one package per repeated block signature instead of the whole module.
+        preset: inductor preset, "default" or "max-autotune".
+        device: "cpu", "cuda" or None (the module's own device).
+        method: the module method to compile and swap.
+    """
+
+    dispatch: Dispatch = "static"
+    dynamic_dims: tuple[tuple[str, int, DimRange], ...] = ()
+    quantization: Quantization = "none"
+    regional: bool = False
+    preset: Preset = "default"
+    device: str | None = None
+    method: str = "forward"
+    version: int = field(default=OPTIONS_VERSION)
+
+    def __post_init__(self) -> None:
+        if self.dispatch not in DISPATCH_MODES:
+            raise ValueError(f"`dispatch` must be one of {DISPATCH_MODES}, got {self.dispatch!r}.")
+        if self.preset not in PRESETS:
+            raise ValueError(f"`preset` must be one of {PRESETS}, got {self.preset!r}.")
+        if self.quantization not in QUANTIZATIONS:
+            raise ValueError(f"`quantization` must be one of {QUANTIZATIONS}, got {self.quantization!r}.")
+
+    def replace(self, **changes: Any) -> CompileOptions:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["dynamic_dims"] = [[p, d, [r.min, r.max]] for p, d, r in self.dynamic_dims]
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CompileOptions:
+        data = dict(data)
+        data["dynamic_dims"] = tuple(
+            (str(p), int(d), DimRange(int(r[0]), int(r[1]))) for p, d, r in data.get("dynamic_dims", ())
+        )
+        return cls(**data)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    def inductor_configs(self) -> dict[str, Any]:
+        """Inductor configs for this preset, always with weights kept outside the package."""
+        return {**PRESET_CONFIGS[self.preset], **EXTERNAL_WEIGHTS_CONFIGS}

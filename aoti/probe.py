@@ -1,0 +1,93 @@
+"""Crash-isolated probing: load and run a package once in a child process before the server does.
+
+A package built by a broken toolchain segfaults inside ``aoti_load_package``; a Python ``try`` cannot
+catch that. The child gets the package and its manifest, binds random constants of the recorded
+shapes, runs every graph once on the example shapes and exits. A signal or a non-zero exit becomes a
+verdict with the reason; the serving process only loads packages whose verdict is ok.
+
+Run by hand: ``python -m aoti.probe PACKAGE MANIFEST``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+PROBE_TIMEOUT_S = float(os.environ.get("AOTI_PROBE_TIMEOUT_S", "600"))
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    ok: bool
+    reason: str
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def probe_package(package: str | os.PathLike, manifest_path: str | os.PathLike, timeout: float = PROBE_TIMEOUT_S) -> ProbeResult:
+    """Load and run ``package`` once in a child process; never crashes the caller."""
+    start = time.perf_counter()
+    env = {**os.environ, "PYTHONFAULTHANDLER": "1"}
+    root = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "aoti.probe", str(package), str(manifest_path)],
+            capture_output=True, text=True, timeout=timeout, env=env,
+        )
+    except subprocess.TimeoutExpired:
+        return ProbeResult(False, f"probe timed out after {timeout:.0f} s", time.perf_counter() - start)
+    seconds = time.perf_counter() - start
+    if proc.returncode < 0:
+        name = signal.Signals(-proc.returncode).name
+        tail = proc.stderr.strip().splitlines()[-3:]
+        return ProbeResult(False, f"package crashed the probe process ({name}): {' | '.join(tail)}", seconds)
+    if proc.returncode != 0:
+        tail = proc.stderr.strip().splitlines()[-1:] or ["no output"]
+        return ProbeResult(False, f"probe failed (exit {proc.returncode}): {tail[0][:300]}", seconds)
+    return ProbeResult(True, "loaded and ran in a child process", seconds)
+
+
+def _random_tensor(shape: list[int], dtype_name: str, device: str) -> Any:
+    import torch
+
+    dtype = getattr(torch, dtype_name.removeprefix("torch."))
+    if dtype.is_floating_point:
+        return torch.randn(shape, device=device).to(dtype)
+    if dtype == torch.bool:
+        return torch.ones(shape, dtype=dtype, device=device)
+    return torch.zeros(shape, dtype=dtype, device=device)
+
+
+def _run_child(package: str, manifest_path: str) -> None:
+    import torch
+    from torch._inductor.package import load_package
+
+    manifest = json.loads(Path(manifest_path).read_text())
+    device = manifest["device"]
+    for graph in manifest["graphs"]:
+        compiled = load_package(package, graph["name"])
+        constants = {
+            name: _random_tensor(spec[0], spec[1], device) for name, spec in graph["constants"].items()
+        }
+        compiled.load_constants(constants, check_full_update=True)
+        inputs = [_random_tensor(shape, dtype, device) for shape, dtype in graph["example_inputs"]]
+        compiled.loader.run(inputs)
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+
+if __name__ == "__main__":
+    _run_child(sys.argv[1], sys.argv[2])
