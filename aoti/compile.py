@@ -80,7 +80,8 @@ def _config_dict(module: torch.nn.Module) -> Any:
     if config is None:
         return None
     data = config.to_dict() if hasattr(config, "to_dict") else dict(config)
-    return {k: v for k, v in data.items() if not k.startswith("_name_or_path") and k not in ("_commit_hash",)}
+    # Private entries (`_name_or_path`, `_use_default_values`, ...) are bookkeeping, not architecture.
+    return {k: v for k, v in data.items() if not k.startswith("_")}
 
 
 def _identity(module: torch.nn.Module) -> dict[str, Any]:

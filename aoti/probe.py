@@ -79,8 +79,10 @@ def _run_child(package: str, manifest_path: str) -> None:
     device = manifest["device"]
     for graph in manifest["graphs"]:
         compiled = load_package(package, graph["name"])
+        specs = graph["constants"]
+        prefix = graph.get("constant_prefix", "")
         constants = {
-            name: _random_tensor(spec[0], spec[1], device) for name, spec in graph["constants"].items()
+            fqn: _random_tensor(*specs[fqn.removeprefix(prefix)], device) for fqn in compiled.get_constant_fqns()
         }
         compiled.load_constants(constants, check_full_update=True)
         inputs = [_random_tensor(shape, dtype, device) for shape, dtype in graph["example_inputs"]]

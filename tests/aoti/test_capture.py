@@ -1,0 +1,35 @@
+import torch
+
+import aoti
+from tests import tiny
+
+
+def test_stop_mode_records_first_call_and_interrupts_the_run():
+    model = tiny.MLP()
+    reached_after = []
+    with aoti.capture(model) as call:
+        model(torch.randn(2, 32))
+        reached_after.append(True)
+    assert len(call) == 1 and not reached_after
+    assert call.args[0].shape == (2, 32)
+    assert "forward" not in model.__dict__  # eager forward is back
+
+
+def test_record_mode_records_every_call_and_returns_real_outputs():
+    model = tiny.MLP()
+    with aoti.capture(model, stop=False) as calls:
+        outs = [model(torch.randn(n, 32)) for n in (2, 3, 5)]
+    assert [c.args[0].shape[0] for c in calls.calls] == [2, 3, 5]
+    assert [o.shape for o in outs] == [(2, 16), (3, 16), (5, 16)]
+
+
+def test_capture_without_a_call_says_so():
+    model = tiny.MLP()
+    with aoti.capture(model) as call:
+        pass
+    try:
+        call.args
+    except RuntimeError as exc:
+        assert "No call was captured" in str(exc)
+    else:
+        raise AssertionError("expected RuntimeError")

@@ -1,0 +1,126 @@
+import subprocess
+import sys
+import textwrap
+
+import torch
+
+import aoti
+from tests import tiny
+
+
+def test_flux_compiled_matches_eager_on_fresh_inputs(flux_compiled):
+    model, _ = flux_compiled
+    for _ in range(3):
+        inputs = tiny.flux_inputs()
+        with torch.no_grad():
+            compiled = model(**inputs)[0]
+            eager = model.forward.eager(**inputs)[0]
+        torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-5)
+    assert aoti.status_of(model).compiled_calls >= 3
+
+
+def test_apply_keeps_module_attributes(flux_compiled):
+    model, _ = flux_compiled
+    assert model.config.num_layers == 1 and model.dtype == torch.float32 and model.device.type == "cpu"
+
+
+def test_out_of_range_input_runs_eager_and_is_counted(flux_compiled):
+    model, _ = flux_compiled
+    before = aoti.status_of(model).guard_fallbacks
+    inputs = tiny.flux_inputs(img=20)
+    with torch.no_grad():
+        out = model(**inputs)[0]
+        eager = model.forward.eager(**inputs)[0]
+    torch.testing.assert_close(out, eager, rtol=0, atol=0)
+    status = aoti.status_of(model)
+    assert status.guard_fallbacks == before + 1 and "dim 1 must be 16" in status.last_guard_reason
+
+
+def test_compiled_graph_aliases_module_weights(flux_compiled):
+    model, _ = flux_compiled
+    inputs = tiny.flux_inputs()
+    weight = model.proj_out.weight
+    saved = weight.detach().clone()
+    try:
+        with torch.no_grad():
+            weight.mul_(2.0)
+            compiled = model(**inputs)[0]
+            eager = model.forward.eager(**inputs)[0]
+        torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-5)
+        swapped = model.forward
+        assert any(t.data_ptr() == weight.data_ptr() for t in swapped.weights.values())
+    finally:
+        with torch.no_grad():
+            weight.copy_(saved)
+
+
+def test_restore_brings_eager_back_exactly(flux_compiled, cache):
+    model, artifact = flux_compiled
+    inputs = tiny.flux_inputs()
+    with torch.no_grad():
+        eager = model.forward.eager(**inputs)[0]
+        status = aoti.restore(model)
+        restored = model(**inputs)[0]
+    assert status.runtime == "eager" and "forward" not in model.__dict__
+    assert torch.equal(restored, eager)
+    assert aoti.apply(artifact, model).runtime == "aoti"
+
+
+def test_bucket_dispatch_runs_each_bucket_compiled(cache):
+    model = tiny.flux()
+    with aoti.capture(model, stop=False) as calls, torch.no_grad():
+        for img in (16, 36):
+            model(**tiny.flux_inputs(img=img))
+    artifact = aoti.compile(model, calls, aoti.CompileOptions(dispatch="buckets"), cache=cache)
+    assert artifact.status.graphs == 2
+    aoti.apply(artifact, model)
+    for img in (36, 16):
+        inputs = tiny.flux_inputs(img=img)
+        with torch.no_grad():
+            torch.testing.assert_close(model(**inputs)[0], model.forward.eager(**inputs)[0], rtol=1e-4, atol=1e-5)
+    status = aoti.status_of(model)
+    assert status.compiled_calls == 2 and status.guard_fallbacks == 0
+
+
+def test_dynamic_dims_over_several_sizes_and_a_size_one_graph(cache):
+    model = tiny.llama()
+    with aoti.capture(model, stop=False) as calls, torch.no_grad():
+        for seq in (1, 4, 8, 24):
+            model(input_ids=tiny.token_ids(seq))
+    artifact = aoti.compile(model, calls, aoti.CompileOptions(dispatch="dynamic"), cache=cache)
+    assert artifact.status.graphs == 2  # seq 1 static, seq 4..24 dynamic
+    aoti.apply(artifact, model)
+    for seq in (1, 5, 13, 24):
+        ids = tiny.token_ids(seq)
+        with torch.no_grad():
+            out = model(input_ids=ids).logits
+            ref = model.forward.eager(input_ids=ids).logits
+        torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+    assert aoti.status_of(model).compiled_calls == 4
+    ids = tiny.token_ids(40)  # above the compiled range: eager, counted
+    with torch.no_grad():
+        assert torch.equal(model(input_ids=ids).logits, model.forward.eager(input_ids=ids).logits)
+    assert aoti.status_of(model).guard_fallbacks == 1
+
+
+def test_cache_hit_in_a_fresh_process_loads_without_compiling(flux_compiled, cache_dir):
+    _, artifact = flux_compiled
+    script = textwrap.dedent(f"""
+        import json, torch, aoti
+        from tests import tiny
+        model = tiny.flux()
+        with aoti.capture(model) as call, torch.no_grad():
+            model(**tiny.flux_inputs())
+        art = aoti.compile(model, call, cache=aoti.Cache({str(cache_dir)!r}))
+        status = aoti.apply(art, model)
+        inputs = tiny.flux_inputs()
+        with torch.no_grad():
+            diff = (model(**inputs)[0] - model.forward.eager(**inputs)[0]).abs().max().item()
+        print(json.dumps(dict(key=art.key, hit=status.cache_hit, runtime=status.runtime, diff=diff)))
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, check=True)
+    import json
+
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["key"] == artifact.key and result["hit"] is True and result["runtime"] == "aoti"
+    assert result["diff"] < 1e-4

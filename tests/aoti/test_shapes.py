@@ -1,0 +1,40 @@
+import pytest
+import torch
+
+from aoti.capture import CapturedCall
+from aoti.options import CompileOptions, DimRange
+from aoti.shapes import plan_graphs
+from tests import tiny
+
+
+def _calls(*sizes):
+    return [CapturedCall((torch.randn(1, s, 32),), {}) for s in sizes]
+
+
+def test_dynamic_plan_gives_size_one_its_own_static_graph():
+    plans = plan_graphs(_calls(1, 4, 8, 12), CompileOptions(dispatch="dynamic"), tiny.MLP())
+    static = [p for p in plans if not p.dynamic]
+    dynamic = [p for p in plans if p.dynamic]
+    assert [p.call.args[0].shape[1] for p in static] == [1]
+    assert len(dynamic) == 1
+    hint = dynamic[0].dynamic[0][1]
+    assert (hint.min, hint.max) == (4, 12)
+
+
+def test_bucket_plan_has_one_graph_per_distinct_shape():
+    plans = plan_graphs(_calls(4, 8, 4, 12), CompileOptions(dispatch="buckets"), tiny.MLP())
+    assert [p.call.args[0].shape[1] for p in plans] == [4, 8, 12]
+
+
+def test_options_validate_with_actionable_messages():
+    with pytest.raises(ValueError, match="min"):
+        DimRange(1, 8)
+    with pytest.raises(ValueError, match="dispatch"):
+        CompileOptions(dispatch="sometimes")
+    with pytest.raises(ValueError, match="quantization"):
+        CompileOptions(quantization="int4")
+
+
+def test_options_round_trip_through_json():
+    opts = CompileOptions(dispatch="dynamic", dynamic_dims=(("x", 1, DimRange(2, 64)),), preset="max-autotune")
+    assert CompileOptions.from_dict(opts.to_dict()) == opts

@@ -1,0 +1,28 @@
+"""Session-wide settings: one shared AOTI cache for the whole run (compiled artifacts are reused
+across test modules and by the app server the tests launch), offline Hub, no analytics."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+_SESSION_CACHE = Path(os.environ.get("AOTI_TEST_CACHE_DIR") or tempfile.mkdtemp(prefix="aoti-test-cache-"))
+os.environ["AOTI_CACHE_DIR"] = str(_SESSION_CACHE)
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def cache_dir() -> Path:
+    return _SESSION_CACHE
+
+
+@pytest.fixture(scope="session")
+def cache(cache_dir):
+    import aoti
+
+    return aoti.Cache(cache_dir)
