@@ -1,0 +1,44 @@
+import torch
+
+import aoti
+from aoti.regional import group_blocks
+from tests import tiny
+
+
+def test_flux_blocks_share_one_package_per_signature(cache):
+    model = tiny.flux(num_layers=2, num_single_layers=2)
+    with aoti.capture(model) as call, torch.no_grad():
+        model(**tiny.flux_inputs())
+    artifact = aoti.compile(model, call, aoti.CompileOptions(regional=True), cache=cache)
+    assert [len(names) for names, _ in artifact.parts] == [2, 2]  # 4 blocks, 2 packages
+    status = aoti.apply(artifact, model)
+    assert status.runtime == "aoti" and "2 packages for 4 blocks" in status.reason
+    inputs = tiny.flux_inputs()
+    with torch.no_grad():
+        compiled = model(**inputs)[0]
+        aoti.restore(model)
+        eager = model(**inputs)[0]
+    torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-5)
+    assert not any("forward" in m.__dict__ for m in model.modules())
+
+
+def test_unet_blocks_of_one_class_with_different_shapes_get_separate_packages(cache):
+    model = tiny.unet()
+    groups = group_blocks(model)
+    assert len(groups) >= 2  # BasicTransformerBlock at 8 and 16 channels
+    with aoti.capture(model) as call, torch.no_grad():
+        model(**tiny.unet_inputs())
+    regional = aoti.compile(model, call, aoti.CompileOptions(regional=True), cache=cache)
+    whole = aoti.compile(model, call, cache=cache)
+    inputs = tiny.unet_inputs()
+    aoti.apply(regional, model)
+    with torch.no_grad():
+        out_regional = model(**inputs)[0]
+    aoti.restore(model)
+    aoti.apply(whole, model)
+    with torch.no_grad():
+        out_whole = model(**inputs)[0]
+        eager = model.forward.eager(**inputs)[0]
+    torch.testing.assert_close(out_regional, out_whole, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(out_regional, eager, rtol=1e-4, atol=1e-5)
+    aoti.restore(model)
