@@ -57,7 +57,8 @@ def probe_package(package: str | os.PathLike, manifest_path: str | os.PathLike, 
     if proc.returncode != 0:
         tail = proc.stderr.strip().splitlines()[-1:] or ["no output"]
         return ProbeResult(False, f"probe failed (exit {proc.returncode}): {tail[0][:300]}", seconds)
-    return ProbeResult(True, "loaded and ran in a child process", seconds)
+    timing = proc.stdout.strip().splitlines()[-1:] or [""]
+    return ProbeResult(True, f"loaded and ran in a child process {timing[0]}".strip(), seconds)
 
 
 def _random_tensor(shape: list[int], dtype_name: str, device: str) -> Any:
@@ -71,14 +72,18 @@ def _random_tensor(shape: list[int], dtype_name: str, device: str) -> Any:
     return torch.zeros(shape, dtype=dtype, device=device)
 
 
-def _run_child(package: str, manifest_path: str) -> None:
+def _run_child(package: str, manifest_path: str, started: float) -> None:
     import torch
     from torch._inductor.package import load_package
 
+    imported = time.perf_counter()
     manifest = json.loads(Path(manifest_path).read_text())
     device = manifest["device"]
+    load_s = 0.0
     for graph in manifest["graphs"]:
+        t0 = time.perf_counter()
         compiled = load_package(package, graph["name"])
+        load_s += time.perf_counter() - t0
         specs = graph["constants"]
         prefix = graph.get("constant_prefix", "")
         constants = {
@@ -89,7 +94,9 @@ def _run_child(package: str, manifest_path: str) -> None:
         compiled.loader.run(inputs)
         if device == "cuda":
             torch.cuda.synchronize()
+    done = time.perf_counter()
+    print(f"(import {imported - started:.1f} s, load {load_s:.2f} s, total {done - started:.1f} s)")
 
 
 if __name__ == "__main__":
-    _run_child(sys.argv[1], sys.argv[2])
+    _run_child(sys.argv[1], sys.argv[2], time.perf_counter())
