@@ -208,7 +208,7 @@ def _build(
             t0 = time.perf_counter()
             dynamic = export_dynamic_shapes(module, options.method, plan.call, plan.dynamic)
             with torch.no_grad():
-                ep = torch.export.export(target, plan.call.args, plan.call.kwargs, dynamic_shapes=dynamic, strict=False)
+                ep = torch.export.export(target, plan.call.args, plan.call.kwargs, dynamic_shapes=dynamic, strict=options.strict)
             export_s += time.perf_counter() - t0
             constants = _constant_specs(ep, prefix)
             for raw_name, tensor in ep.constants.items():

@@ -62,6 +62,8 @@ class CompileOptions:
         preset: inductor preset, "default" or "max-autotune".
         device: "cpu", "cuda" or None (the module's own device).
         method: the module method to compile and swap.
+        strict: `torch.export` strict mode (TorchDynamo tracing); needed by transformers' static-cache
+            export wrapper, whose cache tensors are reached through a Python object.
     """
 
     dispatch: Dispatch = "static"
@@ -71,6 +73,7 @@ class CompileOptions:
     preset: Preset = "default"
     device: str | None = None
     method: str = "forward"
+    strict: bool = False
     version: int = field(default=OPTIONS_VERSION)
 
     def __post_init__(self) -> None:

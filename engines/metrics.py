@@ -1,0 +1,88 @@
+"""Per-request measurements in a bounded ring buffer, with a snapshot for the UI and JSON for the API."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import psutil
+
+
+@dataclass
+class RequestRecord:
+    """One finished request."""
+
+    model: str
+    task: str
+    runtime: str
+    latency_s: float
+    ttft_s: float | None = None
+    tokens: int | None = None
+    tokens_per_s: float | None = None
+    steps: int | None = None
+    step_ms: float | None = None
+    peak_mem_mb: float | None = None
+    ok: bool = True
+    error: str | None = None
+    t: float = field(default_factory=time.time)
+
+
+def memory_mb(device: str = "cpu") -> tuple[float, float | None]:
+    """(current, peak) memory in MiB: CUDA allocator figures, or this process's RSS on the CPU."""
+    if device != "cpu":
+        import torch
+
+        return torch.cuda.memory_allocated() / 2**20, torch.cuda.max_memory_allocated() / 2**20
+    return psutil.Process(os.getpid()).memory_info().rss / 2**20, None
+
+
+class Metrics:
+    """Thread-safe bounded history of requests and memory samples."""
+
+    def __init__(self, capacity: int = 256) -> None:
+        self.requests: deque[RequestRecord] = deque(maxlen=capacity)
+        self.memory: deque[tuple[float, float]] = deque(maxlen=capacity)
+        self._lock = threading.Lock()
+
+    def record(self, record: RequestRecord) -> None:
+        with self._lock:
+            self.requests.append(record)
+
+    def sample_memory(self, device: str = "cpu") -> float:
+        current, _ = memory_mb(device)
+        with self._lock:
+            self.memory.append((time.time(), current))
+        return current
+
+    def snapshot(self) -> dict[str, Any]:
+        """Plain data: the request history, memory samples and summary figures."""
+        with self._lock:
+            requests = [asdict(r) for r in self.requests]
+            memory = list(self.memory)
+        ok = [r for r in requests if r["ok"]]
+        tps = [r["tokens_per_s"] for r in ok if r["tokens_per_s"]]
+        steps = [r["step_ms"] for r in ok if r["step_ms"]]
+        ttft = [r["ttft_s"] for r in ok if r["ttft_s"] is not None]
+        return {
+            "requests": requests,
+            "memory": [{"t": t, "mb": mb} for t, mb in memory],
+            "summary": {
+                "count": len(requests),
+                "errors": len(requests) - len(ok),
+                "median_latency_s": _median([r["latency_s"] for r in ok]),
+                "median_ttft_s": _median(ttft),
+                "median_tokens_per_s": _median(tps),
+                "median_step_ms": _median(steps),
+            },
+        }
+
+
+def _median(values: list[float]) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[len(ordered) // 2]

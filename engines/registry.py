@@ -1,0 +1,134 @@
+"""The catalog of selectable models. Adding a model is adding one `ModelSpec` to `CATALOG`."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+log = logging.getLogger(__name__)
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+Task = Literal["text", "image"]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One selectable model.
+
+    Args:
+        id: short name shown in the UI and used by the API.
+        task: "text" (causal LM, transformers) or "image" (diffusion, diffusers).
+        source: a local folder, or a Hub repo id.
+        revision: Hub commit or tag (None for local folders).
+        params_b: parameter count in billions (memory estimates before loading).
+        dtype: weights dtype on GPU ("bfloat16") — CPU runs float32.
+        compile_module: the submodule compiled with AOTI ("decoder", "transformer", "unet").
+        max_new_tokens / max_prompt_tokens: text limits; sizes: image (height, width) buckets.
+        steps: default denoising steps; guidance: default guidance scale (None: not used).
+        fp8: whether an FP8 preset is offered; regional: whether regional compile is offered.
+    """
+
+    id: str
+    task: Task
+    source: str
+    revision: str | None = None
+    params_b: float = 0.0
+    dtype: str = "bfloat16"
+    compile_module: str = ""
+    max_new_tokens: int = 256
+    max_prompt_tokens: int = 256
+    sizes: tuple[tuple[int, int], ...] = ()
+    steps: int = 28
+    guidance: float | None = None
+    fp8: bool = True
+    regional: bool = False
+    description: str = ""
+    tags: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def is_local(self) -> bool:
+        return Path(self.source).is_absolute()
+
+
+def _hub_cached(repo_id: str, revision: str | None) -> bool:
+    try:
+        from huggingface_hub import snapshot_download
+
+        snapshot_download(repo_id, revision=revision, local_files_only=True, allow_patterns=["*.json"])
+        return True
+    except Exception:
+        return False
+
+
+def _hub_reachable() -> bool:
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        return False
+    try:
+        import socket
+
+        socket.create_connection(("huggingface.co", 443), timeout=2).close()
+        return True
+    except OSError:
+        return False
+
+
+def availability(spec: ModelSpec) -> tuple[bool, str]:
+    """Whether a model can be selected here, and if not, why."""
+    if spec.is_local:
+        return (Path(spec.source).exists(), "embedded" if Path(spec.source).exists() else f"missing {spec.source}: run its training script")
+    if _hub_cached(spec.source, spec.revision):
+        return True, "in the local Hugging Face cache"
+    if _hub_reachable():
+        return True, "downloads from the Hugging Face Hub on first use"
+    return False, "the Hugging Face Hub is unreachable and the model is not in the local cache"
+
+
+CATALOG: tuple[ModelSpec, ...] = (
+    ModelSpec(
+        id="tiny-llama-pydoc", task="text", source=str(ASSETS / "tiny-llama-pydoc"), params_b=0.002,
+        compile_module="decoder", max_new_tokens=200, max_prompt_tokens=128, fp8=False,
+        description="Embedded 2M-parameter Llama trained on Python docstrings (assets/train_text_model.py).",
+    ),
+    ModelSpec(
+        id="tiny-shapes-unet", task="image", source=str(ASSETS / "tiny-shapes-unet"), params_b=0.002,
+        compile_module="unet", sizes=((32, 32),), steps=20, fp8=False,
+        description="Embedded 2M-parameter label-conditioned UNet that draws shapes (assets/train_image_model.py).",
+    ),
+    ModelSpec(
+        id="qwen2.5-0.5b-instruct", task="text", source="Qwen/Qwen2.5-0.5B-Instruct", params_b=0.49,
+        compile_module="decoder", max_new_tokens=512, max_prompt_tokens=1024,
+    ),
+    ModelSpec(
+        id="qwen2.5-7b-instruct", task="text", source="Qwen/Qwen2.5-7B-Instruct", params_b=7.6,
+        compile_module="decoder", max_new_tokens=512, max_prompt_tokens=1024,
+    ),
+    ModelSpec(
+        id="llama-3.1-8b-instruct", task="text", source="meta-llama/Llama-3.1-8B-Instruct", params_b=8.0,
+        compile_module="decoder", max_new_tokens=512, max_prompt_tokens=1024,
+    ),
+    ModelSpec(
+        id="flux.1-schnell", task="image", source="black-forest-labs/FLUX.1-schnell", params_b=12.0 + 4.9,
+        compile_module="transformer", sizes=((1024, 1024), (768, 1344), (1344, 768)), steps=4, guidance=None,
+        regional=True,
+    ),
+    ModelSpec(
+        id="flux.1-dev", task="image", source="black-forest-labs/FLUX.1-dev", params_b=12.0 + 4.9,
+        compile_module="transformer", sizes=((1024, 1024), (768, 1344), (1344, 768)), steps=28, guidance=3.5,
+        regional=True,
+    ),
+    ModelSpec(
+        id="sd3.5-medium", task="image", source="stabilityai/stable-diffusion-3.5-medium", params_b=2.5 + 5.6,
+        compile_module="transformer", sizes=((1024, 1024),), steps=28, guidance=4.5, regional=True,
+    ),
+)
+
+
+def get(model_id: str) -> ModelSpec:
+    """The spec for ``model_id``; a clear error listing the known ids otherwise."""
+    for spec in CATALOG:
+        if spec.id == model_id:
+            return spec
+    raise KeyError(f"unknown model {model_id!r}; known models: {', '.join(s.id for s in CATALOG)}")

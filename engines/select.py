@@ -1,0 +1,80 @@
+"""Pick an engine and a preset from the model's memory needs against the device budget."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from .device import DeviceInfo
+from .registry import ModelSpec
+
+GiB = 1024**3
+Engine = Literal["lightweight", "distributed", "refused"]
+BYTES_PER_PARAM = {"float32": 4, "bfloat16": 2, "float16": 2, "fp8_rowwise": 1, "int8_weight_only": 1}
+HEADROOM = 1.15  # allocator fragmentation, CUDA context, compiled graph workspaces
+
+
+@dataclass(frozen=True)
+class Preset:
+    """What a device class allows."""
+
+    fp8: bool
+    inductor: str  # "default" | "max-autotune"
+    max_new_tokens: int
+    max_image_side: int
+    regional: bool
+
+
+@dataclass(frozen=True)
+class Decision:
+    engine: Engine
+    reason: str
+    need_bytes: int
+    budget_bytes: int
+    quantization: str
+    preset: Preset | None
+
+
+def runtime_dtype(spec: ModelSpec, device: DeviceInfo) -> str:
+    return "float32" if device.kind == "cpu" else spec.dtype
+
+
+def estimate_bytes(spec: ModelSpec, device: DeviceInfo, quantization: str = "none") -> int:
+    """Weights at their runtime dtype (or quantized) + activations / KV cache for the model's limits."""
+    dtype = runtime_dtype(spec, device)
+    weight_bytes = BYTES_PER_PARAM[quantization if quantization != "none" else dtype]
+    weights = spec.params_b * 1e9 * weight_bytes
+    if spec.task == "text":
+        # KV cache: about 0.1 MB per token per billion parameters at bf16 (GQA models are below this).
+        tokens = spec.max_prompt_tokens + spec.max_new_tokens
+        working = spec.params_b * 1e9 * 2 * 0.02 + tokens * spec.params_b * 0.1e6
+    else:
+        side = max((max(s) for s in spec.sizes), default=1024)
+        working = (side / 1024) ** 2 * 3 * GiB * max(1.0, spec.params_b / 12)
+    return int((weights + working) * HEADROOM)
+
+
+def preset_for(device: DeviceInfo) -> Preset:
+    if device.kind == "cpu":
+        return Preset(fp8=False, inductor="default", max_new_tokens=256, max_image_side=64, regional=True)
+    small = device.budget_bytes < 40 * GiB
+    return Preset(fp8=device.fp8, inductor="default" if small else "max-autotune",
+                  max_new_tokens=512 if small else 1024, max_image_side=1024 if small else 1344, regional=True)
+
+
+def choose(spec: ModelSpec, device: DeviceInfo, quantization: str = "none") -> Decision:
+    """Lightweight if the model fits the device budget; distributed if it fits several GPUs of the
+    host; otherwise a refusal that names the numbers."""
+    need = estimate_bytes(spec, device, quantization)
+    budget = device.budget_bytes
+    numbers = f"needs about {need / GiB:.1f} GiB, {device.label}"
+    if need <= budget:
+        return Decision("lightweight", f"fits one device: {numbers}", need, budget, quantization, preset_for(device))
+    if spec.task == "text" and quantization == "none" and device.fp8 and estimate_bytes(spec, device, "fp8_rowwise") <= budget:
+        return Decision("lightweight", f"fits with FP8 weights: {numbers}", estimate_bytes(spec, device, "fp8_rowwise"),
+                        budget, "fp8_rowwise", preset_for(device))
+    if device.kind != "cpu" and device.count > 1 and need <= budget * device.count * 0.9:
+        return Decision("distributed", f"too large for one GPU, fits {device.count}: {numbers}", need,
+                        budget * device.count, quantization, preset_for(device))
+    more = "" if device.kind == "cpu" else f" x{device.count} GPU(s)"
+    return Decision("refused", f"does not fit: {numbers}{more}", need, budget, quantization, None)

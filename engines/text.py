@@ -1,0 +1,140 @@
+"""Text generation: a causal LM on a static KV cache, driven by our own decode loop (gpt-fast style).
+
+The hot module is transformers' export wrapper around the model and its `StaticCache`
+(`TorchExportableModuleWithStaticCache`): ``decoder(input_ids, cache_position) -> logits``. One AOTI
+package holds a prefill graph (dynamic prompt length) and a decode graph (length 1); both alias the
+model's weights and the same KV-cache buffers.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+import aoti
+
+from .registry import ModelSpec
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_new_tokens: int = 64
+    temperature: float = 0.8  # 0 = greedy
+    top_p: float = 0.95
+    top_k: int = 50
+    seed: int | None = None
+
+
+@dataclass
+class TextStep:
+    """What the generator yields: the text so far and running measurements."""
+
+    text: str
+    tokens: int
+    ttft_s: float | None
+    elapsed_s: float
+
+
+def sample_next(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None) -> torch.Tensor:
+    """Greedy for temperature 0, else temperature + top-k + top-p sampling. ``logits``: (vocab,)."""
+    if params.temperature <= 0:
+        return logits.argmax(-1, keepdim=True)
+    logits = logits.float() / params.temperature
+    if params.top_k > 0:
+        kth = torch.topk(logits, min(params.top_k, logits.shape[-1])).values[-1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = torch.softmax(logits, -1)
+    if params.top_p < 1.0:
+        sorted_probs, order = probs.sort(descending=True)
+        drop = sorted_probs.cumsum(-1) - sorted_probs > params.top_p
+        sorted_probs[drop] = 0
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
+    return torch.multinomial(probs, 1, generator=generator)
+
+
+class TextModel:
+    """A loaded causal LM with its static-cache decoder; `optimize` swaps in the AOTI graphs."""
+
+    def __init__(self, spec: ModelSpec, device: str = "cpu") -> None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers.integrations.executorch import TorchExportableModuleWithStaticCache
+
+        self.spec, self.device = spec, device
+        dtype = torch.float32 if device == "cpu" else getattr(torch, spec.dtype)
+        kwargs = {} if spec.is_local else {"revision": spec.revision}
+        self.tokenizer = AutoTokenizer.from_pretrained(spec.source, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(spec.source, dtype=dtype, **kwargs).to(device).eval()
+        model.generation_config.use_cache = True
+        model.generation_config.cache_implementation = "static"
+        self.max_cache_len = spec.max_prompt_tokens + spec.max_new_tokens
+        self.model = model
+        self.decoder = TorchExportableModuleWithStaticCache(model, batch_size=1, max_cache_len=self.max_cache_len, device=device)
+        self.status = aoti.Status(runtime="eager", reason="not compiled yet")
+
+    # --- compile -----------------------------------------------------------------------------------
+
+    def capture_calls(self) -> aoti.CapturedCalls:
+        """The decoder's calls for a decode step, a 2-token prefill and a full-length prefill, so the
+        planner builds one static decode graph and one prefill graph over lengths 2..max_prompt."""
+        with aoti.capture(self.decoder, stop=False) as calls, torch.no_grad():
+            for length in (1, 2, self.spec.max_prompt_tokens):
+                ids = torch.zeros(1, length, dtype=torch.long, device=self.device)
+                self.decoder(input_ids=ids, cache_position=torch.arange(length, device=self.device))
+        return calls
+
+    def optimize(self, options: aoti.CompileOptions | None = None, cache: aoti.Cache | None = None) -> aoti.Status:
+        """Compile (or load) the prefill + decode graphs and swap them in."""
+        options = (options or aoti.CompileOptions()).replace(dispatch="dynamic", strict=True)
+        artifact = aoti.compile(self.decoder, self.capture_calls(), options, cache=cache)
+        self.status = aoti.apply(artifact, self.decoder)
+        return self.status
+
+    def restore(self) -> None:
+        self.status = aoti.restore(self.decoder)
+
+    # --- generate ----------------------------------------------------------------------------------
+
+    def check_inputs(self, prompt: str, params: SamplingParams) -> torch.Tensor:
+        if not prompt or not prompt.strip():
+            raise ValueError("`prompt` is empty: type some text to continue.")
+        if not 1 <= params.max_new_tokens <= self.spec.max_new_tokens:
+            raise ValueError(f"`max_new_tokens` must be between 1 and {self.spec.max_new_tokens}, got {params.max_new_tokens}.")
+        if not 0 <= params.temperature <= 2:
+            raise ValueError(f"`temperature` must be between 0 and 2, got {params.temperature}.")
+        if not 0 < params.top_p <= 1:
+            raise ValueError(f"`top_p` must be in (0, 1], got {params.top_p}.")
+        ids = self.tokenizer(prompt, return_tensors="pt").input_ids
+        if ids.shape[1] > self.spec.max_prompt_tokens:
+            raise ValueError(f"the prompt is {ids.shape[1]} tokens; this model takes at most {self.spec.max_prompt_tokens}.")
+        return ids.to(self.device)
+
+    @torch.no_grad()
+    def generate(self, prompt: str, params: SamplingParams) -> Iterator[TextStep]:
+        """Stream the continuation of ``prompt``: each step yields the whole text generated so far."""
+        ids = self.check_inputs(prompt, params)
+        generator = torch.Generator(self.device).manual_seed(params.seed) if params.seed is not None else None
+        start = time.perf_counter()
+        logits = self.decoder(input_ids=ids, cache_position=torch.arange(ids.shape[1], device=self.device))
+        token = sample_next(logits[0, -1], params, generator)
+        position = ids.shape[1]
+        generated: list[int] = []
+        ttft = None
+        eos = self.tokenizer.eos_token_id
+        for _ in range(params.max_new_tokens):
+            if token.item() == eos:
+                break
+            generated.append(int(token.item()))
+            if ttft is None:
+                ttft = time.perf_counter() - start
+            yield TextStep(self.tokenizer.decode(generated, skip_special_tokens=True), len(generated), ttft, time.perf_counter() - start)
+            if len(generated) == params.max_new_tokens or position >= self.max_cache_len:
+                break
+            logits = self.decoder(input_ids=token.view(1, 1), cache_position=torch.tensor([position], device=self.device))
+            token = sample_next(logits[0, -1], params, generator)
+            position += 1
