@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from .cache import Cache
 
@@ -18,7 +18,7 @@ def _list(cache: Cache, _: argparse.Namespace) -> int:
     print(f"{'key':34} {'module':40} {'graphs':>6} {'bytes':>12} {'compile s':>9}  created")
     for e in entries:
         m = e.manifest
-        created = datetime.fromtimestamp(m.get("created", 0), timezone.utc).strftime("%Y-%m-%d %H:%M")
+        created = datetime.fromtimestamp(m.get("created", 0), UTC).strftime("%Y-%m-%d %H:%M")
         module = str(m.get("module_class", "?")).rsplit(".", 1)[-1]
         print(f"{e.key:34} {module:40} {len(m.get('graphs', [])):>6} {cache.size_bytes(e.key):>12} {m.get('compile_s', 0):>9}  {created}")
     return 0

@@ -12,7 +12,7 @@ import torch
 _LIBRARIES = ("transformers", "diffusers", "torchao")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _versions() -> dict[str, str]:
     versions = {"torch": torch.__version__, "python": platform.python_version()}
     for name in _LIBRARIES:
@@ -23,7 +23,7 @@ def _versions() -> dict[str, str]:
     return versions
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _cpu_isa() -> str:
     from torch._inductor.cpu_vec_isa import pick_vec_isa
 

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
-
-import logging
 
 import torch
 
@@ -100,9 +99,9 @@ def unfixed_probe(cache_dir: str) -> dict:
         "import json, torch, aoti; from tests import tiny\n"
         "m = tiny.MLP().cuda()\n"
         "with aoti.capture(m) as c: m(torch.randn(4, 32, device='cuda'))\n"
-        "a = aoti.compile(m, c, cache=aoti.Cache(%r))\n"
+        f"a = aoti.compile(m, c, cache=aoti.Cache({cache_dir!r}))\n"
         "s = aoti.apply(a, m)\n"
-        "print(json.dumps(dict(toolchain=aoti.ensure_toolchain().note, runtime=s.runtime, reason=s.reason)))\n" % cache_dir
+        "print(json.dumps(dict(toolchain=aoti.ensure_toolchain().note, runtime=s.runtime, reason=s.reason)))\n"
     )
     env = {**os.environ, "AOTI_TOOLCHAIN_FIX": "0", "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=900)

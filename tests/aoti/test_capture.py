@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 import aoti
@@ -27,9 +28,5 @@ def test_capture_without_a_call_says_so():
     model = tiny.MLP()
     with aoti.capture(model) as call:
         pass
-    try:
-        call.args
-    except RuntimeError as exc:
-        assert "No call was captured" in str(exc)
-    else:
-        raise AssertionError("expected RuntimeError")
+    with pytest.raises(RuntimeError, match="No call was captured"):
+        _ = call.args

@@ -12,7 +12,6 @@ import torch
 import aoti
 from aoti.cache import PACKAGE_FILE, PROBE_FILE, sha256_file
 from aoti.toolchain import links_libstdcxx_dynamically
-from tests import tiny
 
 _CRASH_ON_LOAD = '#include <signal.h>\n__attribute__((constructor)) static void crash(void) { raise(SIGSEGV); }\n'
 

@@ -1,0 +1,113 @@
+"""Image generation: a diffusion pipeline whose denoiser (transformer or UNet) runs as AOTI graphs,
+one per resolution bucket, dispatched by input shape."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import torch
+from PIL import Image
+
+import aoti
+
+from .registry import ModelSpec
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ImageParams:
+    height: int
+    width: int
+    steps: int
+    seed: int = 0
+    guidance: float | None = None
+
+
+@dataclass
+class ImageResult:
+    image: Image.Image
+    latency_s: float
+    step_ms: list[float] = field(default_factory=list)
+
+
+class ImageModel:
+    """A loaded diffusion pipeline; `optimize` compiles its denoiser per size bucket."""
+
+    def __init__(self, spec: ModelSpec, device: str = "cpu") -> None:
+        self.spec, self.device = spec, device
+        dtype = torch.float32 if device == "cpu" else getattr(torch, spec.dtype)
+        if spec.is_local:
+            from .pipelines import ShapesPipeline
+
+            self.pipe = ShapesPipeline.from_pretrained(spec.source, torch_dtype=dtype).to(device)
+        else:
+            from diffusers import DiffusionPipeline
+
+            self.pipe = DiffusionPipeline.from_pretrained(spec.source, revision=spec.revision, torch_dtype=dtype).to(device)
+        self.denoiser: torch.nn.Module = getattr(self.pipe, spec.compile_module)
+        self.status = aoti.Status(runtime="eager", reason="not compiled yet")
+
+    def _run(self, prompt: str, params: ImageParams, callback=None) -> Image.Image:
+        generator = torch.Generator(self.device).manual_seed(params.seed)
+        if self.spec.is_local:
+            return self.pipe(prompt, num_inference_steps=params.steps, generator=generator,
+                             height=params.height, width=params.width, callback=callback)
+        kwargs = {"guidance_scale": params.guidance} if params.guidance is not None else {}
+        if callback is not None:
+            kwargs["callback_on_step_end"] = lambda pipe, i, t, state: (callback(i, params.steps), state)[1]
+        return self.pipe(prompt, num_inference_steps=params.steps, generator=generator, height=params.height,
+                         width=params.width, **kwargs).images[0]
+
+    def capture_calls(self) -> aoti.CapturedCalls:
+        """One denoiser call per size bucket (the run stops right after each first call)."""
+        calls = aoti.CapturedCalls()
+        for height, width in self.spec.sizes:
+            with aoti.capture(self.denoiser) as call:
+                self._run("a red circle, top left" if self.spec.is_local else "a photo of a cat",
+                          ImageParams(height, width, steps=2))
+            calls.calls.extend(call.calls)
+        return calls
+
+    def optimize(self, options: aoti.CompileOptions | None = None, cache: aoti.Cache | None = None) -> aoti.Status:
+        options = (options or aoti.CompileOptions()).replace(dispatch="buckets")
+        artifact = aoti.compile(self.denoiser, self.capture_calls(), options, cache=cache)
+        self.status = aoti.apply(artifact, self.denoiser)
+        return self.status
+
+    def restore(self) -> None:
+        self.status = aoti.restore(self.denoiser)
+
+    def check_inputs(self, prompt: str, params: ImageParams) -> None:
+        if not prompt or not prompt.strip():
+            raise ValueError("`prompt` is empty: describe the image.")
+        if len(prompt) > 1000:
+            raise ValueError(f"`prompt` is {len(prompt)} characters; at most 1000.")
+        if (params.height, params.width) not in self.spec.sizes:
+            sizes = ", ".join(f"{w}x{h}" for h, w in self.spec.sizes)
+            raise ValueError(f"size {params.width}x{params.height} is not offered for {self.spec.id}; choose one of {sizes}.")
+        if not 1 <= params.steps <= 100:
+            raise ValueError(f"`steps` must be between 1 and 100, got {params.steps}.")
+        if self.spec.is_local:
+            self.pipe.check_inputs(prompt)
+
+    @torch.no_grad()
+    def generate(self, prompt: str, params: ImageParams, progress=None) -> ImageResult:
+        """Generate one image; per-step times are measured from the step callbacks."""
+        self.check_inputs(prompt, params)
+        marks: list[float] = []
+
+        def on_step(i: int, total: int) -> None:
+            if self.device != "cpu":
+                torch.cuda.synchronize()
+            marks.append(time.perf_counter())
+            if progress is not None:
+                progress((i + 1) / total, desc=f"denoising {i + 1}/{total}")
+
+        start = time.perf_counter()
+        image = self._run(prompt, params, on_step)
+        latency = time.perf_counter() - start
+        stamps = [start, *marks]
+        return ImageResult(image, latency, [round((b - a) * 1e3, 3) for a, b in zip(stamps, stamps[1:])])

@@ -1,0 +1,193 @@
+"""One device (CPU, GPU or MIG slice): load, optimize in the background, generate, unload, switch.
+
+Startup never blocks on compilation: a model serves eagerly as soon as it is loaded, its AOTI graphs
+compile in a background thread (or load from the cache in well under a second), and the compiled
+forward is swapped in between two requests.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+import aoti
+
+from . import registry
+from .device import DeviceInfo
+from .image import ImageModel, ImageParams, ImageResult
+from .metrics import memory_mb
+from .registry import ModelSpec
+from .text import SamplingParams, TextModel, TextStep
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CompileState:
+    """What the side panel shows for one model."""
+
+    model: str
+    state: str = "not loaded"  # not loaded | eager | compiling | aoti | fallback
+    reason: str = ""
+    compile_s: float | None = None
+    load_s: float | None = None
+    cache_hit: bool | None = None
+    speedup: float | None = None
+    guard_fallbacks: int = 0
+    fallbacks: list[str] = field(default_factory=list)
+    eager_latency_s: float | None = None
+    aoti_latency_s: float | None = None
+
+    def as_row(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+class LightweightEngine:
+    """Holds at most one model per task on the device; swaps models and their compiled graphs."""
+
+    def __init__(self, device: DeviceInfo, cache: aoti.Cache | None = None, max_loaded: int = 2) -> None:
+        self.device = device
+        self.cache = cache or aoti.Cache()
+        self.max_loaded = max_loaded
+        self.models: dict[str, TextModel | ImageModel] = {}
+        self.states: dict[str, CompileState] = {s.id: CompileState(s.id) for s in registry.CATALOG}
+        self.locks: dict[str, threading.Lock] = {}
+        self.threads: dict[str, threading.Thread] = {}
+        self._guard = threading.Lock()
+
+    # --- lifecycle ---------------------------------------------------------------------------------
+
+    def load(self, spec: ModelSpec) -> TextModel | ImageModel:
+        """The loaded model, loading it (and unloading the least recent one of its task) if needed."""
+        with self._guard:
+            if spec.id in self.models:
+                self.models[spec.id] = self.models.pop(spec.id)  # most recently used last
+                return self.models[spec.id]
+            for other in [k for k, m in self.models.items() if m.spec.task == spec.task]:
+                self._unload_locked(other)
+            while len(self.models) >= self.max_loaded:
+                self._unload_locked(next(iter(self.models)))
+            start = time.perf_counter()
+            model = TextModel(spec, self.device.torch_device) if spec.task == "text" else ImageModel(spec, self.device.torch_device)
+            self.models[spec.id] = model
+            self.locks[spec.id] = threading.Lock()
+            self.states[spec.id] = CompileState(spec.id, "eager", f"loaded in {time.perf_counter() - start:.1f} s")
+            log.info("engine: loaded %s on %s", spec.id, self.device.label)
+            return model
+
+    def unload(self, model_id: str) -> float:
+        """Free a model; returns the MiB of memory given back (CUDA allocator or process RSS)."""
+        with self._guard:
+            return self._unload_locked(model_id)
+
+    def _unload_locked(self, model_id: str) -> float:
+        before, _ = memory_mb(self.device.torch_device)
+        model = self.models.pop(model_id, None)
+        if model is None:
+            return 0.0
+        model.restore()
+        del model
+        gc.collect()
+        if self.device.torch_device == "cuda":
+            torch.cuda.empty_cache()
+        after, _ = memory_mb(self.device.torch_device)
+        self.states[model_id] = CompileState(model_id, "not loaded", f"unloaded, freed {before - after:.0f} MiB")
+        log.info("engine: unloaded %s (%.0f MiB freed)", model_id, before - after)
+        return before - after
+
+    # --- optimize ----------------------------------------------------------------------------------
+
+    def optimize(self, model_id: str, options: aoti.CompileOptions | None = None, background: bool = True) -> CompileState:
+        """Compile (or load from cache) and swap in the model's AOTI graphs; in a thread by default."""
+        model = self.load(registry.get(model_id))
+        state = self.states[model_id]
+        running = self.threads.get(model_id)
+        if running is not None and running.is_alive():
+            return state
+        state.state, state.reason = "compiling", "exporting and compiling the hot module"
+
+        def work() -> None:
+            try:
+                with self.locks[model_id]:  # no request runs while capturing and swapping
+                    status = model.optimize(options, cache=self.cache)
+                state.state = "aoti" if status.runtime == "aoti" else "fallback"
+                state.reason = status.reason
+                state.compile_s, state.load_s, state.cache_hit = status.compile_s, status.load_s, status.cache_hit
+                state.fallbacks = list(status.fallbacks)
+            except Exception as exc:  # a failed compile leaves the model eager, visibly
+                log.exception("engine: compile of %s failed", model_id)
+                model.restore()
+                state.state, state.reason = "fallback", f"AOTI failed, serving eager: {type(exc).__name__}: {exc}"[:500]
+                state.fallbacks = [f"aoti -> eager: {type(exc).__name__}"]
+
+        if background:
+            thread = threading.Thread(target=work, name=f"aoti-compile-{model_id}", daemon=True)
+            self.threads[model_id] = thread
+            thread.start()
+        else:
+            work()
+        return state
+
+    def wait(self, model_id: str, timeout: float | None = None) -> CompileState:
+        thread = self.threads.get(model_id)
+        if thread is not None:
+            thread.join(timeout)
+        return self.states[model_id]
+
+    def set_eager(self, model_id: str) -> CompileState:
+        """Turn AOTI off for a model (A/B): back to its eager forward."""
+        model = self.models.get(model_id)
+        if model is not None:
+            with self.locks[model_id]:
+                model.restore()
+            self.states[model_id].state, self.states[model_id].reason = "eager", "AOTI switched off"
+        return self.states[model_id]
+
+    # --- generate ----------------------------------------------------------------------------------
+
+    def _observe(self, model_id: str, latency: float) -> None:
+        state = self.states[model_id]
+        model = self.models[model_id]
+        live = aoti.status_of(model.decoder if isinstance(model, TextModel) else model.denoiser)
+        state.guard_fallbacks = live.guard_fallbacks
+        if live.runtime == "aoti":
+            state.aoti_latency_s = latency if state.aoti_latency_s is None else min(state.aoti_latency_s, latency)
+        else:
+            state.eager_latency_s = latency if state.eager_latency_s is None else min(state.eager_latency_s, latency)
+        if state.aoti_latency_s and state.eager_latency_s:
+            state.speedup = round(state.eager_latency_s / state.aoti_latency_s, 2)
+
+    def runtime_of(self, model_id: str) -> str:
+        model = self.models.get(model_id)
+        if model is None:
+            return "eager"
+        return aoti.status_of(model.decoder if isinstance(model, TextModel) else model.denoiser).runtime
+
+    def generate_text(self, model_id: str, prompt: str, params: SamplingParams) -> Iterator[TextStep]:
+        model = self.load(registry.get(model_id))
+        assert isinstance(model, TextModel), f"{model_id} is not a text model"
+        model.check_inputs(prompt, params)
+        with self.locks[model_id]:
+            last = None
+            for step in model.generate(prompt, params):
+                last = step
+                yield step
+            if last is not None and last.tokens > 1:
+                self._observe(model_id, (last.elapsed_s - (last.ttft_s or 0)) / (last.tokens - 1))
+
+    def generate_image(self, model_id: str, prompt: str, params: ImageParams, progress=None) -> ImageResult:
+        model = self.load(registry.get(model_id))
+        assert isinstance(model, ImageModel), f"{model_id} is not an image model"
+        model.check_inputs(prompt, params)
+        with self.locks[model_id]:
+            result = model.generate(prompt, params, progress)
+        if result.step_ms:
+            self._observe(model_id, sorted(result.step_ms)[len(result.step_ms) // 2] / 1e3)
+        return result

@@ -1,0 +1,100 @@
+"""Device discovery from recorded outputs, and selection decisions for a table of (model, device) cases."""
+
+import pytest
+import torch
+
+from engines import device as dev
+from engines import registry
+from engines.device import DeviceInfo
+from engines.select import choose, estimate_bytes
+
+GiB = 1024**3
+
+NVIDIA_SMI_L_MIG = """\
+GPU 0: NVIDIA H200 (UUID: GPU-5d2c0a9e-1111-2222-3333-444455556666)
+  MIG 3g.71gb     Device  0: (UUID: MIG-aaaaaaaa-1111-2222-3333-444455556666)
+  MIG 3g.71gb     Device  1: (UUID: MIG-bbbbbbbb-1111-2222-3333-444455556666)
+GPU 1: NVIDIA H100 80GB HBM3 (UUID: GPU-77777777-1111-2222-3333-444455556666)
+"""
+
+
+def test_parse_mig_names():
+    assert dev.parse_mig_profile("NVIDIA H200 MIG 3g.71gb") == (3, 71)
+    assert dev.parse_mig_profile("NVIDIA A100-SXM4-80GB MIG 1g.10gb") == (1, 10)
+    assert dev.parse_mig_profile("NVIDIA H100 80GB HBM3") is None
+
+
+def test_parse_nvidia_smi_list_with_mig_slices():
+    devices = dev.parse_nvidia_smi_list(NVIDIA_SMI_L_MIG)
+    assert [d["name"] for d in devices] == ["NVIDIA H200 MIG 3g.71gb", "NVIDIA H200 MIG 3g.71gb", "NVIDIA H100 80GB HBM3"]
+    assert devices[0]["mig"] == "3g.71gb" and devices[0]["parent"].startswith("GPU-5d2c")
+
+
+def test_memory_cap_emulates_a_slice(monkeypatch):
+    monkeypatch.setenv(dev.ENV_MEMORY_CAP_GB, "3")
+    info = dev.discover()
+    assert info.budget_bytes == 3 * GiB and info.kind == "cpu"
+    monkeypatch.setenv(dev.ENV_MEMORY_CAP_GB, "lots")
+    with pytest.raises(ValueError, match="number of GiB"):
+        dev.discover()
+
+
+def _gpu(name: str, gib: float, capability=(9, 0), count: int = 1) -> DeviceInfo:
+    mig = dev.parse_mig_profile(name)
+    return DeviceInfo("mig" if mig else "cuda", name, int(gib * GiB), int(gib * GiB), int(gib * GiB), capability, count)
+
+
+CPU_24 = DeviceInfo("cpu", "CPU", 24 * GiB, 20 * GiB, 24 * GiB)
+H200_MIG = _gpu("NVIDIA H200 MIG 3g.71gb", 71)
+H100_MIG_SMALL = _gpu("NVIDIA H100 80GB HBM3 MIG 1g.10gb", 10)
+H100 = _gpu("NVIDIA H100 80GB HBM3", 80)
+A10G = _gpu("NVIDIA A10G", 24, capability=(8, 6))
+L4_X2 = _gpu("NVIDIA L4", 24, capability=(8, 9), count=2)
+T4 = _gpu("Tesla T4", 16, capability=(7, 5))
+T4_X2 = _gpu("Tesla T4", 16, capability=(7, 5), count=2)
+
+
+@pytest.mark.parametrize(
+    ("model", "device", "engine", "quant"),
+    [
+        ("tiny-llama-pydoc", CPU_24, "lightweight", "none"),
+        ("tiny-shapes-unet", CPU_24, "lightweight", "none"),
+        ("qwen2.5-0.5b-instruct", CPU_24, "lightweight", "none"),
+        ("qwen2.5-7b-instruct", CPU_24, "refused", "none"),  # 30 GB of fp32 weights
+        ("qwen2.5-7b-instruct", H200_MIG, "lightweight", "none"),
+        ("qwen2.5-7b-instruct", H100_MIG_SMALL, "lightweight", "fp8_rowwise"),  # fits with FP8 weights only
+        ("llama-3.1-8b-instruct", A10G, "lightweight", "none"),
+        ("llama-3.1-8b-instruct", T4, "refused", "none"),  # no FP8 on capability 7.5, one GPU
+        ("llama-3.1-8b-instruct", T4_X2, "distributed", "none"),
+        ("flux.1-dev", H200_MIG, "lightweight", "none"),
+        ("flux.1-dev", H100, "lightweight", "none"),
+        ("flux.1-dev", L4_X2, "refused", "none"),
+        ("flux.1-dev", A10G, "refused", "none"),
+    ],
+)
+def test_selection_table(model, device, engine, quant):
+    decision = choose(registry.get(model), device)
+    assert decision.engine == engine, decision.reason
+    assert decision.quantization == quant
+    if engine == "refused":
+        assert "GiB" in decision.reason and "does not fit" in decision.reason
+
+
+def test_estimate_grows_with_dtype_and_shrinks_with_fp8():
+    spec = registry.get("qwen2.5-7b-instruct")
+    assert estimate_bytes(spec, CPU_24) > estimate_bytes(spec, H100) > estimate_bytes(spec, H100, "fp8_rowwise")
+
+
+def test_unknown_model_names_the_known_ones():
+    with pytest.raises(KeyError, match="known models: tiny-llama-pydoc"):
+        registry.get("gpt-17")
+
+
+def test_hub_models_are_unavailable_offline_with_the_reason(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    available, why = registry.availability(registry.get("flux.1-dev"))
+    assert not available and "unreachable" in why
+
+
+def test_cuda_discovery_is_not_claimed_without_a_gpu():
+    assert (dev.discover().kind == "cpu") == (not torch.cuda.is_available())
