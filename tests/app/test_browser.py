@@ -1,0 +1,48 @@
+"""A real browser (Debian Chromium driven by Playwright) uses the page like a person would."""
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
+SCREENSHOT = Path(os.environ.get("AOTI_SCREENSHOT", Path(__file__).resolve().parents[2] / "out" / "screenshot.png"))
+
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium is not installed (scripts/test.sh installs it)")
+
+
+def test_page_generates_text_and_an_image_and_the_panel_updates(app_url, client, compiled_app, tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    before = client.predict(api_name="/metrics")["summary"]["count"]
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch_persistent_context(str(tmp_path / "profile"), executable_path=CHROMIUM, args=FLAGS,
+                                                       headless=True, viewport={"width": 1400, "height": 1000})
+        page = browser.new_page()
+        page.goto(app_url)
+        expect(page.get_by_text("AOTI Studio").first).to_be_visible(timeout=60_000)
+
+        # Text tab: generate and see the streamed output.
+        page.get_by_label("Prompt").first.fill("Return the number of")
+        page.get_by_role("button", name="Generate").first.click()
+        output = page.get_by_label("Output")
+        expect(output).not_to_have_value("", timeout=60_000)
+        assert len(output.input_value().split()) >= 3
+
+        # Image tab: generate and see a PNG.
+        page.get_by_role("tab", name="Image").click()
+        page.get_by_label("Prompt").nth(1).fill("a blue circle, bottom left")
+        page.get_by_role("button", name="Generate").nth(1).click()
+        expect(page.locator("img[src*='.png'], img[src^='data:image/png']").first).to_be_visible(timeout=60_000)
+
+        # Side panel: the live summary counts both requests and the compile table shows aoti.
+        expect(page.get_by_text(f"Requests {before + 2} ").first).to_be_visible(timeout=15_000)
+        expect(page.get_by_text("aoti").first).to_be_visible(timeout=15_000)
+        SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(SCREENSHOT), full_page=True)
+        browser.close()
+    assert SCREENSHOT.stat().st_size > 10_000

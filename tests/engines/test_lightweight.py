@@ -1,0 +1,33 @@
+import pytest
+
+from engines.text import SamplingParams
+
+
+def test_unload_frees_memory_and_switching_back_uses_the_cache(engine, text_spec):
+    engine.optimize(text_spec.id, background=False)  # compiled (or already cached) once
+    freed = engine.unload(text_spec.id)
+    assert text_spec.id not in engine.models
+    assert freed > 0, "unloading should give memory back"
+    assert "freed" in engine.states[text_spec.id].reason
+    state = engine.optimize(text_spec.id, background=False)  # reload: artifacts come from the cache
+    assert state.state == "aoti" and state.cache_hit is True and state.compile_s is None
+    text = list(engine.generate_text(text_spec.id, "The socket module", SamplingParams(max_new_tokens=5, temperature=0)))
+    assert text and engine.states[text_spec.id].guard_fallbacks == 0
+
+
+def test_background_compile_serves_eagerly_meanwhile(engine, image_spec):
+    from engines.image import ImageParams
+
+    engine.unload(image_spec.id)
+    state = engine.optimize(image_spec.id, background=True)
+    assert state.state == "compiling"
+    result = engine.generate_image(image_spec.id, "a green triangle, center", ImageParams(32, 32, 4))
+    assert result.image.size == (32, 32)
+    assert engine.wait(image_spec.id, timeout=600).state == "aoti"
+
+
+def test_wrong_task_is_refused(engine, text_spec):
+    with pytest.raises(AssertionError, match="not an image model"):
+        from engines.image import ImageParams
+
+        engine.generate_image(text_spec.id, "x", ImageParams(32, 32, 4))
