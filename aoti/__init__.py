@@ -7,7 +7,7 @@
     aoti.restore(pipe.transformer)                    # eager again
 """
 
-from .apply import CompiledMethod, apply, restore, status_of
+from .apply import CompiledMethod, apply, restore, status_of, verify_loadable
 from .cache import Cache, default_cache_dir
 from .capture import CapturedCall, CapturedCalls, capture
 from .compile import Artifact, RegionalArtifact, compile
@@ -39,4 +39,5 @@ __all__ = [
     "probe_package",
     "restore",
     "status_of",
+    "verify_loadable",
 ]

@@ -57,8 +57,13 @@ class CompiledMethod:
         return self.eager(*args, **kwargs)
 
 
-def _probe_verdict(artifact: Artifact) -> tuple[bool, str]:
-    """The cached crash-probe verdict for this package on this machine, probing once if needed."""
+def verify_loadable(artifact: Artifact | RegionalArtifact) -> tuple[bool, str]:
+    """The cached crash-probe verdict for this package on this machine, probing once (in a child
+    process) if needed. `apply` calls it; call it first to keep the probe out of a critical section."""
+    if isinstance(artifact, RegionalArtifact):
+        verdicts = [verify_loadable(part) for _, part in artifact.parts]
+        bad = [reason for ok, reason in verdicts if not ok]
+        return (not bad, bad[0] if bad else "all parts loadable")
     if os.environ.get(ENV_PROBE, "1") == "0":
         return True, "probe disabled (AOTI_PROBE=0)"
     env = fingerprint(torch.device(artifact.manifest["device"]))
@@ -120,7 +125,7 @@ def apply(artifact: Artifact | RegionalArtifact, module: torch.nn.Module, *, met
         return _apply_regional(artifact, module)
     method = method or artifact.manifest["options"].get("method", "forward")
     status = copy.deepcopy(artifact.status)
-    ok, reason = _probe_verdict(artifact)
+    ok, reason = verify_loadable(artifact)
     if not ok:
         status.runtime, status.reason = "eager", f"package rejected: {reason}"
         status.fallbacks.append(f"aoti -> eager: {reason}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -121,13 +122,19 @@ def compile(
     options: CompileOptions | None = None,
     *,
     cache: Cache | None = None,
+    exclusive: contextlib.AbstractContextManager | None = None,
 ) -> Artifact | RegionalArtifact:
     """Compile ``module`` for the captured call(s) with torch.export + AOTInductor, or load it from cache.
 
     Quantization, if asked for, is applied to ``module`` in place first (a recipe the device can't run
     falls back to "none", recorded in the status). Returns an `Artifact` (or a `RegionalArtifact` with
     ``options.regional``) to pass to `aoti.apply`.
+
+    ``exclusive`` (e.g. the lock a server holds while a request runs the module) is held only while
+    the module itself is touched — quantization and export trace it with swapped-in fake tensors —
+    and released for the long Inductor build, so the module can keep serving eagerly meanwhile.
     """
+    exclusive = exclusive or contextlib.nullcontext()
     options = options or CompileOptions()
     cache = cache or Cache()
     calls = _as_calls(call)
@@ -140,7 +147,8 @@ def compile(
         log.warning("aoti: %s", fallbacks[0])
     options = options.replace(quantization=decision.applied)
     if getattr(module, "_aoti_quantization", "none") != decision.applied:
-        quant.quantize(module, decision.applied)
+        with exclusive:
+            quant.quantize(module, decision.applied)
         for sub in module.modules():
             sub._aoti_quantization = decision.applied
 
@@ -148,7 +156,7 @@ def compile(
     if options.regional:
         from .regional import compile_regional
 
-        artifact = compile_regional(module, calls, options.replace(regional=False), cache=cache)
+        artifact = compile_regional(module, calls, options.replace(regional=False), cache=cache, exclusive=exclusive)
         artifact.status.fallbacks[:0] = fallbacks
         return artifact
 
@@ -162,7 +170,7 @@ def compile(
             entry = cache.get(key, fields["env"])
             cache_hit = entry is not None
             if entry is None:
-                entry = _build(module, plans, options, device, cache, key, fields)
+                entry = _build(module, plans, options, device, cache, key, fields, exclusive)
     manifest = entry.manifest
     status = Status(
         runtime="eager",
@@ -187,47 +195,69 @@ def _build(
     cache: Cache,
     key: str,
     fields: dict[str, Any],
+    exclusive: contextlib.AbstractContextManager,
 ) -> Entry:
-    from torch._inductor.package import package_aoti
 
     toolchain = ensure_toolchain()
     start = time.perf_counter()
     known = set(quant.constants_map(module))
     staged = cache.staging()
+    try:
+        return _build_into(module, plans, options, device, cache, key, fields, exclusive, staged, known, toolchain.note, start)
+    except BaseException:
+        shutil.rmtree(staged, ignore_errors=True)  # a failed build leaves nothing behind
+        raise
+
+
+def _build_into(
+    module: torch.nn.Module,
+    plans: list[GraphPlan],
+    options: CompileOptions,
+    device: torch.device,
+    cache: Cache,
+    key: str,
+    fields: dict[str, Any],
+    exclusive: contextlib.AbstractContextManager,
+    staged: Path,
+    known: set[str],
+    toolchain_note: str,
+    start: float,
+) -> Entry:
+    from torch._inductor.package import package_aoti
+
     files: dict[str, list[str]] = {}
     graphs: list[dict[str, Any]] = []
     extra_constants: dict[str, torch.Tensor] = {}
     export_s = 0.0
-    with _eager(module, options.method):
-        target = quant.exportable(module)
-        prefix = ""
-        if options.method != "forward":
-            target, prefix = _MethodAsForward(target, options.method), "inner."
-        for index, plan in enumerate(plans):
-            name = f"graph{index}"
-            t0 = time.perf_counter()
+    for index, plan in enumerate(plans):
+        name = f"graph{index}"
+        t0 = time.perf_counter()
+        with exclusive, _eager(module, options.method), torch.no_grad():
+            target = quant.exportable(module)
+            prefix = ""
+            if options.method != "forward":
+                target, prefix = _MethodAsForward(target, options.method), "inner."
             dynamic = export_dynamic_shapes(module, options.method, plan.call, plan.dynamic)
-            with torch.no_grad():
-                ep = torch.export.export(target, plan.call.args, plan.call.kwargs, dynamic_shapes=dynamic, strict=options.strict)
-            export_s += time.perf_counter() - t0
-            constants = _constant_specs(ep, prefix)
-            for raw_name, tensor in ep.constants.items():
-                clean = raw_name.removeprefix(prefix)
-                if isinstance(tensor, torch.Tensor) and clean not in known:
-                    extra_constants[f"{name}/{clean}"] = tensor.detach().cpu()
-            configs = {**options.inductor_configs(), "aot_inductor.package": True}
-            files[name] = torch._inductor.aot_compile(ep.module(), plan.call.args, plan.call.kwargs, options=configs)
-            leaves = [(list(t.shape), str(t.dtype)) for t in torch.utils._pytree.tree_leaves((plan.call.args, plan.call.kwargs)) if isinstance(t, torch.Tensor)]
-            graphs.append({
-                "name": name,
-                "guard": Guard.from_exported(ep, plan.call).to_json(),
-                "constants": constants,
-                "example_inputs": leaves,
-                "constant_prefix": prefix,
-            })
-        package_aoti(str(staged / PACKAGE_FILE), files)
-        if extra_constants:
-            torch.save(extra_constants, staged / EXTRA_CONSTANTS_FILE)
+            ep = torch.export.export(target, plan.call.args, plan.call.kwargs, dynamic_shapes=dynamic, strict=options.strict)
+        export_s += time.perf_counter() - t0
+        constants = _constant_specs(ep, prefix)
+        for raw_name, tensor in ep.constants.items():
+            clean = raw_name.removeprefix(prefix)
+            if isinstance(tensor, torch.Tensor) and clean not in known:
+                extra_constants[f"{name}/{clean}"] = tensor.detach().cpu()
+        configs = {**options.inductor_configs(), "aot_inductor.package": True}
+        files[name] = torch._inductor.aot_compile(ep.module(), plan.call.args, plan.call.kwargs, options=configs)
+        leaves = [(list(t.shape), str(t.dtype)) for t in torch.utils._pytree.tree_leaves((plan.call.args, plan.call.kwargs)) if isinstance(t, torch.Tensor)]
+        graphs.append({
+            "name": name,
+            "guard": Guard.from_exported(ep, plan.call).to_json(),
+            "constants": constants,
+            "example_inputs": leaves,
+            "constant_prefix": prefix,
+        })
+    package_aoti(str(staged / PACKAGE_FILE), files)
+    if extra_constants:
+        torch.save(extra_constants, staged / EXTRA_CONSTANTS_FILE)
     compile_s = time.perf_counter() - start
     manifest = {
         "key_fields": fields,
@@ -236,7 +266,7 @@ def _build(
         "graphs": graphs,
         "compile_s": round(compile_s, 3),
         "export_s": round(export_s, 3),
-        "toolchain": toolchain.note,
+        "toolchain": toolchain_note,
         "module_class": fields["model"]["class"],
     }
     return cache.publish(key, staged, manifest)

@@ -61,13 +61,16 @@ def group_blocks(module: torch.nn.Module) -> list[list[str]]:
     return list(groups.values())
 
 
-def compile_regional(module: torch.nn.Module, calls: list[CapturedCall], options: CompileOptions, *, cache: Cache) -> RegionalArtifact:
+def compile_regional(
+    module: torch.nn.Module, calls: list[CapturedCall], options: CompileOptions, *, cache: Cache,
+    exclusive: contextlib.AbstractContextManager | None = None,
+) -> RegionalArtifact:
     """Capture each distinct block's inputs by re-running the module on the captured calls, then
     compile one package per block signature."""
     start = time.perf_counter()
     groups = group_blocks(module)
     representatives = [module.get_submodule(names[0]) for names in groups]
-    with contextlib.ExitStack() as stack:
+    with exclusive or contextlib.nullcontext(), contextlib.ExitStack() as stack:
         recorders = [stack.enter_context(capture(block, stop=False)) for block in representatives]
         with _eager(module, "forward"), torch.no_grad():
             for call in calls:
@@ -78,7 +81,7 @@ def compile_regional(module: torch.nn.Module, calls: list[CapturedCall], options
         if not recorded.calls:
             log.warning("regional: block %s was never called; it stays eager", names[0])
             continue
-        artifact = compile(block, recorded, options, cache=cache)
+        artifact = compile(block, recorded, options, cache=cache, exclusive=exclusive)
         assert isinstance(artifact, Artifact)
         parts.append((names, artifact))
         status.merge(artifact.status)

@@ -139,6 +139,6 @@ class Studio:
 
     def compile_status(self) -> list[dict[str, Any]]:
         for model_id, model in self.engine.models.items():
-            live = aoti.status_of(model.decoder if hasattr(model, "decoder") else model.denoiser)
+            live = aoti.status_of(model.hot_module)
             self.engine.states[model_id].guard_fallbacks = live.guard_fallbacks
         return [state.as_row() for state in self.engine.states.values()]

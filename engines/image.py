@@ -3,6 +3,7 @@ one per resolution bucket, dispatched by input shape."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -12,6 +13,7 @@ from PIL import Image
 
 import aoti
 
+from .optimize import optimize_module
 from .registry import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -71,10 +73,15 @@ class ImageModel:
             calls.calls.extend(call.calls)
         return calls
 
-    def optimize(self, options: aoti.CompileOptions | None = None, cache: aoti.Cache | None = None) -> aoti.Status:
+    @property
+    def hot_module(self) -> torch.nn.Module:
+        return self.denoiser
+
+    def optimize(self, options: aoti.CompileOptions | None = None, cache: aoti.Cache | None = None,
+                 exclusive: contextlib.AbstractContextManager | None = None) -> aoti.Status:
+        """Compile (or load) one denoiser graph per size bucket and swap them in (see `TextModel.optimize`)."""
         options = (options or aoti.CompileOptions()).replace(dispatch="buckets")
-        artifact = aoti.compile(self.denoiser, self.capture_calls(), options, cache=cache)
-        self.status = aoti.apply(artifact, self.denoiser)
+        self.status = optimize_module(self.denoiser, self.capture_calls, options, cache, exclusive)
         return self.status
 
     def restore(self) -> None:

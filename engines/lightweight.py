@@ -115,8 +115,7 @@ class LightweightEngine:
 
         def work() -> None:
             try:
-                with self.locks[model_id]:  # no request runs while capturing and swapping
-                    status = model.optimize(options, cache=self.cache)
+                status = model.optimize(options, cache=self.cache, exclusive=self.locks[model_id])
                 state.state = "aoti" if status.runtime == "aoti" else "fallback"
                 state.reason = status.reason
                 state.compile_s, state.load_s, state.cache_hit = status.compile_s, status.load_s, status.cache_hit
@@ -155,7 +154,7 @@ class LightweightEngine:
     def _observe(self, model_id: str, latency: float) -> None:
         state = self.states[model_id]
         model = self.models[model_id]
-        live = aoti.status_of(model.decoder if isinstance(model, TextModel) else model.denoiser)
+        live = aoti.status_of(model.hot_module)
         state.guard_fallbacks = live.guard_fallbacks
         if live.runtime == "aoti":
             state.aoti_latency_s = latency if state.aoti_latency_s is None else min(state.aoti_latency_s, latency)
@@ -168,7 +167,7 @@ class LightweightEngine:
         model = self.models.get(model_id)
         if model is None:
             return "eager"
-        return aoti.status_of(model.decoder if isinstance(model, TextModel) else model.denoiser).runtime
+        return aoti.status_of(model.hot_module).runtime
 
     def generate_text(self, model_id: str, prompt: str, params: SamplingParams) -> Iterator[TextStep]:
         model = self.load(registry.get(model_id))

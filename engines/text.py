@@ -8,6 +8,7 @@ model's weights and the same KV-cache buffers.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ import torch
 
 import aoti
 
+from .optimize import optimize_module
 from .registry import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -88,11 +90,16 @@ class TextModel:
                 self.decoder(input_ids=ids, cache_position=torch.arange(length, device=self.device))
         return calls
 
-    def optimize(self, options: aoti.CompileOptions | None = None, cache: aoti.Cache | None = None) -> aoti.Status:
-        """Compile (or load) the prefill + decode graphs and swap them in."""
+    @property
+    def hot_module(self) -> torch.nn.Module:
+        return self.decoder
+
+    def optimize(self, options: aoti.CompileOptions | None = None, cache: aoti.Cache | None = None,
+                 exclusive: contextlib.AbstractContextManager | None = None) -> aoti.Status:
+        """Compile (or load) the prefill + decode graphs and swap them in. ``exclusive`` is held only
+        while the model runs or is traced, so requests keep being served eagerly during the build."""
         options = (options or aoti.CompileOptions()).replace(dispatch="dynamic", strict=True)
-        artifact = aoti.compile(self.decoder, self.capture_calls(), options, cache=cache)
-        self.status = aoti.apply(artifact, self.decoder)
+        self.status = optimize_module(self.decoder, self.capture_calls, options, cache, exclusive)
         return self.status
 
     def restore(self) -> None:

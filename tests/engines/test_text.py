@@ -20,7 +20,7 @@ def test_embedded_text_model_writes_words(text_model):
     text_model.restore()
     steps = list(text_model.generate("If the file", GREEDY))
     assert len(steps) >= 10 and steps[-1].ttft_s is not None
-    words = re.findall(r"[A-Za-z]{3,}", steps[-1].text)
+    words = re.findall(r"[A-Za-z]{2,}", steps[-1].text)
     assert len(words) >= 6, steps[-1].text  # English-like words, not byte soup
     assert [s.tokens for s in steps] == list(range(1, len(steps) + 1))  # streamed one token at a time
 

@@ -1,0 +1,28 @@
+"""The one optimize flow both model kinds share: capture, compile, probe, apply."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+
+import torch
+
+import aoti
+
+
+def optimize_module(
+    module: torch.nn.Module,
+    capture_calls: Callable[[], aoti.CapturedCalls],
+    options: aoti.CompileOptions,
+    cache: aoti.Cache | None,
+    exclusive: contextlib.AbstractContextManager | None,
+) -> aoti.Status:
+    """Capture the hot module's calls and export it while holding ``exclusive`` (the model's request
+    lock); build and crash-probe without it; swap the graphs in holding it again."""
+    lock = exclusive or contextlib.nullcontext()
+    with lock:
+        calls = capture_calls()
+    artifact = aoti.compile(module, calls, options, cache=cache, exclusive=lock)
+    aoti.verify_loadable(artifact)
+    with lock:
+        return aoti.apply(artifact, module)
