@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -63,16 +65,24 @@ def _hub_cached(repo_id: str, revision: str | None) -> bool:
         return False
 
 
+_REACHABLE: dict[str, tuple[float, bool]] = {}
+REACHABLE_TTL_S = 60.0
+
+
 def _hub_reachable() -> bool:
+    """Whether huggingface.co answers (remembered for a minute, so the catalog stays fast)."""
     if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
         return False
+    checked = _REACHABLE.get("hub")
+    if checked and time.monotonic() - checked[0] < REACHABLE_TTL_S:
+        return checked[1]
     try:
-        import socket
-
         socket.create_connection(("huggingface.co", 443), timeout=2).close()
-        return True
+        reachable = True
     except OSError:
-        return False
+        reachable = False
+    _REACHABLE["hub"] = (time.monotonic(), reachable)
+    return reachable
 
 
 def availability(spec: ModelSpec) -> tuple[bool, str]:
