@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 import gradio as gr
+import numpy as np
 import pandas as pd
 import spaces  # noqa: I001  (must come before anything initialises CUDA)
 
@@ -135,6 +136,7 @@ def set_optimization(model_id: str, use_aoti: bool, fp8: bool, regional: bool) -
 _LATENCY_COLUMNS = {"request": pd.Series(dtype="int"), "latency_s": pd.Series(dtype="float"), "model": pd.Series(dtype="str")}
 _MEMORY_COLUMNS = {"seconds": pd.Series(dtype="float"), "MiB": pd.Series(dtype="float")}
 _START = time.time()
+CSS = "#image-output img { image-rendering: pixelated; width: 100%; height: 100%; object-fit: contain; }"
 
 
 def _panel():
@@ -143,8 +145,9 @@ def _panel():
     latency = pd.DataFrame(_LATENCY_COLUMNS)
     if snap["requests"]:
         latency = pd.DataFrame([{"request": i + 1, "latency_s": r["latency_s"], "model": r["model"]} for i, r in enumerate(snap["requests"])])
-    # Seed every model as a category so series added later still draw (Vega spec is fixed by the first value).
-    seeds = pd.DataFrame([{"request": None, "latency_s": None, "model": m} for m in TEXT_MODELS + IMAGE_MODELS])
+    # Seed every model as a category (a NaN row each) so series added later still draw: the Vega spec
+    # is fixed by the first value.
+    seeds = pd.DataFrame({"request": np.nan, "latency_s": np.nan, "model": TEXT_MODELS + IMAGE_MODELS})
     latency = pd.concat([seeds, latency], ignore_index=True)
     memory = pd.DataFrame([{"seconds": round(m["t"] - _START, 1), "MiB": round(m["mb"], 1)} for m in snap["memory"]]) if snap["memory"] else pd.DataFrame(_MEMORY_COLUMNS)
     s = snap["summary"]
@@ -158,8 +161,9 @@ def _panel():
         f"**TTFT** {fmt(s['median_ttft_s'], 's')} · **tokens/s** {fmt(s['median_tokens_per_s'], '')} · "
         f"**step** {fmt(s['median_step_ms'], 'ms')}"
     )
-    status = pd.DataFrame(studio.compile_status())[["model", "state", "compile_s", "load_s", "cache_hit", "speedup", "guard_fallbacks", "reason"]]
-    status = status[status["state"] != "not loaded"]
+    status = pd.DataFrame(studio.compile_status())
+    status = status[status["state"] != "not loaded"][["model", "state", "compile_s", "load_s", "cache_hit", "speedup", "reason"]]
+    status = status.rename(columns={"compile_s": "compile s", "load_s": "load s", "cache_hit": "cached"})
     return latency, memory, summary, status
 
 
@@ -178,37 +182,38 @@ def build() -> gr.Blocks:
         gr.Markdown("# AOTI Studio\nModels whose hot module runs as an ahead-of-time compiled graph "
                     "(torch.export + AOTInductor), cached and hot-swapped. The side panel is live.")
         with gr.Tab("Text"):
-            text_model = gr.Dropdown(_model_choices("text"), value=DEFAULT_TEXT, label="Model")
-            prompt = gr.Textbox(label="Prompt", value="Return the number of", lines=2)
+            text_model = gr.Dropdown(_model_choices("text"), value=DEFAULT_TEXT, label="Model", allow_custom_value=True)
+            prompt = gr.Textbox(label="Prompt", value="Return the number of", lines=2, elem_id="text-prompt")
             with gr.Row():
                 max_tokens = gr.Slider(1, 200, value=60, step=1, label="Max new tokens")
                 temperature = gr.Slider(0, 2, value=0.7, step=0.05, label="Temperature (0 = greedy)")
-            text_button = gr.Button("Generate", variant="primary")
-            text_out = gr.Textbox(label="Output", lines=6, buttons=["copy"])
+            text_button = gr.Button("Generate", variant="primary", elem_id="text-generate")
+            text_out = gr.Textbox(label="Output", lines=6, buttons=["copy"], elem_id="text-output")
         with gr.Tab("Image"):
-            image_model = gr.Dropdown(_model_choices("image"), value=DEFAULT_IMAGE, label="Model")
-            image_prompt = gr.Textbox(label="Prompt", value="a red circle, top left")
+            image_model = gr.Dropdown(_model_choices("image"), value=DEFAULT_IMAGE, label="Model", allow_custom_value=True)
+            image_prompt = gr.Textbox(label="Prompt", value="a red circle, top left", elem_id="image-prompt")
             with gr.Row():
-                size = gr.Dropdown(["32x32"], value="32x32", label="Size")
+                size = gr.Dropdown(["32x32"], value="32x32", label="Size", allow_custom_value=True)
                 steps = gr.Slider(1, 50, value=20, step=1, label="Steps")
                 seed = gr.Number(value=0, precision=0, label="Seed")
                 guidance = gr.Slider(0, 10, value=3.5, step=0.5, label="Guidance (models that use it)")
-            image_button = gr.Button("Generate", variant="primary")
-            image_out = gr.Image(label="Image", format="png", type="pil")
+            image_button = gr.Button("Generate", variant="primary", elem_id="image-generate")
+            image_out = gr.Image(label="Image", format="png", type="pil", elem_id="image-output", height=320)
             image_info = gr.Markdown()
         with gr.Tab("Optimization"):
-            opt_model = gr.Dropdown([m["id"] for m in MODELS], value=DEFAULT_TEXT, label="Model")
+            opt_model = gr.Dropdown([m["id"] for m in MODELS], value=DEFAULT_TEXT, label="Model", allow_custom_value=True)
             with gr.Row():
                 use_aoti = gr.Checkbox(value=True, label="AOTI")
                 fp8 = gr.Checkbox(value=False, label="FP8 (compute capability >= 8.9)")
                 regional = gr.Checkbox(value=False, label="Regional compile")
             opt_button = gr.Button("Apply")
             opt_out = gr.JSON(label="Compile status")
-        with gr.Sidebar(position="right", open=True, label="Live"):
+        with gr.Sidebar(position="right", open=True, label="Live", width=480):
             summary = gr.Markdown()
             latency_plot = gr.ScatterPlot(x="request", y="latency_s", color="model", title="Latency per request (s)", height=220)
             memory_plot = gr.LinePlot(x="seconds", y="MiB", title="Memory (MiB)", height=200)
-            status_table = gr.Dataframe(label="Compile status", wrap=True)
+            status_table = gr.Dataframe(label="Compile status", wrap=True, max_chars=80,
+                                        column_widths=["130px", "70px", "70px", "60px", "60px", "60px", "240px"])
             gr.Timer(1.0).tick(_panel, outputs=[latency_plot, memory_plot, summary, status_table], api_visibility="private", show_progress="hidden")
 
         text_button.click(generate_text, [text_model, prompt, max_tokens, temperature], text_out, api_name="generate_text", concurrency_id="device")
@@ -227,4 +232,4 @@ demo.queue(default_concurrency_limit=1)
 threading.Thread(target=startup, name="startup", daemon=True).start() if not ON_ZEROGPU else startup()
 
 if __name__ == "__main__":
-    demo.launch(theme=gr.themes.Soft())
+    demo.launch(theme=gr.themes.Soft(), css=CSS)

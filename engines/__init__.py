@@ -134,6 +134,7 @@ class Studio:
         ))
 
     def _memory(self) -> float | None:
+        self.metrics.sample_memory(self.device.torch_device)
         current, peak = memory_mb(self.device.torch_device)
         return round(peak if peak is not None else current, 1)
 

@@ -13,7 +13,7 @@ from PIL import Image
 
 import aoti
 
-from .optimize import optimize_module
+from .optimize import module_nbytes, optimize_module
 from .registry import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -76,6 +76,12 @@ class ImageModel:
     @property
     def hot_module(self) -> torch.nn.Module:
         return self.denoiser
+
+    @property
+    def nbytes(self) -> int:
+        """Every module of the pipeline (denoiser, text encoders, VAE)."""
+        components = getattr(self.pipe, "components", {"unet": self.denoiser})
+        return sum(module_nbytes(m) for m in components.values() if isinstance(m, torch.nn.Module))
 
     def optimize(self, options: aoti.CompileOptions | None = None, cache: aoti.Cache | None = None,
                  exclusive: contextlib.AbstractContextManager | None = None) -> aoti.Status:

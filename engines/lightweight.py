@@ -11,6 +11,7 @@ import gc
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -88,19 +89,28 @@ class LightweightEngine:
             return self._unload_locked(model_id)
 
     def _unload_locked(self, model_id: str) -> float:
-        before, _ = memory_mb(self.device.torch_device)
+        """On CUDA the allocator's figure before and after; on the CPU the bytes of the model's
+        tensors, counted only once nothing references the model any more (RSS rarely shrinks)."""
         model = self.models.pop(model_id, None)
         if model is None:
             return 0.0
+        before, _ = memory_mb(self.device.torch_device)
+        tensor_mb = model.nbytes / 2**20
         model.restore()
+        alive = weakref.ref(model.hot_module)
         del model
+        self.locks.pop(model_id, None)
         gc.collect()
         if self.device.torch_device == "cuda":
             torch.cuda.empty_cache()
-        after, _ = memory_mb(self.device.torch_device)
-        self.states[model_id] = CompileState(model_id, "not loaded", f"unloaded, freed {before - after:.0f} MiB")
-        log.info("engine: unloaded %s (%.0f MiB freed)", model_id, before - after)
-        return before - after
+            freed = before - memory_mb("cuda")[0]
+        else:
+            freed = tensor_mb if alive() is None else 0.0
+        if alive() is not None:
+            log.warning("engine: %s is still referenced after unload; its memory was not freed", model_id)
+        self.states[model_id] = CompileState(model_id, "not loaded", f"unloaded, freed {freed:.1f} MiB")
+        log.info("engine: unloaded %s (%.1f MiB freed)", model_id, freed)
+        return freed
 
     # --- optimize ----------------------------------------------------------------------------------
 

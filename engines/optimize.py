@@ -26,3 +26,12 @@ def optimize_module(
     aoti.verify_loadable(artifact)
     with lock:
         return aoti.apply(artifact, module)
+
+
+def module_nbytes(module: torch.nn.Module) -> int:
+    """Bytes of a module's distinct parameter and buffer storages."""
+    seen: dict[int, int] = {}
+    for tensor in [*module.parameters(), *module.buffers()]:
+        storage = tensor.untyped_storage()
+        seen[storage.data_ptr()] = storage.nbytes()
+    return sum(seen.values())

@@ -18,7 +18,7 @@ import torch
 
 import aoti
 
-from .optimize import optimize_module
+from .optimize import module_nbytes, optimize_module
 from .registry import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -93,6 +93,11 @@ class TextModel:
     @property
     def hot_module(self) -> torch.nn.Module:
         return self.decoder
+
+    @property
+    def nbytes(self) -> int:
+        """Weights and KV cache."""
+        return module_nbytes(self.decoder)
 
     def optimize(self, options: aoti.CompileOptions | None = None, cache: aoti.Cache | None = None,
                  exclusive: contextlib.AbstractContextManager | None = None) -> aoti.Status:

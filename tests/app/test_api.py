@@ -46,7 +46,7 @@ def test_text_errors_arrive_as_app_errors(client, args, message):
 
 @pytest.mark.parametrize(("args", "message"), [
     (("tiny-shapes-unet", "a red circle", "64x64", 10, 0, 0), "not offered"),
-    (("tiny-shapes-unet", "a red circle", "32x32", 500, 0, 0), "steps"),
+    (("tiny-shapes-unet", "a red circle", "32x32", 500, 0, 0), "greater than maximum value 50"),
     (("tiny-shapes-unet", "a violet blob", "32x32", 10, 0, 0), "colour"),
     (("tiny-shapes-unet", "a red circle", "big", 10, 0, 0), "size must look like"),
 ])
