@@ -11,6 +11,7 @@ from .apply import CompiledMethod, apply, restore, status_of, verify_loadable
 from .cache import Cache, default_cache_dir
 from .capture import CapturedCall, CapturedCalls, capture
 from .compile import Artifact, RegionalArtifact, compile
+from .hub import HubRefused, HubSource
 from .options import CompileOptions, DimRange
 from .probe import ProbeResult, probe_package
 from .quant import decide as decide_quantization
@@ -26,6 +27,8 @@ __all__ = [
     "CompileOptions",
     "CompiledMethod",
     "DimRange",
+    "HubRefused",
+    "HubSource",
     "ProbeResult",
     "RegionalArtifact",
     "Status",

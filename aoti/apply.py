@@ -136,7 +136,7 @@ def apply(artifact: Artifact | RegionalArtifact, module: torch.nn.Module, *, met
     graphs, weights = _bind(artifact, module)
     status.load_s = round(time.perf_counter() - start, 4)
     status.runtime = "aoti"
-    status.reason = "loaded from cache" if status.cache_hit else "compiled now"
+    status.reason = artifact.status.reason.replace(", not applied yet", "") if status.cache_hit else "compiled now"
     setattr(module, method, CompiledMethod(module, method, graphs, weights, status))
     return status
 

@@ -174,12 +174,17 @@ class Cache:
         """Complete ``manifest`` (sizes, checksum), write it, and move the staged folder into place
         atomically. Call under `lock(key)`."""
         package = staged / PACKAGE_FILE
+        files = {
+            p.name: sha256_file(p) for p in sorted(staged.iterdir())
+            if p.is_file() and p.name not in (MANIFEST_FILE, PROBE_FILE, LAST_USED_FILE)
+        }
         manifest = {
             **manifest,
             "key": key,
             "format": CACHE_FORMAT,
             "package_bytes": package.stat().st_size,
-            "package_sha256": sha256_file(package),
+            "package_sha256": files[PACKAGE_FILE],
+            "files": files,
             "created": time.time(),
         }
         tmp = staged / (MANIFEST_FILE + ".tmp")

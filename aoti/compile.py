@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import shutil
 import time
 from collections.abc import Iterator
@@ -17,6 +18,8 @@ from . import quant
 from .cache import PACKAGE_FILE, Cache, Entry, key_of
 from .capture import CapturedCall, CapturedCalls
 from .env import fingerprint, module_device
+from .hub import ENV_PUSH_REPO, HubRefused, HubSource, push
+from .hub import pull as hub_pull
 from .options import CompileOptions
 from .shapes import GraphPlan, Guard, export_dynamic_shapes, plan_graphs, shape_signature
 from .status import Status
@@ -123,6 +126,7 @@ def compile(
     *,
     cache: Cache | None = None,
     exclusive: contextlib.AbstractContextManager | None = None,
+    hub: HubSource | None = None,
 ) -> Artifact | RegionalArtifact:
     """Compile ``module`` for the captured call(s) with torch.export + AOTInductor, or load it from cache.
 
@@ -133,8 +137,13 @@ def compile(
     ``exclusive`` (e.g. the lock a server holds while a request runs the module) is held only while
     the module itself is touched — quantization and export trace it with swapped-in fake tensors —
     and released for the long Inductor build, so the module can keep serving eagerly meanwhile.
+
+    Where the artifact comes from, in order: the local cache; ``hub`` (or ``$AOTI_HUB_REPO``), an
+    allow-listed repository pinned to a commit, every file checked (a refusal is recorded and we go
+    on); a fresh compile, pushed to ``$AOTI_HUB_PUSH_REPO`` when that and a token are set.
     """
     exclusive = exclusive or contextlib.nullcontext()
+    hub = hub or HubSource.from_env()
     options = options or CompileOptions()
     cache = cache or Cache()
     calls = _as_calls(call)
@@ -156,7 +165,7 @@ def compile(
     if options.regional:
         from .regional import compile_regional
 
-        artifact = compile_regional(module, calls, options.replace(regional=False), cache=cache, exclusive=exclusive)
+        artifact = compile_regional(module, calls, options.replace(regional=False), cache=cache, exclusive=exclusive, hub=hub)
         artifact.status.fallbacks[:0] = fallbacks
         return artifact
 
@@ -164,17 +173,24 @@ def compile(
     plans = plan_graphs(calls, options, module)
     key, fields = cache_key(module, calls, options, plans)
     entry = cache.get(key, fields["env"])
-    cache_hit = entry is not None
+    cache_hit, source = entry is not None, "local cache"
+    if entry is None and hub is not None:
+        try:
+            entry, cache_hit, source = hub_pull(hub, key, cache, fields["env"]), True, f"hub {hub.repo_id}"
+        except HubRefused as exc:
+            fallbacks.append(f"hub -> compile: {exc}")
+            log.warning("aoti: %s", fallbacks[-1])
     if entry is None:
         with cache.lock(key):
             entry = cache.get(key, fields["env"])
             cache_hit = entry is not None
             if entry is None:
                 entry = _build(module, plans, options, device, cache, key, fields, exclusive)
+                _maybe_push(cache, key, fallbacks)
     manifest = entry.manifest
     status = Status(
         runtime="eager",
-        reason="compiled, not applied yet" if not cache_hit else "cache hit, not applied yet",
+        reason="compiled, not applied yet" if not cache_hit else f"from the {source}, not applied yet",
         key=key,
         cache_hit=cache_hit,
         compile_s=None if cache_hit else manifest["compile_s"],
@@ -185,6 +201,18 @@ def compile(
     )
     log.info("aoti: %s %s (%d graphs, key %s)", "loaded" if cache_hit else "compiled", type(module).__name__, status.graphs, key)
     return Artifact(entry, status, cache)
+
+
+def _maybe_push(cache: Cache, key: str, fallbacks: list[str]) -> None:
+    """Push a fresh compile to the user's writable repository, if one is configured."""
+    repo = os.environ.get(ENV_PUSH_REPO)
+    if not repo:
+        return
+    try:
+        push(cache, [key], repo, token=os.environ.get("HF_TOKEN"))
+    except Exception as exc:  # the compile succeeded; a failed upload is recorded, not fatal
+        fallbacks.append(f"push to {repo} failed: {type(exc).__name__}: {exc}"[:300])
+        log.warning("aoti: %s", fallbacks[-1])
 
 
 def _build(

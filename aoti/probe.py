@@ -52,8 +52,9 @@ def probe_package(package: str | os.PathLike, manifest_path: str | os.PathLike, 
     seconds = time.perf_counter() - start
     if proc.returncode < 0:
         name = signal.Signals(-proc.returncode).name
-        tail = proc.stderr.strip().splitlines()[-3:]
-        return ProbeResult(False, f"package crashed the probe process ({name}): {' | '.join(tail)}", seconds)
+        fatal = next((ln.strip() for ln in proc.stderr.splitlines() if ln.startswith("Fatal Python error")), "")
+        log.error("probe of %s crashed (%s); child stderr:\n%s", package, name, proc.stderr[-4000:])
+        return ProbeResult(False, f"package crashed the probe process ({name}) while loading or running it. {fatal}".strip(), seconds)
     if proc.returncode != 0:
         tail = proc.stderr.strip().splitlines()[-1:] or ["no output"]
         return ProbeResult(False, f"probe failed (exit {proc.returncode}): {tail[0][:300]}", seconds)

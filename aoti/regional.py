@@ -63,7 +63,7 @@ def group_blocks(module: torch.nn.Module) -> list[list[str]]:
 
 def compile_regional(
     module: torch.nn.Module, calls: list[CapturedCall], options: CompileOptions, *, cache: Cache,
-    exclusive: contextlib.AbstractContextManager | None = None,
+    exclusive: contextlib.AbstractContextManager | None = None, hub: object | None = None,
 ) -> RegionalArtifact:
     """Capture each distinct block's inputs by re-running the module on the captured calls, then
     compile one package per block signature."""
@@ -81,7 +81,7 @@ def compile_regional(
         if not recorded.calls:
             log.warning("regional: block %s was never called; it stays eager", names[0])
             continue
-        artifact = compile(block, recorded, options, cache=cache, exclusive=exclusive)
+        artifact = compile(block, recorded, options, cache=cache, exclusive=exclusive, hub=hub)
         assert isinstance(artifact, Artifact)
         parts.append((names, artifact))
         status.merge(artifact.status)

@@ -62,6 +62,7 @@ class LightweightEngine:
         self.locks: dict[str, threading.Lock] = {}
         self.threads: dict[str, threading.Thread] = {}
         self._guard = threading.Lock()
+        self._compile_lock = threading.Lock()
 
     # --- lifecycle ---------------------------------------------------------------------------------
 
@@ -125,7 +126,10 @@ class LightweightEngine:
 
         def work() -> None:
             try:
-                status = model.optimize(options, cache=self.cache, exclusive=self.locks[model_id])
+                # One compile at a time per process: torch.export and Dynamo keep global tracing state
+                # and are not thread-safe (two concurrent exports broke each other's traces).
+                with self._compile_lock:
+                    status = model.optimize(options, cache=self.cache, exclusive=self.locks[model_id])
                 state.state = "aoti" if status.runtime == "aoti" else "fallback"
                 state.reason = status.reason
                 state.compile_s, state.load_s, state.cache_hit = status.compile_s, status.load_s, status.cache_hit
