@@ -215,6 +215,17 @@ def _maybe_push(cache: Cache, key: str, fallbacks: list[str]) -> None:
         log.warning("aoti: %s", fallbacks[-1])
 
 
+@contextlib.contextmanager
+def _staging(cache: Cache) -> Iterator[Path]:
+    """A private build folder; removed if the build fails, moved into place by `Cache.publish`."""
+    staged = cache.staging()
+    try:
+        yield staged
+    except BaseException:
+        shutil.rmtree(staged, ignore_errors=True)
+        raise
+
+
 def _build(
     module: torch.nn.Module,
     plans: list[GraphPlan],
@@ -225,79 +236,58 @@ def _build(
     fields: dict[str, Any],
     exclusive: contextlib.AbstractContextManager,
 ) -> Entry:
+    """Export and compile every planned graph into one package in a staging folder, then publish it."""
+    from torch._inductor.package import package_aoti
 
     toolchain = ensure_toolchain()
     start = time.perf_counter()
     known = set(quant.constants_map(module))
-    staged = cache.staging()
-    try:
-        return _build_into(module, plans, options, device, cache, key, fields, exclusive, staged, known, toolchain.note, start)
-    except BaseException:
-        shutil.rmtree(staged, ignore_errors=True)  # a failed build leaves nothing behind
-        raise
-
-
-def _build_into(
-    module: torch.nn.Module,
-    plans: list[GraphPlan],
-    options: CompileOptions,
-    device: torch.device,
-    cache: Cache,
-    key: str,
-    fields: dict[str, Any],
-    exclusive: contextlib.AbstractContextManager,
-    staged: Path,
-    known: set[str],
-    toolchain_note: str,
-    start: float,
-) -> Entry:
-    from torch._inductor.package import package_aoti
-
-    files: dict[str, list[str]] = {}
-    graphs: list[dict[str, Any]] = []
-    extra_constants: dict[str, torch.Tensor] = {}
-    export_s = 0.0
-    for index, plan in enumerate(plans):
-        name = f"graph{index}"
-        t0 = time.perf_counter()
-        with exclusive, _eager(module, options.method), torch.no_grad():
-            target = quant.exportable(module)
-            prefix = ""
-            if options.method != "forward":
-                target, prefix = _MethodAsForward(target, options.method), "inner."
-            dynamic = export_dynamic_shapes(module, options.method, plan.call, plan.dynamic)
-            ep = torch.export.export(target, plan.call.args, plan.call.kwargs, dynamic_shapes=dynamic, strict=options.strict)
-        export_s += time.perf_counter() - t0
-        constants = _constant_specs(ep, prefix)
-        for raw_name, tensor in ep.constants.items():
-            clean = raw_name.removeprefix(prefix)
-            if isinstance(tensor, torch.Tensor) and clean not in known:
-                extra_constants[f"{name}/{clean}"] = tensor.detach().cpu()
-        configs = {**options.inductor_configs(), "aot_inductor.package": True}
-        files[name] = torch._inductor.aot_compile(ep.module(), plan.call.args, plan.call.kwargs, options=configs)
-        leaves = [(list(t.shape), str(t.dtype)) for t in torch.utils._pytree.tree_leaves((plan.call.args, plan.call.kwargs)) if isinstance(t, torch.Tensor)]
-        graphs.append({
-            "name": name,
-            "guard": Guard.from_exported(ep, plan.call).to_json(),
-            "constants": constants,
-            "example_inputs": leaves,
-            "constant_prefix": prefix,
-        })
-    package_aoti(str(staged / PACKAGE_FILE), files)
-    if extra_constants:
-        torch.save(extra_constants, staged / EXTRA_CONSTANTS_FILE)
-    compile_s = time.perf_counter() - start
-    manifest = {
-        "key_fields": fields,
-        "device": device.type,
-        "options": options.to_dict(),
-        "graphs": graphs,
-        "compile_s": round(compile_s, 3),
-        "export_s": round(export_s, 3),
-        "toolchain": toolchain_note,
-        "module_class": fields["model"]["class"],
-    }
-    return cache.publish(key, staged, manifest)
+    with _staging(cache) as staged:
+        files: dict[str, list[str]] = {}
+        graphs: list[dict[str, Any]] = []
+        extra_constants: dict[str, torch.Tensor] = {}
+        export_s = 0.0
+        for index, plan in enumerate(plans):
+            name = f"graph{index}"
+            t0 = time.perf_counter()
+            with exclusive, _eager(module, options.method), torch.no_grad():
+                target = quant.exportable(module)
+                prefix = ""
+                if options.method != "forward":
+                    target, prefix = _MethodAsForward(target, options.method), "inner."
+                dynamic = export_dynamic_shapes(module, options.method, plan.call, plan.dynamic)
+                ep = torch.export.export(target, plan.call.args, plan.call.kwargs, dynamic_shapes=dynamic, strict=options.strict)
+            export_s += time.perf_counter() - t0
+            constants = _constant_specs(ep, prefix)
+            for raw_name, tensor in ep.constants.items():
+                clean = raw_name.removeprefix(prefix)
+                if isinstance(tensor, torch.Tensor) and clean not in known:
+                    extra_constants[f"{name}/{clean}"] = tensor.detach().cpu()
+            configs = {**options.inductor_configs(), "aot_inductor.package": True}
+            files[name] = torch._inductor.aot_compile(ep.module(), plan.call.args, plan.call.kwargs, options=configs)
+            leaves = [(list(t.shape), str(t.dtype)) for t in torch.utils._pytree.tree_leaves((plan.call.args, plan.call.kwargs)) if isinstance(t, torch.Tensor)]
+            graphs.append({
+                "name": name,
+                "guard": Guard.from_exported(ep, plan.call).to_json(),
+                "constants": constants,
+                "example_inputs": leaves,
+                "constant_prefix": prefix,
+            })
+        package_aoti(str(staged / PACKAGE_FILE), files)
+        if extra_constants:
+            torch.save(extra_constants, staged / EXTRA_CONSTANTS_FILE)
+        compile_s = time.perf_counter() - start
+        manifest = {
+            "key_fields": fields,
+            "device": device.type,
+            "options": options.to_dict(),
+            "graphs": graphs,
+            "compile_s": round(compile_s, 3),
+            "export_s": round(export_s, 3),
+            "toolchain": toolchain.note,
+            "module_class": fields["model"]["class"],
+        }
+        return cache.publish(key, staged, manifest)
 
 
 def _constant_specs(ep: torch.export.ExportedProgram, prefix: str) -> dict[str, list[Any]]:
