@@ -10,6 +10,7 @@ import aoti
 
 from . import registry
 from .device import DeviceInfo, discover
+from .distributed import DistributedEngine
 from .image import ImageParams, ImageResult
 from .lightweight import CompileState, LightweightEngine
 from .metrics import Metrics, RequestRecord, memory_mb
@@ -28,6 +29,7 @@ class Studio:
     def __init__(self, device: DeviceInfo | None = None, cache: aoti.Cache | None = None) -> None:
         self.device = device or discover()
         self.engine = LightweightEngine(self.device, cache)
+        self.distributed: dict[str, DistributedEngine] = {}
         self.metrics = Metrics()
 
     # --- catalog -----------------------------------------------------------------------------------
@@ -65,8 +67,11 @@ class Studio:
         decision = self.decision(model_id)
         if decision.engine == "refused":
             raise ValueError(f"{model_id} {decision.reason}.")
-        if decision.engine == "distributed":
-            raise ValueError(f"{model_id} {decision.reason}; the distributed engine is not available in this build.")
+        if decision.engine == "distributed" and spec.task != "text":
+            raise ValueError(
+                f"{model_id} {decision.reason}, but the multi-GPU engine serves text models only "
+                "(diffusers context parallelism is not wired up yet)."
+            )
         return spec
 
     # --- lifecycle ---------------------------------------------------------------------------------
@@ -106,8 +111,21 @@ class Studio:
 
     def generate_text(self, model_id: str, prompt: str, params: SamplingParams) -> Iterator[TextStep]:
         """Stream text; pure (no bookkeeping), so it can run in a ZeroGPU worker. Record with `record_text`."""
-        self.check_model(model_id, "text")
+        spec = self.check_model(model_id, "text")
+        if self.decision(model_id).engine == "distributed":
+            if not 1 <= params.max_new_tokens <= spec.max_new_tokens:
+                raise ValueError(f"`max_new_tokens` must be between 1 and {spec.max_new_tokens}, got {params.max_new_tokens}.")
+            yield from self._distributed(spec).generate(prompt, params)
+            return
         yield from self.engine.generate_text(model_id, prompt, params)
+
+    def _distributed(self, spec: registry.ModelSpec) -> DistributedEngine:
+        """The tensor-parallel engine for a model too large for one GPU (one per model, started lazily)."""
+        if spec.id not in self.distributed:
+            self.distributed[spec.id] = DistributedEngine(spec.source, world_size=self.device.count, device="cuda")
+            self.engine.states[spec.id].state = "distributed"
+            self.engine.states[spec.id].reason = f"tensor parallel over {self.device.count} GPUs (eager on the workers)"
+        return self.distributed[spec.id]
 
     def generate_image(self, model_id: str, prompt: str, params: ImageParams, progress=None) -> ImageResult:
         """Generate one image; pure, like `generate_text`. Record with `record_image`."""
@@ -115,6 +133,8 @@ class Studio:
         return self.engine.generate_image(model_id, prompt, params, progress)
 
     def runtime_of(self, model_id: str) -> str:
+        if model_id in self.distributed:
+            return f"eager, tensor parallel x{self.device.count}"
         return self.engine.runtime_of(model_id)
 
     def record_text(self, model_id: str, runtime: str, latency_s: float, last: TextStep | None, error: str | None = None) -> None:
