@@ -89,9 +89,10 @@ class Studio:
                 self.engine.optimize(model_id, self.options_for(model_id), background=background)
 
     def options_for(self, model_id: str, fp8: bool = False, regional: bool = False) -> aoti.CompileOptions:
+        """Compile options from the switches and the selection (FP8 when only FP8 weights fit)."""
         decision = self.decision(model_id, fp8)
         preset = decision.preset.inductor if decision.preset else "default"
-        return aoti.CompileOptions(quantization="fp8_rowwise" if fp8 else "none", regional=regional, preset=preset)
+        return aoti.CompileOptions(quantization=decision.quantization, regional=regional, preset=preset)
 
     def set_optimization(self, model_id: str, use_aoti: bool, fp8: bool = False, regional: bool = False) -> CompileState:
         """The per-model switches: AOTI on/off, FP8, regional. FP8 where it can't run is refused."""

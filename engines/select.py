@@ -70,7 +70,7 @@ def choose(spec: ModelSpec, device: DeviceInfo, quantization: str = "none") -> D
     numbers = f"needs about {need / GiB:.1f} GiB, {device.label}"
     if need <= budget:
         return Decision("lightweight", f"fits one device: {numbers}", need, budget, quantization, preset_for(device))
-    if spec.task == "text" and quantization == "none" and device.fp8 and estimate_bytes(spec, device, "fp8_rowwise") <= budget:
+    if spec.fp8 and quantization == "none" and device.fp8 and estimate_bytes(spec, device, "fp8_rowwise") <= budget:
         return Decision("lightweight", f"fits with FP8 weights: {numbers}", estimate_bytes(spec, device, "fp8_rowwise"),
                         budget, "fp8_rowwise", preset_for(device))
     if device.kind != "cpu" and device.count > 1 and need <= budget * device.count * 0.9:

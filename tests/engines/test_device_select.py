@@ -80,6 +80,12 @@ def test_selection_table(model, device, engine, quant):
         assert "GiB" in decision.reason and "does not fit" in decision.reason
 
 
+def test_fp8_weights_are_only_chosen_for_models_that_offer_them():
+    tiny_budget = DeviceInfo("cuda", "NVIDIA H100 80GB HBM3", 80 * GiB, 80 * GiB, int(0.003 * GiB), (9, 0), count=2)
+    decision = choose(registry.get("tiny-llama-pydoc"), tiny_budget)  # fp8=False in the registry
+    assert decision.engine == "distributed" and decision.quantization == "none"
+
+
 def test_estimate_grows_with_dtype_and_shrinks_with_fp8():
     spec = registry.get("qwen2.5-7b-instruct")
     assert estimate_bytes(spec, CPU_24) > estimate_bytes(spec, H100) > estimate_bytes(spec, H100, "fp8_rowwise")
