@@ -75,12 +75,19 @@ def generate_text(model_id: str, prompt: str, max_new_tokens: float, temperature
     params = SamplingParams(max_new_tokens=int(max_new_tokens), temperature=float(temperature), seed=0)
     try:
         studio.check_model(model_id, "text")
-        runtime, start, last = studio.runtime_of(model_id), time.perf_counter(), None
+    except ValueError as exc:
+        raise gr.Error(str(exc)) from None
+    runtime, start, last = studio.runtime_of(model_id), time.perf_counter(), None
+    try:
         for step in _text_on_gpu(model_id, prompt, params):
             last = step
             yield step.text
     except ValueError as exc:
         raise gr.Error(str(exc)) from None
+    except Exception as exc:  # a failed run is recorded and reported; the server keeps serving
+        log.exception("text generation failed")
+        studio.record_text(model_id, runtime, time.perf_counter() - start, last, error=str(exc)[:300])
+        raise gr.Error(f"generation failed: {exc}") from None
     studio.record_text(model_id, runtime, time.perf_counter() - start, last)
     if last is None:
         yield ""
@@ -97,10 +104,17 @@ def generate_image(model_id: str, prompt: str, size: str, steps: float, seed: fl
     params = ImageParams(height, width, int(steps), int(seed), float(guidance) if spec_guidance is not None else None)
     try:
         studio.check_model(model_id, "image")
-        runtime, start = studio.runtime_of(model_id), time.perf_counter()
+    except ValueError as exc:
+        raise gr.Error(str(exc)) from None
+    runtime, start = studio.runtime_of(model_id), time.perf_counter()
+    try:
         result = _image_on_gpu(model_id, prompt, params, progress)
     except ValueError as exc:
         raise gr.Error(str(exc)) from None
+    except Exception as exc:  # a failed run is recorded and reported; the server keeps serving
+        log.exception("image generation failed")
+        studio.record_image(model_id, runtime, None, time.perf_counter() - start, error=str(exc)[:300])
+        raise gr.Error(f"generation failed: {exc}") from None
     studio.record_image(model_id, runtime, result, time.perf_counter() - start)
     steps_ms = sorted(result.step_ms)
     info = f"{result.latency_s:.2f} s · {len(steps_ms)} steps · median step {steps_ms[len(steps_ms) // 2]:.1f} ms · {runtime}"
@@ -229,7 +243,10 @@ def build() -> gr.Blocks:
 
 demo = build()
 demo.queue(default_concurrency_limit=1)
-threading.Thread(target=startup, name="startup", daemon=True).start() if not ON_ZEROGPU else startup()
+if ON_ZEROGPU:
+    startup()
+else:
+    threading.Thread(target=startup, name="startup", daemon=True).start()
 
 if __name__ == "__main__":
     demo.launch(theme=gr.themes.Soft(), css=CSS)
