@@ -108,7 +108,8 @@ def _eager(module: torch.nn.Module, method: str) -> Iterator[None]:
             module.__dict__[method] = swapped
 
 
-def cache_key(module: torch.nn.Module, calls: list[CapturedCall], options: CompileOptions, plans: list[GraphPlan]) -> tuple[str, dict[str, Any]]:
+def cache_key(module: torch.nn.Module, options: CompileOptions, plans: list[GraphPlan]) -> tuple[str, dict[str, Any]]:
+    """The artifact's key and the fields it hashes: model identity, options, environment, graph plans."""
     device = torch.device(options.device) if options.device else module_device(module)
     fields = {
         "model": _identity(module),
@@ -171,7 +172,7 @@ def compile(
 
     # 3. Whole module: one package with one graph per plan, through the cache.
     plans = plan_graphs(calls, options, module)
-    key, fields = cache_key(module, calls, options, plans)
+    key, fields = cache_key(module, options, plans)
     entry = cache.get(key, fields["env"])
     cache_hit, source = entry is not None, "local cache"
     if entry is None and hub is not None:
