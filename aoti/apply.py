@@ -136,7 +136,6 @@ def apply(artifact: Artifact | RegionalArtifact, module: torch.nn.Module, *, met
     graphs, weights = _bind(artifact, module)
     status.load_s = round(time.perf_counter() - start, 4)
     status.runtime = "aoti"
-    status.reason = artifact.status.reason.replace(", not applied yet", "") if status.cache_hit else "compiled now"
     setattr(module, method, CompiledMethod(module, method, graphs, weights, status))
     return status
 

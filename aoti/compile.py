@@ -191,7 +191,7 @@ def compile(
     manifest = entry.manifest
     status = Status(
         runtime="eager",
-        reason="compiled, not applied yet" if not cache_hit else f"from the {source}, not applied yet",
+        reason="compiled now" if not cache_hit else f"from the {source}",  # runtime stays eager until `apply`
         key=key,
         cache_hit=cache_hit,
         compile_s=None if cache_hit else manifest["compile_s"],

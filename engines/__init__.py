@@ -160,7 +160,4 @@ class Studio:
         return round(peak if peak is not None else current, 1)
 
     def compile_status(self) -> list[dict[str, Any]]:
-        for model_id, model in self.engine.models.items():
-            live = aoti.status_of(model.hot_module)
-            self.engine.states[model_id].guard_fallbacks = live.guard_fallbacks
-        return [state.as_row() for state in self.engine.states.values()]
+        return self.engine.rows()

@@ -85,7 +85,7 @@ class LightweightEngine:
             return model
 
     def unload(self, model_id: str) -> float:
-        """Free a model; returns the MiB of memory given back (CUDA allocator or process RSS)."""
+        """Free a model; returns the MiB of memory given back (see `_unload_locked`)."""
         with self._guard:
             return self._unload_locked(model_id)
 
@@ -165,12 +165,20 @@ class LightweightEngine:
 
     # --- generate ----------------------------------------------------------------------------------
 
+    def rows(self) -> list[dict[str, Any]]:
+        """Every model's compile state, with the live guard counters of the loaded ones."""
+        for model_id in list(self.models):
+            self._live(model_id)
+        return [state.as_row() for state in self.states.values()]
+
+    def _live(self, model_id: str) -> aoti.Status:
+        live = aoti.status_of(self.models[model_id].hot_module)
+        self.states[model_id].guard_fallbacks = live.guard_fallbacks
+        return live
+
     def _observe(self, model_id: str, latency: float) -> None:
         state = self.states[model_id]
-        model = self.models[model_id]
-        live = aoti.status_of(model.hot_module)
-        state.guard_fallbacks = live.guard_fallbacks
-        if live.runtime == "aoti":
+        if self._live(model_id).runtime == "aoti":
             state.aoti_latency_s = latency if state.aoti_latency_s is None else min(state.aoti_latency_s, latency)
         else:
             state.eager_latency_s = latency if state.eager_latency_s is None else min(state.eager_latency_s, latency)
@@ -186,8 +194,7 @@ class LightweightEngine:
     def generate_text(self, model_id: str, prompt: str, params: SamplingParams) -> Iterator[TextStep]:
         model = self.load(registry.get(model_id))
         assert isinstance(model, TextModel), f"{model_id} is not a text model"
-        model.check_inputs(prompt, params)
-        with self.locks[model_id]:
+        with self.locks[model_id]:  # generate() validates its inputs before it runs the model
             last = None
             for step in model.generate(prompt, params):
                 last = step
@@ -198,8 +205,7 @@ class LightweightEngine:
     def generate_image(self, model_id: str, prompt: str, params: ImageParams, progress=None) -> ImageResult:
         model = self.load(registry.get(model_id))
         assert isinstance(model, ImageModel), f"{model_id} is not an image model"
-        model.check_inputs(prompt, params)
-        with self.locks[model_id]:
+        with self.locks[model_id]:  # generate() validates its inputs before it runs the model
             result = model.generate(prompt, params, progress)
         if result.step_ms:
             self._observe(model_id, sorted(result.step_ms)[len(result.step_ms) // 2] / 1e3)
