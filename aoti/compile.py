@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from . import quant
+from . import attention, quant
 from .cache import PACKAGE_FILE, Cache, Entry, key_of
 from .capture import CapturedCall, CapturedCalls
 from .env import fingerprint, module_device
@@ -156,6 +156,11 @@ def compile(
     if decision.reason:
         log.warning("aoti: %s", fallbacks[0])
     options = options.replace(quantization=decision.applied)
+    kernel = attention.decide(options.attention, device)
+    if kernel.reason:
+        fallbacks.append(f"{kernel.requested} attention -> {kernel.applied}: {kernel.reason}")
+        log.warning("aoti: %s", fallbacks[-1])
+    options = options.replace(attention=kernel.applied)
     if getattr(module, "_aoti_quantization", "none") != decision.applied:
         with exclusive:
             quant.quantize(module, decision.applied)
@@ -251,7 +256,7 @@ def _build(
         for index, plan in enumerate(plans):
             name = f"graph{index}"
             t0 = time.perf_counter()
-            with exclusive, _eager(module, options.method), torch.no_grad():
+            with exclusive, _eager(module, options.method), torch.no_grad(), attention.pinned(options.attention):
                 target = quant.exportable(module)
                 prefix = ""
                 if options.method != "forward":
@@ -265,7 +270,8 @@ def _build(
                 if isinstance(tensor, torch.Tensor) and clean not in known:
                     extra_constants[f"{name}/{clean}"] = tensor.detach().cpu()
             configs = {**options.inductor_configs(), "aot_inductor.package": True}
-            files[name] = torch._inductor.aot_compile(ep.module(), plan.call.args, plan.call.kwargs, options=configs)
+            with attention.pinned(options.attention):
+                files[name] = torch._inductor.aot_compile(ep.module(), plan.call.args, plan.call.kwargs, options=configs)
             leaves = [(list(t.shape), str(t.dtype)) for t in torch.utils._pytree.tree_leaves((plan.call.args, plan.call.kwargs)) if isinstance(t, torch.Tensor)]
             graphs.append({
                 "name": name,

@@ -7,6 +7,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from .attention import BACKENDS as ATTENTIONS
+
 OPTIONS_VERSION = 1
 
 Dispatch = Literal["static", "dynamic", "buckets"]
@@ -64,6 +66,8 @@ class CompileOptions:
         method: the module method to compile and swap.
         strict: `torch.export` strict mode (TorchDynamo tracing); needed by transformers' static-cache
             export wrapper, whose cache tensors are reached through a Python object.
+        attention: the fused SDPA kernel the graph calls: "auto" (PyTorch's choice), "cudnn", "flash",
+            "efficient" or "math" (see `aoti.attention`).
     """
 
     dispatch: Dispatch = "static"
@@ -74,6 +78,7 @@ class CompileOptions:
     device: str | None = None
     method: str = "forward"
     strict: bool = False
+    attention: str = "auto"
     version: int = field(default=OPTIONS_VERSION)
 
     def __post_init__(self) -> None:
@@ -83,6 +88,8 @@ class CompileOptions:
             raise ValueError(f"`preset` must be one of {PRESETS}, got {self.preset!r}.")
         if self.quantization not in QUANTIZATIONS:
             raise ValueError(f"`quantization` must be one of {QUANTIZATIONS}, got {self.quantization!r}.")
+        if self.attention not in ATTENTIONS:
+            raise ValueError(f"`attention` must be one of {ATTENTIONS}, got {self.attention!r}.")
 
     def replace(self, **changes: Any) -> CompileOptions:
         return dataclasses.replace(self, **changes)

@@ -1,0 +1,48 @@
+"""Which fused attention kernel the compiled graph calls.
+
+Inductor lowers ``F.scaled_dot_product_attention`` to one fused kernel chosen while the graph is
+traced, by the SDPA backend flags active then. ``"auto"`` keeps PyTorch's own choice (FlashAttention-2
+on Hopper); ``"cudnn"`` pins cuDNN's fused attention, usually faster on H100/H200 at diffusion
+sequence lengths. A backend the device can't run falls back to "auto" with the reason.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+BACKENDS: tuple[str, ...] = ("auto", "flash", "cudnn", "efficient", "math")
+CUDA_ONLY = ("flash", "cudnn", "efficient")
+
+
+@dataclass(frozen=True)
+class AttentionDecision:
+    requested: str
+    applied: str
+    reason: str | None = None
+
+
+def decide(backend: str, device: torch.device) -> AttentionDecision:
+    """Whether ``backend`` can run on ``device``; CUDA-only kernels fall back to "auto" elsewhere."""
+    if backend in CUDA_ONLY and device.type != "cuda":
+        return AttentionDecision(backend, "auto", f"{backend} attention needs a CUDA GPU; this device is the {device.type.upper()}")
+    if backend == "cudnn" and not torch.backends.cudnn.is_available():
+        return AttentionDecision(backend, "auto", "cuDNN is not available in this torch build")
+    return AttentionDecision(backend, backend)
+
+
+@contextlib.contextmanager
+def pinned(backend: str) -> Iterator[None]:
+    """Trace under this SDPA backend (a no-op for "auto")."""
+    if backend == "auto":
+        yield
+        return
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    chosen = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION,
+              "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}[backend]
+    with sdpa_kernel(chosen):
+        yield

@@ -1,0 +1,55 @@
+"""The `attention` option pins the fused SDPA kernel the compiled graph calls."""
+
+import zipfile
+
+import pytest
+import torch
+
+import aoti
+
+
+class SelfAttention(torch.nn.Module):
+    def __init__(self, dim: int = 32, heads: int = 2) -> None:
+        super().__init__()
+        self.qkv, self.heads = torch.nn.Linear(dim, 3 * dim), heads
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, d = x.shape
+        q, k, v = self.qkv(x).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, d)
+
+
+def _wrapper_source(artifact: aoti.Artifact) -> str:
+    with zipfile.ZipFile(artifact.package) as package:
+        return "\n".join(package.read(n).decode(errors="ignore") for n in package.namelist() if n.endswith(".cpp"))
+
+
+def test_pinned_backend_changes_the_lowered_kernel_and_matches_eager(cache):
+    model = SelfAttention().eval()
+    with aoti.capture(model) as call, torch.no_grad():
+        model(torch.randn(1, 16, 32))
+    auto = aoti.compile(model, call, aoti.CompileOptions(attention="auto"), cache=cache)
+    math = aoti.compile(model, call, aoti.CompileOptions(attention="math"), cache=cache)
+    assert auto.key != math.key
+    assert "flash_attention" in _wrapper_source(auto)  # PyTorch's own choice on the CPU
+    assert "flash_attention" not in _wrapper_source(math)  # decomposed into matmul + softmax
+    x = torch.randn(1, 16, 32)
+    expected = model(x)
+    aoti.apply(math, model)
+    with torch.no_grad():
+        assert torch.allclose(model(x), expected, atol=1e-5, rtol=1e-4)
+    assert aoti.status_of(model).compiled_calls == 1
+
+
+def test_cuda_only_backend_on_cpu_falls_back_visibly(cache, mlp_artifact):
+    model, reference = mlp_artifact
+    with aoti.capture(model) as call:
+        model(torch.randn(4, 32))
+    artifact = aoti.compile(model, call, aoti.CompileOptions(attention="cudnn"), cache=cache)
+    assert artifact.key == reference.key  # recorded as "auto": the same graph, a cache hit
+    assert artifact.status.fallbacks == ["cudnn attention -> auto: cudnn attention needs a CUDA GPU; this device is the CPU"]
+
+
+def test_unknown_backend_is_refused_with_the_choices():
+    with pytest.raises(ValueError, match="cudnn"):
+        aoti.CompileOptions(attention="fa9")
