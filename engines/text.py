@@ -31,6 +31,7 @@ class SamplingParams:
     top_p: float = 0.95
     top_k: int = 50
     seed: int | None = None
+    ignore_eos: bool = False  # always generate max_new_tokens (benchmarks)
 
 
 @dataclass
@@ -63,15 +64,19 @@ def sample_next(logits: torch.Tensor, params: SamplingParams, generator: torch.G
 class TextModel:
     """A loaded causal LM with its static-cache decoder; `optimize` swaps in the AOTI graphs."""
 
-    def __init__(self, spec: ModelSpec, device: str = "cpu") -> None:
+    def __init__(self, spec: ModelSpec, device: str = "cpu", model: torch.nn.Module | None = None, tokenizer=None) -> None:
+        """Load ``spec.source``, or wrap an already built ``model`` and ``tokenizer`` (e.g. random
+        weights of a real architecture, for benchmarks)."""
         from transformers import AutoModelForCausalLM, AutoTokenizer
         from transformers.integrations.executorch import TorchExportableModuleWithStaticCache
 
         self.spec, self.device = spec, device
         dtype = torch.float32 if device == "cpu" else getattr(torch, spec.dtype)
         kwargs = {} if spec.is_local else {"revision": spec.revision}
-        self.tokenizer = AutoTokenizer.from_pretrained(spec.source, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(spec.source, dtype=dtype, **kwargs).to(device).eval()
+        self.tokenizer = tokenizer or AutoTokenizer.from_pretrained(spec.source, **kwargs)
+        if model is None:
+            model = AutoModelForCausalLM.from_pretrained(spec.source, dtype=dtype, **kwargs)
+        model = model.to(device).eval()
         model.generation_config.use_cache = True
         model.generation_config.cache_implementation = "static"
         self.max_cache_len = spec.max_prompt_tokens + spec.max_new_tokens
@@ -137,7 +142,7 @@ class TextModel:
         position = ids.shape[1]
         generated: list[int] = []
         ttft = None
-        eos = self.tokenizer.eos_token_id
+        eos = None if params.ignore_eos else self.tokenizer.eos_token_id
         for _ in range(params.max_new_tokens):
             if token.item() == eos:
                 break

@@ -1,0 +1,97 @@
+"""What every benchmark shares: timing, error, the card's measured peaks, and a results file written
+after each variant (a run killed by a time limit keeps what it measured)."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def rel_error(out: torch.Tensor, reference: torch.Tensor) -> float:
+    """‖out − reference‖ / ‖reference‖ in float32."""
+    out, reference = out.float(), reference.float()
+    return float((out - reference).norm() / reference.norm().clamp_min(1e-12))
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def measure(fn: Callable[[], Any], device: str, iters: int = 15, warmup: int = 3) -> dict[str, float]:
+    """Median and spread of ``fn``'s wall time (synchronised every call), and the peak memory it used."""
+    with torch.no_grad():
+        for _ in range(warmup):
+            fn()
+        sync(device)
+        if device.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats()
+        times = []
+        for _ in range(iters):
+            start = time.perf_counter()
+            fn()
+            sync(device)
+            times.append((time.perf_counter() - start) * 1e3)
+    result = {"median_ms": round(statistics.median(times), 3), "min_ms": round(min(times), 3), "max_ms": round(max(times), 3)}
+    if device.startswith("cuda"):
+        result["peak_mem_gb"] = round(torch.cuda.max_memory_allocated() / 1e9, 2)
+    return result
+
+
+def cuda_peak_tflops(n: int = 8192, iters: int = 20) -> dict[str, float]:
+    """Measured dense matmul throughput of this card: bf16 and FP8 (row-wise scaled, e4m3)."""
+    a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    peaks = {"bf16": _tflops(lambda: a @ b, n, iters)}
+    if torch.cuda.get_device_capability() >= (8, 9):
+        a8, b8 = a.to(torch.float8_e4m3fn), b.t().contiguous().t().to(torch.float8_e4m3fn)
+        sa, sb = torch.ones(n, 1, device="cuda"), torch.ones(1, n, device="cuda")
+        peaks["fp8"] = _tflops(lambda: torch._scaled_mm(a8, b8.t().contiguous().t(), sa, sb, out_dtype=torch.bfloat16), n, iters)
+    return peaks
+
+
+def _tflops(fn: Callable[[], Any], n: int, iters: int) -> float:
+    timing = measure(fn, "cuda", iters=iters)
+    return round(2 * n**3 / (timing["min_ms"] / 1e3) / 1e12, 1)
+
+
+def memory_bandwidth_gbs(gb: float = 4.0, iters: int = 10) -> float:
+    """Measured device-to-device copy bandwidth (read + write), GB/s."""
+    x = torch.empty(int(gb * 1e9 / 2), device="cuda", dtype=torch.bfloat16)
+    y = torch.empty_like(x)
+    timing = measure(lambda: y.copy_(x), "cuda", iters=iters)
+    return round(2 * x.numel() * 2 / (timing["min_ms"] / 1e3) / 1e9, 1)
+
+
+class Recorder:
+    """Results of one run: metadata (card, versions, date, command) and one entry per variant."""
+
+    def __init__(self, out: str | Path, device: str) -> None:
+        import sys
+
+        self.out = Path(out)
+        self.meta: dict[str, Any] = {
+            "date": datetime.date.today().isoformat(),
+            "command": "python " + " ".join(sys.argv),
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "device": torch.cuda.get_device_name() if device.startswith("cuda") else f"CPU ({platform.processor() or platform.machine()})",
+        }
+        self.variants: dict[str, Any] = {}
+
+    def variant(self, name: str, result: dict[str, Any], **extra: Any) -> None:
+        self.variants[name] = {**result, **extra}
+        print(f"{name}: {json.dumps(self.variants[name], default=str)}", flush=True)
+        self.save()
+
+    def save(self) -> None:
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        self.out.write_text(json.dumps({**self.meta, "variants": self.variants}, indent=2, default=str))

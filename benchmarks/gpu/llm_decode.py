@@ -1,0 +1,176 @@
+"""LLM prefill and decode at Qwen2.5-7B geometry, side by side: HF `generate` eager, HF static cache
+(which torch.compiles the forward), our decode loop eager, our loop on AOTI graphs, and with FP8 weights.
+
+Random weights (Qwen2Config of Qwen2.5-7B: hidden 3584, 28 heads / 4 KV heads, MLP 18944, vocab
+152064; depth set by --layers, 28 = the real model), bf16, batch 1, a 512-token prompt, 256 new
+tokens (EOS ignored). The floor is the bytes a decode step must read (every weight but the embedding
+table, plus the KV cache) over this card's measured copy bandwidth.
+
+    python benchmarks/gpu/llm_decode.py --out results.json
+    python benchmarks/gpu/llm_decode.py --tiny --out /tmp/llm.json      # CPU smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+import aoti  # noqa: E402
+from benchmarks.common import Recorder, measure, memory_bandwidth_gbs, rel_error, sync  # noqa: E402
+from engines.registry import ASSETS, ModelSpec  # noqa: E402
+from engines.text import SamplingParams, TextModel  # noqa: E402
+
+QWEN25_7B = dict(hidden_size=3584, intermediate_size=18944, num_attention_heads=28, num_key_value_heads=4,
+                 vocab_size=152064, max_position_embeddings=32768, rope_theta=1e6, tie_word_embeddings=False)
+TINY = dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2, vocab_size=2048,
+            max_position_embeddings=2048, tie_word_embeddings=False)
+
+
+def build(args: argparse.Namespace, device: str, dtype: torch.dtype) -> torch.nn.Module:
+    from transformers import AutoModelForCausalLM, Qwen2Config
+
+    config = Qwen2Config(num_hidden_layers=args.layers, **(TINY if args.tiny else QWEN25_7B))
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    return model.eval().requires_grad_(False)
+
+
+def decode_bytes(model: torch.nn.Module, context: int) -> int:
+    """Bytes one decode step reads: all weights except the embedding table (one row), and the KV cache."""
+    from aoti.quant import constants_map
+
+    weights = sum(t.numel() * t.element_size() for n, t in constants_map(model).items() if "embed_tokens" not in n)
+    cfg = model.config
+    kv = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * (cfg.hidden_size // cfg.num_attention_heads) * context * 2
+    return weights + kv
+
+
+def prompt_of(tokenizer, tokens: int) -> str:
+    """A text that the tokenizer turns into about ``tokens`` tokens."""
+    ids = tokenizer("def f(x):\n    return x + 1  # add one\n" * tokens).input_ids[:tokens]
+    return tokenizer.decode(ids)
+
+
+def steps_summary(steps) -> dict[str, Any]:
+    last = steps[-1]
+    return {"tokens": last.tokens, "ttft_ms": round(last.ttft_s * 1e3, 2),
+            "decode_tokens_per_s": round((last.tokens - 1) / (last.elapsed_s - last.ttft_s), 1)}
+
+
+def hf_generate(model, ids, new_tokens: int, device: str, **kwargs) -> dict[str, Any]:
+    """Time HF `generate` (greedy, exactly ``new_tokens``); decode rate excludes a separately timed prefill."""
+    def run():
+        return model.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, **kwargs)
+
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        run()
+    sync(device)
+    first = time.perf_counter() - t0
+    prefill = measure(lambda: model(ids), device, iters=5)["median_ms"]
+    total = measure(run, device, iters=2, warmup=0)["median_ms"]
+    return {"first_call_s": round(first, 2), "prefill_ms": prefill, "total_ms": total,
+            "decode_tokens_per_s": round((new_tokens - 1) / ((total - prefill) / 1e3), 1)}
+
+
+def ours(text: TextModel, prompt: str, new_tokens: int, device: str) -> dict[str, Any]:
+    params = SamplingParams(max_new_tokens=new_tokens, temperature=0, ignore_eos=True)
+    first = list(text.generate(prompt, params))  # pays any first-call-at-this-length cost
+    steps = list(text.generate(prompt, params))
+    ids = text.tokenizer(prompt, return_tensors="pt").input_ids.to(device)
+    prefill = measure(lambda: text.decoder(input_ids=ids, cache_position=torch.arange(ids.shape[1], device=device)), device, iters=5)
+    return {**steps_summary(steps), "first_request": steps_summary(first), "prefill_ms": prefill["median_ms"],
+            "peak_mem_gb": prefill.get("peak_mem_gb"), "token_ids": text.tokenizer(steps[-1].text).input_ids[:32]}
+
+
+def parse() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--variants", default="hf_eager,hf_static,ours_eager,ours_aoti,ours_fp8")
+    parser.add_argument("--layers", type=int, default=28)
+    parser.add_argument("--prompt-tokens", type=int, default=512)
+    parser.add_argument("--new-tokens", type=int, default=256)
+    parser.add_argument("--tiny", action="store_true")
+    parser.add_argument("--cache", default=os.environ.get("AOTI_CACHE_DIR", "/tmp/aoti-bench-cache"))
+    parser.add_argument("--budget-s", type=float, default=1e9)
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse()
+    started = time.perf_counter()
+    device = "cuda" if torch.cuda.is_available() and not args.tiny else "cpu"
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    rec = Recorder(args.out, device)
+    model = build(args, device, dtype)
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(ASSETS / "tiny-llama-pydoc")  # any tokenizer: ids < its vocab
+    prompt = prompt_of(tokenizer, args.prompt_tokens)
+    ids = tokenizer(prompt, return_tensors="pt").input_ids.to(device)
+    context = ids.shape[1] + args.new_tokens
+    rec.meta.update(geometry={"config": "tiny" if args.tiny else "Qwen2.5-7B", "layers": args.layers,
+                              "prompt_tokens": ids.shape[1], "new_tokens": args.new_tokens},
+                    params_b=round(sum(p.numel() for p in model.parameters()) / 1e9, 3))
+    if device == "cuda":
+        rec.meta["copy_bandwidth_gbs"] = memory_bandwidth_gbs()
+        step_bytes = decode_bytes(model, context // 2 + ids.shape[1] // 2)  # mean context over the decode
+        rec.meta["floor_tokens_per_s"] = {"bf16": round(rec.meta["copy_bandwidth_gbs"] * 1e9 / step_bytes, 1)}
+        rec.meta["decode_gb_per_token"] = round(step_bytes / 1e9, 3)
+    rec.save()
+    spec = ModelSpec(id="qwen2.5-7b-geometry", task="text", source="random-weights", params_b=rec.meta["params_b"],
+                     dtype=str(dtype).removeprefix("torch."), compile_module="decoder",
+                     max_new_tokens=args.new_tokens, max_prompt_tokens=ids.shape[1])
+    text: TextModel | None = None
+    reference_logits = None
+    cache = aoti.Cache(args.cache)
+    os.environ.setdefault("AOTI_PROBE", "0")  # the crash probe's cost is measured in flux_step.py
+    for name in args.variants.split(","):
+        if time.perf_counter() - started > args.budget_s:
+            rec.variant(name, {"skipped": f"time budget of {args.budget_s:.0f} s spent"})
+            continue
+        try:
+            if name == "hf_eager":
+                rec.variant(name, hf_generate(model, ids, args.new_tokens, device))
+            elif name == "hf_static":
+                rec.variant(name, hf_generate(model, ids, args.new_tokens, device, cache_implementation="static"))
+                torch._dynamo.reset()
+            elif name == "ours_eager":
+                text = TextModel(spec, device, model=model, tokenizer=tokenizer)
+                with torch.no_grad():
+                    reference_logits = text.decoder(input_ids=ids, cache_position=torch.arange(ids.shape[1], device=device))
+                rec.variant(name, ours(text, prompt, args.new_tokens, device))
+            elif name in ("ours_aoti", "ours_fp8"):
+                text = text or TextModel(spec, device, model=model, tokenizer=tokenizer)
+                options = aoti.CompileOptions(quantization="fp8_rowwise" if name == "ours_fp8" else "none")
+                t0 = time.perf_counter()
+                status = text.optimize(options, cache)
+                optimize_s = time.perf_counter() - t0
+                result = ours(text, prompt, args.new_tokens, device)
+                if reference_logits is not None:
+                    with torch.no_grad():
+                        logits = text.decoder(input_ids=ids, cache_position=torch.arange(ids.shape[1], device=device))
+                    result["prefill_logits_rel_error_vs_eager"] = rel_error(logits, reference_logits)
+                if name == "ours_fp8" and device == "cuda":
+                    fp8_bytes = decode_bytes(model, context // 2 + ids.shape[1] // 2)
+                    rec.meta["floor_tokens_per_s"]["fp8_weights"] = round(rec.meta["copy_bandwidth_gbs"] * 1e9 / fp8_bytes, 1)
+                rec.variant(name, result, optimize_s=round(optimize_s, 2), compile_s=status.compile_s, load_s=status.load_s,
+                            runtime=status.runtime, reason=status.reason, fallbacks=status.fallbacks, graphs=status.graphs)
+                text.restore()
+            else:
+                raise ValueError(f"unknown variant {name}")
+        except Exception as exc:
+            rec.variant(name, {"error": f"{type(exc).__name__}: {exc}"[:1500]})
+    rec.meta["total_s"] = round(time.perf_counter() - started, 1)
+    rec.save()
+
+
+if __name__ == "__main__":
+    main()
