@@ -19,6 +19,7 @@ from .env import fingerprint
 from .probe import probe_package
 from .shapes import Guard, flatten_call
 from .status import Status
+from .toolchain import prepare_inductor
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,7 @@ def verify_loadable(artifact: Artifact | RegionalArtifact) -> tuple[bool, str]:
     env = fingerprint(torch.device(artifact.manifest["device"]))
     verdict = artifact.cache.read_json(artifact.key, PROBE_FILE)
     if verdict is None or verdict.get("env") != env:
+        prepare_inductor()  # settles the CPU checks the child would otherwise repeat
         result = probe_package(artifact.package, artifact.entry.dir / MANIFEST_FILE)
         verdict = {**result.to_dict(), "env": env}
         artifact.cache.write_json(artifact.key, PROBE_FILE, verdict)
@@ -79,6 +81,7 @@ def verify_loadable(artifact: Artifact | RegionalArtifact) -> tuple[bool, str]:
 def _bind(artifact: Artifact, module: torch.nn.Module) -> tuple[list[tuple[Any, ...]], dict[str, torch.Tensor]]:
     from torch._inductor.package import load_package
 
+    prepare_inductor()  # a fresh process would otherwise re-run Inductor's slow CPU checks here
     available = quant.constants_map(module)
     extra_path = artifact.entry.dir / EXTRA_CONSTANTS_FILE
     extra = torch.load(extra_path, weights_only=True) if extra_path.exists() else {}

@@ -23,7 +23,7 @@ from .hub import pull as hub_pull
 from .options import CompileOptions
 from .shapes import GraphPlan, Guard, export_dynamic_shapes, plan_graphs, shape_signature
 from .status import Status
-from .toolchain import ensure_toolchain
+from .toolchain import prepare_inductor
 
 log = logging.getLogger(__name__)
 
@@ -245,7 +245,7 @@ def _build(
     """Export and compile every planned graph into one package in a staging folder, then publish it."""
     from torch._inductor.package import package_aoti
 
-    toolchain = ensure_toolchain()
+    toolchain = prepare_inductor()
     start = time.perf_counter()
     known = set(quant.constants_map(module))
     with _staging(cache) as staged:

@@ -40,6 +40,10 @@ def probe_package(package: str | os.PathLike, manifest_path: str | os.PathLike, 
     """Load and run ``package`` once in a child process; never crashes the caller."""
     start = time.perf_counter()
     env = {**os.environ, "PYTHONFAULTHANDLER": "1"}
+    from torch._inductor import config
+
+    if config.cpp.vec_isa_ok is not None:  # settled by `toolchain.settle_vec_isa`: don't re-check in the child
+        env["TORCHINDUCTOR_VEC_ISA_OK"] = "1" if config.cpp.vec_isa_ok else "0"
     root = str(Path(__file__).resolve().parent.parent)
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     try:

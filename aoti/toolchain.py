@@ -9,7 +9,9 @@ to a compiler on the machine that links libstdc++ dynamically. Elsewhere nothing
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import json
 import logging
 import os
 import shutil
@@ -86,3 +88,68 @@ def ensure_toolchain() -> Toolchain:
                 return chain
     log.error("toolchain: %s links libstdc++ statically and no other compiler was found; packages may crash", current)
     return Toolchain(current, static_libstdcxx=True)
+
+
+ENV_VEC_ISA_OK = "TORCHINDUCTOR_VEC_ISA_OK"
+
+
+def _vec_isa_marker(state_dir: Path) -> Path:
+    import hashlib
+    import platform
+
+    import torch
+    from torch._inductor import config
+
+    flags = ""
+    with contextlib.suppress(OSError):
+        flags = next((ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("flags")), "")
+    identity = repr((torch.__version__, config.cpp.cxx, shutil.which("g++"), platform.machine(), flags))
+    return state_dir / f"vec-isa-{hashlib.sha256(identity.encode()).hexdigest()[:16]}.json"
+
+
+@functools.lru_cache(maxsize=1)
+def settle_vec_isa(state_dir: str | None = None) -> str:
+    """Check the CPU vector ISAs once per machine, not once per process.
+
+    Inductor decides which vector ISAs (AVX-512, AVX2, ...) it may use by compiling a test library for
+    each and loading it in a fresh Python process that imports torch. It does this in every process
+    that builds or loads a package: about 45 s on the GPU machine (10 such processes), paid again by
+    the crash probe and by every restarted server. The answer depends only on the CPU, the compiler
+    and torch, so the first process runs Inductor's own check and records it; later processes (and
+    probe children, through ``TORCHINDUCTOR_VEC_ISA_OK``) reuse it. Only an all-pass verdict is
+    reused: a partial one is re-checked every time, as Inductor does. Returns what happened.
+    """
+    from torch._inductor import config
+    from torch._inductor.cpu_vec_isa import valid_vec_isa_list
+
+    if config.cpp.vec_isa_ok is not None:
+        return f"vector ISA check set by the user ({ENV_VEC_ISA_OK}={int(config.cpp.vec_isa_ok)})"
+    if state_dir is None:
+        from .cache import default_cache_dir
+
+        state_dir = str(default_cache_dir() / "toolchain")
+    marker = _vec_isa_marker(Path(state_dir))
+    with contextlib.suppress(OSError, ValueError, KeyError):
+        recorded = json.loads(marker.read_text())
+        if recorded["all_passed"]:
+            config.cpp.vec_isa_ok = True
+            return f"vector ISAs {recorded['checked']} checked before on this machine ({marker.name})"
+    checked = [str(isa) for isa in valid_vec_isa_list()]  # Inductor's own build-and-load checks
+    config.cpp.vec_isa_ok = True
+    claimed = [str(isa) for isa in valid_vec_isa_list.__wrapped__()]  # what the CPU flags alone allow
+    all_passed = checked == claimed
+    config.cpp.vec_isa_ok = True if all_passed else None
+    with contextlib.suppress(OSError):
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(json.dumps({"checked": checked, "claimed": claimed, "all_passed": all_passed}))
+    if not all_passed:
+        log.warning("toolchain: vector ISAs %s pass of %s claimed; Inductor will re-check in every process", checked, claimed)
+    return f"vector ISAs {checked} checked now" + ("" if all_passed else f" (of {claimed}; not reused)")
+
+
+def prepare_inductor() -> Toolchain:
+    """Everything Inductor needs before building or loading a package in this process."""
+    chain = ensure_toolchain()
+    note = settle_vec_isa()
+    log.info("toolchain: %s; %s", chain.note, note)
+    return chain

@@ -147,7 +147,7 @@ t0 = time.perf_counter()
 with aoti.capture(model) as call, torch.no_grad():
     model(**make_inputs(model, args, 0))
 t1 = time.perf_counter()
-artifact = aoti.compile(model, call, aoti.CompileOptions.from_json({options.to_json()!r}), cache=aoti.Cache({cache_dir!r}))
+artifact = aoti.compile(model, call, aoti.CompileOptions.from_dict(json.loads({options.to_json()!r})), cache=aoti.Cache({cache_dir!r}))
 status = aoti.apply(artifact, model)
 with torch.no_grad():
     model(**make_inputs(model, args, 1)); torch.cuda.synchronize()
@@ -191,12 +191,18 @@ def main() -> None:
     with torch.no_grad():
         reference_inputs = make_inputs(model, args, 1)
         reference = model(**reference_inputs)[0].float()
+        if device == "cuda":  # a float32 run of the same weights: how far is each variant from exact?
+            exact = model.float()(**{k: v.float() if torch.is_tensor(v) else v for k, v in reference_inputs.items()})[0]
+            model.to(dtype)
+
+    def error_vs_fp32(out: torch.Tensor) -> dict[str, float]:
+        return {"rel_error_vs_fp32": rel_error(out, exact)} if device == "cuda" else {}
 
     def check(fn) -> dict[str, Any]:
         with torch.no_grad():
             out = fn(**reference_inputs)[0].float()
             timing = measure(lambda: fn(**make_inputs(model, args, 2)), device, iters=args.iters)
-        return {**timing, "rel_error_vs_eager": rel_error(out, reference)}
+        return {**timing, "rel_error_vs_eager": rel_error(out, reference), **error_vs_fp32(out)}
 
     rec.meta["flops"] = step_flops(model, reference_inputs)
     if device == "cuda":

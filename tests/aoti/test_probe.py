@@ -1,6 +1,7 @@
 """A package that segfaults at load (as every package did on the GPU machine before the toolchain fix)
 is caught by the probe in a child process; the serving process stays alive and eager."""
 
+import os
 import shutil
 import subprocess
 import zipfile
@@ -65,3 +66,31 @@ def test_toolchain_check_finds_a_dynamic_libstdcxx_here(mlp_artifact):
         so = next(n for n in z.namelist() if n.endswith(".so"))
         assert b"libstdc++.so" in z.read(so)
     assert links_libstdcxx_dynamically(__import__("torch").__file__.replace("__init__.py", "lib/libtorch_cpu.so"))
+
+
+_SETTLE = """
+import sys, json
+from torch._inductor import config
+from torch._inductor.cpu_vec_isa import valid_vec_isa_list
+from aoti.toolchain import settle_vec_isa
+note = settle_vec_isa(sys.argv[1])
+print(json.dumps({"note": note, "ok": config.cpp.vec_isa_ok, "isas": [str(i) for i in valid_vec_isa_list()]}))
+"""
+
+
+def _settle_in_fresh_process(state_dir):
+    import json
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TORCHINDUCTOR_VEC_ISA_OK"}
+    out = subprocess.run([sys.executable, "-c", _SETTLE, str(state_dir)], capture_output=True, text=True, check=True, env=env)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_cpu_isa_check_runs_once_per_machine_and_is_reused(tmp_path):
+    first = _settle_in_fresh_process(tmp_path)
+    assert "checked now" in first["note"] and list(tmp_path.glob("vec-isa-*.json"))
+    second = _settle_in_fresh_process(tmp_path)
+    assert "checked before" in second["note"] and second["ok"] is True
+    assert second["isas"] == first["isas"]  # the reused verdict gives Inductor the same ISAs
