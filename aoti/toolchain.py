@@ -124,10 +124,10 @@ def settle_vec_isa(state_dir: str | None = None) -> str:
 
     if config.cpp.vec_isa_ok is not None:
         return f"vector ISA check set by the user ({ENV_VEC_ISA_OK}={int(config.cpp.vec_isa_ok)})"
-    if state_dir is None:
-        from .cache import default_cache_dir
+    if state_dir is None:  # next to Inductor's own build cache, which holds the check libraries
+        from torch._inductor.runtime.cache_dir_utils import cache_dir
 
-        state_dir = str(default_cache_dir() / "toolchain")
+        state_dir = cache_dir()
     marker = _vec_isa_marker(Path(state_dir))
     with contextlib.suppress(OSError, ValueError, KeyError):
         recorded = json.loads(marker.read_text())
