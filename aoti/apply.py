@@ -58,6 +58,51 @@ class CompiledMethod:
         return self.eager(*args, **kwargs)
 
 
+class CUDAGraphRunner:
+    """Replays a static graph's kernel launches as one CUDA graph.
+
+    A decode step is hundreds of small kernels; launching them one by one from the CPU can take longer
+    than running them. The first call runs the graph once on a side stream (warm-up) and captures
+    it; later calls copy the inputs into the captured buffers and replay. Outputs are cloned, so a
+    caller may keep them. The warm-up runs the graph one extra time with the first call's inputs, so
+    use it only where that is harmless (a KV-cache write at the same position is). A capture that
+    fails leaves the plain runner in place, with the reason.
+    """
+
+    def __init__(self, runner: Any, on_failure: Any = None) -> None:
+        self.runner = runner
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.failed: str | None = None
+        self.on_failure = on_failure or (lambda reason: None)
+
+    def _capture(self, inputs: list[torch.Tensor]) -> None:
+        self.static_inputs = [t.clone() for t in inputs]
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            self.runner.run(self.static_inputs)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            self.static_outputs = self.runner.run(self.static_inputs)
+        self.graph = graph
+
+    def run(self, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
+        if self.failed is None and self.graph is None:
+            try:
+                self._capture(inputs)
+            except Exception as exc:  # e.g. a kernel that synchronizes: keep the plain launches
+                self.failed = f"CUDA graph capture failed: {type(exc).__name__}: {exc}"[:300]
+                log.warning("aoti: %s", self.failed)
+                self.on_failure(f"cuda graphs -> off: {self.failed}")
+        if self.graph is None:
+            return self.runner.run(inputs)
+        for static, new in zip(self.static_inputs, inputs):
+            static.copy_(new)
+        self.graph.replay()
+        return [t.clone() for t in self.static_outputs]
+
+
 def verify_loadable(artifact: Artifact | RegionalArtifact) -> tuple[bool, str]:
     """The cached crash-probe verdict for this package on this machine, probing once (in a child
     process) if needed. `apply` calls it; call it first to keep the probe out of a critical section."""
@@ -78,7 +123,11 @@ def verify_loadable(artifact: Artifact | RegionalArtifact) -> tuple[bool, str]:
     return bool(verdict["ok"]), str(verdict["reason"])
 
 
-def _bind(artifact: Artifact, module: torch.nn.Module) -> tuple[list[tuple[Any, ...]], dict[str, torch.Tensor]]:
+def _is_static(guard: dict[str, Any]) -> bool:
+    return all(isinstance(d, int) for leaf in guard["leaves"] if leaf[0] == "tensor" for d in leaf[3])
+
+
+def _bind(artifact: Artifact, module: torch.nn.Module, status: Status, cuda_graphs: bool = False) -> tuple[list[tuple[Any, ...]], dict[str, torch.Tensor]]:
     from torch._inductor.package import load_package
 
     prepare_inductor()  # a fresh process would otherwise re-run Inductor's slow CPU checks here
@@ -112,17 +161,20 @@ def _bind(artifact: Artifact, module: torch.nn.Module) -> tuple[list[tuple[Any, 
         runner.load_constants(bound, check_full_update=True, user_managed=True)
         in_spec, out_spec = (pytree.treespec_loads(s) for s in runner.loader.get_call_spec())
         guard = Guard.from_json(graph["guard"]).compiled()
-        graphs.append((guard, runner.loader, in_spec, out_spec))
+        launcher = CUDAGraphRunner(runner.loader, status.fallbacks.append) if cuda_graphs and _is_static(graph["guard"]) else runner.loader
+        graphs.append((guard, launcher, in_spec, out_spec))
         weights.update({f"{name}/{k}": v for k, v in bound.items()})
     return graphs, weights
 
 
-def apply(artifact: Artifact | RegionalArtifact, module: torch.nn.Module, *, method: str | None = None) -> Status:
+def apply(artifact: Artifact | RegionalArtifact, module: torch.nn.Module, *, method: str | None = None,
+          cuda_graphs: bool = False) -> Status:
     """Swap ``module.<method>`` for the compiled graphs, bound to the module's own weights (no copy).
 
     The module keeps its attributes (``config``, ``dtype``, ``device``). Inputs outside the compiled
     shapes run eagerly and are counted. A package that crashes the probe process is not loaded: the
-    module stays eager and the returned status says why.
+    module stays eager and the returned status says why. ``cuda_graphs`` replays each static CUDA
+    graph as a CUDA graph (see `CUDAGraphRunner`; for decode steps); elsewhere it is ignored, visibly.
     """
     if isinstance(artifact, RegionalArtifact):
         return _apply_regional(artifact, module)
@@ -134,9 +186,12 @@ def apply(artifact: Artifact | RegionalArtifact, module: torch.nn.Module, *, met
         status.fallbacks.append(f"aoti -> eager: {reason}")
         log.error("aoti: %s stays eager: %s", type(module).__name__, reason)
         return status
+    if cuda_graphs and artifact.manifest["device"] != "cuda":
+        status.fallbacks.append(f"cuda graphs -> off: the graphs run on {artifact.manifest['device']}")
+        cuda_graphs = False
     restore(module, method=method)
     start = time.perf_counter()
-    graphs, weights = _bind(artifact, module)
+    graphs, weights = _bind(artifact, module, status, cuda_graphs)
     status.load_s = round(time.perf_counter() - start, 4)
     status.runtime = "aoti"
     setattr(module, method, CompiledMethod(module, method, graphs, weights, status))

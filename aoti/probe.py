@@ -40,10 +40,11 @@ def probe_package(package: str | os.PathLike, manifest_path: str | os.PathLike, 
     """Load and run ``package`` once in a child process; never crashes the caller."""
     start = time.perf_counter()
     env = {**os.environ, "PYTHONFAULTHANDLER": "1"}
-    from torch._inductor import config
+    from .toolchain import ENV_VEC_ISAS, settled_vec_isas
 
-    if config.cpp.vec_isa_ok is not None:  # settled by `toolchain.settle_vec_isa`: don't re-check in the child
-        env["TORCHINDUCTOR_VEC_ISA_OK"] = "1" if config.cpp.vec_isa_ok else "0"
+    isas = settled_vec_isas()
+    if isas is not None:  # the child reuses this process's CPU checks instead of repeating them
+        env[ENV_VEC_ISAS] = isas
     root = str(Path(__file__).resolve().parent.parent)
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     try:
@@ -81,6 +82,9 @@ def _run_child(package: str, manifest_path: str, started: float) -> None:
     import torch
     from torch._inductor.package import load_package
 
+    from aoti.toolchain import settle_vec_isa
+
+    settle_vec_isa()
     imported = time.perf_counter()
     manifest = json.loads(Path(manifest_path).read_text())
     device = manifest["device"]

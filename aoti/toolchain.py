@@ -90,7 +90,7 @@ def ensure_toolchain() -> Toolchain:
     return Toolchain(current, static_libstdcxx=True)
 
 
-ENV_VEC_ISA_OK = "TORCHINDUCTOR_VEC_ISA_OK"
+ENV_VEC_ISAS = "AOTI_VEC_ISAS"  # the settled list, handed to probe children ("|"-separated)
 
 
 def _vec_isa_marker(state_dir: Path) -> Path:
@@ -103,48 +103,59 @@ def _vec_isa_marker(state_dir: Path) -> Path:
     flags = ""
     with contextlib.suppress(OSError):
         flags = next((ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("flags")), "")
-    identity = repr((torch.__version__, config.cpp.cxx, shutil.which("g++"), platform.machine(), flags))
+    identity = repr((torch.__version__, config.cpp.cxx, platform.machine(), flags))
     return state_dir / f"vec-isa-{hashlib.sha256(identity.encode()).hexdigest()[:16]}.json"
+
+
+def _reuse(names: list[str]) -> None:
+    """Make Inductor's ``valid_vec_isa_list`` answer ``names`` without building anything."""
+    from torch._inductor import cpu_vec_isa
+
+    known = {str(isa): isa for isa in cpu_vec_isa.supported_vec_isa_list}
+    isas = [known[n] for n in names if n in known]
+    cpu_vec_isa.valid_vec_isa_list = functools.cache(lambda: list(isas))  # `pick_vec_isa` looks it up per call
 
 
 @functools.lru_cache(maxsize=1)
 def settle_vec_isa(state_dir: str | None = None) -> str:
     """Check the CPU vector ISAs once per machine, not once per process.
 
-    Inductor decides which vector ISAs (AVX-512, AVX2, ...) it may use by compiling a test library for
-    each and loading it in a fresh Python process that imports torch. It does this in every process
-    that builds or loads a package: about 45 s on the GPU machine (10 such processes), paid again by
-    the crash probe and by every restarted server. The answer depends only on the CPU, the compiler
-    and torch, so the first process runs Inductor's own check and records it; later processes (and
-    probe children, through ``TORCHINDUCTOR_VEC_ISA_OK``) reuse it. Only an all-pass verdict is
-    reused: a partial one is re-checked every time, as Inductor does. Returns what happened.
+    Inductor decides which vector ISAs (AMX, AVX-512, AVX2, ...) it may use by compiling a test library
+    for each and loading it in a fresh Python process that imports torch. It does so in every process
+    that builds or loads a package: 25-45 s on the GPU machine, paid again by each crash-probe child
+    and each restarted server. The answer depends only on the CPU, the compiler and torch, so the first
+    process runs Inductor's own check and records the list; later processes (and probe children,
+    through ``AOTI_VEC_ISAS``) get the same list without the builds. Returns what happened.
     """
-    from torch._inductor import config
-    from torch._inductor.cpu_vec_isa import valid_vec_isa_list
+    from torch._inductor import cpu_vec_isa
 
-    if config.cpp.vec_isa_ok is not None:
-        return f"vector ISA check set by the user ({ENV_VEC_ISA_OK}={int(config.cpp.vec_isa_ok)})"
+    handed = os.environ.get(ENV_VEC_ISAS)
+    if handed is not None:
+        _reuse([n for n in handed.split("|") if n])
+        return f"vector ISAs {handed.split('|')} handed over by the parent process"
     if state_dir is None:  # next to Inductor's own build cache, which holds the check libraries
         from torch._inductor.runtime.cache_dir_utils import cache_dir
 
         state_dir = cache_dir()
     marker = _vec_isa_marker(Path(state_dir))
-    with contextlib.suppress(OSError, ValueError, KeyError):
-        recorded = json.loads(marker.read_text())
-        if recorded["all_passed"]:
-            config.cpp.vec_isa_ok = True
-            return f"vector ISAs {recorded['checked']} checked before on this machine ({marker.name})"
-    checked = [str(isa) for isa in valid_vec_isa_list()]  # Inductor's own build-and-load checks
-    config.cpp.vec_isa_ok = True
-    claimed = [str(isa) for isa in valid_vec_isa_list.__wrapped__()]  # what the CPU flags alone allow
-    all_passed = checked == claimed
-    config.cpp.vec_isa_ok = True if all_passed else None
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        names = json.loads(marker.read_text())["valid"]
+        _reuse(names)
+        return f"vector ISAs {names} checked before on this machine ({marker.name})"
+    names = [str(isa) for isa in cpu_vec_isa.valid_vec_isa_list()]  # Inductor's own build-and-load checks
     with contextlib.suppress(OSError):
         marker.parent.mkdir(parents=True, exist_ok=True)
-        marker.write_text(json.dumps({"checked": checked, "claimed": claimed, "all_passed": all_passed}))
-    if not all_passed:
-        log.warning("toolchain: vector ISAs %s pass of %s claimed; Inductor will re-check in every process", checked, claimed)
-    return f"vector ISAs {checked} checked now" + ("" if all_passed else f" (of {claimed}; not reused)")
+        marker.write_text(json.dumps({"valid": names}))
+    return f"vector ISAs {names} checked now"
+
+
+def settled_vec_isas() -> str | None:
+    """The settled list in ``AOTI_VEC_ISAS`` form, for a child process (None if not settled here)."""
+    if settle_vec_isa.cache_info().currsize == 0:
+        return None
+    from torch._inductor import cpu_vec_isa
+
+    return "|".join(str(isa) for isa in cpu_vec_isa.valid_vec_isa_list())
 
 
 def prepare_inductor() -> Toolchain:

@@ -16,6 +16,7 @@ def optimize_module(
     options: aoti.CompileOptions,
     cache: aoti.Cache | None,
     exclusive: contextlib.AbstractContextManager | None,
+    cuda_graphs: bool = False,
 ) -> aoti.Status:
     """Capture the hot module's calls and export it while holding ``exclusive`` (the model's request
     lock); build and crash-probe without it; swap the graphs in holding it again."""
@@ -25,7 +26,7 @@ def optimize_module(
     artifact = aoti.compile(module, calls, options, cache=cache, exclusive=lock)
     aoti.verify_loadable(artifact)
     with lock:
-        return aoti.apply(artifact, module)
+        return aoti.apply(artifact, module, cuda_graphs=cuda_graphs)
 
 
 def module_nbytes(module: torch.nn.Module) -> int:

@@ -105,11 +105,13 @@ class TextModel:
         return module_nbytes(self.decoder)
 
     def optimize(self, options: aoti.CompileOptions | None = None, cache: aoti.Cache | None = None,
-                 exclusive: contextlib.AbstractContextManager | None = None) -> aoti.Status:
+                 exclusive: contextlib.AbstractContextManager | None = None, cuda_graphs: bool | None = None) -> aoti.Status:
         """Compile (or load) the prefill + decode graphs and swap them in. ``exclusive`` is held only
-        while the model runs or is traced, so requests keep being served eagerly during the build."""
+        while the model runs or is traced, so requests keep being served eagerly during the build.
+        On a GPU the one-token decode graph is replayed as a CUDA graph (``cuda_graphs``, default on)."""
         options = (options or aoti.CompileOptions()).replace(dispatch="dynamic", strict=True)
-        self.status = optimize_module(self.decoder, self.capture_calls, options, cache, exclusive)
+        graphs = self.device == "cuda" if cuda_graphs is None else cuda_graphs
+        self.status = optimize_module(self.decoder, self.capture_calls, options, cache, exclusive, cuda_graphs=graphs)
         return self.status
 
     def restore(self) -> None:

@@ -124,3 +124,12 @@ def test_cache_hit_in_a_fresh_process_loads_without_compiling(flux_compiled, cac
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["key"] == artifact.key and result["hit"] is True and result["runtime"] == "aoti"
     assert result["diff"] < 1e-4
+
+
+def test_cuda_graphs_on_a_cpu_package_are_off_visibly(mlp_artifact):
+    model, artifact = mlp_artifact
+    status = aoti.apply(artifact, model, cuda_graphs=True)
+    assert status.runtime == "aoti" and status.fallbacks == ["cuda graphs -> off: the graphs run on cpu"]
+    x = torch.randn(4, 32)
+    assert torch.allclose(model(x), model.forward.eager(x), atol=1e-5)
+    aoti.restore(model)
