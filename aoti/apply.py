@@ -76,15 +76,18 @@ class CUDAGraphRunner:
         self.on_failure = on_failure or (lambda reason: None)
 
     def _capture(self, inputs: list[torch.Tensor]) -> None:
+        # Warm up and capture on one stream: cuBLAS/cuDNN allocate their per-stream workspace in
+        # the warm-up, which would be an illegal call inside the capture on a fresh stream.
         self.static_inputs = [t.clone() for t in inputs]
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
             self.runner.run(self.static_inputs)
-        torch.cuda.current_stream().wait_stream(side)
+        stream.synchronize()
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        with torch.cuda.graph(graph, stream=stream):
             self.static_outputs = self.runner.run(self.static_inputs)
+        torch.cuda.current_stream().wait_stream(stream)
         self.graph = graph
 
     def run(self, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -138,7 +141,9 @@ def _bind(artifact: Artifact, module: torch.nn.Module, status: Status, cuda_grap
     graphs, weights = [], {}
     for graph in artifact.manifest["graphs"]:
         name, prefix = graph["name"], graph.get("constant_prefix", "")
-        runner = load_package(str(artifact.package), name)
+        graphed = cuda_graphs and _is_static(graph["guard"])
+        # single-threaded runners skip the container's event bookkeeping, which a CUDA graph can't capture
+        runner = load_package(str(artifact.package), name, run_single_threaded=graphed)
         bound: dict[str, torch.Tensor] = {}
         missing = []
         for fqn in runner.get_constant_fqns():
@@ -161,7 +166,7 @@ def _bind(artifact: Artifact, module: torch.nn.Module, status: Status, cuda_grap
         runner.load_constants(bound, check_full_update=True, user_managed=True)
         in_spec, out_spec = (pytree.treespec_loads(s) for s in runner.loader.get_call_spec())
         guard = Guard.from_json(graph["guard"]).compiled()
-        launcher = CUDAGraphRunner(runner.loader, status.fallbacks.append) if cuda_graphs and _is_static(graph["guard"]) else runner.loader
+        launcher = CUDAGraphRunner(runner.loader, status.fallbacks.append) if graphed else runner.loader
         graphs.append((guard, launcher, in_spec, out_spec))
         weights.update({f"{name}/{k}": v for k, v in bound.items()})
     return graphs, weights

@@ -42,6 +42,7 @@ def build(args: argparse.Namespace, device: str, dtype: torch.dtype) -> torch.nn
     from diffusers import FluxTransformer2DModel
 
     config = TINY if args.tiny else FULL
+    torch.manual_seed(0)  # the same random weights in every process
     with torch.device(device):
         model = FluxTransformer2DModel(num_layers=args.double, num_single_layers=args.single, **config)
     return model.to(dtype).eval().requires_grad_(False)

@@ -37,6 +37,7 @@ def build(args: argparse.Namespace, device: str, dtype: torch.dtype) -> torch.nn
     from transformers import AutoModelForCausalLM, Qwen2Config
 
     config = Qwen2Config(num_hidden_layers=args.layers, **(TINY if args.tiny else QWEN25_7B))
+    torch.manual_seed(0)  # the same random weights in every process
     with torch.device(device):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     return model.eval().requires_grad_(False)
