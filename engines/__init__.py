@@ -11,7 +11,7 @@ import aoti
 from . import registry
 from .device import DeviceInfo, discover
 from .distributed import DistributedEngine
-from .image import ImageParams, ImageResult
+from .image import ImageParams, ImageResult, check_image_request
 from .lightweight import CompileState, LightweightEngine
 from .metrics import Metrics, RequestRecord, memory_mb
 from .select import Decision, choose
@@ -67,11 +67,6 @@ class Studio:
         decision = self.decision(model_id)
         if decision.engine == "refused":
             raise ValueError(f"{model_id} {decision.reason}.")
-        if decision.engine == "distributed" and spec.task != "text":
-            raise ValueError(
-                f"{model_id} {decision.reason}, but the multi-GPU engine serves text models only "
-                "(diffusers context parallelism is not wired up yet)."
-            )
         return spec
 
     # --- lifecycle ---------------------------------------------------------------------------------
@@ -121,21 +116,28 @@ class Studio:
         yield from self.engine.generate_text(model_id, prompt, params)
 
     def _distributed(self, spec: registry.ModelSpec) -> DistributedEngine:
-        """The tensor-parallel engine for a model too large for one GPU (one per model, started lazily)."""
+        """The multi-GPU engine for a model too large for one GPU (one per model, started lazily)."""
         if spec.id not in self.distributed:
-            self.distributed[spec.id] = DistributedEngine(spec.source, world_size=self.device.count, device="cuda")
+            self.distributed[spec.id] = DistributedEngine(spec, world_size=self.device.count, device="cuda")
             self.engine.states[spec.id].state = "distributed"
-            self.engine.states[spec.id].reason = f"tensor parallel over {self.device.count} GPUs (eager on the workers)"
+            self.engine.states[spec.id].reason = f"{self._parallelism(spec)} over {self.device.count} GPUs (eager on the workers)"
         return self.distributed[spec.id]
+
+    @staticmethod
+    def _parallelism(spec: registry.ModelSpec) -> str:
+        return "tensor parallel" if spec.task == "text" else "context parallel"
 
     def generate_image(self, model_id: str, prompt: str, params: ImageParams, progress=None) -> ImageResult:
         """Generate one image; pure, like `generate_text`. Record with `record_image`."""
-        self.check_model(model_id, "image")
+        spec = self.check_model(model_id, "image")
+        if self.decision(model_id).engine == "distributed":
+            check_image_request(spec, prompt, params)  # bad input never reaches (or restarts) the workers
+            return self._distributed(spec).generate_image(prompt, params)
         return self.engine.generate_image(model_id, prompt, params, progress)
 
     def runtime_of(self, model_id: str) -> str:
         if model_id in self.distributed:
-            return f"eager, tensor parallel x{self.device.count}"
+            return f"eager, {self._parallelism(registry.get(model_id))} x{self.device.count}"
         return self.engine.runtime_of(model_id)
 
     def record_text(self, model_id: str, runtime: str, latency_s: float, last: TextStep | None, error: str | None = None) -> None:

@@ -35,13 +35,27 @@ class ImageResult:
     step_ms: list[float] = field(default_factory=list)
 
 
+def check_image_request(spec: ModelSpec, prompt: str, params: ImageParams) -> None:
+    """What any image model checks before it runs: a ValueError a user can act on."""
+    if not prompt or not prompt.strip():
+        raise ValueError("`prompt` is empty: describe the image.")
+    if len(prompt) > 1000:
+        raise ValueError(f"`prompt` is {len(prompt)} characters; at most 1000.")
+    if (params.height, params.width) not in spec.sizes:
+        sizes = ", ".join(f"{w}x{h}" for h, w in spec.sizes)
+        raise ValueError(f"size {params.width}x{params.height} is not offered for {spec.id}; choose one of {sizes}.")
+    if not 1 <= params.steps <= 100:
+        raise ValueError(f"`steps` must be between 1 and 100, got {params.steps}.")
+
+
 class ImageModel:
     """A loaded diffusion pipeline; `optimize` compiles its denoiser per size bucket."""
 
     def __init__(self, spec: ModelSpec, device: str = "cpu") -> None:
         self.spec, self.device = spec, device
+        self.shapes = spec.pipeline == "shapes"
         dtype = torch.float32 if device == "cpu" else getattr(torch, spec.dtype)
-        if spec.is_local:
+        if self.shapes:
             from .pipelines import ShapesPipeline
 
             self.pipe = ShapesPipeline.from_pretrained(spec.source, torch_dtype=dtype).to(device)
@@ -54,7 +68,7 @@ class ImageModel:
 
     def _run(self, prompt: str, params: ImageParams, callback=None) -> Image.Image:
         generator = torch.Generator(self.device).manual_seed(params.seed)
-        if self.spec.is_local:
+        if self.shapes:
             return self.pipe(prompt, num_inference_steps=params.steps, generator=generator,
                              height=params.height, width=params.width, callback=callback)
         kwargs = {"guidance_scale": params.guidance} if params.guidance is not None else {}
@@ -68,7 +82,7 @@ class ImageModel:
         calls = aoti.CapturedCalls()
         for height, width in self.spec.sizes:
             with aoti.capture(self.denoiser) as call:
-                self._run("a red circle, top left" if self.spec.is_local else "a photo of a cat",
+                self._run("a red circle, top left" if self.shapes else "a photo of a cat",
                           ImageParams(height, width, steps=2))
             calls.calls.extend(call.calls)
         return calls
@@ -94,16 +108,8 @@ class ImageModel:
         self.status = aoti.restore(self.denoiser)
 
     def check_inputs(self, prompt: str, params: ImageParams) -> None:
-        if not prompt or not prompt.strip():
-            raise ValueError("`prompt` is empty: describe the image.")
-        if len(prompt) > 1000:
-            raise ValueError(f"`prompt` is {len(prompt)} characters; at most 1000.")
-        if (params.height, params.width) not in self.spec.sizes:
-            sizes = ", ".join(f"{w}x{h}" for h, w in self.spec.sizes)
-            raise ValueError(f"size {params.width}x{params.height} is not offered for {self.spec.id}; choose one of {sizes}.")
-        if not 1 <= params.steps <= 100:
-            raise ValueError(f"`steps` must be between 1 and 100, got {params.steps}.")
-        if self.spec.is_local:
+        check_image_request(self.spec, prompt, params)
+        if self.shapes:
             self.pipe.check_inputs(prompt)
 
     @torch.no_grad()

@@ -31,6 +31,8 @@ class ModelSpec:
         max_new_tokens / max_prompt_tokens: text limits; sizes: image (height, width) buckets.
         steps: default denoising steps; guidance: default guidance scale (None: not used).
         fp8: whether an FP8 preset is offered; regional: whether regional compile is offered.
+        pipeline: image models only: "diffusers" (any `DiffusionPipeline`) or "shapes" (the embedded
+            label-conditioned `ShapesPipeline`).
     """
 
     id: str
@@ -47,6 +49,7 @@ class ModelSpec:
     guidance: float | None = None
     fp8: bool = True
     regional: bool = False
+    pipeline: str = "diffusers"
     description: str = ""
     tags: tuple[str, ...] = field(default_factory=tuple)
 
@@ -104,7 +107,7 @@ CATALOG: tuple[ModelSpec, ...] = (
     ),
     ModelSpec(
         id="tiny-shapes-unet", task="image", source=str(ASSETS / "tiny-shapes-unet"), params_b=0.002,
-        compile_module="unet", sizes=((32, 32),), steps=20, fp8=False,
+        compile_module="unet", sizes=((32, 32),), steps=20, fp8=False, pipeline="shapes",
         description="Embedded 2M-parameter label-conditioned UNet that draws shapes (assets/train_image_model.py).",
     ),
     ModelSpec(

@@ -39,8 +39,9 @@ def runtime_dtype(spec: ModelSpec, device: DeviceInfo) -> str:
     return "float32" if device.kind == "cpu" else spec.dtype
 
 
-def estimate_bytes(spec: ModelSpec, device: DeviceInfo, quantization: str = "none") -> int:
-    """Weights at their runtime dtype (or quantized) + activations / KV cache for the model's limits."""
+def estimate_parts(spec: ModelSpec, device: DeviceInfo, quantization: str = "none") -> tuple[float, float]:
+    """(weights, working memory) in bytes, before headroom: weights at their runtime dtype (or
+    quantized); working memory is the KV cache (text) or activations at the largest size (image)."""
     dtype = runtime_dtype(spec, device)
     weight_bytes = BYTES_PER_PARAM[quantization if quantization != "none" else dtype]
     weights = spec.params_b * 1e9 * weight_bytes
@@ -51,7 +52,12 @@ def estimate_bytes(spec: ModelSpec, device: DeviceInfo, quantization: str = "non
     else:
         side = max((max(s) for s in spec.sizes), default=1024)
         working = (side / 1024) ** 2 * 3 * GiB * max(1.0, spec.params_b / 12)
-    return int((weights + working) * HEADROOM)
+    return weights, working
+
+
+def estimate_bytes(spec: ModelSpec, device: DeviceInfo, quantization: str = "none") -> int:
+    """Weights + working memory, with headroom: what one device must hold."""
+    return int(sum(estimate_parts(spec, device, quantization)) * HEADROOM)
 
 
 def preset_for(device: DeviceInfo) -> Preset:
@@ -73,8 +79,18 @@ def choose(spec: ModelSpec, device: DeviceInfo, quantization: str = "none") -> D
     if spec.fp8 and quantization == "none" and device.fp8 and estimate_bytes(spec, device, "fp8_rowwise") <= budget:
         return Decision("lightweight", f"fits with FP8 weights: {numbers}", estimate_bytes(spec, device, "fp8_rowwise"),
                         budget, "fp8_rowwise", preset_for(device))
-    if device.kind != "cpu" and device.count > 1 and need <= budget * device.count * 0.9:
-        return Decision("distributed", f"too large for one GPU, fits {device.count}: {numbers}", need,
-                        budget * device.count, quantization, preset_for(device))
+    if device.kind != "cpu" and device.count > 1:
+        n = device.count
+        if spec.task == "text" and need <= budget * n * 0.9:
+            return Decision("distributed", f"too large for one GPU; tensor parallel over {n}: {numbers}", need,
+                            budget * n, quantization, preset_for(device))
+        weights, working = estimate_parts(spec, device, quantization)
+        per_gpu = int((weights + working / n) * HEADROOM)  # context parallel: weights on every GPU, activations split
+        if spec.task == "image" and per_gpu <= budget:
+            return Decision("distributed", f"too large for one GPU; context parallel over {n} "
+                            f"(about {per_gpu / GiB:.1f} GiB each): {numbers}", per_gpu, budget, quantization, preset_for(device))
+        if spec.task == "image":
+            return Decision("refused", f"does not fit: {numbers} x{n} GPU(s); context parallelism splits the "
+                            f"activations, not the {weights * HEADROOM / GiB:.1f} GiB of weights", need, budget, quantization, None)
     more = "" if device.kind == "cpu" else f" x{device.count} GPU(s)"
     return Decision("refused", f"does not fit: {numbers}{more}", need, budget, quantization, None)

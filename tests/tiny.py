@@ -63,3 +63,33 @@ class MLP(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down(torch.nn.functional.gelu(self.up(x)))
+
+
+def flux_pipeline_dir(path) -> str:
+    """A complete FLUX pipeline of tiny random components (CLIP + T5 text encoders, VAE, transformer,
+    flow-matching scheduler) saved with `save_pretrained`, loadable with `DiffusionPipeline`. The
+    tokenizers are the embedded text model's (no tokenizer files can be downloaded here)."""
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import AutoTokenizer, CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+
+    from engines.registry import ASSETS
+
+    torch.manual_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(ASSETS / "tiny-llama-pydoc")
+    tokenizer.pad_token, tokenizer.model_max_length = tokenizer.eos_token, 16
+    vocab = len(tokenizer)
+    pipe = FluxPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+        vae=AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16), layers_per_block=1,
+                          down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2, norm_num_groups=4,
+                          shift_factor=0.0609, scaling_factor=0.3611),
+        text_encoder=CLIPTextModel(CLIPTextConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                                  num_attention_heads=2, max_position_embeddings=16, projection_dim=32, eos_token_id=2)),
+        tokenizer=tokenizer,
+        text_encoder_2=T5EncoderModel(T5Config(vocab_size=vocab, d_model=32, d_kv=16, d_ff=64, num_layers=1, num_heads=2)),
+        tokenizer_2=tokenizer,
+        transformer=FluxTransformer2DModel(patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16,
+                                           num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32, axes_dims_rope=[4, 6, 6]),
+    )
+    pipe.save_pretrained(str(path))
+    return str(path)

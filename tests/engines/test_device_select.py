@@ -52,6 +52,7 @@ A10G = _gpu("NVIDIA A10G", 24, capability=(8, 6))
 L4_X2 = _gpu("NVIDIA L4", 24, capability=(8, 9), count=2)
 T4 = _gpu("Tesla T4", 16, capability=(7, 5))
 T4_X2 = _gpu("Tesla T4", 16, capability=(7, 5), count=2)
+A100_CAPPED_X2 = _gpu("NVIDIA A100-SXM4-80GB", 43, capability=(8, 0), count=2)  # AOTI_MEMORY_CAP_GB=43, no FP8
 
 
 @pytest.mark.parametrize(
@@ -68,7 +69,8 @@ T4_X2 = _gpu("Tesla T4", 16, capability=(7, 5), count=2)
         ("llama-3.1-8b-instruct", T4_X2, "distributed", "none"),
         ("flux.1-dev", H200_MIG, "lightweight", "none"),
         ("flux.1-dev", H100, "lightweight", "none"),
-        ("flux.1-dev", L4_X2, "refused", "none"),
+        ("flux.1-dev", L4_X2, "refused", "none"),  # 31 GiB of weights on each 24 GiB GPU
+        ("flux.1-dev", A100_CAPPED_X2, "distributed", "none"),  # context parallel: activations split
         ("flux.1-dev", A10G, "refused", "none"),
     ],
 )
@@ -78,6 +80,12 @@ def test_selection_table(model, device, engine, quant):
     assert decision.quantization == quant
     if engine == "refused":
         assert "GiB" in decision.reason and "does not fit" in decision.reason
+
+
+def test_image_models_across_gpus_name_the_parallelism_or_why_not():
+    assert "context parallel over 2" in choose(registry.get("flux.1-dev"), A100_CAPPED_X2).reason
+    assert choose(registry.get("flux.1-dev"), A100_CAPPED_X2.__class__(**{**A100_CAPPED_X2.__dict__, "count": 1})).engine == "refused"
+    assert "not the 3" in choose(registry.get("flux.1-dev"), L4_X2).reason  # the weights don't fit any one GPU
 
 
 def test_fp8_weights_are_only_chosen_for_models_that_offer_them():

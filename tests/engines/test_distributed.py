@@ -16,7 +16,7 @@ GREEDY = SamplingParams(max_new_tokens=24, temperature=0)
 
 @pytest.fixture(scope="module")
 def tp_engine(text_spec):
-    engine = DistributedEngine(text_spec.source, world_size=2, device="cpu", timeout_s=60)
+    engine = DistributedEngine(text_spec, world_size=2, device="cpu", timeout_s=60)
     engine.start()
     yield engine
     engine.shutdown()
@@ -47,11 +47,51 @@ def test_killing_a_worker_mid_request_fails_clearly_and_the_engine_recovers(tp_e
 
 
 def test_clean_shutdown_leaves_no_processes(text_spec):
-    engine = DistributedEngine(text_spec.source, world_size=2, device="cpu")
+    engine = DistributedEngine(text_spec, world_size=2, device="cpu")
     engine.start()
     pids = engine.pids
     assert all(psutil.pid_exists(p) for p in pids)
     engine.shutdown()
     time.sleep(0.5)
     assert not [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+    assert engine.processes == []
+
+
+# --- image: diffusers context parallelism -------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def flux_spec(tmp_path_factory):
+    from tests import tiny
+
+    source = tiny.flux_pipeline_dir(tmp_path_factory.mktemp("tiny-flux"))
+    return registry.ModelSpec(id="tiny-flux", task="image", source=source, params_b=0.001, compile_module="transformer",
+                              sizes=((32, 32),), steps=3, fp8=False)
+
+
+def test_context_parallel_image_equals_single_process(flux_spec):
+    import numpy as np
+
+    from engines.image import ImageModel, ImageParams
+
+    params = ImageParams(height=32, width=32, steps=3, seed=7)
+    single = ImageModel(flux_spec).generate("a red circle", params)
+    engine = DistributedEngine(flux_spec, world_size=2, device="cpu", timeout_s=120)
+    try:
+        engine.start()
+        assert [p.name for p in engine.processes] == ["aoti-cp-rank0", "aoti-cp-rank1"]
+        split = engine.generate_image("a red circle", params)
+        other = engine.generate_image("a blue square", params)
+    finally:
+        engine.shutdown()
+    a, b = np.asarray(single.image, dtype=np.int16), np.asarray(split.image, dtype=np.int16)
+    assert a.shape == b.shape == (32, 32, 3)
+    assert np.abs(a - b).max() <= 1  # the same image: sequence split over 2 ranks, attention all-to-all
+    assert len(split.step_ms) == 3
+    assert not np.array_equal(np.asarray(other.image), np.asarray(split.image))  # the prompt reaches the workers
+
+
+def test_a_model_without_a_context_parallel_plan_is_refused_clearly(image_spec):
+    engine = DistributedEngine(image_spec, world_size=2, device="cpu", timeout_s=60)
+    with pytest.raises(RuntimeError, match="tiny-shapes-unet failed to start: ValueError: UNet2DModel has no context-parallel plan in diffusers"):
+        engine.start()
     assert engine.processes == []
