@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
 import platform
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -71,12 +74,20 @@ def memory_bandwidth_gbs(gb: float = 4.0, iters: int = 10) -> float:
     return round(2 * x.numel() * 2 / (timing["min_ms"] / 1e3) / 1e9, 1)
 
 
+def json_from_fresh_process(code: str, env: dict[str, str] | None = None, timeout: float = 600) -> dict[str, Any]:
+    """Run ``code`` in a new Python process; its last stdout line is the JSON result (or the error)."""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+    if proc.returncode != 0:
+        return {"error": proc.stderr[-2000:]}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 class Recorder:
     """Results of one run: metadata (card, versions, date, command) and one entry per variant."""
 
     def __init__(self, out: str | Path, device: str) -> None:
-        import sys
-
+        self.started = time.perf_counter()
         self.out = Path(out)
         self.meta: dict[str, Any] = {
             "date": datetime.date.today().isoformat(),
@@ -90,6 +101,23 @@ class Recorder:
     def variant(self, name: str, result: dict[str, Any], **extra: Any) -> None:
         self.variants[name] = {**result, **extra}
         print(f"{name}: {json.dumps(self.variants[name], default=str)}", flush=True)
+        self.save()
+
+    def run(self, names: list[str], run_one: Callable[[str], None], budget_s: float = 1e9,
+            after: Callable[[], None] | None = None) -> None:
+        """Run each variant in order; one that fails is recorded with its error and the rest go on;
+        once ``budget_s`` has passed since the start, the remaining ones are recorded as skipped."""
+        for name in names:
+            if time.perf_counter() - self.started > budget_s:
+                self.variant(name, {"skipped": f"time budget of {budget_s:.0f} s spent"})
+                continue
+            try:
+                run_one(name)
+            except Exception as exc:  # one failing variant must not lose the others
+                self.variant(name, {"error": f"{type(exc).__name__}: {exc}"[:1500]})
+            if after is not None:
+                after()
+        self.meta["total_s"] = round(time.perf_counter() - self.started, 1)
         self.save()
 
     def save(self) -> None:

@@ -20,11 +20,8 @@ import torch
 logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import aoti  # noqa: E402
+from benchmarks.common import measure, rel_error  # noqa: E402
 from tests import tiny  # noqa: E402
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-12)).item()
 
 
 def to_cuda(inputs: dict) -> dict:
@@ -32,16 +29,7 @@ def to_cuda(inputs: dict) -> dict:
 
 
 def median_ms(fn, n: int = 20) -> float:
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(n):
-        start = time.perf_counter()
-        fn()
-        torch.cuda.synchronize()
-        times.append((time.perf_counter() - start) * 1e3)
-    return sorted(times)[len(times) // 2]
+    return measure(fn, "cuda", iters=n)["median_ms"]
 
 
 def flux_case(quantization: str, cache: aoti.Cache) -> dict:
@@ -60,11 +48,11 @@ def flux_case(quantization: str, cache: aoti.Cache) -> dict:
     for _ in range(3):
         inputs = to_cuda(tiny.flux_inputs(img=64, txt=16))
         with torch.no_grad():
-            errs.append(rel_err(model(**inputs)[0], model.forward.eager(**inputs)[0]))
+            errs.append(rel_error(model(**inputs)[0], model.forward.eager(**inputs)[0]))
     result["rel_err_vs_eager_same_weights"] = max(errs)
     if reference is not None:
         with torch.no_grad():
-            result["rel_err_fp8_vs_bf16_eager"] = rel_err(model(**ref_inputs)[0], reference)
+            result["rel_err_fp8_vs_bf16_eager"] = rel_error(model(**ref_inputs)[0], reference)
     inputs = to_cuda(tiny.flux_inputs(img=64, txt=16))
     with torch.no_grad():
         result["aoti_ms"] = median_ms(lambda: model(**inputs))
@@ -88,7 +76,7 @@ def llama_case(quantization: str, cache: aoti.Cache) -> dict:
     for seq in (1, 5, 17, 64):
         ids = tiny.token_ids(seq).cuda()
         with torch.no_grad():
-            errs[seq] = rel_err(model(input_ids=ids).logits, model.forward.eager(input_ids=ids).logits)
+            errs[seq] = rel_error(model(input_ids=ids).logits, model.forward.eager(input_ids=ids).logits)
     return {"case": f"llama-dynamic-{quantization}", "status": aoti.status_of(model).to_dict(), "rel_err_by_seq": errs, "apply": status.runtime}
 
 

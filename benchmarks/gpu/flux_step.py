@@ -18,9 +18,7 @@ so it runs last).
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -30,7 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import aoti  # noqa: E402
-from benchmarks.common import Recorder, cuda_peak_tflops, measure, rel_error  # noqa: E402
+from benchmarks.common import Recorder, cuda_peak_tflops, json_from_fresh_process, measure, rel_error  # noqa: E402
 
 FULL = dict(patch_size=1, in_channels=64, attention_head_dim=128, num_attention_heads=24, joint_attention_dim=4096,
             pooled_projection_dim=768, guidance_embeds=True, axes_dims_rope=(16, 56, 56))
@@ -155,10 +153,7 @@ with torch.no_grad():
 t2 = time.perf_counter()
 print(json.dumps(dict(capture_s=t1 - t0, lookup_apply_first_step_s=t2 - t1, load_s=status.load_s, cache_hit=status.cache_hit, runtime=status.runtime)))
 """
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
-    if proc.returncode != 0:
-        return {"error": proc.stderr[-2000:]}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return json_from_fresh_process(code)
 
 
 def parse() -> argparse.Namespace:
@@ -179,7 +174,6 @@ def parse() -> argparse.Namespace:
 
 def main() -> None:
     args = parse()
-    started = time.perf_counter()
     device = "cuda" if torch.cuda.is_available() and not args.tiny else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     if args.tiny:
@@ -217,18 +211,13 @@ def main() -> None:
     with aoti.capture(model) as call, torch.no_grad():
         model(**make_inputs(model, args, 0))
     cache = aoti.Cache(args.cache)
-    for name in args.variants.split(","):
-        if time.perf_counter() - started > args.budget_s:
-            rec.variant(name, {"skipped": f"time budget of {args.budget_s:.0f} s spent"})
-            continue
-        try:
-            run_variant(name, model, call, cache, check, rec, args, device)
-        except Exception as exc:  # one failing variant must not lose the others
-            rec.variant(name, {"error": f"{type(exc).__name__}: {exc}"[:1500]})
+
+    def clean_up() -> None:
         aoti.restore(model)
         torch._dynamo.reset()
-    rec.meta["total_s"] = round(time.perf_counter() - started, 1)
-    rec.save()
+
+    rec.run(args.variants.split(","), lambda name: run_variant(name, model, call, cache, check, rec, args, device),
+            args.budget_s, after=clean_up)
 
 
 def run_variant(name, model, call, cache, check, rec, args, device) -> None:

@@ -23,7 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import aoti  # noqa: E402
-from benchmarks.common import Recorder, measure, memory_bandwidth_gbs, rel_error, sync  # noqa: E402
+from benchmarks.common import Recorder, json_from_fresh_process, measure, memory_bandwidth_gbs, rel_error, sync  # noqa: E402
 from engines.registry import ASSETS, ModelSpec  # noqa: E402
 from engines.text import SamplingParams, TextModel  # noqa: E402
 
@@ -94,9 +94,6 @@ def ours(text: TextModel, prompt: str, new_tokens: int, device: str) -> dict[str
 def warm_load_in_fresh_process(args: argparse.Namespace) -> dict[str, Any]:
     """A new process with the cache filled: build the model (random weights, not timed), then time
     `TextModel.optimize` (capture, cache lookup, apply) and the first request."""
-    import json
-    import subprocess
-
     code = f"""
 import json, sys, time, torch
 sys.argv = {["llm_decode.py", *sys.argv[1:]]!r}
@@ -123,11 +120,7 @@ t2 = time.perf_counter()
 print(json.dumps(dict(optimize_s=t1 - t0, first_request_s=t2 - t1, ttft_s=steps[-1].ttft_s, load_s=status.load_s,
                       cache_hit=status.cache_hit, runtime=status.runtime, fallbacks=status.fallbacks)))
 """
-    env = {**os.environ, "AOTI_PROBE": "1"}
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, env=env)
-    if proc.returncode != 0:
-        return {"error": proc.stderr[-2000:]}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return json_from_fresh_process(code, env={"AOTI_PROBE": "1"})
 
 
 def parse() -> argparse.Namespace:
@@ -145,7 +138,6 @@ def parse() -> argparse.Namespace:
 
 def main() -> None:
     args = parse()
-    started = time.perf_counter()
     device = "cuda" if torch.cuda.is_available() and not args.tiny else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     rec = Recorder(args.out, device)
@@ -168,50 +160,44 @@ def main() -> None:
     spec = ModelSpec(id="qwen2.5-7b-geometry", task="text", source="random-weights", params_b=rec.meta["params_b"],
                      dtype=str(dtype).removeprefix("torch."), compile_module="decoder",
                      max_new_tokens=args.new_tokens, max_prompt_tokens=ids.shape[1])
-    text: TextModel | None = None
-    reference_logits = None
     cache = aoti.Cache(args.cache)
     os.environ.setdefault("AOTI_PROBE", "0")  # the crash probe's cost is measured in flux_step.py
-    for name in args.variants.split(","):
-        if time.perf_counter() - started > args.budget_s:
-            rec.variant(name, {"skipped": f"time budget of {args.budget_s:.0f} s spent"})
-            continue
-        try:
-            if name == "hf_eager":
-                rec.variant(name, hf_generate(model, ids, args.new_tokens, device))
-            elif name == "hf_static":
-                rec.variant(name, hf_generate(model, ids, args.new_tokens, device, cache_implementation="static"))
-                torch._dynamo.reset()
-            elif name == "ours_eager":
-                text = TextModel(spec, device, model=model, tokenizer=tokenizer)
+    state: dict[str, Any] = {"text": None, "reference_logits": None}
+
+    def run_one(name: str) -> None:
+        if name == "hf_eager":
+            rec.variant(name, hf_generate(model, ids, args.new_tokens, device))
+        elif name == "hf_static":
+            rec.variant(name, hf_generate(model, ids, args.new_tokens, device, cache_implementation="static"))
+            torch._dynamo.reset()
+        elif name == "ours_eager":
+            text = state["text"] = TextModel(spec, device, model=model, tokenizer=tokenizer)
+            with torch.no_grad():
+                state["reference_logits"] = text.decoder(input_ids=ids, cache_position=torch.arange(ids.shape[1], device=device))
+            rec.variant(name, ours(text, prompt, args.new_tokens, device))
+        elif name in ("ours_aoti", "ours_aoti_graphs", "ours_fp8"):
+            text = state["text"] = state["text"] or TextModel(spec, device, model=model, tokenizer=tokenizer)
+            options = aoti.CompileOptions(quantization="fp8_rowwise" if name == "ours_fp8" else "none")
+            t0 = time.perf_counter()
+            status = text.optimize(options, cache, cuda_graphs=name != "ours_aoti")
+            optimize_s = time.perf_counter() - t0
+            result = ours(text, prompt, args.new_tokens, device)
+            if state["reference_logits"] is not None:
                 with torch.no_grad():
-                    reference_logits = text.decoder(input_ids=ids, cache_position=torch.arange(ids.shape[1], device=device))
-                rec.variant(name, ours(text, prompt, args.new_tokens, device))
-            elif name in ("ours_aoti", "ours_aoti_graphs", "ours_fp8"):
-                text = text or TextModel(spec, device, model=model, tokenizer=tokenizer)
-                options = aoti.CompileOptions(quantization="fp8_rowwise" if name == "ours_fp8" else "none")
-                t0 = time.perf_counter()
-                status = text.optimize(options, cache, cuda_graphs=name != "ours_aoti")
-                optimize_s = time.perf_counter() - t0
-                result = ours(text, prompt, args.new_tokens, device)
-                if reference_logits is not None:
-                    with torch.no_grad():
-                        logits = text.decoder(input_ids=ids, cache_position=torch.arange(ids.shape[1], device=device))
-                    result["prefill_logits_rel_error_vs_eager"] = rel_error(logits, reference_logits)
-                if name == "ours_fp8" and device == "cuda":
-                    fp8_bytes = decode_bytes(model, context // 2 + ids.shape[1] // 2)
-                    rec.meta["floor_tokens_per_s"]["fp8_weights"] = round(rec.meta["copy_bandwidth_gbs"] * 1e9 / fp8_bytes, 1)
-                rec.variant(name, result, optimize_s=round(optimize_s, 2), compile_s=status.compile_s, load_s=status.load_s,
-                            runtime=status.runtime, reason=status.reason, fallbacks=status.fallbacks, graphs=status.graphs)
-                text.restore()
-            elif name == "warm_load":
-                rec.variant(name, warm_load_in_fresh_process(args))
-            else:
-                raise ValueError(f"unknown variant {name}")
-        except Exception as exc:
-            rec.variant(name, {"error": f"{type(exc).__name__}: {exc}"[:1500]})
-    rec.meta["total_s"] = round(time.perf_counter() - started, 1)
-    rec.save()
+                    logits = text.decoder(input_ids=ids, cache_position=torch.arange(ids.shape[1], device=device))
+                result["prefill_logits_rel_error_vs_eager"] = rel_error(logits, state["reference_logits"])
+            if name == "ours_fp8" and device == "cuda":
+                fp8_bytes = decode_bytes(model, context // 2 + ids.shape[1] // 2)
+                rec.meta["floor_tokens_per_s"]["fp8_weights"] = round(rec.meta["copy_bandwidth_gbs"] * 1e9 / fp8_bytes, 1)
+            rec.variant(name, result, optimize_s=round(optimize_s, 2), compile_s=status.compile_s, load_s=status.load_s,
+                        runtime=status.runtime, reason=status.reason, fallbacks=status.fallbacks, graphs=status.graphs)
+            text.restore()
+        elif name == "warm_load":
+            rec.variant(name, warm_load_in_fresh_process(args))
+        else:
+            raise ValueError(f"unknown variant {name}")
+
+    rec.run(args.variants.split(","), run_one, args.budget_s)
 
 
 if __name__ == "__main__":
