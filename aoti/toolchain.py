@@ -10,6 +10,7 @@ to a compiler on the machine that links libstdc++ dynamically. Elsewhere nothing
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import json
 import logging
@@ -66,35 +67,73 @@ def _links_statically(compiler: str) -> bool | None:
         return not links_libstdcxx_dynamically(out)
 
 
+def _state_dir() -> Path:
+    """Where per-machine verdicts live: next to Inductor's own build cache."""
+    from torch._inductor.runtime.cache_dir_utils import cache_dir
+
+    return Path(cache_dir())
+
+
+def _marker(prefix: str, identity: object, state_dir: Path | None = None) -> Path:
+    import hashlib
+
+    return (state_dir or _state_dir()) / f"{prefix}-{hashlib.sha256(repr(identity).encode()).hexdigest()[:16]}.json"
+
+
+def _compiler_identity(compiler: str) -> object:
+    """Path, size and mtime of the compiler and of each fallback: a changed toolchain is re-checked."""
+    def stat(name: str) -> object:
+        resolved = shutil.which(name)
+        if resolved is None:
+            return (name, None)
+        st = os.stat(resolved)
+        return (os.path.realpath(resolved), st.st_size, int(st.st_mtime))
+
+    return (stat(compiler), *(stat(c) for c in _FALLBACK_COMPILERS))
+
+
 @functools.lru_cache(maxsize=1)
 def ensure_toolchain() -> Toolchain:
-    """Check Inductor's compiler once per process; switch it only if it links libstdc++ statically."""
+    """Check Inductor's compiler once per machine (the verdict is kept next to Inductor's cache, keyed
+    by the compilers' paths, sizes and mtimes); switch it only if it links libstdc++ statically."""
     from torch._inductor import config
 
     configured = config.cpp.cxx
     current = next((c for c in (configured if isinstance(configured, tuple) else (configured,)) if c), "g++")
     if not sys.platform.startswith("linux") or os.environ.get(ENV_FIX, "1") == "0":
         return Toolchain(current, static_libstdcxx=False)
-    static = _links_statically(current)
-    if not static:
+    marker = _marker("toolchain", _compiler_identity(current))
+    try:
+        chain = Toolchain(**json.loads(marker.read_text()))
+    except (OSError, ValueError, TypeError):
+        chain = _check_toolchain(current)
+        with contextlib.suppress(OSError):
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.write_text(json.dumps(dataclasses.asdict(chain)))
+    if chain.fixed_from:
+        config.cpp.cxx = (None, chain.compiler)
+        log.warning("toolchain: %s", chain.note)
+    elif chain.static_libstdcxx:
+        log.error("toolchain: %s links libstdc++ statically and no other compiler was found; packages may crash", current)
+    return chain
+
+
+def _check_toolchain(current: str) -> Toolchain:
+    """Build a one-line shared object with ``current`` (and, if it embeds libstdc++, with the fallbacks)."""
+    if not _links_statically(current):
         return Toolchain(current, static_libstdcxx=False)
     for candidate in _FALLBACK_COMPILERS:
         resolved = shutil.which(candidate)
         if resolved and os.path.realpath(resolved) != os.path.realpath(shutil.which(current) or current):
             if _links_statically(resolved) is False:
-                config.cpp.cxx = (None, resolved)
-                chain = Toolchain(resolved, static_libstdcxx=False, fixed_from=current)
-                log.warning("toolchain: %s", chain.note)
-                return chain
-    log.error("toolchain: %s links libstdc++ statically and no other compiler was found; packages may crash", current)
+                return Toolchain(resolved, static_libstdcxx=False, fixed_from=current)
     return Toolchain(current, static_libstdcxx=True)
 
 
 ENV_VEC_ISAS = "AOTI_VEC_ISAS"  # the settled list, handed to probe children ("|"-separated)
 
 
-def _vec_isa_marker(state_dir: Path) -> Path:
-    import hashlib
+def _vec_isa_marker(state_dir: Path | None) -> Path:
     import platform
 
     import torch
@@ -103,8 +142,7 @@ def _vec_isa_marker(state_dir: Path) -> Path:
     flags = ""
     with contextlib.suppress(OSError):
         flags = next((ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("flags")), "")
-    identity = repr((torch.__version__, config.cpp.cxx, platform.machine(), flags))
-    return state_dir / f"vec-isa-{hashlib.sha256(identity.encode()).hexdigest()[:16]}.json"
+    return _marker("vec-isa", (torch.__version__, config.cpp.cxx, platform.machine(), flags), state_dir)
 
 
 def _reuse(names: list[str]) -> None:
@@ -133,11 +171,7 @@ def settle_vec_isa(state_dir: str | None = None) -> str:
     if handed is not None:
         _reuse([n for n in handed.split("|") if n])
         return f"vector ISAs {handed.split('|')} handed over by the parent process"
-    if state_dir is None:  # next to Inductor's own build cache, which holds the check libraries
-        from torch._inductor.runtime.cache_dir_utils import cache_dir
-
-        state_dir = cache_dir()
-    marker = _vec_isa_marker(Path(state_dir))
+    marker = _vec_isa_marker(Path(state_dir) if state_dir else None)
     with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
         names = json.loads(marker.read_text())["valid"]
         _reuse(names)

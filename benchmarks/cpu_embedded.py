@@ -88,6 +88,46 @@ def regional_bench(cache: aoti.Cache, layers: int) -> dict:
     return results
 
 
+_PROCESS = """
+import json, sys, time
+t0 = time.perf_counter()
+sys.path.insert(0, {root!r})
+import aoti
+from engines import registry
+from engines.text import SamplingParams, TextModel
+model = TextModel(registry.get("tiny-llama-pydoc"))
+if {aoti!r}:
+    model.optimize(cache=aoti.Cache({cache!r}))
+steps = list(model.generate("If the file", SamplingParams(max_new_tokens={tokens}, temperature=0)))
+last = steps[-1]
+print(json.dumps({{"first_token_after_start_s": time.perf_counter() - t0 - last.elapsed_s + last.ttft_s,
+                   "runtime": model.status.runtime, "tokens": last.tokens}}))
+"""
+
+
+def process_bench(cache: aoti.Cache, tokens: int) -> dict:
+    """Whole processes under `/usr/bin/time -v`: start Python, import, load the text model, (load its
+    cached AOTI graphs,) generate. Wall time and peak RSS of the whole process."""
+    import re
+    import subprocess
+
+    results = {}
+    for name, use_aoti in (("eager", False), ("aoti_warm_cache", True)):
+        code = _PROCESS.format(root=str(Path(__file__).resolve().parents[1]), aoti=use_aoti, cache=str(cache.root), tokens=tokens)
+        timer = ["/usr/bin/time", "-v"] if Path("/usr/bin/time").exists() else []
+        proc = subprocess.run([*timer, sys.executable, "-c", code], capture_output=True, text=True, check=True)
+        result = json.loads(proc.stdout.strip().splitlines()[-1])
+        wall = re.search(r"Elapsed \(wall clock\) time.*: (?:(\d+):)?(\d+):([\d.]+)", proc.stderr)
+        rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr)
+        if wall:
+            h, m, sec = wall.groups()
+            result["process_wall_s"] = int(h or 0) * 3600 + int(m) * 60 + float(sec)
+        if rss:
+            result["max_rss_mb"] = int(rss.group(1)) / 1024
+        results[name] = result
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/cpu_embedded.json"))
@@ -100,6 +140,7 @@ def main() -> None:
         "date": time.strftime("%Y-%m-%d"), "command": " ".join(["python", *sys.argv]),
         "text": text_bench(cache, args.tokens), "image": image_bench(cache), "regional": regional_bench(cache, args.layers),
     }
+    results["process"] = process_bench(cache, args.tokens)  # after text_bench: the cache holds its graphs
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
     print(json.dumps(results, indent=2))

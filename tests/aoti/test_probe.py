@@ -69,32 +69,37 @@ def test_toolchain_check_finds_a_dynamic_libstdcxx_here(mlp_artifact):
 
 
 _SETTLE = """
-import sys, json
-from torch._inductor import cpu_vec_isa
-from aoti.toolchain import settle_vec_isa
-builds = []
-original = cpu_vec_isa.VecISA.check_build
-cpu_vec_isa.VecISA.check_build = lambda self, code: builds.append(str(self)) or original(self, code)
-note = settle_vec_isa(sys.argv[1])
-print(json.dumps({"note": note, "builds": builds, "picked": str(cpu_vec_isa.pick_vec_isa()),
+import json
+from torch._inductor import config, cpu_vec_isa
+import aoti.toolchain as toolchain
+builds, compiles = [], []
+check_build, links = cpu_vec_isa.VecISA.check_build, toolchain._links_statically
+cpu_vec_isa.VecISA.check_build = lambda self, code: builds.append(str(self)) or check_build(self, code)
+toolchain._links_statically = lambda compiler: compiles.append(compiler) or links(compiler)
+chain = toolchain.prepare_inductor()
+print(json.dumps({"note": toolchain.settle_vec_isa(), "builds": builds, "compiles": compiles, "cxx": str(config.cpp.cxx),
+                  "fixed_from": chain.fixed_from, "picked": str(cpu_vec_isa.pick_vec_isa()),
                   "isas": [str(i) for i in cpu_vec_isa.valid_vec_isa_list()]}))
 """
 
 
-def _settle_in_fresh_process(state_dir):
+def _prepare_in_fresh_process(inductor_cache):
     import json
     import subprocess
     import sys
 
     env = {k: v for k, v in os.environ.items() if k != "AOTI_VEC_ISAS"}
-    out = subprocess.run([sys.executable, "-c", _SETTLE, str(state_dir)], capture_output=True, text=True, check=True, env=env)
+    env["TORCHINDUCTOR_CACHE_DIR"] = str(inductor_cache)
+    out = subprocess.run([sys.executable, "-c", _SETTLE], capture_output=True, text=True, check=True, env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def test_cpu_isa_check_runs_once_per_machine_and_is_reused(tmp_path):
-    first = _settle_in_fresh_process(tmp_path)
-    assert "checked now" in first["note"] and list(tmp_path.glob("vec-isa-*.json"))
-    second = _settle_in_fresh_process(tmp_path)
+def test_compiler_and_cpu_isa_checks_run_once_per_machine_and_are_reused(tmp_path):
+    first = _prepare_in_fresh_process(tmp_path)
+    assert "checked now" in first["note"] and first["compiles"]
+    assert {p.name.split("-")[0] for p in tmp_path.glob("*.json")} == {"toolchain", "vec"}
+    second = _prepare_in_fresh_process(tmp_path)
     assert "checked before" in second["note"]
-    assert second["builds"] == []  # no test library built or loaded this time
-    assert second["isas"] == first["isas"] and second["picked"] == first["picked"]
+    assert second["builds"] == [] and second["compiles"] == []  # nothing built or loaded this time
+    assert (second["isas"], second["picked"], second["cxx"], second["fixed_from"]) == (
+        first["isas"], first["picked"], first["cxx"], first["fixed_from"])
