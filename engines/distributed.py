@@ -18,6 +18,7 @@ DTensor-sharded models and of context-parallel attention are not wired up.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import datetime
 import logging
 import os
@@ -57,8 +58,6 @@ def _free_port() -> int:
 def enable_context_parallel(denoiser: Any, world_size: int) -> str:
     """Split ``denoiser``'s sequence over the ``world_size`` ranks with diffusers' Ulysses context
     parallelism. Raises ValueError naming the model when diffusers has no plan for it."""
-    import contextlib
-
     import torch
     from diffusers import ContextParallelConfig
 
