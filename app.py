@@ -176,8 +176,8 @@ def _panel():
         f"**step** {fmt(s['median_step_ms'], 'ms')}"
     )
     status = pd.DataFrame(studio.compile_status())
-    status = status[status["state"] != "not loaded"][["model", "state", "compile_s", "load_s", "cache_hit", "speedup", "reason"]]
-    status = status.rename(columns={"compile_s": "compile s", "load_s": "load s", "cache_hit": "cached"})
+    status = status[status["state"] != "not loaded"][["model", "state", "compile_s", "load_s", "cache_hit", "cuda_graphs", "speedup", "reason"]]
+    status = status.rename(columns={"compile_s": "compile s", "load_s": "load s", "cache_hit": "cached", "cuda_graphs": "CUDA graphs"})
     return latency, memory, summary, status
 
 

@@ -15,6 +15,7 @@ from torch.utils import _pytree as pytree
 from . import quant
 from .cache import MANIFEST_FILE, PROBE_FILE
 from .compile import EXTRA_CONSTANTS_FILE, Artifact, RegionalArtifact
+from .cuda_graphs import CUDAGraphRunner, is_static
 from .env import fingerprint
 from .probe import probe_package
 from .shapes import Guard, flatten_call
@@ -58,54 +59,6 @@ class CompiledMethod:
         return self.eager(*args, **kwargs)
 
 
-class CUDAGraphRunner:
-    """Replays a static graph's kernel launches as one CUDA graph.
-
-    A decode step is hundreds of small kernels; launching them one by one from the CPU can take longer
-    than running them. The first call runs the graph once on a side stream (warm-up) and captures
-    it; later calls copy the inputs into the captured buffers and replay. Outputs are cloned, so a
-    caller may keep them. The warm-up runs the graph one extra time with the first call's inputs, so
-    use it only where that is harmless (a KV-cache write at the same position is). A capture that
-    fails leaves the plain runner in place, with the reason.
-    """
-
-    def __init__(self, runner: Any, on_failure: Any = None) -> None:
-        self.runner = runner
-        self.graph: torch.cuda.CUDAGraph | None = None
-        self.failed: str | None = None
-        self.on_failure = on_failure or (lambda reason: None)
-
-    def _capture(self, inputs: list[torch.Tensor]) -> None:
-        # Warm up and capture on one stream: cuBLAS/cuDNN allocate their per-stream workspace in
-        # the warm-up, which would be an illegal call inside the capture on a fresh stream.
-        self.static_inputs = [t.clone() for t in inputs]
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            self.runner.run(self.static_inputs)
-        stream.synchronize()
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, stream=stream):
-            self.static_outputs = self.runner.run(self.static_inputs)
-        torch.cuda.current_stream().wait_stream(stream)
-        self.graph = graph
-
-    def run(self, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
-        if self.failed is None and self.graph is None:
-            try:
-                self._capture(inputs)
-            except Exception as exc:  # e.g. a kernel that synchronizes: keep the plain launches
-                self.failed = f"CUDA graph capture failed: {type(exc).__name__}: {exc}"[:300]
-                log.warning("aoti: %s", self.failed)
-                self.on_failure(f"cuda graphs -> off: {self.failed}")
-        if self.graph is None:
-            return self.runner.run(inputs)
-        for static, new in zip(self.static_inputs, inputs):
-            static.copy_(new)
-        self.graph.replay()
-        return [t.clone() for t in self.static_outputs]
-
-
 def verify_loadable(artifact: Artifact | RegionalArtifact) -> tuple[bool, str]:
     """The cached crash-probe verdict for this package on this machine, probing once (in a child
     process) if needed. `apply` calls it; call it first to keep the probe out of a critical section."""
@@ -126,10 +79,6 @@ def verify_loadable(artifact: Artifact | RegionalArtifact) -> tuple[bool, str]:
     return bool(verdict["ok"]), str(verdict["reason"])
 
 
-def _is_static(guard: dict[str, Any]) -> bool:
-    return all(isinstance(d, int) for leaf in guard["leaves"] if leaf[0] == "tensor" for d in leaf[3])
-
-
 def _bind(artifact: Artifact, module: torch.nn.Module, status: Status, cuda_graphs: bool = False) -> tuple[list[tuple[Any, ...]], dict[str, torch.Tensor]]:
     from torch._inductor.package import load_package
 
@@ -141,7 +90,7 @@ def _bind(artifact: Artifact, module: torch.nn.Module, status: Status, cuda_grap
     graphs, weights = [], {}
     for graph in artifact.manifest["graphs"]:
         name, prefix = graph["name"], graph.get("constant_prefix", "")
-        graphed = cuda_graphs and _is_static(graph["guard"])
+        graphed = cuda_graphs and is_static(graph["guard"])
         # single-threaded runners skip the container's event bookkeeping, which a CUDA graph can't capture
         runner = load_package(str(artifact.package), name, run_single_threaded=graphed)
         bound: dict[str, torch.Tensor] = {}
@@ -166,7 +115,8 @@ def _bind(artifact: Artifact, module: torch.nn.Module, status: Status, cuda_grap
         runner.load_constants(bound, check_full_update=True, user_managed=True)
         in_spec, out_spec = (pytree.treespec_loads(s) for s in runner.loader.get_call_spec())
         guard = Guard.from_json(graph["guard"]).compiled()
-        launcher = CUDAGraphRunner(runner.loader, status.fallbacks.append) if graphed else runner.loader
+        launcher = CUDAGraphRunner(runner.loader, status) if graphed else runner.loader
+        status.cuda_graphs += graphed
         graphs.append((guard, launcher, in_spec, out_spec))
         weights.update({f"{name}/{k}": v for k, v in bound.items()})
     return graphs, weights

@@ -26,6 +26,7 @@ class Status:
     artifact_bytes: int | None = None
     graphs: int = 0
     quantization: str = "none"
+    cuda_graphs: int = 0  # graphs replayed as CUDA graphs
     fallbacks: list[str] = field(default_factory=list)
     guard_fallbacks: int = 0
     compiled_calls: int = 0

@@ -42,6 +42,7 @@ class CompileState:
     cache_hit: bool | None = None
     speedup: float | None = None
     guard_fallbacks: int = 0
+    cuda_graphs: int = 0
     fallbacks: list[str] = field(default_factory=list)
     eager_latency_s: float | None = None
     aoti_latency_s: float | None = None
@@ -133,7 +134,7 @@ class LightweightEngine:
                 state.state = "aoti" if status.runtime == "aoti" else "fallback"
                 state.reason = status.reason
                 state.compile_s, state.load_s, state.cache_hit = status.compile_s, status.load_s, status.cache_hit
-                state.fallbacks = list(status.fallbacks)
+                state.fallbacks, state.cuda_graphs = list(status.fallbacks), status.cuda_graphs
             except Exception as exc:  # a failed compile leaves the model eager, visibly
                 log.exception("engine: compile of %s failed", model_id)
                 model.restore()
@@ -173,7 +174,10 @@ class LightweightEngine:
 
     def _live(self, model_id: str) -> aoti.Status:
         live = aoti.status_of(self.models[model_id].hot_module)
-        self.states[model_id].guard_fallbacks = live.guard_fallbacks
+        state = self.states[model_id]
+        state.guard_fallbacks = live.guard_fallbacks
+        if live.runtime == "aoti":  # a CUDA-graph capture happens (or fails) at the first call
+            state.cuda_graphs, state.fallbacks = live.cuda_graphs, list(live.fallbacks)
         return live
 
     def _observe(self, model_id: str, latency: float) -> None:
