@@ -112,3 +112,17 @@ def test_hub_models_are_unavailable_offline_with_the_reason(monkeypatch):
 
 def test_cuda_discovery_is_not_claimed_without_a_gpu():
     assert (dev.discover().kind == "cpu") == (not torch.cuda.is_available())
+
+
+def test_bad_image_request_for_the_multi_gpu_engine_is_refused_before_any_worker_starts(cache):
+    from engines import Studio
+    from engines.image import ImageParams
+
+    two_small_gpus = DeviceInfo("cuda", "NVIDIA H100 80GB HBM3", 80 * GiB, 80 * GiB, int(0.0065 * GiB), (8, 6), count=2)
+    studio = Studio(device=two_small_gpus, cache=cache)
+    assert studio.decision("tiny-shapes-unet").engine == "distributed"
+    with pytest.raises(ValueError, match="size 64x64 is not offered for tiny-shapes-unet"):
+        studio.generate_image("tiny-shapes-unet", "a red circle", ImageParams(64, 64, steps=4))
+    with pytest.raises(ValueError, match="`prompt` is empty"):
+        studio.generate_image("tiny-shapes-unet", " ", ImageParams(32, 32, steps=4))
+    assert studio.distributed == {}  # no worker was started for a request that could not run
