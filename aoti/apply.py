@@ -71,7 +71,6 @@ def verify_loadable(artifact: Artifact | RegionalArtifact) -> tuple[bool, str]:
     env = fingerprint(torch.device(artifact.manifest["device"]))
     verdict = artifact.cache.read_json(artifact.key, PROBE_FILE)
     if verdict is None or verdict.get("env") != env:
-        prepare_inductor()  # settles the CPU checks the child would otherwise repeat
         result = probe_package(artifact.package, artifact.entry.dir / MANIFEST_FILE)
         verdict = {**result.to_dict(), "env": env}
         artifact.cache.write_json(artifact.key, PROBE_FILE, verdict)

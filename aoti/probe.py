@@ -23,6 +23,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from .toolchain import child_env
+
 log = logging.getLogger(__name__)
 
 PROBE_TIMEOUT_S = float(os.environ.get("AOTI_PROBE_TIMEOUT_S", "600"))
@@ -41,12 +43,7 @@ class ProbeResult:
 def probe_package(package: str | os.PathLike, manifest_path: str | os.PathLike, timeout: float = PROBE_TIMEOUT_S) -> ProbeResult:
     """Load and run ``package`` once in a child process; never crashes the caller."""
     start = time.perf_counter()
-    env = {**os.environ, "PYTHONFAULTHANDLER": "1"}
-    from .toolchain import ENV_VEC_ISAS, settled_vec_isas
-
-    isas = settled_vec_isas()
-    if isas is not None:  # the child reuses this process's CPU checks instead of repeating them
-        env[ENV_VEC_ISAS] = isas
+    env = {**os.environ, "PYTHONFAULTHANDLER": "1", **child_env()}
     root = str(Path(__file__).resolve().parent.parent)
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     try:

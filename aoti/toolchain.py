@@ -183,18 +183,18 @@ def settle_vec_isa(state_dir: str | None = None) -> str:
     return f"vector ISAs {names} checked now"
 
 
-def settled_vec_isas() -> str | None:
-    """The settled list in ``AOTI_VEC_ISAS`` form, for a child process (None if not settled here)."""
-    if settle_vec_isa.cache_info().currsize == 0:
-        return None
-    from torch._inductor import cpu_vec_isa
-
-    return "|".join(str(isa) for isa in cpu_vec_isa.valid_vec_isa_list())
-
-
 def prepare_inductor() -> Toolchain:
     """Everything Inductor needs before building or loading a package in this process."""
     chain = ensure_toolchain()
     note = settle_vec_isa()
     log.info("toolchain: %s; %s", chain.note, note)
     return chain
+
+
+def child_env() -> dict[str, str]:
+    """Environment for a child process that loads packages: this process's settled CPU ISA list
+    (after `prepare_inductor`), so the child does not repeat the checks."""
+    from torch._inductor import cpu_vec_isa
+
+    prepare_inductor()
+    return {ENV_VEC_ISAS: "|".join(str(isa) for isa in cpu_vec_isa.valid_vec_isa_list())}
