@@ -118,14 +118,10 @@ class Studio:
     def _distributed(self, spec: registry.ModelSpec) -> DistributedEngine:
         """The multi-GPU engine for a model too large for one GPU (one per model, started lazily)."""
         if spec.id not in self.distributed:
-            self.distributed[spec.id] = DistributedEngine(spec, world_size=self.device.count, device="cuda")
+            engine = self.distributed[spec.id] = DistributedEngine(spec, world_size=self.device.count, device="cuda")
             self.engine.states[spec.id].state = "distributed"
-            self.engine.states[spec.id].reason = f"{self._parallelism(spec)} over {self.device.count} GPUs (eager on the workers)"
+            self.engine.states[spec.id].reason = f"{engine.parallelism} over {self.device.count} GPUs (eager on the workers)"
         return self.distributed[spec.id]
-
-    @staticmethod
-    def _parallelism(spec: registry.ModelSpec) -> str:
-        return "tensor parallel" if spec.task == "text" else "context parallel"
 
     def generate_image(self, model_id: str, prompt: str, params: ImageParams, progress=None) -> ImageResult:
         """Generate one image; pure, like `generate_text`. Record with `record_image`."""
@@ -137,7 +133,7 @@ class Studio:
 
     def runtime_of(self, model_id: str) -> str:
         if model_id in self.distributed:
-            return f"eager, {self._parallelism(registry.get(model_id))} x{self.device.count}"
+            return f"eager, {self.distributed[model_id].parallelism} x{self.device.count}"
         return self.engine.runtime_of(model_id)
 
     def record_text(self, model_id: str, runtime: str, latency_s: float, last: TextStep | None, error: str | None = None) -> None:

@@ -169,6 +169,7 @@ class DistributedEngine:
 
     def __init__(self, spec: ModelSpec, world_size: int, device: str = "cpu", timeout_s: float = 60.0) -> None:
         self.spec, self.world_size, self.device, self.timeout_s = spec, world_size, device, timeout_s
+        self.parallelism = "tensor parallel" if spec.task == "text" else "context parallel"
         self.processes: list[Any] = []
         self.restarts = 0
         self._ids = 0
@@ -185,7 +186,7 @@ class DistributedEngine:
         self.requests, self.results = self._context.Queue(), self._context.Queue()
         self.processes = [
             self._context.Process(target=_worker, args=(r, self.world_size, self.spec, self.device, port, self.requests, self.results),
-                                  name=f"aoti-{'tp' if self.spec.task == 'text' else 'cp'}-rank{r}", daemon=True)
+                                  name=f"aoti-{'tp' if self.parallelism == 'tensor parallel' else 'cp'}-rank{r}", daemon=True)
             for r in range(self.world_size)
         ]
         for process in self.processes:
