@@ -50,6 +50,13 @@ class Artifact:
     def manifest(self) -> dict[str, Any]:
         return self.entry.manifest
 
+    def wrapper_source(self) -> str:
+        """The generated C++ of every graph in the package (which extern kernels it calls, for one)."""
+        import zipfile
+
+        with zipfile.ZipFile(self.package) as package:
+            return "\n".join(package.read(n).decode(errors="ignore") for n in package.namelist() if n.endswith(".cpp"))
+
 
 @dataclass
 class RegionalArtifact:

@@ -123,10 +123,8 @@ class ChildWatcher:
 def kernel_names(artifact: aoti.Artifact) -> list[str]:
     """Extern kernels the wrapper calls (which attention kernel was chosen, for one)."""
     import re
-    import zipfile
 
-    with zipfile.ZipFile(artifact.package) as package:
-        source = "\n".join(package.read(n).decode(errors="ignore") for n in package.namelist() if n.endswith(".cpp"))
+    source = artifact.wrapper_source()
     return sorted(set(re.findall(r"aoti_torch_cuda_(\w+)\(", source)) | set(re.findall(r"aoti_torch_cpu_(\w+)\(", source)))
 
 
