@@ -203,8 +203,9 @@ class LightweightEngine:
             for step in model.generate(prompt, params):
                 last = step
                 yield step
-            if last is not None and last.tokens > 1:
-                self._observe(model_id, (last.elapsed_s - (last.ttft_s or 0)) / (last.tokens - 1))
+            rate = last.decode_tokens_per_s if last is not None else None
+            if rate:
+                self._observe(model_id, 1 / rate)  # seconds per decoded token
 
     def generate_image(self, model_id: str, prompt: str, params: ImageParams, progress=None) -> ImageResult:
         model = self.load(registry.get(model_id))

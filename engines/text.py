@@ -43,6 +43,12 @@ class TextStep:
     ttft_s: float | None
     elapsed_s: float
 
+    @property
+    def decode_tokens_per_s(self) -> float | None:
+        """Tokens per second after the first token (None until there is a second one)."""
+        decode_s = self.elapsed_s - (self.ttft_s or 0.0)
+        return (self.tokens - 1) / decode_s if self.tokens > 1 and decode_s > 0 else None
+
 
 def sample_next(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None) -> torch.Tensor:
     """Greedy for temperature 0, else temperature + top-k + top-p sampling. ``logits``: (vocab,)."""

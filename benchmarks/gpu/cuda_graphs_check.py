@@ -32,7 +32,7 @@ def main() -> None:
         runs = [[list(model.generate(p, params))[-1] for p in PROMPTS] for _ in range(2)][-1]
         out[str(graphs)] = {
             "texts": [r.text for r in runs],
-            "tok_s": [round((r.tokens - 1) / (r.elapsed_s - r.ttft_s), 1) for r in runs],
+            "tok_s": [round(r.decode_tokens_per_s, 1) for r in runs],
             "fallbacks": status.fallbacks,
         }
     out["same_text"] = out["False"]["texts"] == out["True"]["texts"]

@@ -27,8 +27,7 @@ GREEDY = SamplingParams(max_new_tokens=100, temperature=0)
 
 
 def tokens_per_s(steps) -> float:
-    last = steps[-1]
-    return (last.tokens - 1) / max(1e-9, last.elapsed_s - last.ttft_s)
+    return steps[-1].decode_tokens_per_s
 
 
 def main() -> None:

@@ -72,7 +72,7 @@ def prompt_of(tokenizer, tokens: int) -> str:
 def steps_summary(steps) -> dict[str, Any]:
     last = steps[-1]
     return {"tokens": last.tokens, "ttft_ms": round(last.ttft_s * 1e3, 2),
-            "decode_tokens_per_s": round((last.tokens - 1) / (last.elapsed_s - last.ttft_s), 1)}
+            "decode_tokens_per_s": round(last.decode_tokens_per_s, 1)}
 
 
 def hf_generate(model, ids, new_tokens: int, device: str, **kwargs) -> dict[str, Any]:
