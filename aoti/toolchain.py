@@ -183,8 +183,9 @@ def settle_vec_isa(state_dir: str | None = None) -> str:
     return f"vector ISAs {names} checked now"
 
 
+@functools.lru_cache(maxsize=1)
 def prepare_inductor() -> Toolchain:
-    """Everything Inductor needs before building or loading a package in this process."""
+    """Everything Inductor needs before building or loading a package in this process (once)."""
     chain = ensure_toolchain()
     note = settle_vec_isa()
     log.info("toolchain: %s; %s", chain.note, note)
