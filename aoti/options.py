@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from .attention import BACKENDS as ATTENTIONS
 
-OPTIONS_VERSION = 1
+OPTIONS_VERSION = 2  # 2: the default preset lowers matmuls (FP8 ones too) to ATen kernels only
 
 Dispatch = Literal["static", "dynamic", "buckets"]
 Preset = Literal["default", "max-autotune"]
@@ -25,9 +25,13 @@ EXTERNAL_WEIGHTS_CONFIGS: dict[str, Any] = {
     "always_keep_tensor_constants": True,
 }
 
+# "default" builds fast: every matmul is an ATen (cuBLAS / CUTLASS) call. Without the backend list,
+# Inductor autotunes Triton templates for each FP8 `_scaled_mm` shape even when max_autotune is off
+# (torch/_inductor/kernel/mm.py: `use_triton_template(..., check_max_autotune=False)`), which made a
+# full-width FLUX FP8 build run for more than 6 minutes. "max-autotune" searches Triton templates too.
 PRESET_CONFIGS: dict[str, dict[str, Any]] = {
-    "default": {},
-    "max-autotune": {"max_autotune": True, "coordinate_descent_tuning": True},
+    "default": {"max_autotune_gemm_backends": "ATEN"},
+    "max-autotune": {"max_autotune": True, "coordinate_descent_tuning": True, "max_autotune_gemm_backends": "ATEN,TRITON"},
 }
 
 

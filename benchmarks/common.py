@@ -49,6 +49,46 @@ def measure(fn: Callable[[], Any], device: str, iters: int = 15, warmup: int = 3
     return result
 
 
+KERNEL_KINDS = (  # (kind, substrings of the kernel name), first match wins
+    ("attention", ("flash", "fmha", "cudnn", "attention", "sdpa")),
+    ("matmul", ("gemm", "gemv", "xmma", "cutlass", "splitk", "matmul", "_mm_", "f8f8bf16")),
+    ("triton", ("triton_",)),
+)
+
+
+def kernel_kind(name: str) -> str:
+    lowered = name.lower()
+    return next((kind for kind, marks in KERNEL_KINDS if any(m in lowered for m in marks)), "other")
+
+
+def kernel_profile(fn: Callable[[], Any], calls: int = 8, top: int = 10) -> dict[str, Any]:
+    """Where a CUDA call's time goes (torch.profiler): GPU kernel time per call beside wall time per
+    call (the difference is time the GPU waits for the host), split by kind, and the top kernels."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    with torch.no_grad():
+        fn()
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            start = time.perf_counter()
+            for _ in range(calls):
+                fn()
+            torch.cuda.synchronize()
+            wall_ms = (time.perf_counter() - start) * 1e3 / calls
+    kernels = [e for e in prof.key_averages() if e.device_type == DeviceType.CUDA and e.self_device_time_total > 0]
+    kernels.sort(key=lambda e: e.self_device_time_total, reverse=True)
+    per_call = [(e.key, e.self_device_time_total / 1e3 / calls, e.count / calls) for e in kernels]
+    by_kind: dict[str, float] = {}
+    for name, ms, _ in per_call:
+        by_kind[kernel_kind(name)] = by_kind.get(kernel_kind(name), 0.0) + ms
+    kernel_ms = sum(ms for _, ms, _ in per_call)
+    return {"wall_ms": round(wall_ms, 3), "kernel_ms": round(kernel_ms, 3),
+            "kernels_per_call": round(sum(n for _, _, n in per_call), 1),
+            "by_kind_ms": {k: round(v, 3) for k, v in sorted(by_kind.items(), key=lambda kv: -kv[1])},
+            "top": [{"kernel": name[:100], "ms": round(ms, 3), "count": round(n, 1)} for name, ms, n in per_call[:top]]}
+
+
 def cuda_peak_tflops(n: int = 8192, iters: int = 20) -> dict[str, float]:
     """Measured dense matmul throughput of this card: bf16 and FP8 (row-wise scaled, e4m3)."""
     a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)

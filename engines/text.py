@@ -89,6 +89,7 @@ class TextModel:
         self.model = model
         self.decoder = TorchExportableModuleWithStaticCache(model, batch_size=1, max_cache_len=self.max_cache_len, device=device)
         self.status = aoti.Status(runtime="eager", reason="not compiled yet")
+        self.queue_ahead = device.startswith("cuda")  # CPU ops run synchronously: nothing to overlap
 
     # --- compile -----------------------------------------------------------------------------------
 
@@ -143,23 +144,40 @@ class TextModel:
     def generate(self, prompt: str, params: SamplingParams) -> Iterator[TextStep]:
         """Stream the continuation of ``prompt``: each step yields the whole text generated so far."""
         ids = self.check_inputs(prompt, params)
-        generator = torch.Generator(self.device).manual_seed(params.seed) if params.seed is not None else None
+        eos = None if params.ignore_eos else self.tokenizer.eos_token_id
         start = time.perf_counter()
-        logits = self.decoder(input_ids=ids, cache_position=torch.arange(ids.shape[1], device=self.device))
-        token = sample_next(logits[0, -1], params, generator)
-        position = ids.shape[1]
         generated: list[int] = []
         ttft = None
-        eos = None if params.ignore_eos else self.tokenizer.eos_token_id
-        for _ in range(params.max_new_tokens):
-            if token.item() == eos:
+        for token in self.decode_tokens(ids, params):
+            if token == eos:
                 break
-            generated.append(int(token.item()))
+            generated.append(token)
             if ttft is None:
                 ttft = time.perf_counter() - start
             yield TextStep(self.tokenizer.decode(generated, skip_special_tokens=True), len(generated), ttft, time.perf_counter() - start)
-            if len(generated) == params.max_new_tokens or position >= self.max_cache_len:
-                break
-            logits = self.decoder(input_ids=token.view(1, 1), cache_position=torch.tensor([position], device=self.device))
-            token = sample_next(logits[0, -1], params, generator)
-            position += 1
+
+    def decode_tokens(self, ids: torch.Tensor, params: SamplingParams) -> Iterator[int]:
+        """Prefill ``ids``, then yield up to ``params.max_new_tokens`` sampled token ids.
+
+        On a GPU the next decode step is queued before the current token is read back, so the GPU
+        never idles while Python reads a token, checks it and decodes text (gpt-fast keeps the GPU busy
+        the same way). A consumer that stops early leaves at most one queued step unused."""
+        generator = torch.Generator(self.device).manual_seed(params.seed) if params.seed is not None else None
+        positions = torch.arange(self.max_cache_len, device=self.device)
+        length = ids.shape[1]
+        logits = self.decoder(input_ids=ids, cache_position=positions[:length])
+        token = sample_next(logits[0, -1], params, generator)
+        count = min(params.max_new_tokens, self.max_cache_len - length + 1)
+
+        def step(token: torch.Tensor, position: int) -> torch.Tensor:
+            """Feed the token at ``position`` (its KV goes to that cache slot); sample the next one."""
+            logits = self.decoder(input_ids=token.view(1, 1), cache_position=positions[position : position + 1])
+            return sample_next(logits[0, -1], params, generator)
+
+        for i in range(count):
+            more = i + 1 < count
+            queued = step(token, length + i) if self.queue_ahead and more else None
+            yield int(token.item())
+            if not more:
+                return
+            token = queued if queued is not None else step(token, length + i)

@@ -11,8 +11,8 @@ against eager on a fresh input. Results are written after each variant (a killed
 Variants: eager, compile (torch.compile default), compile_max (max-autotune-no-cudagraphs),
 compile_cudagraphs (reduce-overhead), aoti (our default), aoti_cudnn (cuDNN attention),
 aoti_fused (cuDNN attention + fused QKV projections), aoti_max (max-autotune preset), regional
-(one package per block signature), fp8 (torchao row-wise FP8 eager, then AOTI; quantizes in place,
-so it runs last).
+(one package per block signature), fp8 (torchao row-wise FP8: AOTI, then eager; quantizes in place,
+so it runs after the bf16 variants), fp8_max (FP8 + max-autotune: everything on; after fp8).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import aoti  # noqa: E402
-from benchmarks.common import Recorder, cuda_peak_tflops, json_from_fresh_process, measure, rel_error  # noqa: E402
+from benchmarks.common import Recorder, cuda_peak_tflops, json_from_fresh_process, kernel_profile, measure, rel_error  # noqa: E402
 
 FULL = dict(patch_size=1, in_channels=64, attention_head_dim=128, num_attention_heads=24, joint_attention_dim=4096,
             pooled_projection_dim=768, guidance_embeds=True, axes_dims_rope=(16, 56, 56))
@@ -195,7 +195,8 @@ def main() -> None:
         with torch.no_grad():
             out = fn(**reference_inputs)[0].float()
             timing = measure(lambda: fn(**make_inputs(model, args, 2)), device, iters=args.iters)
-        return {**timing, "rel_error_vs_eager": rel_error(out, reference), **error_vs_fp32(out)}
+        profile = {"profile": kernel_profile(lambda: fn(**reference_inputs), calls=3)} if device == "cuda" else {}
+        return {**timing, "rel_error_vs_eager": rel_error(out, reference), **error_vs_fp32(out), **profile}
 
     rec.meta["flops"] = step_flops(model, reference_inputs)
     if device == "cuda":
@@ -247,6 +248,9 @@ def run_variant(name, model, call, cache, check, rec, args, device) -> None:
         aoti_variant(model, call, aoti.CompileOptions(quantization="fp8_rowwise", attention="cudnn"), cache, check, rec, "fp8_aoti")
         aoti.restore(model)
         rec.variant("fp8_eager", check(model))
+    elif name == "fp8_max":
+        options = aoti.CompileOptions(quantization="fp8_rowwise", attention="cudnn", preset="max-autotune")
+        aoti_variant(model, call, options, cache, check, rec, name)
     else:
         raise ValueError(f"unknown variant {name}")
 

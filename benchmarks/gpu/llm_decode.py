@@ -23,7 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import aoti  # noqa: E402
-from benchmarks.common import Recorder, json_from_fresh_process, measure, memory_bandwidth_gbs, rel_error, sync  # noqa: E402
+from benchmarks.common import Recorder, json_from_fresh_process, kernel_profile, measure, memory_bandwidth_gbs, rel_error, sync  # noqa: E402
 from engines.registry import ASSETS, ModelSpec  # noqa: E402
 from engines.text import SamplingParams, TextModel  # noqa: E402
 
@@ -97,9 +97,14 @@ def ours(text: TextModel, prompt: str, new_tokens: int, device: str) -> dict[str
     steps = list(text.generate(prompt, params))
     ids = text.tokenizer(prompt, return_tensors="pt").input_ids.to(device)
     prefill = measure(lambda: text.decoder(input_ids=ids, cache_position=torch.arange(ids.shape[1], device=device)), device, iters=5)
-    return {**steps_summary(steps), "first_request": steps_summary(first), "prefill_ms": prefill["median_ms"],
-            "prefill_first_call_ms": first_calls(text, ids.shape[1], device),
-            "peak_mem_gb": prefill.get("peak_mem_gb"), "token_ids": text.tokenizer(steps[-1].text).input_ids[:32]}
+    result = {**steps_summary(steps), "first_request": steps_summary(first), "prefill_ms": prefill["median_ms"],
+              "prefill_first_call_ms": first_calls(text, ids.shape[1], device),
+              "peak_mem_gb": prefill.get("peak_mem_gb"), "token_ids": text.tokenizer(steps[-1].text).input_ids[:32]}
+    if device == "cuda":  # one decode step: GPU kernel time vs the loop's time per token
+        token, position = torch.zeros(1, 1, dtype=torch.long, device=device), torch.tensor([ids.shape[1]], device=device)
+        result["decode_step_profile"] = kernel_profile(lambda: text.decoder(input_ids=token, cache_position=position))
+        result["loop_ms_per_token"] = round(1e3 / result["decode_tokens_per_s"], 3)
+    return result
 
 
 def first_calls(text: TextModel, max_length: int, device: str) -> dict[int, float]:

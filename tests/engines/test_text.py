@@ -57,3 +57,22 @@ def test_sampling_is_reproducible_with_a_seed_and_respects_top_k():
 def test_bad_inputs_raise_clear_errors(text_model, prompt, params, message):
     with pytest.raises(ValueError, match=message):
         list(text_model.generate(prompt, params))
+
+
+def test_queueing_the_next_step_ahead_changes_no_token(text_model):
+    """The GPU loop queues step n+1 before reading token n: same tokens, same count, same seeded
+    samples, and the raw token stream is exactly as long as asked for."""
+    text_model.restore()
+    cases = [("If the file", GREEDY), ("The socket module", SamplingParams(max_new_tokens=25, temperature=0.9, seed=3))]
+    ids = text_model.tokenizer("word " * 60, return_tensors="pt").input_ids
+    cap = SamplingParams(max_new_tokens=text_model.spec.max_new_tokens, temperature=0)
+    try:
+        results = {}
+        for ahead in (False, True):
+            text_model.queue_ahead = ahead
+            results[ahead] = [[s.text for s in text_model.generate(p, params)] for p, params in cases]
+            results[ahead].append(list(text_model.decode_tokens(ids, cap)))
+    finally:
+        text_model.queue_ahead = False
+    assert results[True] == results[False]
+    assert len(results[True][2]) == cap.max_new_tokens
