@@ -51,7 +51,7 @@ def measure(fn: Callable[[], Any], device: str, iters: int = 15, warmup: int = 3
 
 KERNEL_KINDS = (  # (kind, substrings of the kernel name), first match wins
     ("attention", ("flash", "fmha", "cudnn", "attention", "sdpa")),
-    ("matmul", ("gemm", "gemv", "xmma", "cutlass", "splitk", "matmul", "_mm_", "f8f8bf16")),
+    ("matmul", ("nvjet", "gemm", "gemv", "xmma", "cutlass", "splitk", "matmul", "_mm_", "f8f8bf16")),
     ("triton", ("triton_",)),
 )
 
