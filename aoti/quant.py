@@ -1,7 +1,14 @@
-"""Quantization recipes (torchao) and the weight map a compiled graph binds to.
+"""Quantization recipes and the weight map a compiled graph binds to.
 
-A recipe name maps to a torchao config, as torchao's own ``quantize_(model, config)``. A recipe that
-cannot run on the target device falls back to "none" with the reason, so the caller can show it.
+``quantize(module, recipe)`` changes a module's linear layers in place, as torchao's own
+``quantize_(model, config)``. "int8_weight_only" is torchao's recipe. "fp8_rowwise" is ours:
+`RowwiseFloat8Linear`, plain FP8 weight and scale tensors and a `torch._scaled_mm` call, which
+``torch.export`` (strict and non-strict) traces like any other op. torchao's FP8 tensor subclass did
+not get through export at full model width (a 1+1-block FLUX.1-dev transformer segfaulted while
+exporting on an H200; 4+8 blocks ran for more than 7 minutes; Dynamo's strict export rejected it), and
+it buys nothing here: the activation quantization it adds is the same handful of ops, which Inductor
+fuses into the preceding kernel. A recipe that cannot run on the target device falls back to "none"
+with the reason, so the caller can show it.
 """
 
 from __future__ import annotations
@@ -28,10 +35,50 @@ class QuantDecision:
     reason: str | None = None
 
 
-def _fp8_config() -> object:
-    from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow
+FP8_DTYPE = torch.float8_e4m3fn
+FP8_MAX = torch.finfo(FP8_DTYPE).max  # 448
+SCALE_FLOOR = 1e-12  # an all-zero row gets this scale, not 0 (no division by zero)
 
-    return Float8DynamicActivationFloat8WeightConfig(granularity=PerRow())
+
+def rowwise_fp8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Quantize each row of a 2-D tensor to e4m3 with its own float32 scale: ``x ≈ q * scale``."""
+    scale = x.abs().amax(dim=-1, keepdim=True).float().clamp(min=SCALE_FLOOR) / FP8_MAX
+    return (x.float() / scale).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE), scale
+
+
+class RowwiseFloat8Linear(torch.nn.Module):
+    """A linear layer with FP8 (e4m3) weights scaled per output row and activations quantized per
+    token at run time, multiplied by `torch._scaled_mm` (cuBLASLt / CUTLASS FP8 tensor-core kernels on
+    GPUs of compute capability 8.9 and newer). The weight and its scale are buffers, so the module's
+    parameters (and ``model.dtype`` in transformers and diffusers) keep the high-precision dtype."""
+
+    def __init__(self, weight: torch.Tensor, weight_scale: torch.Tensor, bias: torch.Tensor | None) -> None:
+        super().__init__()
+        self.in_features, self.out_features = weight.shape[1], weight.shape[0]
+        self.register_buffer("weight", weight)  # (out, in), e4m3
+        self.register_buffer("weight_scale", weight_scale)  # (1, out), float32
+        self.bias = torch.nn.Parameter(bias, requires_grad=False) if bias is not None else None
+
+    @classmethod
+    def from_linear(cls, linear: torch.nn.Linear) -> RowwiseFloat8Linear:
+        weight, scale = rowwise_fp8(linear.weight.detach())
+        bias = linear.bias.detach() if linear.bias is not None else None
+        return cls(weight, scale.reshape(1, -1).contiguous(), bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.reshape(-1, x.shape[-1])
+        q, scale = rowwise_fp8(rows)
+        out = torch._scaled_mm(q, self.weight.t(), scale_a=scale, scale_b=self.weight_scale, bias=self.bias,
+                               out_dtype=x.dtype, use_fast_accum=True)
+        return out.reshape(*x.shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, fp8=e4m3 rowwise"
+
+
+def fp8_compatible(linear: torch.nn.Linear) -> bool:
+    """`_scaled_mm` needs both matrix dimensions of the weight to be multiples of 16."""
+    return linear.in_features % 16 == 0 and linear.out_features % 16 == 0
 
 
 def _int8_weight_only_config() -> object:
@@ -41,7 +88,6 @@ def _int8_weight_only_config() -> object:
 
 
 RECIPES: dict[str, Callable[[], object]] = {
-    "fp8_rowwise": _fp8_config,
     "int8_weight_only": _int8_weight_only_config,
 }
 
@@ -50,10 +96,11 @@ def decide(recipe: str, device: torch.device) -> QuantDecision:
     """Whether ``recipe`` can run on ``device``; FP8 needs CUDA with compute capability >= 8.9."""
     if recipe == "none":
         return QuantDecision(recipe, "none")
-    try:
-        import torchao  # noqa: F401
-    except ImportError:
-        return QuantDecision(recipe, "none", "torchao is not installed")
+    if recipe == "int8_weight_only":
+        try:
+            import torchao  # noqa: F401
+        except ImportError:
+            return QuantDecision(recipe, "none", "torchao is not installed")
     if recipe == "fp8_rowwise":
         if device.type != "cuda":
             return QuantDecision(recipe, "none", "FP8 needs a CUDA GPU; this device is the CPU")
@@ -73,6 +120,10 @@ def quantize(module: torch.nn.Module, recipe: str) -> None:
     """Quantize ``module``'s linear layers in place with a named recipe (no-op for "none")."""
     if recipe == "none":
         return
+    if recipe == "fp8_rowwise":
+        swapped = _swap_linears(module, RowwiseFloat8Linear.from_linear)
+        log.info("quantized %s with fp8_rowwise (%d linear layers)", type(module).__name__, swapped)
+        return
     from torchao.quantization import quantize_
 
     with warnings.catch_warnings():
@@ -81,7 +132,19 @@ def quantize(module: torch.nn.Module, recipe: str) -> None:
     log.info("quantized %s with %s", type(module).__name__, recipe)
 
 
-def is_quantized(module: torch.nn.Module) -> bool:
+def _swap_linears(module: torch.nn.Module, make: Callable[[torch.nn.Linear], torch.nn.Module]) -> int:
+    """Replace every FP8-compatible ``nn.Linear`` under ``module`` with ``make(linear)``; returns how many."""
+    swapped = 0
+    for parent in list(module.modules()):
+        for name, child in list(parent._modules.items()):
+            if type(child) is torch.nn.Linear and fp8_compatible(child):
+                parent._modules[name] = make(child)
+                swapped += 1
+    return swapped
+
+
+def _has_subclass_weights(module: torch.nn.Module) -> bool:
+    """Whether some weight is a tensor subclass (torchao's int8 weights), which export must unwrap."""
     return any(type(p) is not torch.nn.Parameter and type(p) is not torch.Tensor for p in module.parameters())
 
 
@@ -97,7 +160,7 @@ def _shallow_tree(module: torch.nn.Module) -> torch.nn.Module:
 def exportable(module: torch.nn.Module) -> torch.nn.Module:
     """The module to export: itself, or for tensor-subclass (quantized) weights a shallow copy with the
     subclasses unwrapped into plain tensors (``...parametrizations.weight.original0``, ...)."""
-    if not is_quantized(module):
+    if not _has_subclass_weights(module):
         return module
     from torch._functorch._aot_autograd.subclass_parametrization import unwrap_tensor_subclass_parameters
 

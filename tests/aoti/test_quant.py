@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 import aoti
@@ -33,3 +34,57 @@ def test_fp8_request_is_recorded_as_a_fallback_in_the_status(cache, mlp_artifact
     assert artifact.key == mlp_artifact[1].key  # same graph as "none": a cache hit, no compile
     assert artifact.status.quantization == "none"
     assert artifact.status.fallbacks and artifact.status.fallbacks[0].startswith("fp8_rowwise -> none")
+
+
+def test_fp8_rowwise_linear_is_the_scaled_product_of_its_fp8_parts():
+    from aoti.quant import RowwiseFloat8Linear, rowwise_fp8
+
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(64, 48)
+    fp8 = RowwiseFloat8Linear.from_linear(linear)
+    assert fp8.weight.dtype == torch.float8_e4m3fn and fp8.weight_scale.shape == (1, 48)
+    x = torch.randn(2, 5, 64)
+    with torch.no_grad():
+        out, exact = fp8(x), linear(x)
+        q, scale = rowwise_fp8(x.reshape(-1, 64))
+        by_hand = (q.float() * scale) @ (fp8.weight.float() * fp8.weight_scale.t()).t() + linear.bias
+    assert out.shape == (2, 5, 48)
+    torch.testing.assert_close(out.reshape(-1, 48), by_hand, rtol=1e-4, atol=1e-4)
+    assert 1e-3 < rel(out, exact) < 0.08  # really 8-bit (3 mantissa bits), and still the same function
+    zeros = fp8(torch.zeros(1, 64))  # an all-zero row: no division by zero
+    torch.testing.assert_close(zeros, linear.bias.detach().unsqueeze(0))
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm())
+
+
+@pytest.mark.parametrize("strict", [False, True])
+def test_fp8_rowwise_models_export_and_compile_like_their_eager_run(cache, strict):
+    """FP8 weights are plain buffers: non-strict export (diffusers FLUX) and Dynamo's strict export
+    (transformers Llama, as the text engine uses) both trace them; compiled == eager FP8 on fresh inputs."""
+    from aoti.quant import RowwiseFloat8Linear, quantize
+
+    if strict:
+        model, reference, make = tiny.llama(), tiny.llama(), lambda: (tiny.token_ids(12),)
+    else:
+        model, reference, make = tiny.flux(), tiny.flux(), lambda: tiny.flux_inputs()
+    quantize(model, "fp8_rowwise")
+    assert sum(isinstance(m, RowwiseFloat8Linear) for m in model.modules()) >= 6
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # model.dtype is still the float dtype
+
+    def run(module, inputs):
+        with torch.no_grad():
+            out = module(*inputs) if isinstance(inputs, tuple) else module(**inputs)
+        return (out.logits if strict else out[0]).float()
+
+    with aoti.capture(model) as call:
+        run(model, make())
+    status = aoti.apply(aoti.compile(model, call, aoti.CompileOptions(strict=strict), cache=cache), model)
+    assert status.runtime == "aoti", status
+    torch.manual_seed(1)
+    inputs = make()
+    compiled, eager, exact = run(model, inputs), run(model.forward.eager, inputs), run(reference, inputs)
+    assert rel(compiled, eager) < 1e-4
+    assert rel(compiled, exact) < 0.1
+    assert aoti.status_of(model).guard_fallbacks == 0
