@@ -12,11 +12,11 @@ from .attention import BACKENDS as ATTENTIONS
 OPTIONS_VERSION = 2  # 2: the default preset lowers matmuls (FP8 ones too) to ATen kernels only
 
 Dispatch = Literal["static", "dynamic", "buckets"]
-Preset = Literal["default", "max-autotune"]
+Preset = Literal["default", "decode", "max-autotune"]
 Quantization = Literal["none", "int8_weight_only", "fp8_rowwise"]
 
 DISPATCH_MODES: tuple[str, ...] = ("static", "dynamic", "buckets")
-PRESETS: tuple[str, ...] = ("default", "max-autotune")
+PRESETS: tuple[str, ...] = ("default", "decode", "max-autotune")
 QUANTIZATIONS: tuple[str, ...] = ("none", "int8_weight_only", "fp8_rowwise")
 
 # Inductor settings that keep weights outside the package, named like the module's state_dict().
@@ -28,9 +28,13 @@ EXTERNAL_WEIGHTS_CONFIGS: dict[str, Any] = {
 # "default" builds fast: every matmul is an ATen (cuBLAS / CUTLASS) call. Without the backend list,
 # Inductor autotunes Triton templates for each FP8 `_scaled_mm` shape even when max_autotune is off
 # (torch/_inductor/kernel/mm.py: `use_triton_template(..., check_max_autotune=False)`), which made a
-# full-width FLUX FP8 build run for more than 6 minutes. "max-autotune" searches Triton templates too.
+# full-width FLUX FP8 build run for more than 6 minutes. "decode" adds coordinate-descent tuning of
+# Triton kernels, with which Inductor turns one-row matmuls (LLM decode) into tuned reductions instead
+# of cuBLAS calls (torch/_inductor/decomposition.py: "Our matrix vector multiplies only achieve peak
+# bandwidth with coordinate descent tuning"). "max-autotune" searches Triton GEMM templates too.
 PRESET_CONFIGS: dict[str, dict[str, Any]] = {
     "default": {"max_autotune_gemm_backends": "ATEN"},
+    "decode": {"max_autotune_gemm_backends": "ATEN", "coordinate_descent_tuning": True},
     "max-autotune": {"max_autotune": True, "coordinate_descent_tuning": True, "max_autotune_gemm_backends": "ATEN,TRITON"},
 }
 
@@ -65,7 +69,8 @@ class CompileOptions:
             Implies dispatch="dynamic" for those dims.
         quantization: "none", "int8_weight_only" (CPU and GPU) or "fp8_rowwise" (CUDA, capability >= 8.9).
         regional: compile one package per repeated block signature instead of the whole module.
-        preset: inductor preset, "default" or "max-autotune".
+        preset: inductor preset: "default" (fast builds, cuBLAS/CUTLASS matmuls), "decode" (also tunes
+            one-row matmuls as Triton reductions: LLM decode steps) or "max-autotune".
         device: "cpu", "cuda" or None (the module's own device).
         method: the module method to compile and swap.
         strict: `torch.export` strict mode (TorchDynamo tracing); needed by transformers' static-cache
