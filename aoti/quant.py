@@ -67,18 +67,6 @@ class RowwiseFloat8Linear(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, x.shape[-1])
-        if rows.shape[0] == 1:
-            # One row (an LLM decode step, a timestep embedding) is bound by reading the weight, and
-            # FP8 GEMM kernels tile 128 rows: weight-only is faster there and skips quantizing the
-            # activation. Compiled, it is a reduction that reads each FP8 weight once (Inductor fuses
-            # the cast; gpt-fast's int8 trick); eager, the same product through a transient copy of
-            # the weight in the activation's dtype (e4m3 values are exact in bf16 and float32).
-            if torch.compiler.is_compiling():
-                out = (rows.float() * self.weight.float()).sum(dim=-1, keepdim=True).t() * self.weight_scale
-            else:
-                out = torch.nn.functional.linear(rows, self.weight.to(rows.dtype)).float() * self.weight_scale
-            out = out if self.bias is None else out + self.bias
-            return out.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
         q, scale = rowwise_fp8(rows)
         out = torch._scaled_mm(q, self.weight.t(), scale_a=scale, scale_b=self.weight_scale, bias=self.bias,
                                out_dtype=x.dtype, use_fast_accum=True)

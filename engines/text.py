@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -65,6 +65,23 @@ def sample_next(logits: torch.Tensor, params: SamplingParams, generator: torch.G
         sorted_probs[drop] = 0
         probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
     return torch.multinomial(probs, 1, generator=generator)
+
+
+def read_later(token: torch.Tensor) -> Callable[[], int]:
+    """Start copying a one-element device tensor to the host; the returned function waits for that
+    copy alone, not for work queued on the stream after it."""
+    if token.device.type != "cuda":
+        return lambda: int(token.item())
+    host = torch.empty(token.shape, dtype=token.dtype, pin_memory=True)
+    host.copy_(token, non_blocking=True)
+    copied = torch.cuda.Event()
+    copied.record()
+
+    def read() -> int:
+        copied.synchronize()
+        return int(host.item())
+
+    return read
 
 
 class TextModel:
@@ -160,8 +177,10 @@ class TextModel:
         """Prefill ``ids``, then yield up to ``params.max_new_tokens`` sampled token ids.
 
         On a GPU the next decode step is queued before the current token is read back, so the GPU
-        never idles while Python reads a token, checks it and decodes text (gpt-fast keeps the GPU busy
-        the same way). A consumer that stops early leaves at most one queued step unused."""
+        never idles while Python reads a token, checks it and decodes text. The token's copy to the
+        host is queued before that step, and only that copy is waited for (a plain ``.item()`` after
+        queueing would wait for the queued step too). A consumer that stops early leaves at most one
+        queued step unused."""
         generator = torch.Generator(self.device).manual_seed(params.seed) if params.seed is not None else None
         positions = torch.arange(self.max_cache_len, device=self.device)
         length = ids.shape[1]
@@ -176,8 +195,9 @@ class TextModel:
 
         for i in range(count):
             more = i + 1 < count
+            read = read_later(token)
             queued = step(token, length + i) if self.queue_ahead and more else None
-            yield int(token.item())
+            yield read()
             if not more:
                 return
             token = queued if queued is not None else step(token, length + i)

@@ -89,27 +89,3 @@ def test_fp8_rowwise_models_export_and_compile_like_their_eager_run(cache, stric
     assert rel(compiled, exact) < 0.1
     assert aoti.status_of(model).guard_fallbacks == 0
 
-
-def test_fp8_rowwise_one_row_graph_reads_the_fp8_weight_without_quantizing_the_activation(cache):
-    """A one-row call (an LLM decode step) is the weight-only product, compiled and eager alike: exact
-    FP8 weights times the unquantized activation, closer to the float layer than quantizing it too."""
-    from aoti.quant import quantize
-
-    model, reference = tiny.MLP(), tiny.MLP()
-    quantize(model, "fp8_rowwise")
-    with aoti.capture(model) as call, torch.no_grad():
-        model(torch.randn(1, 32))
-    assert aoti.apply(aoti.compile(model, call, cache=cache), model).runtime == "aoti"
-    x = torch.randn(1, 32)
-    with torch.no_grad():
-        compiled, eager, exact = model(x), model.forward.eager(x), reference(x)
-        up = model.up
-        hidden = torch.nn.functional.gelu(x @ (up.weight.float() * up.weight_scale.t()).t() + up.bias)
-        down = model.down
-        by_hand = hidden @ (down.weight.float() * down.weight_scale.t()).t() + down.bias
-    torch.testing.assert_close(compiled, by_hand, rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(eager, by_hand, rtol=1e-4, atol=1e-5)
-    two_rows = torch.cat([x, x])  # the activation-quantized `_scaled_mm` form
-    with torch.no_grad():
-        quantized = model.forward.eager(two_rows)[:1]
-    assert rel(compiled, exact) < rel(quantized, exact)
