@@ -64,7 +64,10 @@ def preset_for(device: DeviceInfo) -> Preset:
     if device.kind == "cpu":
         return Preset(fp8=False, inductor="default", max_new_tokens=256, max_image_side=64, regional=True)
     small = device.budget_bytes < 40 * GiB
-    return Preset(fp8=device.fp8, inductor="default" if small else "max-autotune",
+    # "default" everywhere: on the H200 it was on par with torch.compile (BENCHMARKS.md), builds in
+    # 1-2 minutes at full size, and a startup compile has to fit a GPU call; "max-autotune" searches
+    # Triton GEMM templates for every shape (minutes more) for a gain not yet measured at full size.
+    return Preset(fp8=device.fp8, inductor="default",
                   max_new_tokens=512 if small else 1024, max_image_side=1024 if small else 1344, regional=True)
 
 
