@@ -33,3 +33,12 @@ def test_llm_decode_records_our_loop_eager_and_aoti(tmp_path):
     assert compiled["runtime"] == "aoti" and compiled["graphs"] == 2
     assert compiled["token_ids"] == eager["token_ids"]  # greedy text identical
     assert compiled["prefill_logits_rel_error_vs_eager"] < 1e-4
+
+
+def test_compile_profile_says_where_a_build_spends_its_time(tmp_path):
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu" / "compile_profile.py"), "--tiny", "--out-dir", str(tmp_path)],
+                   check=True, capture_output=True, text=True, timeout=900, cwd=ROOT)
+    phases = json.loads((tmp_path / "phases.json").read_text())
+    assert phases["phases_s"]["export"] > 0 and phases["phases_s"]["aot_compile"] > phases["phases_s"]["export"]
+    assert phases["total_s"] >= phases["phases_s"]["aot_compile"]
+    assert "aot_compile" in (tmp_path / "profile.txt").read_text()
