@@ -157,8 +157,13 @@ def compile(
     calls = _as_calls(call)
     device = torch.device(options.device) if options.device else module_device(module)
 
-    # 1. Quantization: decide, apply once, and record the recipe that really runs.
-    decision = quant.decide(options.quantization, device)
+    # 1. Quantization: decide, apply once, and record the recipe that really runs. A module the caller
+    #    already quantized with the requested recipe is compiled as it is.
+    already = quant.applied(module)
+    if already != "none" and already == options.quantization:
+        decision = quant.QuantDecision(already, already)
+    else:
+        decision = quant.decide(options.quantization, device)
     fallbacks = [f"{decision.requested} -> {decision.applied}: {decision.reason}"] if decision.reason else []
     if decision.reason:
         log.warning("aoti: %s", fallbacks[0])
@@ -168,11 +173,9 @@ def compile(
         fallbacks.append(f"{kernel.requested} attention -> {kernel.applied}: {kernel.reason}")
         log.warning("aoti: %s", fallbacks[-1])
     options = options.replace(attention=kernel.applied)
-    if getattr(module, "_aoti_quantization", "none") != decision.applied:
+    if quant.applied(module) != decision.applied:
         with exclusive:
             quant.quantize(module, decision.applied)
-        for sub in module.modules():
-            sub._aoti_quantization = decision.applied
 
     # 2. Regional mode compiles the repeated blocks instead of the whole module.
     if options.regional:

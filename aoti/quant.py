@@ -116,14 +116,34 @@ def _linear_only(module: torch.nn.Module, fqn: str) -> bool:
     return isinstance(module, torch.nn.Linear)
 
 
+def applied(module: torch.nn.Module) -> str:
+    """The recipe ``module`` was quantized with by `quantize` ("none" if it was not)."""
+    return getattr(module, "_aoti_quantization", "none")
+
+
 def quantize(module: torch.nn.Module, recipe: str) -> None:
-    """Quantize ``module``'s linear layers in place with a named recipe (no-op for "none")."""
-    if recipe == "none":
+    """Quantize ``module``'s linear layers in place with a named recipe (no-op for "none").
+
+    Quantizing replaces the float weights, so a module quantized with one recipe can't be requantized
+    with another (or un-quantized): that raises, and the caller reloads the model instead."""
+    current = applied(module)
+    if recipe == current:
         return
+    if current != "none":
+        raise ValueError(
+            f"{type(module).__name__} was quantized in place with {current!r}; its float weights are gone. "
+            f"Reload the model to compile it with quantization={recipe!r}."
+        )
     if recipe == "fp8_rowwise":
         swapped = _swap_linears(module, RowwiseFloat8Linear.from_linear)
         log.info("quantized %s with fp8_rowwise (%d linear layers)", type(module).__name__, swapped)
-        return
+    else:
+        _torchao_quantize(module, recipe)
+    for sub in module.modules():
+        sub._aoti_quantization = recipe
+
+
+def _torchao_quantize(module: torch.nn.Module, recipe: str) -> None:
     from torchao.quantization import quantize_
 
     with warnings.catch_warnings():

@@ -118,11 +118,18 @@ class LightweightEngine:
 
     def optimize(self, model_id: str, options: aoti.CompileOptions | None = None, background: bool = True) -> CompileState:
         """Compile (or load from cache) and swap in the model's AOTI graphs; in a thread by default."""
-        model = self.load(registry.get(model_id))
-        state = self.states[model_id]
+        spec = registry.get(model_id)
+        model = self.load(spec)
         running = self.threads.get(model_id)
         if running is not None and running.is_alive():
-            return state
+            return self.states[model_id]
+        wanted = (options or aoti.CompileOptions()).quantization
+        if aoti.quant.applied(model.hot_module) not in ("none", wanted):
+            # Quantized in place by an earlier compile: only the source still has the float weights.
+            log.info("engine: reloading %s to compile it with quantization=%s", model_id, wanted)
+            self.unload(model_id)
+            model = self.load(spec)
+        state = self.states[model_id]
         state.state, state.reason = "compiling", "exporting and compiling the hot module"
 
         def work() -> None:

@@ -30,9 +30,20 @@ def optimize_module(
 
 
 def module_nbytes(module: torch.nn.Module) -> int:
-    """Bytes of a module's distinct parameter and buffer storages."""
+    """Bytes of a module's distinct parameter and buffer storages (a quantized weight's inner tensors)."""
     seen: dict[int, int] = {}
     for tensor in [*module.parameters(), *module.buffers()]:
-        storage = tensor.untyped_storage()
-        seen[storage.data_ptr()] = storage.nbytes()
+        for plain in _plain_tensors(tensor):
+            storage = plain.untyped_storage()
+            seen[storage.data_ptr()] = storage.nbytes()
     return sum(seen.values())
+
+
+def _plain_tensors(tensor: torch.Tensor) -> list[torch.Tensor]:
+    """The tensors that hold the data: itself, or a tensor subclass's (torchao's) inner tensors."""
+    from torch.utils._python_dispatch import is_traceable_wrapper_subclass
+
+    if not is_traceable_wrapper_subclass(tensor):
+        return [tensor]
+    names, _ = tensor.__tensor_flatten__()
+    return [plain for name in names for plain in _plain_tensors(getattr(tensor, name))]

@@ -80,8 +80,9 @@ def test_fp8_rowwise_models_export_and_compile_like_their_eager_run(cache, stric
 
     with aoti.capture(model) as call:
         run(model, make())
-    status = aoti.apply(aoti.compile(model, call, aoti.CompileOptions(strict=strict), cache=cache), model)
-    assert status.runtime == "aoti", status
+    options = aoti.CompileOptions(strict=strict, quantization="fp8_rowwise")  # already applied: compiled as it is
+    status = aoti.apply(aoti.compile(model, call, options, cache=cache), model)
+    assert status.runtime == "aoti" and status.quantization == "fp8_rowwise" and not status.fallbacks, status
     torch.manual_seed(1)
     inputs = make()
     compiled, eager, exact = run(model, inputs), run(model.forward.eager, inputs), run(reference, inputs)
@@ -89,3 +90,17 @@ def test_fp8_rowwise_models_export_and_compile_like_their_eager_run(cache, stric
     assert rel(compiled, exact) < 0.1
     assert aoti.status_of(model).guard_fallbacks == 0
 
+
+
+def test_a_quantized_module_is_not_silently_compiled_as_another_recipe(cache):
+    """Quantizing replaced the float weights: asking for another recipe (or none) raises and says to
+    reload, instead of compiling FP8 weights under a "none" label."""
+    from aoti.quant import quantize
+
+    model = tiny.MLP()
+    quantize(model, "fp8_rowwise")
+    with aoti.capture(model) as call:
+        model(torch.randn(4, 32))
+    for recipe in ("none", "int8_weight_only"):
+        with pytest.raises(ValueError, match="Reload the model"):
+            aoti.compile(model, call, aoti.CompileOptions(quantization=recipe), cache=cache)

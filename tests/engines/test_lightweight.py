@@ -1,4 +1,5 @@
 import pytest
+import torch
 
 from engines.text import SamplingParams
 
@@ -32,3 +33,19 @@ def test_wrong_task_is_refused(engine, text_spec):
         from engines.image import ImageParams
 
         engine.generate_image(text_spec.id, "x", ImageParams(32, 32, 4))
+
+
+def test_turning_quantization_off_reloads_the_float_weights(engine, text_spec):
+    """Quantization replaces the weights in place; compiling again without it reloads the model from
+    its source instead of serving quantized weights labelled "none"."""
+    import aoti
+
+    state = engine.optimize(text_spec.id, aoti.CompileOptions(quantization="int8_weight_only"), background=False)
+    assert state.state == "aoti", state.reason
+    assert aoti.quant.applied(engine.models[text_spec.id].hot_module) == "int8_weight_only"
+    state = engine.optimize(text_spec.id, background=False)
+    assert state.state == "aoti", state.reason
+    model = engine.models[text_spec.id]
+    assert aoti.quant.applied(model.hot_module) == "none"
+    assert all(type(p) is torch.nn.Parameter for p in model.hot_module.parameters())  # float weights again
+    assert list(engine.generate_text(text_spec.id, "The socket module", SamplingParams(max_new_tokens=5, temperature=0)))
