@@ -5,10 +5,10 @@
 `RowwiseFloat8Linear`, plain FP8 weight and scale tensors and a `torch._scaled_mm` call, which
 ``torch.export`` (strict and non-strict) traces like any other op. torchao's FP8 tensor subclass did
 not get through export at full model width (a 1+1-block FLUX.1-dev transformer segfaulted while
-exporting on an H200; 4+8 blocks ran for more than 7 minutes; Dynamo's strict export rejected it), and
-it buys nothing here: the activation quantization it adds is the same handful of ops, which Inductor
-fuses into the preceding kernel. A recipe that cannot run on the target device falls back to "none"
-with the reason, so the caller can show it.
+exporting on an H200; 4+8 blocks ran for more than 7 minutes; Dynamo's strict export rejected it).
+Ours runs the same math as torchao's plain-PyTorch FP8 path (per-row scales, `_scaled_mm` with fast
+accumulation), and Inductor fuses the activation quantization into the preceding kernel. A recipe
+that cannot run on the target device falls back to "none" with the reason, so the caller can show it.
 """
 
 from __future__ import annotations
