@@ -173,7 +173,7 @@ def compile(
         fallbacks.append(f"{kernel.requested} attention -> {kernel.applied}: {kernel.reason}")
         log.warning("aoti: %s", fallbacks[-1])
     options = options.replace(attention=kernel.applied)
-    if quant.applied(module) != decision.applied:
+    if already != decision.applied:
         with exclusive:
             quant.quantize(module, decision.applied)
 

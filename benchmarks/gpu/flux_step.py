@@ -11,7 +11,7 @@ against eager on a fresh input. Results are written after each variant (a killed
 Variants: eager, compile (torch.compile default), compile_max (max-autotune-no-cudagraphs),
 compile_cudagraphs (reduce-overhead), aoti (our default), aoti_cudnn (cuDNN attention),
 aoti_fused (cuDNN attention + fused QKV projections), aoti_max (max-autotune preset), regional
-(one package per block signature), fp8 (torchao row-wise FP8: AOTI, then eager; quantizes in place,
+(one package per block signature), fp8 (our row-wise FP8 linear: AOTI, then eager; quantizes in place,
 so it runs after the bf16 variants), fp8_max (FP8 + max-autotune: everything on; after fp8).
 """
 

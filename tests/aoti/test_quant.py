@@ -91,7 +91,6 @@ def test_fp8_rowwise_models_export_and_compile_like_their_eager_run(cache, stric
     assert aoti.status_of(model).guard_fallbacks == 0
 
 
-
 def test_a_quantized_module_is_not_silently_compiled_as_another_recipe(cache):
     """Quantizing replaced the float weights: asking for another recipe (or none) raises and says to
     reload, instead of compiling FP8 weights under a "none" label."""
