@@ -98,10 +98,13 @@ class ImageModel:
         return sum(module_nbytes(m) for m in components.values() if isinstance(m, torch.nn.Module))
 
     def optimize(self, options: aoti.CompileOptions | None = None, cache: aoti.Cache | None = None,
-                 exclusive: contextlib.AbstractContextManager | None = None) -> aoti.Status:
-        """Compile (or load) one denoiser graph per size bucket and swap them in (see `TextModel.optimize`)."""
+                 exclusive: contextlib.AbstractContextManager | None = None, cuda_graphs: bool | None = None) -> aoti.Status:
+        """Compile (or load) one denoiser graph per size bucket and swap them in (see `TextModel.optimize`).
+        On a GPU each bucket's graph is replayed as a CUDA graph (``cuda_graphs``, default on): a
+        denoising step launches hundreds of kernels, and the host's launch gaps between them add up."""
         options = (options or aoti.CompileOptions()).replace(dispatch="buckets")
-        self.status = optimize_module(self.denoiser, self.capture_calls, options, cache, exclusive)
+        graphs = self.device == "cuda" if cuda_graphs is None else cuda_graphs
+        self.status = optimize_module(self.denoiser, self.capture_calls, options, cache, exclusive, cuda_graphs=graphs)
         return self.status
 
     def restore(self) -> None:

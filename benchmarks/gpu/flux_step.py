@@ -9,10 +9,12 @@ against eager on a fresh input. Results are written after each variant (a killed
     python benchmarks/gpu/flux_step.py --tiny --out /tmp/flux.json     # CPU smoke run
 
 Variants: eager, compile (torch.compile default), compile_max (max-autotune-no-cudagraphs),
-compile_cudagraphs (reduce-overhead), aoti (our default), aoti_cudnn (cuDNN attention),
+compile_cudagraphs (reduce-overhead), aoti (our default), aoti_graphs (aoti replayed as a CUDA
+graph), aoti_cudnn (cuDNN attention),
 aoti_fused (cuDNN attention + fused QKV projections), aoti_max (max-autotune preset), regional
 (one package per block signature), fp8 (our row-wise FP8 linear: AOTI, then eager; quantizes in place,
-so it runs after the bf16 variants), fp8_max (FP8 + max-autotune: everything on; after fp8).
+so it runs after the bf16 variants), fp8_graphs (fp8 replayed as a CUDA graph), regional_fp8,
+fp8_max (FP8 + max-autotune; the FP8 ones after fp8).
 """
 
 from __future__ import annotations
@@ -73,8 +75,10 @@ def step_flops(model: torch.nn.Module, inputs: dict[str, Any]) -> dict[str, floa
             "matmul_tflop": (sum(per_op.values()) - attention) / 1e12}
 
 
-def aoti_variant(model, call, options, cache, check, rec: Recorder, name: str, probe: bool = False) -> None:
-    """Compile (or load), crash-probe only if asked (it costs a fresh CUDA process), apply, measure."""
+def aoti_variant(model, call, options, cache, check, rec: Recorder, name: str, probe: bool = False,
+                 cuda_graphs: bool = False) -> None:
+    """Compile (or load), crash-probe only if asked (it costs a fresh CUDA process), apply (replaying
+    the step as a CUDA graph if asked), measure."""
     aoti.restore(model)
     t0 = time.perf_counter()
     artifact = aoti.compile(model, call, options, cache=cache)
@@ -84,10 +88,11 @@ def aoti_variant(model, call, options, cache, check, rec: Recorder, name: str, p
     with ChildWatcher() as children:
         verdict = aoti.verify_loadable(artifact)
     probe_s = time.perf_counter() - t0
-    status = aoti.apply(artifact, model)
+    status = aoti.apply(artifact, model, cuda_graphs=cuda_graphs)
     rec.variant(name, check(model), compile_s=round(built, 2), probe_s=round(probe_s, 2), probe=verdict[1],
                 probe_children=children.seen, load_s=status.load_s, runtime=status.runtime, reason=status.reason,
-                fallbacks=status.fallbacks, key=status.key, graph_kernels=kernel_names(artifact) if probe else None)
+                fallbacks=status.fallbacks, key=status.key, cuda_graphs=status.cuda_graphs,
+                graph_kernels=kernel_names(artifact) if probe else None)
 
 
 class ChildWatcher:
@@ -219,6 +224,9 @@ def main() -> None:
             args.budget_s, after=clean_up)
 
 
+FP8 = aoti.CompileOptions(quantization="fp8_rowwise", attention="cudnn")
+
+
 def run_variant(name, model, call, cache, check, rec, args, device) -> None:
     if name == "eager":
         rec.variant(name, check(model))
@@ -230,11 +238,12 @@ def run_variant(name, model, call, cache, check, rec, args, device) -> None:
             compiled(**make_inputs(model, args, 0))
         first = time.perf_counter() - t0
         rec.variant(name, check(compiled), compile_s=round(first, 2))
-    elif name in ("aoti", "aoti_cudnn", "aoti_max", "regional"):
-        options = {"aoti": aoti.CompileOptions(), "aoti_cudnn": aoti.CompileOptions(attention="cudnn"),
+    elif name in ("aoti", "aoti_graphs", "aoti_cudnn", "aoti_max", "regional"):
+        options = {"aoti": aoti.CompileOptions(), "aoti_graphs": aoti.CompileOptions(),
+                   "aoti_cudnn": aoti.CompileOptions(attention="cudnn"),
                    "aoti_max": aoti.CompileOptions(attention="cudnn", preset="max-autotune"),
                    "regional": aoti.CompileOptions(attention="cudnn", regional=True)}[name]
-        aoti_variant(model, call, options, cache, check, rec, name, probe=name == "aoti")
+        aoti_variant(model, call, options, cache, check, rec, name, probe=name == "aoti", cuda_graphs=name == "aoti_graphs")
         if name == "aoti" and args.warm_load and device == "cuda":
             rec.variant("aoti_warm_load_fresh_process", warm_load_in_fresh_process(args, options, str(cache.root)))
     elif name == "aoti_fused":
@@ -245,12 +254,15 @@ def run_variant(name, model, call, cache, check, rec, args, device) -> None:
         aoti.restore(model)
         model.unfuse_qkv_projections()
     elif name == "fp8":  # compile quantizes the module in place: eager FP8 is measured after restore
-        aoti_variant(model, call, aoti.CompileOptions(quantization="fp8_rowwise", attention="cudnn"), cache, check, rec, "fp8_aoti")
+        aoti_variant(model, call, FP8, cache, check, rec, "fp8_aoti")
         aoti.restore(model)
         rec.variant("fp8_eager", check(model))
+    elif name == "fp8_graphs":  # the fp8 package (a cache hit after "fp8"), replayed as a CUDA graph
+        aoti_variant(model, call, FP8, cache, check, rec, name, cuda_graphs=True)
+    elif name == "regional_fp8":
+        aoti_variant(model, call, FP8.replace(regional=True), cache, check, rec, name)
     elif name == "fp8_max":
-        options = aoti.CompileOptions(quantization="fp8_rowwise", attention="cudnn", preset="max-autotune")
-        aoti_variant(model, call, options, cache, check, rec, name)
+        aoti_variant(model, call, FP8.replace(preset="max-autotune"), cache, check, rec, name)
     else:
         raise ValueError(f"unknown variant {name}")
 

@@ -65,6 +65,16 @@ def decode_bytes(model: torch.nn.Module, context: int) -> int:
     return weights + kv
 
 
+def allocated_gb(device: str) -> float | None:
+    """GPU memory held by live tensors after a garbage collection (what a variant keeps alive)."""
+    if not device.startswith("cuda"):
+        return None
+    import gc
+
+    gc.collect()
+    return round(torch.cuda.memory_allocated() / 1e9, 2)
+
+
 def prompt_of(tokenizer, tokens: int) -> str:
     """A text that the tokenizer turns into about ``tokens`` tokens."""
     ids = tokenizer("def f(x):\n    return x + 1  # add one\n" * tokens).input_ids[:tokens]
@@ -215,9 +225,11 @@ def main() -> None:
         elif name in VARIANT_OPTIONS:
             text = state["text"] = state["text"] or TextModel(spec, device, model=model, tokenizer=tokenizer)
             options = VARIANT_OPTIONS[name]
+            before_gb = allocated_gb(device)
             t0 = time.perf_counter()
             status = text.optimize(options, cache, cuda_graphs=name != "ours_aoti")
             optimize_s = time.perf_counter() - t0
+            memory = {"allocated_gb_before_optimize": before_gb, "allocated_gb_after_optimize": allocated_gb(device)}
             result = ours(text, prompt, args.new_tokens, device, run=len(rec.variants))
             if state["reference_logits"] is not None:
                 with torch.no_grad():
@@ -226,7 +238,7 @@ def main() -> None:
             if name.startswith("ours_fp8") and device == "cuda":
                 fp8_bytes = decode_bytes(model, mean_context)
                 rec.meta["floor_tokens_per_s"]["fp8_weights"] = round(rec.meta["copy_bandwidth_gbs"] * 1e9 / fp8_bytes, 1)
-            rec.variant(name, result, optimize_s=round(optimize_s, 2), compile_s=status.compile_s, load_s=status.load_s,
+            rec.variant(name, result, **memory, optimize_s=round(optimize_s, 2), compile_s=status.compile_s, load_s=status.load_s,
                         runtime=status.runtime, reason=status.reason, fallbacks=status.fallbacks, graphs=status.graphs)
             text.restore()
         elif name == "warm_load":
