@@ -55,46 +55,6 @@ def test_fp8_rowwise_linear_is_the_scaled_product_of_its_fp8_parts():
     torch.testing.assert_close(zeros, linear.bias.detach().unsqueeze(0))
 
 
-def test_fp8_one_row_is_weight_only():
-    """A single row (a decode step) keeps its activation in full precision: the output is the row
-    times the dequantized FP8 weight, not the product of two FP8 tensors."""
-    from aoti.quant import RowwiseFloat8Linear, rowwise_fp8
-
-    torch.manual_seed(0)
-    linear = torch.nn.Linear(64, 48)
-    fp8 = RowwiseFloat8Linear.from_linear(linear)
-    row = torch.randn(1, 1, 64)
-    with torch.no_grad():
-        out = fp8(row)
-        weight_only = row.reshape(1, 64) @ (fp8.weight.float() * fp8.weight_scale.t()).t() + linear.bias
-        q, scale = rowwise_fp8(row.reshape(1, 64))
-        both_fp8 = (q.float() * scale) @ (fp8.weight.float() * fp8.weight_scale.t()).t() + linear.bias
-    assert out.shape == (1, 1, 48)
-    torch.testing.assert_close(out.reshape(1, 48), weight_only, rtol=1e-5, atol=1e-5)
-    assert rel(out.reshape(1, 48), both_fp8) > 1e-3  # the activation was not quantized
-
-
-def test_fp8_one_row_compiles_to_a_fused_reduction_that_matches_eager(cache):
-    """Compiled, the one-row path is Inductor's own reduction over the FP8 weight (no `_scaled_mm`
-    call in the graph), and gives the eager result on fresh rows."""
-    from aoti.quant import quantize
-
-    model = tiny.MLP()
-    quantize(model, "fp8_rowwise")
-    with aoti.capture(model) as call, torch.no_grad():
-        model(torch.randn(1, 32))
-    artifact = aoti.compile(model, call, aoti.CompileOptions(quantization="fp8_rowwise"), cache=cache)
-    assert "_scaled_mm" not in artifact.wrapper_source()
-    status = aoti.apply(artifact, model)
-    assert status.runtime == "aoti" and not status.fallbacks, status
-    torch.manual_seed(3)
-    for _ in range(3):
-        row = torch.randn(1, 32)
-        with torch.no_grad():
-            torch.testing.assert_close(model(row), model.forward.eager(row), rtol=1e-4, atol=1e-5)
-    assert aoti.status_of(model).compiled_calls == 3
-
-
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm())
 
