@@ -49,8 +49,15 @@ def rowwise_fp8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 class RowwiseFloat8Linear(torch.nn.Module):
     """A linear layer with FP8 (e4m3) weights scaled per output row and activations quantized per
     token at run time, multiplied by `torch._scaled_mm` (cuBLASLt / CUTLASS FP8 tensor-core kernels on
-    GPUs of compute capability 8.9 and newer). The weight and its scale are buffers, so the module's
-    parameters (and ``model.dtype`` in transformers and diffusers) keep the high-precision dtype.
+    GPUs of compute capability 8.9 and newer).
+
+    The e4m3 weight is kept as its bits, a uint8 parameter without gradient, viewed as e4m3 in
+    `forward` (a free reinterpretation, in compiled graphs too). A parameter because Inductor's AOT
+    compile clones every buffer of the module it compiles, and held on to the clones: with the weight
+    as a buffer, a two-graph build of Qwen2.5-7B geometry left three copies of the FP8 weights on the
+    GPU (benchmarks/gpu/quantized_memory.py). Bits because libraries read ``model.dtype`` from the
+    first floating-point parameter (diffusers, transformers) and ``module.to(dtype)`` casts every
+    floating-point tensor: uint8 is neither. The float32 scale stays a (small) buffer for that reason.
 
     One-row inputs (an LLM decode step, FLUX's timestep modulation) take the same path. Measured on an
     H200: a weight-only alternative written as product + sum, which Inductor fuses into one Triton
@@ -61,9 +68,14 @@ class RowwiseFloat8Linear(torch.nn.Module):
     def __init__(self, weight: torch.Tensor, weight_scale: torch.Tensor, bias: torch.Tensor | None) -> None:
         super().__init__()
         self.in_features, self.out_features = weight.shape[1], weight.shape[0]
-        self.register_buffer("weight", weight)  # (out, in), e4m3
+        self.weight = torch.nn.Parameter(weight.view(torch.uint8), requires_grad=False)  # (out, in), e4m3 bits
         self.register_buffer("weight_scale", weight_scale)  # (1, out), float32
         self.bias = torch.nn.Parameter(bias, requires_grad=False) if bias is not None else None
+
+    @property
+    def fp8_weight(self) -> torch.Tensor:
+        """The weight as e4m3, ``(out_features, in_features)``."""
+        return self.weight.view(FP8_DTYPE)
 
     @classmethod
     def from_linear(cls, linear: torch.nn.Linear) -> RowwiseFloat8Linear:
@@ -74,7 +86,7 @@ class RowwiseFloat8Linear(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, x.shape[-1])
         q, scale = rowwise_fp8(rows)
-        out = torch._scaled_mm(q, self.weight.t(), scale_a=scale, scale_b=self.weight_scale, bias=self.bias,
+        out = torch._scaled_mm(q, self.fp8_weight.t(), scale_a=scale, scale_b=self.weight_scale, bias=self.bias,
                                out_dtype=x.dtype, use_fast_accum=True)
         return out.reshape(*x.shape[:-1], self.out_features)
 

@@ -2,6 +2,7 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
 import torch
 
 import aoti
@@ -134,3 +135,22 @@ def test_cuda_graphs_on_a_cpu_package_are_off_visibly(mlp_artifact):
     x = torch.randn(4, 32)
     assert torch.allclose(model(x), model.forward.eager(x), atol=1e-5)
     aoti.restore(model)
+
+
+@pytest.mark.parametrize("strict", [False, True])
+def test_a_compiled_model_is_freed_once_dropped(tmp_path, strict):
+    """Nothing in the build keeps the model alive: torch's record of the last trace and Dynamo's
+    installed graph globals referenced its weights, so an unloaded model kept its memory."""
+    import gc
+    import weakref
+
+    model = tiny.llama() if strict else tiny.MLP()
+    inputs = (tiny.token_ids(8),) if strict else (torch.randn(4, 32),)
+    with aoti.capture(model) as call, torch.no_grad():
+        model(*inputs)
+    weight = weakref.ref(next(model.parameters()))
+    status = aoti.apply(aoti.compile(model, call, aoti.CompileOptions(strict=strict), cache=aoti.Cache(tmp_path)), model)
+    assert status.runtime == "aoti"
+    del model, call, status
+    gc.collect()
+    assert weight() is None
