@@ -86,7 +86,10 @@ class Studio:
     def options_for(self, model_id: str, fp8: bool = False, regional: bool = False) -> aoti.CompileOptions:
         """Compile options from the switches and the selection (FP8 when only FP8 weights fit)."""
         decision = self.decision(model_id, fp8)
-        preset = decision.preset.inductor if decision.preset else "default"
+        preset = "default"
+        if decision.preset:
+            text = registry.get(model_id).task == "text"
+            preset = decision.preset.text_inductor if text else decision.preset.inductor
         return aoti.CompileOptions(quantization=decision.quantization, regional=regional, preset=preset)
 
     def set_optimization(self, model_id: str, use_aoti: bool, fp8: bool = False, regional: bool = False) -> CompileState:

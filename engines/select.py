@@ -19,7 +19,8 @@ class Preset:
     """What a device class allows."""
 
     fp8: bool
-    inductor: str  # "default" | "max-autotune"
+    inductor: str  # the `aoti.CompileOptions.preset` of image denoisers: "default" | "max-autotune"
+    text_inductor: str  # the preset of LLM graphs: "decode" on GPUs, whose decode steps are GEMVs
     max_new_tokens: int
     max_image_side: int
     regional: bool
@@ -62,12 +63,15 @@ def estimate_bytes(spec: ModelSpec, device: DeviceInfo, quantization: str = "non
 
 def preset_for(device: DeviceInfo) -> Preset:
     if device.kind == "cpu":
-        return Preset(fp8=False, inductor="default", max_new_tokens=256, max_image_side=64, regional=True)
+        return Preset(fp8=False, inductor="default", text_inductor="default", max_new_tokens=256, max_image_side=64,
+                      regional=True)
     small = device.budget_bytes < 40 * GiB
-    # "default" everywhere: on the H200 it was on par with torch.compile (BENCHMARKS.md), builds in
+    # Images: "default": on the H200 it was on par with torch.compile (BENCHMARKS.md), builds in
     # 1-2 minutes at full size, and a startup compile has to fit a GPU call; "max-autotune" searches
     # Triton GEMM templates for every shape (minutes more) for a gain not yet measured at full size.
-    return Preset(fp8=device.fp8, inductor="default",
+    # Text: "decode" (tuned Triton reductions for one-row matmuls): Qwen2.5-7B geometry on the H200,
+    # 199.0 against 178.8 tokens/s with CUDA graphs, build 153 s against 121 s (BENCHMARKS.md).
+    return Preset(fp8=device.fp8, inductor="default", text_inductor="decode",
                   max_new_tokens=512 if small else 1024, max_image_side=1024 if small else 1344, regional=True)
 
 

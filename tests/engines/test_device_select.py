@@ -126,3 +126,11 @@ def test_bad_image_request_for_the_multi_gpu_engine_is_refused_before_any_worker
     with pytest.raises(ValueError, match="`prompt` is empty"):
         studio.generate_image("tiny-shapes-unet", " ", ImageParams(32, 32, steps=4))
     assert studio.distributed == {}  # no worker was started for a request that could not run
+
+
+def test_llm_graphs_get_the_decode_preset_on_gpus_only():
+    from engines.select import preset_for
+
+    gpu, cpu = preset_for(H100), preset_for(CPU_24)
+    assert (gpu.text_inductor, gpu.inductor) == ("decode", "default")
+    assert (cpu.text_inductor, cpu.inductor) == ("default", "default")  # CPU builds stay short
