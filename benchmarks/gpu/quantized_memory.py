@@ -46,7 +46,7 @@ def reachable_gb(device: str) -> dict[str, float]:
     by_dtype: dict[str, float] = {}
     for dtype, nbytes in storages.values():
         by_dtype[dtype] = by_dtype.get(dtype, 0.0) + nbytes / 1e9
-    return {k: round(v, 3) for k, v in sorted(by_dtype.items())}
+    return {k: round(v, 6) for k, v in sorted(by_dtype.items())}
 
 
 def snapshot(device: str) -> dict[str, Any]:

@@ -42,3 +42,12 @@ def test_compile_profile_says_where_a_build_spends_its_time(tmp_path):
     assert phases["phases_s"]["export"] > 0 and phases["phases_s"]["aot_compile"] > phases["phases_s"]["export"]
     assert phases["total_s"] >= phases["phases_s"]["aot_compile"]
     assert "aot_compile" in (tmp_path / "profile.txt").read_text()
+
+
+def test_quantized_memory_shows_no_copy_of_the_fp8_weights(tmp_path):
+    result = _run("quantized_memory.py", tmp_path / "mem.json", "--layers", "2", "--prompt-tokens", "16", "--new-tokens", "4")
+    stages = result["variants"]
+    assert stages["quantized"]["old_weights_alive"] == 0
+    assert stages["compiled_applied"]["runtime"] == "aoti"
+    fp8_bits = [stages[s]["python_reachable_gb"]["uint8"] for s in ("quantized", "compiled_applied", "served_cuda_graphs")]
+    assert fp8_bits[0] > 0 and fp8_bits == [fp8_bits[0]] * 3  # compiling and serving add no copy
