@@ -84,8 +84,19 @@ def read_later(token: torch.Tensor) -> Callable[[], int]:
     return read
 
 
+PREFILL_BUCKET = 64  # prompts are padded up to a multiple of this many tokens
+
+
 class TextModel:
-    """A loaded causal LM with its static-cache decoder; `optimize` swaps in the AOTI graphs."""
+    """A loaded causal LM with its static-cache decoder; `optimize` swaps in the AOTI graphs.
+
+    Prompts are right-padded to a few bucket lengths (`prefill_length`). On a GPU the first call at a
+    new shape pays for per-shape setup (attention plans, GEMM heuristics: 50-100 ms for a 7B model's
+    AOTI prefill, against 14.5 ms warm, BENCHMARKS.md), so a server that saw every prompt length as a
+    new shape paid it on most requests; with buckets, `optimize` pays it once per bucket at startup.
+    Padding is exact: the causal mask keeps the pad tokens out of every real position, the first
+    token is sampled from the last real position, and decode steps overwrite the pads' cache slots
+    before any query can see them."""
 
     def __init__(self, spec: ModelSpec, device: str = "cpu", model: torch.nn.Module | None = None, tokenizer=None) -> None:
         """Load ``spec.source``, or wrap an already built ``model`` and ``tokenizer`` (e.g. random
@@ -136,7 +147,37 @@ class TextModel:
         options = (options or aoti.CompileOptions()).replace(dispatch="dynamic", strict=True)
         graphs = self.device == "cuda" if cuda_graphs is None else cuda_graphs
         self.status = optimize_module(self.decoder, self.capture_calls, options, cache, exclusive, cuda_graphs=graphs)
+        if self.status.runtime == "aoti":
+            with exclusive or contextlib.nullcontext():
+                self.warm_up()
         return self.status
+
+    def prefill_buckets(self) -> list[int]:
+        """Every length a prompt is padded to: multiples of `PREFILL_BUCKET` up to the longest prompt."""
+        longest = self.spec.max_prompt_tokens
+        return sorted({min(b, longest) for b in range(PREFILL_BUCKET, longest + PREFILL_BUCKET, PREFILL_BUCKET)})
+
+    def prefill_length(self, length: int) -> int:
+        """The bucket a prompt of ``length`` tokens is padded to."""
+        bucket = next((b for b in self.prefill_buckets() if b >= length), None)
+        if bucket is None:
+            raise ValueError(f"the prompt is {length} tokens; this model takes at most {self.spec.max_prompt_tokens}.")
+        return bucket
+
+    @torch.no_grad()
+    def warm_up(self) -> None:
+        """Run a prefill at every bucket length and one decode step, so that requests meet no shape
+        for the first time (and the decode step's CUDA graph is captured before the first request)."""
+        start = time.perf_counter()
+        positions = torch.arange(self.max_cache_len, device=self.device)
+        buckets = self.prefill_buckets()
+        for length in buckets:
+            self.decoder(input_ids=torch.zeros(1, length, dtype=torch.long, device=self.device), cache_position=positions[:length])
+        self.decoder(input_ids=torch.zeros(1, 1, dtype=torch.long, device=self.device), cache_position=positions[buckets[-1] :][:1])
+        if self.device.startswith("cuda"):
+            torch.cuda.synchronize()
+        log.info("%s: warmed %d prefill lengths and the decode step in %.2f s", self.spec.id, len(buckets),
+                 time.perf_counter() - start)
 
     def restore(self) -> None:
         self.status = aoti.restore(self.decoder)
@@ -174,7 +215,8 @@ class TextModel:
             yield TextStep(self.tokenizer.decode(generated, skip_special_tokens=True), len(generated), ttft, time.perf_counter() - start)
 
     def decode_tokens(self, ids: torch.Tensor, params: SamplingParams) -> Iterator[int]:
-        """Prefill ``ids``, then yield up to ``params.max_new_tokens`` sampled token ids.
+        """Prefill ``ids`` (padded to its bucket), then yield up to ``params.max_new_tokens`` sampled
+        token ids.
 
         On a GPU the next decode step is queued before the current token is read back, so the GPU
         never idles while Python reads a token, checks it and decodes text. The token's copy to the
@@ -184,8 +226,9 @@ class TextModel:
         generator = torch.Generator(self.device).manual_seed(params.seed) if params.seed is not None else None
         positions = torch.arange(self.max_cache_len, device=self.device)
         length = ids.shape[1]
-        logits = self.decoder(input_ids=ids, cache_position=positions[:length])
-        token = sample_next(logits[0, -1], params, generator)
+        padded = torch.nn.functional.pad(ids, (0, self.prefill_length(length) - length))  # pad id 0: masked out
+        logits = self.decoder(input_ids=padded, cache_position=positions[: padded.shape[1]])
+        token = sample_next(logits[0, length - 1], params, generator)
         count = min(params.max_new_tokens, self.max_cache_len - length + 1)
 
         def step(token: torch.Tensor, position: int) -> torch.Tensor:

@@ -122,9 +122,10 @@ def ours(text: TextModel, prompt: str, new_tokens: int, device: str, run: int = 
 
 
 def first_calls(text: TextModel, max_length: int, device: str, run: int = 0) -> dict[int, float]:
-    """Prefill time at prompt lengths not seen before in this process (the first call at a new length
-    pays per-shape setup, e.g. attention plans and cuBLAS heuristics: that is what a user's first
-    TTFT at a new length sees)."""
+    """Prefill time at prompt lengths not seen before in this process, called on the decoder directly
+    (the first call at a new length pays per-shape setup, e.g. attention plans and cuBLAS heuristics;
+    `TextModel` pads prompts to a few bucket lengths and warms them when it optimizes, so that its
+    requests don't pay it)."""
     times = {}
     for length in sorted({max(2, max_length // f + 1 + run) for f in (5, 3, 2)}):
         ids = torch.zeros(1, length, dtype=torch.long, device=device)
@@ -145,18 +146,15 @@ import json, sys, time, torch
 sys.argv = {["llm_decode.py", *sys.argv[1:]]!r}
 sys.path.insert(0, {str(Path(__file__).resolve().parents[2])!r})
 import aoti
-from benchmarks.gpu.llm_decode import build, parse, prompt_of
-from engines.registry import ASSETS, ModelSpec
+from benchmarks.gpu.llm_decode import model_and_prompt, parse
+from engines.registry import ModelSpec
 from engines.text import SamplingParams, TextModel
-from transformers import AutoTokenizer
 args = parse()
-model = build(args, "cuda", torch.bfloat16)
-tokenizer = AutoTokenizer.from_pretrained(ASSETS / "tiny-llama-pydoc")
-prompt = prompt_of(tokenizer, args.prompt_tokens)
+device, model, tokenizer, prompt = model_and_prompt(args)
 n = tokenizer(prompt, return_tensors="pt").input_ids.shape[1]
 spec = ModelSpec(id="qwen2.5-7b-geometry", task="text", source="random-weights", compile_module="decoder",
                  max_new_tokens=args.new_tokens, max_prompt_tokens=n)
-text = TextModel(spec, "cuda", model=model, tokenizer=tokenizer)
+text = TextModel(spec, device, model=model, tokenizer=tokenizer)
 torch.cuda.synchronize()
 t0 = time.perf_counter()
 status = text.optimize(aoti.CompileOptions(), aoti.Cache(args.cache))
@@ -183,16 +181,22 @@ def parse() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def main() -> None:
-    args = parse()
-    device = "cuda" if torch.cuda.is_available() and not args.tiny else "cpu"
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    rec = Recorder(args.out, device)
-    model = build(args, device, dtype)
+def model_and_prompt(args: argparse.Namespace) -> tuple[str, torch.nn.Module, Any, str]:
+    """The device, the random-weight model on it (bf16 on a GPU), a tokenizer, and a prompt of about
+    ``args.prompt_tokens`` tokens."""
     from transformers import AutoTokenizer
 
+    device = "cuda" if torch.cuda.is_available() and not args.tiny else "cpu"
+    model = build(args, device, torch.bfloat16 if device == "cuda" else torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(ASSETS / "tiny-llama-pydoc")  # any tokenizer: ids < its vocab
-    prompt = prompt_of(tokenizer, args.prompt_tokens)
+    return device, model, tokenizer, prompt_of(tokenizer, args.prompt_tokens)
+
+
+def main() -> None:
+    args = parse()
+    device, model, tokenizer, prompt = model_and_prompt(args)
+    dtype = model.dtype
+    rec = Recorder(args.out, device)
     ids = tokenizer(prompt, return_tensors="pt").input_ids.to(device)
     mean_context = ids.shape[1] + args.new_tokens // 2  # the KV cache a decode step reads, on average
     rec.meta.update(geometry={"config": "tiny" if args.tiny else "Qwen2.5-7B", "layers": args.layers,

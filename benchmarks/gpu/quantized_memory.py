@@ -26,8 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import aoti  # noqa: E402
 from aoti.quant import quantize  # noqa: E402
 from benchmarks.common import Recorder  # noqa: E402
-from benchmarks.gpu.llm_decode import build, prompt_of  # noqa: E402
-from engines.registry import ASSETS, ModelSpec  # noqa: E402
+from benchmarks.gpu.llm_decode import model_and_prompt  # noqa: E402
+from engines.registry import ModelSpec  # noqa: E402
 from engines.text import SamplingParams, TextModel  # noqa: E402
 
 
@@ -72,14 +72,8 @@ def parse() -> argparse.Namespace:
 
 def main() -> None:
     args = parse()
-    device = "cuda" if torch.cuda.is_available() and not args.tiny else "cpu"
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    device, model, tokenizer, prompt = model_and_prompt(args)
     rec = Recorder(args.out, device)
-    model = build(args, device, dtype)
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(ASSETS / "tiny-llama-pydoc")
-    prompt = prompt_of(tokenizer, args.prompt_tokens)
     n = tokenizer(prompt, return_tensors="pt").input_ids.shape[1]
     spec = ModelSpec(id="qwen2.5-7b-geometry", task="text", source="random-weights", compile_module="decoder",
                      max_new_tokens=args.new_tokens, max_prompt_tokens=n)

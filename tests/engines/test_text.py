@@ -31,6 +31,8 @@ def test_aoti_decode_loop_gives_the_same_greedy_tokens_as_eager(engine, text_mod
     eager = [list(text_model.generate(p, GREEDY))[-1].text for p in prompts]
     state = engine.optimize(text_spec.id, background=False)
     assert state.state == "aoti", state.reason
+    warmed = aoti.status_of(text_model.decoder).compiled_calls
+    assert warmed == len(text_model.prefill_buckets()) + 1  # every prefill bucket and the decode step, compiled
     compiled = [list(text_model.generate(p, GREEDY))[-1].text for p in prompts]
     assert compiled == eager
     live = aoti.status_of(text_model.decoder)
@@ -76,3 +78,25 @@ def test_queueing_the_next_step_ahead_changes_no_token(text_model):
         text_model.queue_ahead = False
     assert results[True] == results[False]
     assert len(results[True][2]) == cap.max_new_tokens
+
+
+def test_padding_prompts_to_buckets_changes_no_logit_and_no_token(text_model):
+    """Prompts are right-padded to a bucket length; the first token's logits and the greedy tokens
+    equal an unpadded run of the same decoder."""
+    text_model.restore()
+    assert text_model.prefill_buckets()[-1] == text_model.spec.max_prompt_tokens
+    decoder, positions = text_model.decoder, torch.arange(text_model.max_cache_len)
+    for prompt in ["If the file", "Return the number of lines in " * 3]:
+        ids = text_model.check_inputs(prompt, GREEDY)
+        length = ids.shape[1]
+        assert text_model.prefill_length(length) > length  # really padded
+        with torch.no_grad():
+            logits = decoder(input_ids=ids, cache_position=positions[:length])[0, -1]
+            reference, token = [], logits.argmax()
+            for i in range(12):
+                reference.append(int(token))
+                token = decoder(input_ids=token.view(1, 1), cache_position=positions[length + i : length + i + 1])[0, -1].argmax()
+            padded = torch.nn.functional.pad(ids, (0, text_model.prefill_length(length) - length))
+            padded_logits = decoder(input_ids=padded, cache_position=positions[: padded.shape[1]])[0, length - 1]
+        torch.testing.assert_close(padded_logits, logits, rtol=1e-4, atol=1e-4)
+        assert list(text_model.decode_tokens(ids, SamplingParams(max_new_tokens=12, temperature=0))) == reference
