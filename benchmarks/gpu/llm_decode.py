@@ -113,12 +113,24 @@ def ours(text: TextModel, prompt: str, new_tokens: int, device: str, run: int = 
     prefill = measure(lambda: text.decoder(input_ids=ids, cache_position=torch.arange(ids.shape[1], device=device)), device, iters=5)
     result = {**steps_summary(steps), "first_request": steps_summary(first), "prefill_ms": prefill["median_ms"],
               "prefill_first_call_ms": first_calls(text, ids.shape[1], device, run),
+              "ttft_new_lengths_ms": ttft_at_new_lengths(text, ids.shape[1], run),
               "peak_mem_gb": prefill.get("peak_mem_gb"), "token_ids": text.tokenizer(steps[-1].text).input_ids[:32]}
     if device == "cuda":  # one decode step: GPU kernel time vs the loop's time per token
         token, position = torch.zeros(1, 1, dtype=torch.long, device=device), torch.tensor([ids.shape[1]], device=device)
         result["decode_step_profile"] = kernel_profile(lambda: text.decoder(input_ids=token, cache_position=position))
         result["loop_ms_per_token"] = round(1e3 / result["decode_tokens_per_s"], 3)
     return result
+
+
+def ttft_at_new_lengths(text: TextModel, max_length: int, run: int = 0) -> dict[int, float]:
+    """Time to the first token through `TextModel.generate` for prompts of lengths no request of this
+    process had (padded to a bucket the optimize step warmed): what a user's new prompt meets."""
+    params = SamplingParams(max_new_tokens=1, temperature=0, ignore_eos=True)
+    times = {}
+    for length in sorted({max(2, max_length // f + 3 + run) for f in (5, 3, 2)}):
+        step = list(text.generate(prompt_of(text.tokenizer, length), params))[-1]
+        times[length] = round(step.ttft_s * 1e3, 2)
+    return times
 
 
 def first_calls(text: TextModel, max_length: int, device: str, run: int = 0) -> dict[int, float]:
