@@ -90,10 +90,11 @@ PREFILL_BUCKET = 64  # prompts are padded up to a multiple of this many tokens
 class TextModel:
     """A loaded causal LM with its static-cache decoder; `optimize` swaps in the AOTI graphs.
 
-    Prompts are right-padded to a few bucket lengths (`prefill_length`). On a GPU the first call at a
-    new shape pays for per-shape setup (attention plans, GEMM heuristics: 50-100 ms for a 7B model's
-    AOTI prefill, against 14.5 ms warm, BENCHMARKS.md), so a server that saw every prompt length as a
-    new shape paid it on most requests; with buckets, `optimize` pays it once per bucket at startup.
+    On a GPU prompts are right-padded to a few bucket lengths (`prefill_length`): there the first call
+    at a new shape pays for per-shape setup (attention plans, GEMM heuristics: 50-100 ms for a 7B
+    model's AOTI prefill, against 14.5 ms warm, BENCHMARKS.md), so a server that saw every prompt
+    length as a new shape paid it on most requests; with buckets, `optimize` pays it once per bucket
+    at startup. On the CPU, where a new length costs nothing extra, prompts run at their own length.
     Padding is exact: the causal mask keeps the pad tokens out of every real position, the first
     token is sampled from the last real position, and decode steps overwrite the pads' cache slots
     before any query can see them."""
@@ -118,6 +119,7 @@ class TextModel:
         self.decoder = TorchExportableModuleWithStaticCache(model, batch_size=1, max_cache_len=self.max_cache_len, device=device)
         self.status = aoti.Status(runtime="eager", reason="not compiled yet")
         self.queue_ahead = device.startswith("cuda")  # CPU ops run synchronously: nothing to overlap
+        self.pad_prompts = device.startswith("cuda")  # per-shape first-call costs are a GPU thing
 
     # --- compile -----------------------------------------------------------------------------------
 
@@ -147,7 +149,7 @@ class TextModel:
         options = (options or aoti.CompileOptions()).replace(dispatch="dynamic", strict=True)
         graphs = self.device == "cuda" if cuda_graphs is None else cuda_graphs
         self.status = optimize_module(self.decoder, self.capture_calls, options, cache, exclusive, cuda_graphs=graphs)
-        if self.status.runtime == "aoti":
+        if self.status.runtime == "aoti" and self.pad_prompts:
             with exclusive or contextlib.nullcontext():
                 self.warm_up()
         return self.status
@@ -158,11 +160,11 @@ class TextModel:
         return sorted({min(b, longest) for b in range(PREFILL_BUCKET, longest + PREFILL_BUCKET, PREFILL_BUCKET)})
 
     def prefill_length(self, length: int) -> int:
-        """The bucket a prompt of ``length`` tokens is padded to."""
+        """The length a prompt of ``length`` tokens is padded to: its bucket (its own length on the CPU)."""
         bucket = next((b for b in self.prefill_buckets() if b >= length), None)
         if bucket is None:
             raise ValueError(f"the prompt is {length} tokens; this model takes at most {self.spec.max_prompt_tokens}.")
-        return bucket
+        return bucket if self.pad_prompts else length
 
     @torch.no_grad()
     def warm_up(self) -> None:
@@ -215,7 +217,7 @@ class TextModel:
             yield TextStep(self.tokenizer.decode(generated, skip_special_tokens=True), len(generated), ttft, time.perf_counter() - start)
 
     def decode_tokens(self, ids: torch.Tensor, params: SamplingParams) -> Iterator[int]:
-        """Prefill ``ids`` (padded to its bucket), then yield up to ``params.max_new_tokens`` sampled
+        """Prefill ``ids`` (padded to its bucket on a GPU), then yield up to ``params.max_new_tokens`` sampled
         token ids.
 
         On a GPU the next decode step is queued before the current token is read back, so the GPU

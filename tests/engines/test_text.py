@@ -25,7 +25,8 @@ def test_embedded_text_model_writes_words(text_model):
     assert [s.tokens for s in steps] == list(range(1, len(steps) + 1))  # streamed one token at a time
 
 
-def test_aoti_decode_loop_gives_the_same_greedy_tokens_as_eager(engine, text_model, text_spec):
+def test_aoti_decode_loop_gives_the_same_greedy_tokens_as_eager(engine, text_model, text_spec, monkeypatch):
+    monkeypatch.setattr(text_model, "pad_prompts", True)  # as on a GPU: padded prompts, warmed buckets
     text_model.restore()
     prompts = ["Return the number of", "The socket module", "If the file"]
     eager = [list(text_model.generate(p, GREEDY))[-1].text for p in prompts]
@@ -80,9 +81,11 @@ def test_queueing_the_next_step_ahead_changes_no_token(text_model):
     assert len(results[True][2]) == cap.max_new_tokens
 
 
-def test_padding_prompts_to_buckets_changes_no_logit_and_no_token(text_model):
-    """Prompts are right-padded to a bucket length; the first token's logits and the greedy tokens
-    equal an unpadded run of the same decoder."""
+def test_padding_prompts_to_buckets_changes_no_logit_and_no_token(text_model, monkeypatch):
+    """Prompts are right-padded to a bucket length (on GPUs); the first token's logits and the greedy
+    tokens equal an unpadded run of the same decoder."""
+    assert not text_model.pad_prompts and text_model.prefill_length(5) == 5  # the CPU runs prompts as they are
+    monkeypatch.setattr(text_model, "pad_prompts", True)
     text_model.restore()
     assert text_model.prefill_buckets()[-1] == text_model.spec.max_prompt_tokens
     decoder, positions = text_model.decoder, torch.arange(text_model.max_cache_len)
