@@ -126,11 +126,17 @@ class TextModel:
     def capture_calls(self) -> aoti.CapturedCalls:
         """The decoder's calls for a decode step, a 2-token prefill and a full-length prefill, so the
         planner builds one static decode graph and one prefill graph over lengths 2..max_prompt."""
-        with aoti.capture(self.decoder, stop=False) as calls, torch.no_grad():
+        with aoti.capture(self.decoder, stop=False) as calls:
             for length in (1, 2, self.spec.max_prompt_tokens):
-                ids = torch.zeros(1, length, dtype=torch.long, device=self.device)
-                self.decoder(input_ids=ids, cache_position=torch.arange(length, device=self.device))
+                self._feed_zeros(length)
         return calls
+
+    @torch.no_grad()
+    def _feed_zeros(self, length: int, start: int = 0) -> None:
+        """Run the decoder on ``length`` placeholder tokens at cache positions ``start``..: what
+        capturing and warming need (the cache slots written are overwritten by the next request)."""
+        ids = torch.zeros(1, length, dtype=torch.long, device=self.device)
+        self.decoder(input_ids=ids, cache_position=torch.arange(start, start + length, device=self.device))
 
     @property
     def hot_module(self) -> torch.nn.Module:
@@ -147,7 +153,7 @@ class TextModel:
         while the model runs or is traced, so requests keep being served eagerly during the build.
         On a GPU the one-token decode graph is replayed as a CUDA graph (``cuda_graphs``, default on)."""
         options = (options or aoti.CompileOptions()).replace(dispatch="dynamic", strict=True)
-        graphs = self.device == "cuda" if cuda_graphs is None else cuda_graphs
+        graphs = self.device.startswith("cuda") if cuda_graphs is None else cuda_graphs
         self.status = optimize_module(self.decoder, self.capture_calls, options, cache, exclusive, cuda_graphs=graphs)
         if self.status.runtime == "aoti" and self.pad_prompts:
             with exclusive or contextlib.nullcontext():
@@ -166,16 +172,14 @@ class TextModel:
             raise ValueError(f"the prompt is {length} tokens; this model takes at most {self.spec.max_prompt_tokens}.")
         return bucket if self.pad_prompts else length
 
-    @torch.no_grad()
     def warm_up(self) -> None:
         """Run a prefill at every bucket length and one decode step, so that requests meet no shape
         for the first time (and the decode step's CUDA graph is captured before the first request)."""
         start = time.perf_counter()
-        positions = torch.arange(self.max_cache_len, device=self.device)
         buckets = self.prefill_buckets()
         for length in buckets:
-            self.decoder(input_ids=torch.zeros(1, length, dtype=torch.long, device=self.device), cache_position=positions[:length])
-        self.decoder(input_ids=torch.zeros(1, 1, dtype=torch.long, device=self.device), cache_position=positions[buckets[-1] :][:1])
+            self._feed_zeros(length)
+        self._feed_zeros(1, start=buckets[-1])
         if self.device.startswith("cuda"):
             torch.cuda.synchronize()
         log.info("%s: warmed %d prefill lengths and the decode step in %.2f s", self.spec.id, len(buckets),
@@ -196,8 +200,7 @@ class TextModel:
         if not 0 < params.top_p <= 1:
             raise ValueError(f"`top_p` must be in (0, 1], got {params.top_p}.")
         ids = self.tokenizer(prompt, return_tensors="pt").input_ids
-        if ids.shape[1] > self.spec.max_prompt_tokens:
-            raise ValueError(f"the prompt is {ids.shape[1]} tokens; this model takes at most {self.spec.max_prompt_tokens}.")
+        self.prefill_length(ids.shape[1])  # raises for a prompt longer than the model takes
         return ids.to(self.device)
 
     @torch.no_grad()

@@ -62,7 +62,7 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 @pytest.mark.parametrize("strict", [False, True])
 def test_fp8_rowwise_models_export_and_compile_like_their_eager_run(cache, strict):
-    """FP8 weights are plain buffers: non-strict export (diffusers FLUX) and Dynamo's strict export
+    """FP8 weights are plain tensors (uint8 bits viewed as e4m3): non-strict export (diffusers FLUX) and Dynamo's strict export
     (transformers Llama, as the text engine uses) both trace them; compiled == eager FP8 on fresh inputs."""
     from aoti.quant import RowwiseFloat8Linear, quantize
 
