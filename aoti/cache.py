@@ -40,6 +40,7 @@ PROBE_FILE = "probe.json"
 LAST_USED_FILE = "last_used"
 ARTIFACTS_DIR = "artifacts"
 STAGING_DIR = "staging"
+FAILED_DIR = "failed"  # builds that failed, by key, so that a fallback does not retry them every start
 LOCKS_DIR = "locks"
 ENV_CACHE_DIR = "AOTI_CACHE_DIR"
 ENV_CACHE_MAX_BYTES = "AOTI_CACHE_MAX_BYTES"
@@ -211,6 +212,19 @@ class Cache:
         except (OSError, ValueError):
             return None
 
+    def record_failed_build(self, key: str, error: str) -> None:
+        """Remember that building ``key`` failed (a caller that has a fallback skips it next time)."""
+        path = self.root / FAILED_DIR / f"{key}.json"
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(json.dumps({"key": key, "error": error}))
+
+    def failed_build(self, key: str) -> str | None:
+        """The error of an earlier failed build of ``key``, or None."""
+        try:
+            return json.loads((self.root / FAILED_DIR / f"{key}.json").read_text())["error"]
+        except (OSError, ValueError, KeyError):
+            return None
+
     def remove(self, key: str) -> None:
         shutil.rmtree(self.entry_dir(key), ignore_errors=True)
 
@@ -235,5 +249,6 @@ class Cache:
         for entry in entries:
             self.remove(entry.key)
         shutil.rmtree(self.root / STAGING_DIR, ignore_errors=True)
+        shutil.rmtree(self.root / FAILED_DIR, ignore_errors=True)
         (self.root / STAGING_DIR).mkdir(exist_ok=True)
         return len(entries)

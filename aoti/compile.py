@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from . import attention, quant
+from . import attention, gemv, quant
 from .cache import PACKAGE_FILE, Cache, Entry, key_of
 from .capture import CapturedCall, CapturedCalls
 from .env import fingerprint, module_device
@@ -176,6 +176,15 @@ def compile(
     if already != decision.applied:
         with exclusive:
             quant.quantize(module, decision.applied)
+    wanted = options.gemv if options.gemv is not None else options.preset == "decode"
+    one_row_kernel = wanted and gemv.runs_on(device)
+    if one_row_kernel and not gemv.available():
+        fallbacks.append("gemv -> cuBLAS: Triton is not installed")
+        log.warning("aoti: %s", fallbacks[-1])
+        one_row_kernel = False
+    options = options.replace(gemv=one_row_kernel)
+    with exclusive:
+        gemv.use_gemv(module, enabled=one_row_kernel)
 
     # 2. Regional mode compiles the repeated blocks instead of the whole module.
     if options.regional:
@@ -185,24 +194,21 @@ def compile(
         artifact.status.fallbacks[:0] = fallbacks
         return artifact
 
-    # 3. Whole module: one package with one graph per plan, through the cache.
-    plans = plan_graphs(calls, options, module)
-    key, fields = cache_key(module, options, plans)
-    entry = cache.get(key, fields["env"])
-    cache_hit, source = entry is not None, "local cache"
-    if entry is None and hub is not None:
-        try:
-            entry, cache_hit, source = hub_pull(hub, key, cache, fields["env"]), True, f"hub {hub.repo_id}"
-        except HubRefused as exc:
-            fallbacks.append(f"hub -> compile: {exc}")
-            log.warning("aoti: %s", fallbacks[-1])
-    if entry is None:
-        with cache.lock(key):
-            entry = cache.get(key, fields["env"])
-            cache_hit = entry is not None
-            if entry is None:
-                entry = _build(module, plans, options, device, cache, key, fields, exclusive)
-                _maybe_push(cache, key, fallbacks)
+    # 3. Whole module: one package with one graph per plan, through the cache. A build that fails
+    #    with aoti.gemv in its graphs is built again without it (Inductor's C++ wrapper has failed to
+    #    compile such graphs now and then; see `aoti.inductor_fixes`), and the fallback is recorded.
+    try:
+        entry, key, cache_hit, source = _find_or_build(module, calls, options, device, cache, hub, exclusive, fallbacks,
+                                                       remember_failure=options.gemv)
+    except Exception as exc:
+        if not options.gemv:
+            raise
+        fallbacks.append(f"gemv -> off: the build with aoti.gemv failed ({_first_error_line(exc)}); built without it")
+        log.warning("aoti: %s", fallbacks[-1])
+        options = options.replace(gemv=False)
+        with exclusive:
+            gemv.use_gemv(module, enabled=False)
+        entry, key, cache_hit, source = _find_or_build(module, calls, options, device, cache, hub, exclusive, fallbacks)
     manifest = entry.manifest
     status = Status(
         runtime="eager",
@@ -217,6 +223,47 @@ def compile(
     )
     log.info("aoti: %s %s (%d graphs, key %s)", "loaded" if cache_hit else "compiled", type(module).__name__, status.graphs, key)
     return Artifact(entry, status, cache)
+
+
+def _find_or_build(module: torch.nn.Module, calls: list[CapturedCall], options: CompileOptions, device: torch.device,
+                   cache: Cache, hub: HubSource | None, exclusive: contextlib.AbstractContextManager,
+                   fallbacks: list[str], remember_failure: bool = False) -> tuple[Entry, str, bool, str]:
+    """The package for these calls and options: from the local cache, the Hub, or built now.
+    Returns the entry, its key, whether it was found rather than built, and where it was found.
+    With ``remember_failure`` a failed build is recorded in the cache and raised again, without
+    building, on later calls (the caller has a fallback and should not pay for the failure twice)."""
+    plans = plan_graphs(calls, options, module)
+    key, fields = cache_key(module, options, plans)
+    entry = cache.get(key, fields["env"])
+    cache_hit, source = entry is not None, "local cache"
+    if entry is None and hub is not None:
+        try:
+            entry, cache_hit, source = hub_pull(hub, key, cache, fields["env"]), True, f"hub {hub.repo_id}"
+        except HubRefused as exc:
+            fallbacks.append(f"hub -> compile: {exc}")
+            log.warning("aoti: %s", fallbacks[-1])
+    if entry is None and remember_failure and (earlier := cache.failed_build(key)) is not None:
+        raise RuntimeError(f"an earlier build of package {key} failed: {earlier}")
+    if entry is None:
+        with cache.lock(key):
+            entry = cache.get(key, fields["env"])
+            cache_hit = entry is not None
+            if entry is None:
+                try:
+                    entry = _build(module, plans, options, device, cache, key, fields, exclusive)
+                except Exception as exc:
+                    if remember_failure:
+                        cache.record_failed_build(key, _first_error_line(exc))
+                    raise
+                _maybe_push(cache, key, fallbacks)
+    return entry, key, cache_hit, source
+
+
+def _first_error_line(exc: Exception) -> str:
+    """The line of a (long) build error that names the problem: a compiler's "error:" line if any."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    named = next((line for line in lines if "error:" in line), lines[0] if lines else "")
+    return f"{type(exc).__name__}: {named}"[:300]
 
 
 def _maybe_push(cache: Cache, key: str, fallbacks: list[str]) -> None:

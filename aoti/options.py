@@ -69,14 +69,18 @@ class CompileOptions:
             Implies dispatch="dynamic" for those dims.
         quantization: "none", "int8_weight_only" (CPU and GPU) or "fp8_rowwise" (CUDA, capability >= 8.9).
         regional: compile one package per repeated block signature instead of the whole module.
-        preset: inductor preset: "default" (fast builds, cuBLAS/CUTLASS matmuls), "decode" (also tunes
-            one-row matmuls as Triton reductions: LLM decode steps) or "max-autotune".
+        preset: inductor preset: "default" (fast builds, cuBLAS/CUTLASS matmuls), "decode" (LLM decode
+            steps: one-row linears on `aoti.gemv`, other reductions tuned by coordinate descent) or
+            "max-autotune".
         device: "cpu", "cuda" or None (the module's own device).
         method: the module method to compile and swap.
         strict: `torch.export` strict mode (TorchDynamo tracing); needed by transformers' static-cache
             export wrapper, whose cache tensors are reached through a Python object.
         attention: the fused SDPA kernel the graph calls: "auto" (PyTorch's choice), "cudnn", "flash",
             "efficient" or "math" (see `aoti.attention`).
+        gemv: on CUDA, one-row calls of linear layers (LLM decode steps) run `aoti.gemv`'s
+            bandwidth-tuned Triton kernel (FP8 weights too) instead of cuBLAS or Inductor's
+            reductions. None (default): on with the "decode" preset. Never on the CPU.
     """
 
     dispatch: Dispatch = "static"
@@ -88,6 +92,7 @@ class CompileOptions:
     method: str = "forward"
     strict: bool = False
     attention: str = "auto"
+    gemv: bool | None = None
     version: int = field(default=OPTIONS_VERSION)
 
     def __post_init__(self) -> None:

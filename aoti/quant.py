@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .gemv import GemvLinear, gemv, on_kernel_device, one_row
+
 log = logging.getLogger(__name__)
 
 FP8_MIN_CAPABILITY = (8, 9)
@@ -59,11 +61,14 @@ class RowwiseFloat8Linear(torch.nn.Module):
     first floating-point parameter (diffusers, transformers) and ``module.to(dtype)`` casts every
     floating-point tensor: uint8 is neither. The float32 scale stays a (small) buffer for that reason.
 
-    One-row inputs (an LLM decode step, FLUX's timestep modulation) take the same path. Measured on an
-    H200: a weight-only alternative written as product + sum, which Inductor fuses into one Triton
-    reduction over the FP8 weight, read that weight at 0.4-1.5 TB/s (FLUX step +1.1 ms; Qwen2.5-7B
-    decode 166.5 tok/s with the "decode" preset against 199.0 in bf16), no better than cuBLASLt's FP8
-    kernels at one row; BENCHMARKS.md has the figures."""
+    One-row inputs (an LLM decode step, FLUX's timestep modulation) are bound by reading the weight,
+    and cuBLASLt's FP8 kernels tile 128 rows: they read a one-row product's FP8 weight at 1.0-2.4 TB/s on
+    an H200. With ``one_row_kernel`` set (`aoti.gemv.use_gemv`; `aoti.compile` sets it with the "decode" preset) such
+    calls go through `aoti.gemv` instead, weight-only (the activation stays bf16), at 1.4-3.7 TB/s
+    (`benchmarks/gpu/gemv.py`). Inductor's own reduction over the FP8 weight (product + sum, gpt-fast's
+    int8 trick) read it at 0.4-1.5 TB/s; BENCHMARKS.md has the figures."""
+
+    one_row_kernel = False
 
     def __init__(self, weight: torch.Tensor, weight_scale: torch.Tensor, bias: torch.Tensor | None) -> None:
         super().__init__()
@@ -84,6 +89,8 @@ class RowwiseFloat8Linear(torch.nn.Module):
         return cls(weight, scale.reshape(1, -1).contiguous(), bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.one_row_kernel and on_kernel_device(x) and one_row(x):
+            return gemv(x, self.fp8_weight, self.weight_scale.reshape(-1), self.bias)
         rows = x.reshape(-1, x.shape[-1])
         q, scale = rowwise_fp8(rows)
         out = torch._scaled_mm(q, self.fp8_weight.t(), scale_a=scale, scale_b=self.weight_scale, bias=self.bias,
@@ -175,7 +182,7 @@ def _swap_linears(module: torch.nn.Module, make: Callable[[torch.nn.Linear], tor
     swapped = 0
     for parent in list(module.modules()):
         for name, child in list(parent._modules.items()):
-            if type(child) is torch.nn.Linear and fp8_compatible(child):
+            if type(child) in (torch.nn.Linear, GemvLinear) and fp8_compatible(child):
                 parent._modules[name] = make(child)
                 swapped += 1
     return swapped

@@ -186,8 +186,11 @@ def settle_vec_isa(state_dir: str | None = None) -> str:
 @functools.lru_cache(maxsize=1)
 def prepare_inductor() -> Toolchain:
     """Everything Inductor needs before building or loading a package in this process (once)."""
+    from .inductor_fixes import apply_fixes
+
     chain = ensure_toolchain()
     note = settle_vec_isa()
+    apply_fixes()
     log.info("toolchain: %s; %s", chain.note, note)
     return chain
 

@@ -33,6 +33,7 @@ def test_llm_decode_records_our_loop_eager_and_aoti(tmp_path):
     assert compiled["runtime"] == "aoti" and compiled["graphs"] == 2
     assert compiled["token_ids"] == eager["token_ids"]  # greedy text identical
     assert compiled["prefill_logits_rel_error_vs_eager"] < 1e-4
+    assert compiled["decode_step_logits_rel_error_vs_eager"] < 1e-4
     assert len(compiled["ttft_new_lengths_ms"]) == 3 and min(compiled["ttft_new_lengths_ms"].values()) > 0
 
 
