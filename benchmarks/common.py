@@ -154,7 +154,10 @@ class Recorder:
             try:
                 run_one(name)
             except Exception as exc:  # one failing variant must not lose the others
-                self.variant(name, {"error": f"{type(exc).__name__}: {exc}"[:1500]})
+                text = f"{type(exc).__name__}: {exc}"
+                # A compiler's own diagnosis comes at the end of a long message: keep both ends.
+                self.variant(name, {"error": text[:1500], "error_tail": text[-4000:] if len(text) > 1500 else None,
+                                    "error_lines": [line for line in text.splitlines() if "error" in line.lower()][:40]})
             if after is not None:
                 after()
         self.meta["total_s"] = round(time.perf_counter() - self.started, 1)

@@ -33,15 +33,19 @@ TINY = dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_ke
             max_position_embeddings=2048, tie_word_embeddings=False)
 
 
-# Our loop's AOTI variants (all but "ours_aoti" replay the decode step as a CUDA graph).
+# Our loop's AOTI variants (all but "ours_aoti" replay the decode step as a CUDA graph). The older
+# variants keep what they measured before `aoti.gemv` existed (gemv=False); "ours_gemv" is what the
+# text engine runs on a GPU.
 VARIANT_OPTIONS = {
-    "ours_aoti": aoti.CompileOptions(),
-    "ours_aoti_graphs": aoti.CompileOptions(),
-    "ours_aoti_max": aoti.CompileOptions(preset="max-autotune"),  # Triton GEMV/GEMM autotuning
-    "ours_aoti_flash": aoti.CompileOptions(attention="flash"),  # FlashAttention-2 instead of cuDNN plans
-    "ours_aoti_decode": aoti.CompileOptions(preset="decode"),  # one-row matmuls as tuned Triton reductions
-    "ours_fp8": aoti.CompileOptions(quantization="fp8_rowwise"),
-    "ours_fp8_decode": aoti.CompileOptions(quantization="fp8_rowwise", preset="decode"),
+    "ours_aoti": aoti.CompileOptions(gemv=False),
+    "ours_aoti_graphs": aoti.CompileOptions(gemv=False),
+    "ours_aoti_max": aoti.CompileOptions(preset="max-autotune", gemv=False),  # Triton GEMV/GEMM autotuning
+    "ours_aoti_flash": aoti.CompileOptions(attention="flash", gemv=False),  # FlashAttention-2 instead of cuDNN plans
+    "ours_aoti_decode": aoti.CompileOptions(preset="decode", gemv=False),  # one-row matmuls as tuned Triton reductions
+    "ours_gemv": aoti.CompileOptions(preset="decode"),  # one-row linears through aoti.gemv
+    "ours_fp8": aoti.CompileOptions(quantization="fp8_rowwise", gemv=False),  # one-row FP8 through _scaled_mm
+    "ours_fp8_decode": aoti.CompileOptions(quantization="fp8_rowwise", preset="decode", gemv=False),
+    "ours_fp8_gemv": aoti.CompileOptions(quantization="fp8_rowwise", preset="decode"),  # FP8 weight-only one-row kernel
 }
 
 
@@ -122,6 +126,15 @@ def ours(text: TextModel, prompt: str, new_tokens: int, device: str, run: int = 
     return result
 
 
+def prefill_and_step_logits(text: TextModel, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The prompt's logits (prefill graph) and the next position's after feeding token 0 (decode step)."""
+    n, device = ids.shape[1], ids.device
+    with torch.no_grad():
+        prefill = text.decoder(input_ids=ids, cache_position=torch.arange(n, device=device)).clone()
+        step = text.decoder(input_ids=ids[:, :1], cache_position=torch.tensor([n], device=device)).clone()
+    return prefill, step
+
+
 def ttft_at_new_lengths(text: TextModel, max_length: int, run: int = 0) -> dict[int, float]:
     """Time to the first token through `TextModel.generate` for prompts of lengths no request of this
     process had (padded to a bucket the optimize step warmed): what a user's new prompt meets."""
@@ -148,6 +161,17 @@ def first_calls(text: TextModel, max_length: int, device: str, run: int = 0) -> 
         sync(device)
         times[length] = round((time.perf_counter() - start) * 1e3, 2)
     return times
+
+
+def keep_failed_sources(fallbacks: list[str], out_dir: Path, name: str) -> None:
+    """Copy the C++ file of a build that failed (named in a fallback) next to the results, to read later."""
+    import re
+    import shutil
+
+    for match in re.finditer(r"(/\S+\.cpp):\d+", " ".join(fallbacks)):
+        source = Path(match.group(1))
+        if source.exists():
+            shutil.copy(source, out_dir / f"{name}_failed_{source.name}")
 
 
 def warm_load_in_fresh_process(args: argparse.Namespace) -> dict[str, Any]:
@@ -235,8 +259,7 @@ def main() -> None:
             torch._dynamo.reset()
         elif name == "ours_eager":
             text = state["text"] = TextModel(spec, device, model=model, tokenizer=tokenizer)
-            with torch.no_grad():
-                state["reference_logits"] = text.decoder(input_ids=ids, cache_position=torch.arange(ids.shape[1], device=device))
+            state["reference_logits"] = prefill_and_step_logits(text, ids)
             rec.variant(name, ours(text, prompt, args.new_tokens, device, run=len(rec.variants)))
         elif name in VARIANT_OPTIONS:
             text = state["text"] = state["text"] or TextModel(spec, device, model=model, tokenizer=tokenizer)
@@ -248,14 +271,15 @@ def main() -> None:
             memory = {"allocated_gb_before_optimize": before_gb, "allocated_gb_after_optimize": allocated_gb(device)}
             result = ours(text, prompt, args.new_tokens, device, run=len(rec.variants))
             if state["reference_logits"] is not None:
-                with torch.no_grad():
-                    logits = text.decoder(input_ids=ids, cache_position=torch.arange(ids.shape[1], device=device))
-                result["prefill_logits_rel_error_vs_eager"] = rel_error(logits, state["reference_logits"])
+                logits = prefill_and_step_logits(text, ids)
+                result["prefill_logits_rel_error_vs_eager"] = rel_error(logits[0], state["reference_logits"][0])
+                result["decode_step_logits_rel_error_vs_eager"] = rel_error(logits[1], state["reference_logits"][1])
             if name.startswith("ours_fp8") and device == "cuda":
                 fp8_bytes = decode_bytes(model, mean_context)
                 rec.meta["floor_tokens_per_s"]["fp8_weights"] = round(rec.meta["copy_bandwidth_gbs"] * 1e9 / fp8_bytes, 1)
             rec.variant(name, result, **memory, optimize_s=round(optimize_s, 2), compile_s=status.compile_s, load_s=status.load_s,
                         runtime=status.runtime, reason=status.reason, fallbacks=status.fallbacks, graphs=status.graphs)
+            keep_failed_sources(status.fallbacks, Path(args.out).parent, name)
             text.restore()
         elif name == "warm_load":
             rec.variant(name, warm_load_in_fresh_process(args))
