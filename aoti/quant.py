@@ -62,11 +62,11 @@ class RowwiseFloat8Linear(torch.nn.Module):
     floating-point tensor: uint8 is neither. The float32 scale stays a (small) buffer for that reason.
 
     One-row inputs (an LLM decode step, FLUX's timestep modulation) are bound by reading the weight,
-    and cuBLASLt's FP8 kernels tile 128 rows: they read a one-row product's FP8 weight at 1.0-2.4 TB/s on
-    an H200. With ``one_row_kernel`` set (`aoti.gemv.use_gemv`; `aoti.compile` sets it with the "decode" preset) such
-    calls go through `aoti.gemv` instead, weight-only (the activation stays bf16), at 1.4-3.7 TB/s
-    (`benchmarks/gpu/gemv.py`). Inductor's own reduction over the FP8 weight (product + sum, gpt-fast's
-    int8 trick) read it at 0.4-1.5 TB/s; BENCHMARKS.md has the figures."""
+    and cuBLASLt's FP8 kernels tile 128 rows: they read a one-row product's FP8 weight at 1.0-2.4 TB/s
+    on an H200. With ``one_row_kernel`` set (`aoti.gemv.use_gemv`; `aoti.compile` sets it with the
+    "decode" preset) such calls go through `aoti.gemv` instead, weight-only (the activation stays
+    bf16), at 1.4-3.7 TB/s (`benchmarks/gpu/gemv.py`). Inductor's own reduction over the FP8 weight
+    (product + sum, gpt-fast's int8 trick) read it at 0.4-1.5 TB/s; BENCHMARKS.md has the figures."""
 
     one_row_kernel = False
 
