@@ -70,8 +70,9 @@ def preset_for(device: DeviceInfo) -> Preset:
     # 1-2 minutes at full size, and a startup compile has to fit a GPU call; "max-autotune" searches
     # Triton GEMM templates for every shape (minutes more) for a gain not yet measured at full size.
     # Text: "decode" (one-row linears on aoti.gemv, other reductions tuned): Qwen2.5-7B geometry on the
-    # H200, 211.5 tokens/s against 181.9 with Inductor's reductions and 178.8 with "default" (all with
-    # CUDA graphs); FP8 weights decode 1.64x faster than bf16 on it (BENCHMARKS.md).
+    # H200 with CUDA graphs, 211.5 tokens/s against 181.9 with Inductor's reductions on one machine
+    # (another machine: those reductions 199.0, "default" 178.8); FP8 weights decode 1.64x faster than
+    # bf16 on it (BENCHMARKS.md).
     return Preset(fp8=device.fp8, inductor="default", text_inductor="decode",
                   max_new_tokens=512 if small else 1024, max_image_side=1024 if small else 1344, regional=True)
 
