@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .gemv import GemvLinear, gemv, on_kernel_device, one_row
+from .gemv import GemvLinear, gemv, on_kernel_device, one_row, use_gemv
 
 log = logging.getLogger(__name__)
 
@@ -164,6 +164,7 @@ def quantize(module: torch.nn.Module, recipe: str) -> None:
         log.info("quantized %s with fp8_rowwise (%d linear layers)", type(module).__name__, swapped)
     else:
         _torchao_quantize(module, recipe)
+        use_gemv(module, enabled=False)  # the kernel can't read torchao's tensor-subclass weights
     for sub in module.modules():
         sub._aoti_quantization = recipe
 

@@ -169,3 +169,16 @@ def test_compile_on_the_cpu_records_no_gemv(tmp_path):
     artifact = aoti.compile(model, call, aoti.CompileOptions(gemv=True), cache=aoti.Cache(tmp_path))
     assert artifact.manifest["key_fields"]["options"]["gemv"] is False  # nothing to route on the CPU
     assert type(model[0]) is torch.nn.Linear
+
+
+@needs_triton
+def test_int8_weights_are_unrouted_when_quantized():
+    pytest.importorskip("torchao")
+    from aoti.quant import quantize
+
+    model = torch.nn.Sequential(torch.nn.Linear(32, 32))
+    gemv.use_gemv(model)
+    assert model[0].one_row_kernel
+    quantize(model, "int8_weight_only")
+    assert not model[0].one_row_kernel  # torchao's subclass weights are not the kernel's to read
+    assert gemv.use_gemv(model) == 0
