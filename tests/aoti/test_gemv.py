@@ -144,20 +144,20 @@ def test_only_plain_linear_layers_and_fp8_layers_are_routed():
     assert fp8.one_row_kernel
 
 
-def test_one_row_is_decided_from_static_sizes_only():
+@pytest.mark.parametrize("strict", [False, True])
+def test_one_row_is_decided_from_static_sizes_only(strict):
     assert gemv.one_row(torch.zeros(1, 1, 8)) and gemv.one_row(torch.zeros(8))
     assert not gemv.one_row(torch.zeros(1, 2, 8))
 
-    seen = []
-
     class Probe(torch.nn.Module):
         def forward(self, x):
-            seen.append(gemv.one_row(x))
-            return x * 2
+            return x * 3 if gemv.one_row(x) else x * 2
 
-    dim = torch.export.Dim("rows", min=2, max=64)
-    torch.export.export(Probe(), (torch.zeros(4, 8),), dynamic_shapes=({0: dim},))
-    assert seen == [False]
+    rows = torch.export.Dim("rows", min=2, max=64)
+    dynamic = torch.export.export(Probe(), (torch.zeros(4, 8),), dynamic_shapes=({0: rows},), strict=strict)
+    one = torch.export.export(Probe(), (torch.zeros(1, 8),), strict=strict)
+    assert torch.equal(dynamic.module()(torch.ones(5, 8)), torch.full((5, 8), 2.0))  # traced without a guard
+    assert torch.equal(one.module()(torch.ones(1, 8)), torch.full((1, 8), 3.0))
 
 
 def test_compile_on_the_cpu_records_no_gemv(tmp_path):
