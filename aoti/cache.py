@@ -201,10 +201,7 @@ class Cache:
 
     def write_json(self, key: str, name: str, data: dict[str, Any]) -> None:
         """Atomically write a side file (e.g. the probe verdict) into an entry."""
-        path = self.entry_dir(key) / name
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
-        os.replace(tmp, path)
+        _write_json_atomically(self.entry_dir(key) / name, data)
 
     def read_json(self, key: str, name: str) -> dict[str, Any] | None:
         try:
@@ -216,7 +213,7 @@ class Cache:
         """Remember that building ``key`` failed (a caller that has a fallback skips it next time)."""
         path = self.root / FAILED_DIR / f"{key}.json"
         path.parent.mkdir(exist_ok=True)
-        path.write_text(json.dumps({"key": key, "error": error}))
+        _write_json_atomically(path, {"key": key, "error": error})
 
     def failed_build(self, key: str) -> str | None:
         """The error of an earlier failed build of ``key``, or None."""
@@ -252,3 +249,10 @@ class Cache:
         shutil.rmtree(self.root / FAILED_DIR, ignore_errors=True)
         (self.root / STAGING_DIR).mkdir(exist_ok=True)
         return len(entries)
+
+
+def _write_json_atomically(path: Path, data: dict[str, Any]) -> None:
+    """Write ``data`` as JSON so that a reader in another process sees the old file or the new one."""
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
+    os.replace(tmp, path)

@@ -102,11 +102,7 @@ def launch(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None = N
     return out
 
 
-def interpreting() -> bool:
-    """Whether Triton runs kernels in its CPU interpreter (``TRITON_INTERPRET=1``, read at import)."""
-    return INTERPRETING
-
-
+# Whether Triton runs kernels in its CPU interpreter (``TRITON_INTERPRET=1``, read at import).
 INTERPRETING = triton is not None and os.environ.get("TRITON_INTERPRET") == "1"
 
 
@@ -138,11 +134,6 @@ def runs_on(device: torch.device) -> bool:
     return device.type == "cuda" or INTERPRETING
 
 
-def on_kernel_device(x: torch.Tensor) -> bool:
-    """Whether ``x`` is where the kernel runs (`runs_on` its device)."""
-    return x.is_cuda or INTERPRETING
-
-
 def gemv(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None = None,
          bias: torch.Tensor | None = None) -> torch.Tensor:
     """``F.linear`` for one row of ``x`` through the kernel, times ``scale`` (one float32 per output
@@ -160,7 +151,7 @@ class GemvLinear(torch.nn.Linear):
     one_row_kernel = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.one_row_kernel and on_kernel_device(x) and x.dtype == self.weight.dtype and one_row(x):
+        if self.one_row_kernel and runs_on(x.device) and x.dtype == self.weight.dtype and one_row(x):
             return gemv(x, self.weight, None, self.bias)
         return torch.nn.functional.linear(x, self.weight, self.bias)
 

@@ -6,9 +6,11 @@ that a torch without the code it fixes is left alone.
 written to (`CppWrapperCpu.codegen_int_array_var`). Memory planning writes some allocations into
 buffers that are then dropped; Python reuses a dropped buffer's id for a new one, the cache then hands
 back a variable that was declared only in the dropped buffer, and g++ fails with "'int_array_348' was
-not declared in this scope". Seen on an H200 (torch 2.11) building Qwen2.5-7B geometry with
-`aoti.gemv` in the decode graph: one build in two failed, the same build passed on a retry. Keeping
+not declared in this scope" (tests/aoti/test_inductor_fixes.py reproduces the cache's part). Keeping
 every buffer the cache has keyed alive for the wrapper's lifetime makes those ids unique again.
+That error is what builds of Qwen2.5-7B geometry with `aoti.gemv` in the decode graph met on an H200
+(torch 2.11), one build in two; an 8-layer build still failed with this fix applied, so this defect is
+not the whole cause, and `aoti.compile` falls back to a build without the kernel.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .gemv import GemvLinear, gemv, on_kernel_device, one_row, use_gemv
+from .gemv import GemvLinear, gemv, one_row, runs_on, use_gemv
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ class RowwiseFloat8Linear(torch.nn.Module):
         return cls(weight, scale.reshape(1, -1).contiguous(), bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.one_row_kernel and on_kernel_device(x) and one_row(x):
+        if self.one_row_kernel and runs_on(x.device) and one_row(x):
             return gemv(x, self.fp8_weight, self.weight_scale.reshape(-1), self.bias)
         rows = x.reshape(-1, x.shape[-1])
         q, scale = rowwise_fp8(rows)

@@ -91,7 +91,7 @@ def main() -> None:
     parser.add_argument("--shapes", default=",".join(s[0] for s in SHAPES))
     args = parser.parse_args()
     rec = Recorder(args.out, "cuda")
-    rec.meta["copy_bandwidth_gbs"] = copy_bw = memory_bandwidth_gbs()
+    rec.meta["copy_bandwidth_gbs"] = memory_bandwidth_gbs()
     started = time.perf_counter()
     torch.manual_seed(0)
     inductor = torch.compile(F.linear, options={"coordinate_descent_tuning": True, "max_autotune_gemm_backends": "ATEN"})
@@ -107,7 +107,6 @@ def main() -> None:
         step[f"gemv_{label}_best_ms"] = round(sum(v[f"gemv_{label}_best"][0]["ms"] * v["calls_per_step"]
                                                   for v in rec.variants.values() if v.get(f"gemv_{label}_best")), 3)
     rec.meta["per_28_layer_step"] = step
-    rec.meta["copy_bandwidth_gbs"] = copy_bw
     print("per step", step, flush=True)
     rec.save()
 

@@ -25,7 +25,7 @@ INTERPRETED = textwrap.dedent("""
     from aoti import gemv
     from aoti.quant import RowwiseFloat8Linear, rowwise_fp8
 
-    assert gemv.interpreting()
+    assert gemv.INTERPRETING
     torch.manual_seed(0)
 
     def close(out, ref, tol):
