@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from . import attention, gemv, quant
+from . import attention, fuse, gemv, quant
 from .cache import PACKAGE_FILE, Cache, Entry, key_of
 from .capture import CapturedCall, CapturedCalls
 from .env import fingerprint, module_device
@@ -173,6 +173,10 @@ def compile(
         fallbacks.append(f"{kernel.requested} attention -> {kernel.applied}: {kernel.reason}")
         log.warning("aoti: %s", fallbacks[-1])
     options = options.replace(attention=kernel.applied)
+    if options.fuse_projections and already == "none" and quant.keeps_plain_weights(decision.applied):
+        with exclusive:
+            fuse.fuse_projections(module)
+    options = options.replace(fuse_projections=fuse.fused_groups(module) > 0)
     if already != decision.applied:
         with exclusive:
             quant.quantize(module, decision.applied)

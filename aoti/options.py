@@ -81,6 +81,9 @@ class CompileOptions:
         gemv: on CUDA, one-row calls of linear layers (LLM decode steps) run `aoti.gemv`'s
             bandwidth-tuned Triton kernel (FP8 weights too) instead of cuBLAS or Inductor's
             reductions. None (default): on with the "decode" preset. Never on the CPU.
+        fuse_projections: compute q/k/v and gate/up projections that read the same input as one
+            linear layer each (`aoti.fuse`), in place before quantizing. Recorded as what ran: False
+            for a module without such groups, or with a torchao (int8) recipe.
     """
 
     dispatch: Dispatch = "static"
@@ -93,6 +96,7 @@ class CompileOptions:
     strict: bool = False
     attention: str = "auto"
     gemv: bool | None = None
+    fuse_projections: bool = True
     version: int = field(default=OPTIONS_VERSION)
 
     def __post_init__(self) -> None:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .fuse import unfuse_projections
 from .gemv import GemvLinear, gemv, one_row, runs_on, use_gemv
 
 log = logging.getLogger(__name__)
@@ -163,10 +164,16 @@ def quantize(module: torch.nn.Module, recipe: str) -> None:
         swapped = _swap_linears(module, RowwiseFloat8Linear.from_linear)
         log.info("quantized %s with fp8_rowwise (%d linear layers)", type(module).__name__, swapped)
     else:
+        unfuse_projections(module)  # export unwraps torchao's weights on a copy the slices don't see
         _torchao_quantize(module, recipe)
         use_gemv(module, enabled=False)  # the kernel can't read torchao's tensor-subclass weights
     for sub in module.modules():
         sub._aoti_quantization = recipe
+
+
+def keeps_plain_weights(recipe: str) -> bool:
+    """Whether a recipe leaves weights as plain tensors (not torchao tensor subclasses)."""
+    return recipe in ("none", "fp8_rowwise")
 
 
 def _torchao_quantize(module: torch.nn.Module, recipe: str) -> None:

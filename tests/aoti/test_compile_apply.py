@@ -90,6 +90,7 @@ def test_dynamic_dims_over_several_sizes_and_a_size_one_graph(cache):
             model(input_ids=tiny.token_ids(seq))
     artifact = aoti.compile(model, calls, aoti.CompileOptions(dispatch="dynamic"), cache=cache)
     assert artifact.status.graphs == 2  # seq 1 static, seq 4..24 dynamic
+    assert artifact.manifest["key_fields"]["options"]["fuse_projections"] and aoti.fuse.fused_groups(model) == 4
     aoti.apply(artifact, model)
     for seq in (1, 5, 13, 24):
         ids = tiny.token_ids(seq)

@@ -1,0 +1,85 @@
+import pytest
+import torch
+
+import aoti
+from aoti.fuse import ProjectionSlice, fuse_projections, fused_groups, unfuse_projections
+from tests import tiny
+
+
+def qwen2() -> torch.nn.Module:
+    """Qwen2: q/k/v with biases, grouped-query attention (4 query heads, 2 KV heads)."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    config = Qwen2Config(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
+    return Qwen2ForCausalLM(config).eval()
+
+
+@pytest.mark.parametrize("build", [qwen2, tiny.llama], ids=["qwen2", "llama"])
+def test_fused_projections_give_the_logits_of_the_separate_ones(build):
+    model = build()
+    ids = tiny.token_ids(12)
+    with torch.no_grad():
+        before = model(ids).logits
+    params_before = sum(p.numel() for p in model.parameters())
+    assert fuse_projections(model) == 2 * 2 and fused_groups(model) == 4  # q/k/v and gate/up, 2 layers
+    layer = model.model.layers[0]
+    assert isinstance(layer.self_attn.k_proj, ProjectionSlice) and isinstance(layer.mlp.up_proj, ProjectionSlice)
+    assert layer.self_attn.qkv_proj.out_features == sum(
+        getattr(layer.self_attn, n).out_features for n in ("q_proj", "k_proj", "v_proj"))
+    assert sum(p.numel() for p in model.parameters()) == params_before  # the old weights are gone, none copied
+    assert "model.layers.0.mlp.gate_up_proj.weight" in model.state_dict()
+    with torch.no_grad():
+        after = model(ids).logits
+    torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-5)
+    assert fuse_projections(model) == 0  # already fused
+
+
+def test_a_slice_called_on_another_input_projects_that_input():
+    model = qwen2()
+    attention = model.model.layers[0].self_attn
+    separate = {n: torch.nn.Linear(64, getattr(attention, n).out_features) for n in ("q_proj", "k_proj", "v_proj")}
+    for name, layer in separate.items():
+        layer.load_state_dict(getattr(attention, name).state_dict())
+    fuse_projections(model)
+    a, b = torch.randn(3, 64), torch.randn(3, 64)
+    with torch.no_grad():
+        got = [attention.q_proj(a), attention.k_proj(b), attention.v_proj(a), attention.q_proj(a), attention.q_proj(b)]
+        want = [separate["q_proj"](a), separate["k_proj"](b), separate["v_proj"](a), separate["q_proj"](a), separate["q_proj"](b)]
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
+
+
+def test_unfusing_gives_back_separate_layers_with_the_same_weights():
+    model = qwen2()
+    weight = model.model.layers[1].self_attn.v_proj.weight.detach().clone()
+    ids = tiny.token_ids(9)
+    with torch.no_grad():
+        before = model(ids).logits
+    fuse_projections(model)
+    assert unfuse_projections(model) == 4 and fused_groups(model) == 0
+    v_proj = model.model.layers[1].self_attn.v_proj
+    assert type(v_proj) is torch.nn.Linear and torch.equal(v_proj.weight, weight)
+    assert "qkv_proj" not in model.model.layers[1].self_attn._modules
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).logits, before, rtol=1e-5, atol=1e-5)
+
+
+def test_int8_quantization_unfuses_first():
+    model = qwen2()
+    fuse_projections(model)
+    aoti.quant.quantize(model, "int8_weight_only")
+    assert fused_groups(model) == 0
+    assert type(model.model.layers[0].self_attn.q_proj.weight).__name__ != "Parameter"  # quantized as a layer
+
+
+def test_fp8_quantizes_the_fused_layer_like_the_separate_ones():
+    separate, fused = qwen2(), qwen2()
+    fuse_projections(fused)
+    for model in (separate, fused):
+        aoti.quant.quantize(model, "fp8_rowwise")
+    assert type(fused.model.layers[0].mlp.gate_up_proj).__name__ == "RowwiseFloat8Linear"
+    ids = tiny.token_ids(7)
+    with torch.no_grad():  # rows are scaled one by one: concatenating them changes no number
+        torch.testing.assert_close(fused(ids).logits, separate(ids).logits, rtol=1e-5, atol=1e-5)
