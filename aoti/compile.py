@@ -87,12 +87,18 @@ def _as_calls(call: CapturedCalls | CapturedCall | list[CapturedCall]) -> list[C
 
 
 def _config_dict(module: torch.nn.Module) -> Any:
-    config = getattr(module, "config", None)
+    """The architecture config of ``module``, or of the first submodule that has one (transformers'
+    static-cache export wrapper holds the model), with the attention implementation it runs."""
+    config = next((sub.config for sub in module.modules() if getattr(sub, "config", None) is not None), None)
     if config is None:
         return None
     data = config.to_dict() if hasattr(config, "to_dict") else dict(config)
-    # Private entries (`_name_or_path`, `_use_default_values`, ...) are bookkeeping, not architecture.
-    return {k: v for k, v in data.items() if not k.startswith("_")}
+    # Private entries (`_name_or_path`, `_use_default_values`, ...) are bookkeeping, not architecture;
+    # the attention implementation decides the graph.
+    data = {k: v for k, v in data.items() if not k.startswith("_")}
+    if getattr(config, "_attn_implementation", None):
+        data["attn_implementation"] = config._attn_implementation
+    return data
 
 
 def _identity(module: torch.nn.Module) -> dict[str, Any]:

@@ -18,6 +18,7 @@ import torch
 
 import aoti
 
+from .gqa import use_gqa_decode_attention
 from .optimize import module_nbytes, optimize_module
 from .registry import ModelSpec
 
@@ -112,6 +113,7 @@ class TextModel:
         if model is None:
             model = AutoModelForCausalLM.from_pretrained(spec.source, dtype=dtype, **kwargs)
         model = model.to(device).eval()
+        use_gqa_decode_attention(model)  # decode steps attend on the KV heads: no seven-fold cache copy
         model.generation_config.use_cache = True
         model.generation_config.cache_implementation = "static"
         self.max_cache_len = spec.max_prompt_tokens + spec.max_new_tokens

@@ -24,6 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import aoti  # noqa: E402
 from benchmarks.common import Recorder, json_from_fresh_process, kernel_profile, measure, memory_bandwidth_gbs, rel_error, sync  # noqa: E402
+from engines.gqa import use_gqa_decode_attention  # noqa: E402
 from engines.registry import ASSETS, ModelSpec  # noqa: E402
 from engines.text import SamplingParams, TextModel  # noqa: E402
 
@@ -35,7 +36,10 @@ TINY = dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_ke
 
 # Our loop's AOTI variants (all but "ours_aoti" replay the decode step as a CUDA graph). The older
 # variants keep what they measured before `aoti.gemv` existed (gemv=False); "ours_gemv" is what the
-# text engine runs on a GPU.
+# text engine runs on a GPU: fused q/k/v and gate/up projections, decode attention on the KV heads.
+# "ours_gemv_separate" is session 5's engine (separate projections, transformers' SDPA attention, which
+# repeats the KV heads), "ours_gemv_fused" adds only the fused projections. Variants that don't fuse
+# must run before the FP8 ones (an FP8 layer can't be split again).
 VARIANT_OPTIONS = {
     "ours_aoti": aoti.CompileOptions(gemv=False),
     "ours_aoti_graphs": aoti.CompileOptions(gemv=False),
@@ -43,10 +47,13 @@ VARIANT_OPTIONS = {
     "ours_aoti_flash": aoti.CompileOptions(attention="flash", gemv=False),  # FlashAttention-2 instead of cuDNN plans
     "ours_aoti_decode": aoti.CompileOptions(preset="decode", gemv=False),  # one-row matmuls as tuned Triton reductions
     "ours_gemv": aoti.CompileOptions(preset="decode"),  # one-row linears through aoti.gemv
+    "ours_gemv_separate": aoti.CompileOptions(preset="decode", fuse_projections=False),
+    "ours_gemv_fused": aoti.CompileOptions(preset="decode"),
     "ours_fp8": aoti.CompileOptions(quantization="fp8_rowwise", gemv=False),  # one-row FP8 through _scaled_mm
     "ours_fp8_decode": aoti.CompileOptions(quantization="fp8_rowwise", preset="decode", gemv=False),
     "ours_fp8_gemv": aoti.CompileOptions(quantization="fp8_rowwise", preset="decode"),  # FP8 weight-only one-row kernel
 }
+REPEATED_KV = {"ours_gemv_separate", "ours_gemv_fused"}  # transformers' own SDPA attention
 
 
 def build(args: argparse.Namespace, device: str, dtype: torch.dtype) -> torch.nn.Module:
@@ -264,6 +271,12 @@ def main() -> None:
         elif name in VARIANT_OPTIONS:
             text = state["text"] = state["text"] or TextModel(spec, device, model=model, tokenizer=tokenizer)
             options = VARIANT_OPTIONS[name]
+            if not options.fuse_projections:
+                aoti.fuse.unfuse_projections(model)
+            if name in REPEATED_KV:
+                model.set_attn_implementation("sdpa")
+            else:
+                use_gqa_decode_attention(model)
             before_gb = allocated_gb(device)
             t0 = time.perf_counter()
             status = text.optimize(options, cache, cuda_graphs=name != "ours_aoti")
