@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 import shutil
@@ -373,7 +374,10 @@ def _forget_last_trace() -> Iterator[None]:
     `torch.fx.experimental.proxy_tensor` keeps the nodes of the last make_fx trace (for export's
     fake-tensor leak check), and Dynamo's strict export installs each captured graph as a
     ``__compiled_fn_*`` global of `torch._dynamo.functional_export`. Both are private: a torch that
-    lacks them is left alone."""
+    lacks them is left alone. The trace's graphs and exported programs also leave reference cycles
+    that hold the weights until Python's cyclic collector happens to run: a model whose weights are
+    replaced after a build (fused, quantized, reloaded) kept the old ones on the GPU meanwhile, so the
+    cycles are collected when the build ends."""
     from torch.fx.experimental import proxy_tensor
 
     try:
@@ -391,6 +395,7 @@ def _forget_last_trace() -> Iterator[None]:
             for name in set(vars(functional_export)) - installed_before:
                 if name.startswith("__compiled_fn"):
                     delattr(functional_export, name)
+        gc.collect()
 
 
 def _constant_specs(ep: torch.export.ExportedProgram, prefix: str) -> dict[str, list[Any]]:
