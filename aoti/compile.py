@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from . import attention, fuse, gemv, quant
+from . import attention, decode_attention, fuse, gemv, quant
 from .cache import PACKAGE_FILE, Cache, Entry, key_of
 from .capture import CapturedCall, CapturedCalls
 from .env import fingerprint, module_device
@@ -122,6 +122,13 @@ def _eager(module: torch.nn.Module, method: str) -> Iterator[None]:
             module.__dict__[method] = swapped
 
 
+def _use_decode_kernels(module: torch.nn.Module, enabled: bool) -> None:
+    """Route one-row linear layers to `aoti.gemv` and flag attention modules for
+    `aoti.decode_attention` (``CompileOptions.gemv``), or undo both."""
+    gemv.use_gemv(module, enabled=enabled)
+    decode_attention.use_decode_attention(module, enabled=enabled)
+
+
 def cache_key(module: torch.nn.Module, options: CompileOptions, plans: list[GraphPlan]) -> tuple[str, dict[str, Any]]:
     """The artifact's key and the fields it hashes: model identity, options, environment, graph plans."""
     device = torch.device(options.device) if options.device else module_device(module)
@@ -195,7 +202,7 @@ def compile(
         one_row_kernel = False
     options = options.replace(gemv=one_row_kernel)
     with exclusive:
-        gemv.use_gemv(module, enabled=one_row_kernel)
+        _use_decode_kernels(module, one_row_kernel)
 
     # 2. Regional mode compiles the repeated blocks instead of the whole module.
     if options.regional:
@@ -218,7 +225,7 @@ def compile(
         log.warning("aoti: %s", fallbacks[-1])
         options = options.replace(gemv=False)
         with exclusive:
-            gemv.use_gemv(module, enabled=False)
+            _use_decode_kernels(module, False)
         entry, key, cache_hit, source = _find_or_build(module, calls, options, device, cache, hub, exclusive, fallbacks)
     manifest = entry.manifest
     status = Status(

@@ -9,7 +9,8 @@ from typing import Any, Literal
 
 from .attention import BACKENDS as ATTENTIONS
 
-OPTIONS_VERSION = 2  # 2: the default preset lowers matmuls (FP8 ones too) to ATen kernels only
+OPTIONS_VERSION = 3  # 2: the default preset lowers matmuls (FP8 ones too) to ATen kernels only;
+# 3: `gemv` also runs decode attention on `aoti.decode_attention`; `fuse_projections`
 
 Dispatch = Literal["static", "dynamic", "buckets"]
 Preset = Literal["default", "decode", "max-autotune"]
@@ -78,9 +79,11 @@ class CompileOptions:
             export wrapper, whose cache tensors are reached through a Python object.
         attention: the fused SDPA kernel the graph calls: "auto" (PyTorch's choice), "cudnn", "flash",
             "efficient" or "math" (see `aoti.attention`).
-        gemv: on CUDA, one-row calls of linear layers (LLM decode steps) run `aoti.gemv`'s
-            bandwidth-tuned Triton kernel (FP8 weights too) instead of cuBLAS or Inductor's
-            reductions. None (default): on with the "decode" preset. Never on the CPU.
+        gemv: on CUDA, the decode kernels: one-row calls of linear layers (LLM decode steps) run
+            `aoti.gemv`'s bandwidth-tuned Triton kernel (FP8 weights too) instead of cuBLAS or
+            Inductor's reductions, and grouped-query attention modules are flagged for
+            `aoti.decode_attention`'s split-KV kernel. None (default): on with the "decode" preset.
+            Never on the CPU.
         fuse_projections: compute q/k/v and gate/up projections that read the same input as one
             linear layer each (`aoti.fuse`), in place before quantizing. Recorded as what ran: False
             for a module without such groups, or with a torchao (int8) recipe.

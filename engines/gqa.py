@@ -6,8 +6,9 @@ gives: a decode step of Qwen2.5-7B (28 query heads, 4 KV heads) copied its whole
 twice per layer, 5.3 µs a layer on an H200 (results/gpu_llm_decode_gemv_h200.json). transformers
 skips the copy for one-token queries by folding each group's query heads into the query-length
 axis, but not while TorchDynamo traces (so never in an exported graph). `ATTENTION` does that fold
-in traced graphs too, when the query length is one for certain; other calls go to transformers'
-SDPA attention unchanged.
+in traced graphs too, when the query length is one for certain, and runs it on
+`aoti.decode_attention`'s split-KV kernel where `aoti.compile` flagged the module for it (the "decode"
+preset on GPUs), else on SDPA; other calls go to transformers' SDPA attention unchanged.
 
     use_gqa_decode_attention(model)   # model.config._attn_implementation = "aoti_gqa_sdpa"
 """
@@ -15,6 +16,8 @@ SDPA attention unchanged.
 from __future__ import annotations
 
 import torch
+
+from aoti import decode_attention
 
 ATTENTION = "aoti_gqa_sdpa"
 
@@ -35,8 +38,10 @@ def gqa_decode_attention(module: torch.nn.Module, query: torch.Tensor, key: torc
     if not foldable:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
     folded = query.reshape(batch, heads // groups, groups, dim)  # a group's query heads as query rows
-    out = torch.nn.functional.scaled_dot_product_attention(
-        folded, key, value, attn_mask=attention_mask, scale=scaling)
+    if getattr(module, "decode_attention_kernel", False) and decode_attention.supports(folded, key, value, attention_mask):
+        out = decode_attention.decode_attention(folded, key, value, attention_mask, scaling)
+    else:
+        out = torch.nn.functional.scaled_dot_product_attention(folded, key, value, attn_mask=attention_mask, scale=scaling)
     return out.reshape(batch, heads, 1, dim).transpose(1, 2).contiguous(), None
 
 

@@ -4,20 +4,15 @@ routing of linear layers. On a GPU the kernel is compiled into AOTI packages
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 import torch
 
 from aoti import gemv
 from aoti.quant import RowwiseFloat8Linear
+from tests.interpreted import needs_triton, run_interpreted
 
-ROOT = Path(__file__).resolve().parents[2]
-needs_triton = pytest.mark.skipif(not gemv.available(), reason="Triton is not installed")
 
 # Run in a child: TRITON_INTERPRET is read when a kernel is defined, at import.
 INTERPRETED = textwrap.dedent("""
@@ -94,21 +89,14 @@ FALLBACK = textwrap.dedent("""
 """)
 
 
-def _run_interpreted(code: str, *args: str) -> str:
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc.stdout.strip()
-
-
 @needs_triton
 def test_kernel_matches_reference_products_in_the_interpreter():
-    assert _run_interpreted(INTERPRETED).endswith("ok")
+    assert run_interpreted(INTERPRETED).endswith("ok")
 
 
 @needs_triton
 def test_a_failed_build_with_the_kernel_falls_back_once_and_is_remembered(tmp_path):
-    assert _run_interpreted(FALLBACK, str(tmp_path)).splitlines()[-1].startswith("ok")
+    assert run_interpreted(FALLBACK, str(tmp_path)).splitlines()[-1].startswith("ok")
 
 
 def test_default_configs_cover_every_shape_within_the_row():
