@@ -13,7 +13,6 @@ from aoti import gemv
 from aoti.quant import RowwiseFloat8Linear
 from tests.interpreted import needs_triton, run_interpreted
 
-
 # Run in a child: TRITON_INTERPRET is read when a kernel is defined, at import.
 INTERPRETED = textwrap.dedent("""
     import torch
