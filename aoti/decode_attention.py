@@ -6,8 +6,8 @@ over the whole cache: a few rows against hundreds or thousands of keys. The fuse
 many programs as KV heads (4 of an H200's 132 multiprocessors): cuDNN took 18 µs a layer for it,
 more than the step's q/k/v projection (results/gpu_llm_decode_8layers_fused_gqa_h200.json).
 `decode_attention` splits the cache into chunks of `BLOCK_L` keys, one program per (KV head, chunk),
-each keeping a running softmax (max, sum, weighted values) of its chunk; a second kernel merges the
-chunks' partial results.
+each keeping the softmax statistics (max, sum, weighted values) of its chunk; a second kernel, one
+program per (KV head, query row), merges the chunks' partial results.
 
 `torch.ops.aoti_studio.decode_attention` is a `torch.library.triton_op`, so `torch.export` traces both
 kernels and AOTInductor compiles them into the package (like `aoti.gemv`).
@@ -50,7 +50,8 @@ if triton is not None:
         v = tl.load(v_ptr + b * v_sb + h * v_sh + keys[:, None] * v_sl + dims[None, :], mask=key_ok[:, None], other=0.0)
         # Products in float32 (tf32 on tensor cores, exact for bf16/fp16 inputs): Triton's interpreter
         # multiplies bf16 tiles wrongly, and at these sizes the kernel waits on memory, not arithmetic.
-        scores = tl.dot(q.to(tl.float32), tl.trans(k.to(tl.float32))) * scale  # (BLOCK_G, BLOCK_L)
+        # (An AOTI package passes ``scale`` as a float64 scalar: keep the scores float32.)
+        scores = (tl.dot(q.to(tl.float32), tl.trans(k.to(tl.float32))) * scale).to(tl.float32)  # (BLOCK_G, BLOCK_L)
         allowed = key_ok
         if HAS_MASK:
             if BOOL_MASK:
@@ -67,28 +68,28 @@ if triton is not None:
         tl.store(acc_ptr + (out * BLOCK_G + rows[:, None]) * D + dims[None, :], acc)
 
     @triton.jit
-    def _merge_kernel(m_ptr, l_ptr, acc_ptr, out_ptr, G, CHUNKS, HEADS, o_sb, o_sh, o_sg,
+    def _merge_kernel(m_ptr, l_ptr, acc_ptr, out_ptr, CHUNKS, HEADS, o_sb, o_sh, o_sg,
                       BLOCK_G: tl.constexpr, BLOCK_C: tl.constexpr, D: tl.constexpr):
-        head = tl.program_id(0)
+        head = tl.program_id(0)  # batch * kv_heads
+        row = tl.program_id(1)  # a query row of the group
         b, h = head // HEADS, head % HEADS
-        rows = tl.arange(0, BLOCK_G)
         dims = tl.arange(0, D)
-        total = tl.zeros((BLOCK_G,), dtype=tl.float32) - 1e30
+        total = tl.max(tl.full((BLOCK_C,), -1e30, tl.float32), axis=0)
         for start in range(0, CHUNKS, BLOCK_C):  # the running maximum over the chunks
             chunks = start + tl.arange(0, BLOCK_C)
-            m = tl.load(m_ptr + (head * CHUNKS + chunks[:, None]) * BLOCK_G + rows[None, :],
-                        mask=chunks[:, None] < CHUNKS, other=-1e30)
+            m = tl.load(m_ptr + (head * CHUNKS + chunks) * BLOCK_G + row, mask=chunks < CHUNKS, other=-1e30)
             total = tl.maximum(total, tl.max(m, axis=0))
-        weight_sum = tl.zeros((BLOCK_G,), dtype=tl.float32)
-        acc = tl.zeros((BLOCK_G, D), dtype=tl.float32)
-        for chunk in range(0, CHUNKS):
-            base = (head * CHUNKS + chunk) * BLOCK_G + rows
-            w = tl.exp(tl.load(m_ptr + base) - total)
-            weight_sum += w * tl.load(l_ptr + base)
-            acc += w[:, None] * tl.load(acc_ptr + base[:, None] * D + dims[None, :])
-        out = acc / tl.maximum(weight_sum, 1e-30)[:, None]
-        tl.store(out_ptr + b * o_sb + h * o_sh + rows[:, None] * o_sg + dims[None, :],
-                 out.to(out_ptr.dtype.element_ty), mask=rows[:, None] < G)
+        weight_sum = tl.sum(tl.zeros((BLOCK_C,), tl.float32), axis=0)
+        acc = tl.zeros((D,), tl.float32)
+        for start in range(0, CHUNKS, BLOCK_C):
+            chunks = start + tl.arange(0, BLOCK_C)
+            ok = chunks < CHUNKS
+            base = (head * CHUNKS + chunks) * BLOCK_G + row
+            w = tl.exp(tl.load(m_ptr + base, mask=ok, other=-1e30) - total)
+            weight_sum += tl.sum(w * tl.load(l_ptr + base, mask=ok, other=0.0), axis=0)
+            acc += tl.sum(w[:, None] * tl.load(acc_ptr + base[:, None] * D + dims[None, :], mask=ok[:, None], other=0.0), axis=0)
+        out = acc / tl.maximum(weight_sum, 1e-30)
+        tl.store(out_ptr + b * o_sb + h * o_sh + row * o_sg + dims, out.to(out_ptr.dtype.element_ty))
 
 
 def supports(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None) -> bool:
@@ -128,8 +129,8 @@ def launch(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: to
         value.stride(0), value.stride(1), value.stride(2), mask_stride,
         HAS_MASK=mask is not None, BOOL_MASK=mask is not None and mask.dtype == torch.bool,
         BLOCK_G=block_g, BLOCK_L=BLOCK_L, D=dim, num_warps=4)
-    merge_kernel[(programs,)](
-        m, l_sum, acc, out, groups, chunks, heads, out.stride(0), out.stride(1), out.stride(2),
+    merge_kernel[(programs, groups)](
+        m, l_sum, acc, out, chunks, heads, out.stride(0), out.stride(1), out.stride(2),
         BLOCK_G=block_g, BLOCK_C=triton.next_power_of_2(min(chunks, 64)), D=dim, num_warps=4)
     return out
 
