@@ -152,8 +152,9 @@ def compile(
 ) -> Artifact | RegionalArtifact:
     """Compile ``module`` for the captured call(s) with torch.export + AOTInductor, or load it from cache.
 
-    Quantization, if asked for, is applied to ``module`` in place first (a recipe the device can't run
-    falls back to "none", recorded in the status). Returns an `Artifact` (or a `RegionalArtifact` with
+    Projection fusion (``options.fuse_projections``) and quantization, if asked for, are applied to
+    ``module`` in place first (a recipe the device can't run falls back to "none", recorded in the
+    status), then the decode kernels are routed (``options.gemv``). Returns an `Artifact` (or a `RegionalArtifact` with
     ``options.regional``) to pass to `aoti.apply`.
 
     ``exclusive`` (e.g. the lock a server holds while a request runs the module) is held only while
@@ -171,8 +172,8 @@ def compile(
     calls = _as_calls(call)
     device = torch.device(options.device) if options.device else module_device(module)
 
-    # 1. Quantization: decide, apply once, and record the recipe that really runs. A module the caller
-    #    already quantized with the requested recipe is compiled as it is.
+    # 1. Fusion, quantization, decode kernels: decide, apply once, and record what really runs. A
+    #    module the caller already quantized with the requested recipe is compiled as it is.
     already = quant.applied(module)
     if already != "none" and already == options.quantization:
         decision = quant.QuantDecision(already, already)
@@ -213,8 +214,9 @@ def compile(
         return artifact
 
     # 3. Whole module: one package with one graph per plan, through the cache. A build that fails
-    #    with aoti.gemv in its graphs is built again without it (Inductor's C++ wrapper has failed to
-    #    compile such graphs now and then; see `aoti.inductor_fixes`), and the fallback is recorded.
+    #    with the decode kernels (aoti.gemv, aoti.decode_attention) in its graphs is built again without
+    #    them (Inductor's C++ wrapper has failed to compile such graphs now and then; see
+    #    `aoti.inductor_fixes`), and the fallback is recorded.
     try:
         entry, key, cache_hit, source = _find_or_build(module, calls, options, device, cache, hub, exclusive, fallbacks,
                                                        remember_failure=options.gemv)

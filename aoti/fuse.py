@@ -12,7 +12,8 @@ layers become `ProjectionSlice` modules that share one `torch.nn.Linear` (``qkv_
 ``gate_up_proj``, registered on the parent, weights concatenated, the originals freed). The first
 slice called with an input runs the fused layer and keeps its output until every slice of the group
 has taken its part of it; a call with a different input runs the fused layer again, so the result is
-always that of the separate layers. Because the fused layer is a plain ``nn.Linear`` registered on
+always that of the separate layers (an input changed in place between two slices' calls is not
+noticed; transformers' blocks don't do that). Because the fused layer is a plain ``nn.Linear`` registered on
 the parent, FP8 quantization and `aoti.gemv` routing treat it like any other linear layer.
 
     aoti.fuse.fuse_projections(model)     # q/k/v -> qkv_proj, gate/up -> gate_up_proj

@@ -50,6 +50,25 @@ def llama() -> torch.nn.Module:
     return LlamaForCausalLM(config).eval()
 
 
+def qwen2() -> torch.nn.Module:
+    """Qwen2: q/k/v with biases, grouped-query attention (4 query heads, 2 KV heads)."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    config = Qwen2Config(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
+    return Qwen2ForCausalLM(config).eval()
+
+
+def static_cache_decoder(model: torch.nn.Module, max_cache_len: int = 32) -> torch.nn.Module:
+    """transformers' static-cache export wrapper around a causal LM (what the text engine compiles)."""
+    from transformers.integrations.executorch import TorchExportableModuleWithStaticCache
+
+    model.generation_config.use_cache = True
+    model.generation_config.cache_implementation = "static"
+    return TorchExportableModuleWithStaticCache(model, batch_size=1, max_cache_len=max_cache_len, device="cpu")
+
+
 def token_ids(seq: int) -> torch.Tensor:
     return torch.randint(0, 128, (1, seq))
 

@@ -121,18 +121,13 @@ def test_manifest_records_what_makes_the_artifact_valid(mlp_artifact):
 
 
 def test_key_of_a_wrapped_model_follows_its_config_and_attention_implementation():
-    from transformers.integrations.executorch import TorchExportableModuleWithStaticCache
-
     from aoti.compile import cache_key
 
     def key(**config) -> str:
         model = tiny.llama()
         for name, value in config.items():
             setattr(model.config, name, value)
-        model.generation_config.use_cache = True
-        model.generation_config.cache_implementation = "static"
-        wrapper = TorchExportableModuleWithStaticCache(model, batch_size=1, max_cache_len=16, device="cpu")
-        return cache_key(wrapper, aoti.CompileOptions(), [])[0]
+        return cache_key(tiny.static_cache_decoder(model, max_cache_len=16), aoti.CompileOptions(), [])[0]
 
     base = key()
     assert key() == base

@@ -54,21 +54,15 @@ INTERPRETED = textwrap.dedent("""
 # A grouped-query model's decode steps with the kernel flagged give the logits of SDPA attention.
 MODEL = textwrap.dedent("""
     import torch
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-    from transformers.integrations.executorch import TorchExportableModuleWithStaticCache
     from aoti.decode_attention import use_decode_attention
     from engines.gqa import use_gqa_decode_attention
+    from tests import tiny
 
     def logits(kernel):
-        torch.manual_seed(0)
-        config = Qwen2Config(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-                             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
-        model = Qwen2ForCausalLM(config).eval()
-        model.generation_config.use_cache = True
-        model.generation_config.cache_implementation = "static"
+        model = tiny.qwen2()
         use_gqa_decode_attention(model)
         assert use_decode_attention(model, kernel) == (2 if kernel else 0)
-        decoder = TorchExportableModuleWithStaticCache(model, batch_size=1, max_cache_len=80, device="cpu")
+        decoder = tiny.static_cache_decoder(model, max_cache_len=80)
         ids = torch.randint(0, 128, (1, 12), generator=torch.Generator().manual_seed(1))
         with torch.no_grad():
             outs = [decoder(input_ids=ids[:, :9], cache_position=torch.arange(9))]

@@ -6,17 +6,7 @@ from aoti.fuse import ProjectionSlice, fuse_projections, fused_groups, unfuse_pr
 from tests import tiny
 
 
-def qwen2() -> torch.nn.Module:
-    """Qwen2: q/k/v with biases, grouped-query attention (4 query heads, 2 KV heads)."""
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    torch.manual_seed(0)
-    config = Qwen2Config(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
-    return Qwen2ForCausalLM(config).eval()
-
-
-@pytest.mark.parametrize("build", [qwen2, tiny.llama], ids=["qwen2", "llama"])
+@pytest.mark.parametrize("build", [tiny.qwen2, tiny.llama], ids=["qwen2", "llama"])
 def test_fused_projections_give_the_logits_of_the_separate_ones(build):
     model = build()
     ids = tiny.token_ids(12)
@@ -37,7 +27,7 @@ def test_fused_projections_give_the_logits_of_the_separate_ones(build):
 
 
 def test_a_slice_called_on_another_input_projects_that_input():
-    model = qwen2()
+    model = tiny.qwen2()
     attention = model.model.layers[0].self_attn
     separate = {n: torch.nn.Linear(64, getattr(attention, n).out_features) for n in ("q_proj", "k_proj", "v_proj")}
     for name, layer in separate.items():
@@ -52,7 +42,7 @@ def test_a_slice_called_on_another_input_projects_that_input():
 
 
 def test_unfusing_gives_back_separate_layers_with_the_same_weights():
-    model = qwen2()
+    model = tiny.qwen2()
     weight = model.model.layers[1].self_attn.v_proj.weight.detach().clone()
     ids = tiny.token_ids(9)
     with torch.no_grad():
@@ -67,7 +57,7 @@ def test_unfusing_gives_back_separate_layers_with_the_same_weights():
 
 
 def test_int8_quantization_unfuses_first():
-    model = qwen2()
+    model = tiny.qwen2()
     fuse_projections(model)
     aoti.quant.quantize(model, "int8_weight_only")
     assert fused_groups(model) == 0
@@ -75,7 +65,7 @@ def test_int8_quantization_unfuses_first():
 
 
 def test_fp8_quantizes_the_fused_layer_like_the_separate_ones():
-    separate, fused = qwen2(), qwen2()
+    separate, fused = tiny.qwen2(), tiny.qwen2()
     fuse_projections(fused)
     for model in (separate, fused):
         aoti.quant.quantize(model, "fp8_rowwise")

@@ -1,23 +1,16 @@
 import torch
 
 from engines.gqa import ATTENTION, use_gqa_decode_attention
+from tests import tiny
 
 
 def static_cache_decoder(attention: str):
     """A tiny Qwen2 (4 query heads, 2 KV heads) on transformers' static-cache export wrapper."""
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-    from transformers.integrations.executorch import TorchExportableModuleWithStaticCache
-
-    torch.manual_seed(0)
-    config = Qwen2Config(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
-    model = Qwen2ForCausalLM(config).eval()
-    model.generation_config.use_cache = True
-    model.generation_config.cache_implementation = "static"
+    model = tiny.qwen2()
     if attention == ATTENTION:
         assert use_gqa_decode_attention(model)
     assert model.config._attn_implementation == attention
-    return TorchExportableModuleWithStaticCache(model, batch_size=1, max_cache_len=32, device="cpu")
+    return tiny.static_cache_decoder(model)
 
 
 def run(decoder, ids: torch.Tensor) -> list[torch.Tensor]:
