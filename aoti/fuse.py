@@ -97,17 +97,21 @@ def _fusable(layers: list[torch.nn.Module]) -> bool:
     )
 
 
+def _linear(weight: torch.Tensor, bias: torch.Tensor | None, requires_grad: bool) -> torch.nn.Linear:
+    """An ``nn.Linear`` holding these tensors (no new allocation)."""
+    layer = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device="meta", dtype=weight.dtype)
+    layer.weight = torch.nn.Parameter(weight, requires_grad=requires_grad)
+    if bias is not None:
+        layer.bias = torch.nn.Parameter(bias, requires_grad=requires_grad)
+    return layer
+
+
 @torch.no_grad()
 def _fuse_group(parent: torch.nn.Module, names: tuple[str, ...], fused_name: str) -> None:
     layers = [getattr(parent, name) for name in names]
     weight = torch.cat([layer.weight for layer in layers])
     bias = torch.cat([layer.bias for layer in layers]) if layers[0].bias is not None else None
-    grad = layers[0].weight.requires_grad
-    fused = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device="meta", dtype=weight.dtype)
-    fused.weight = torch.nn.Parameter(weight, requires_grad=grad)
-    if bias is not None:
-        fused.bias = torch.nn.Parameter(bias, requires_grad=grad)
-    parent.add_module(fused_name, fused)
+    parent.add_module(fused_name, _linear(weight, bias, layers[0].weight.requires_grad))
     served, start = _Served(len(names)), 0
     for index, (name, layer) in enumerate(zip(names, layers)):
         stop = start + layer.out_features
@@ -147,12 +151,8 @@ def unfuse_projections(module: torch.nn.Module) -> int:
                                  "reload the model to split it.")
             for name in names:
                 part = parent._modules[name]
-                layer = torch.nn.Linear(fused.in_features, part.out_features, bias=fused.bias is not None,
-                                        device="meta", dtype=fused.weight.dtype)
-                layer.weight = torch.nn.Parameter(fused.weight[part.start : part.stop], requires_grad=False)
-                if fused.bias is not None:
-                    layer.bias = torch.nn.Parameter(fused.bias[part.start : part.stop], requires_grad=False)
-                parent._modules[name] = layer
+                bias = fused.bias[part.start : part.stop] if fused.bias is not None else None
+                parent._modules[name] = _linear(fused.weight[part.start : part.stop], bias, fused.weight.requires_grad)
             del parent._modules[fused_name]
             unfused += 1
     return unfused
