@@ -11,6 +11,7 @@ import statistics
 import subprocess
 import sys
 import time
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,18 @@ def rel_error(out: torch.Tensor, reference: torch.Tensor) -> float:
     """‖out − reference‖ / ‖reference‖ in float32."""
     out, reference = out.float(), reference.float()
     return float((out - reference).norm() / reference.norm().clamp_min(1e-12))
+
+
+def error_lines(text: str) -> list[str]:
+    """The lines of a (long) error that name a problem, a compiler's diagnosis among them."""
+    return [line for line in text.splitlines() if "error" in line.lower()][:40]
+
+
+def error_record(exc: BaseException) -> dict[str, Any]:
+    """A failed case for a results file: the end of the whole exception chain (an Inductor error wraps
+    the compiler's or the subprocess's own) and its error lines."""
+    text = "".join(traceback.format_exception(exc))
+    return {"error": text[-8000:], "error_lines": error_lines(text)}
 
 
 def sync(device: str) -> None:
@@ -157,7 +170,7 @@ class Recorder:
                 text = f"{type(exc).__name__}: {exc}"
                 # A compiler's own diagnosis comes at the end of a long message: keep both ends.
                 self.variant(name, {"error": text[:1500], "error_tail": text[-4000:] if len(text) > 1500 else None,
-                                    "error_lines": [line for line in text.splitlines() if "error" in line.lower()][:40]})
+                                    "error_lines": error_lines(text)})
             if after is not None:
                 after()
         self.meta["total_s"] = round(time.perf_counter() - self.started, 1)

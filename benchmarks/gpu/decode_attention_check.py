@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import traceback
 from pathlib import Path
 
 import torch
@@ -20,16 +19,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import aoti  # noqa: E402
 from aoti.decode_attention import decode_attention, launch  # noqa: E402
-from benchmarks.common import Recorder, rel_error  # noqa: E402
+from benchmarks.common import Recorder, error_record, rel_error  # noqa: E402
 from benchmarks.gpu.gemv_aoti_check import text_engine  # noqa: E402
 
 HEADS, KV_HEADS, DIM, CACHE = 28, 4, 128, 768
-
-
-def error_record(exc: BaseException) -> dict:
-    """The whole chain (an Inductor error wraps the subprocess's own)."""
-    text = "".join(traceback.format_exception(exc))
-    return {"error": text[-8000:], "error_lines": [line for line in text.splitlines() if "rror" in line][:40]}
 
 
 def inputs(mask_kind: str) -> tuple[torch.Tensor, ...]:

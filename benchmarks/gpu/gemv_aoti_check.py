@@ -16,7 +16,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import aoti  # noqa: E402
-from benchmarks.common import Recorder, rel_error  # noqa: E402
+from benchmarks.common import Recorder, error_record, rel_error  # noqa: E402
 
 
 class Block(torch.nn.Module):
@@ -40,8 +40,7 @@ def check(bias: bool, quantization: str, cache: aoti.Cache) -> dict:
     try:
         artifact = aoti.compile(model, call, aoti.CompileOptions(quantization=quantization), cache=cache)
     except Exception as exc:  # keep the compiler's own words
-        text = str(exc)
-        return {"error": text[-6000:], "error_lines": [line for line in text.splitlines() if "error" in line.lower()][:40]}
+        return error_record(exc)
     fresh = torch.randn(1, 1, 256, device="cuda", dtype=torch.bfloat16)
     eager = model(fresh)  # routed layers run the kernel eagerly too
     status = aoti.apply(artifact, model)
@@ -74,8 +73,7 @@ def text_engine(cache: aoti.Cache) -> dict:
     try:
         status = text.optimize(aoti.CompileOptions(preset="decode"), cache)
     except Exception as exc:
-        text = str(exc)
-        return {"error": text[-6000:], "error_lines": [line for line in text.splitlines() if "error" in line.lower()][:40]}
+        return error_record(exc)
     compiled = text.tokenizer(list(text.generate(prompt, params))[-1].text).input_ids
     return {"runtime": status.runtime, "fallbacks": status.fallbacks, "greedy_tokens_equal": eager == compiled,
             "first_differing_token": next((i for i, (a, b) in enumerate(zip(eager, compiled)) if a != b), None)}
