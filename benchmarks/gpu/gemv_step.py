@@ -1,0 +1,151 @@
+"""The one-row products of a whole Qwen2.5-7B decode step, replayed as one CUDA graph: how close
+`aoti.gemv` comes to the copy bandwidth when its kernels run back to back, as they do in the text
+engine's decode graph, and which launch config (split-K included) each shape should use.
+
+Per shape, a graph of 28 calls on 28 distinct weights (a decode step's calls of that shape; none of
+them sits in L2) times every candidate config. Then the step (per layer: fused q/k/v with bias, o,
+fused gate/up, down; and the LM head), 14.1 GB of bf16 weights, runs with `gemv.default_config` and
+with the best config of each shape. Times are kernels alone: split-K partial sums are left uncombined,
+as the text engine's graphs fuse that sum into the next kernel.
+
+    python benchmarks/gpu/gemv_step.py --out results.json [--fp8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from aoti import gemv  # noqa: E402
+from aoti.quant import rowwise_fp8  # noqa: E402
+from benchmarks.common import Recorder, memory_bandwidth_gbs, rel_error  # noqa: E402
+
+LAYERS = 28
+# (name, out_features, in_features, has bias, calls per step)
+# Swept in this order (the budget may end the sweep): the shapes furthest from the bandwidth first.
+SHAPES = [("down", 3584, 18944, False, LAYERS), ("o", 3584, 3584, False, LAYERS), ("qkv", 4608, 3584, True, LAYERS),
+          ("gate_up", 37888, 3584, False, LAYERS), ("lm_head", 152064, 3584, False, 1)]
+
+
+def candidates(weight_bytes: int) -> list[gemv.GemvConfig]:
+    """Tiles of 4–16 KB, 4 or 8 warps, 3 or 4 stages, split-K 1–8."""
+    configs = []
+    for bn, bk, warps, stages, split in itertools.product((1, 2, 4, 8, 16), (256, 512, 1024, 2048, 4096), (4, 8), (3, 4), (1, 2)):
+        tile = bn * bk * weight_bytes
+        if 4096 <= tile <= 16384 and bk * weight_bytes <= 4096:
+            configs.append(gemv.GemvConfig(bn, bk, warps, stages, split))
+    return configs
+
+
+def graph_ms(calls, replays: int = 10) -> float:
+    """Median milliseconds of one replay of a CUDA graph of ``calls`` (thunks)."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for call in calls:
+            call()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for call in calls:
+            call()
+    graph.replay()
+    times = []
+    for _ in range(replays):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    del graph
+    return sorted(times)[len(times) // 2]
+
+
+def calls_of(weights, x, config):
+    return [lambda w=w, s=s, b=b: gemv.launch(x, w, s, b, config=config, combine=False) for w, s, b in weights]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="gemv_step.json")
+    parser.add_argument("--fp8", action="store_true", help="e4m3 weights scaled per row, instead of bf16")
+    parser.add_argument("--budget-s", type=float, default=300, help="stop sweeping after this many seconds")
+    args = parser.parse_args()
+    rec = Recorder(args.out, "cuda")
+    copy_gbs = memory_bandwidth_gbs()
+    rec.meta.update(copy_bandwidth_gbs=copy_gbs, weights="fp8" if args.fp8 else "bf16", layers=LAYERS)
+    deadline = time.perf_counter() + args.budget_s
+    torch.manual_seed(0)
+    shapes = {}
+    for name, n, k, has_bias, calls in SHAPES:
+        weights = []
+        for _ in range(calls):
+            w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16) / k**0.5
+            scale = None
+            if args.fp8:
+                w, scale = rowwise_fp8(w)
+                scale = scale.reshape(-1).contiguous()
+            bias = torch.randn(n, device="cuda", dtype=torch.bfloat16) if has_bias else None
+            weights.append((w, scale, bias))
+        x = torch.randn(k, device="cuda", dtype=torch.bfloat16)
+        shapes[name] = (n, k, weights, x)
+    nbytes = {name: sum(w.numel() * w.element_size() for w, _, _ in weights) for name, (_, _, weights, _) in shapes.items()}
+    total_bytes = sum(nbytes.values())
+
+    best = {}
+    for name, (n, k, weights, x) in shapes.items():
+        w, scale, bias = weights[0]
+        default = gemv.default_config(n, k, w.element_size())
+        reference = (w.float() @ x.float()) * (scale if scale is not None else 1) + (bias.float() if bias is not None else 0)
+        timings = {default: graph_ms(calls_of(weights, x, default))}
+        for config in candidates(w.element_size()):
+            if time.perf_counter() > deadline:
+                break
+            wide = n >= 16384  # enough rows to fill the card without splitting columns
+            if config in timings or config.block_k > max(16, 1 << (k - 1).bit_length()) or (wide and config.split_k > 1):
+                continue
+            try:
+                error = rel_error(gemv.launch(x, w, scale, bias, config=config), reference)
+                assert error < 1e-2, f"{config}: error {error}"
+                timings[config] = graph_ms(calls_of(weights, x, config))
+            except Exception as exc:  # an infeasible tile (shared memory, registers) is skipped
+                print(f"skip {name} {config}: {type(exc).__name__}: {str(exc)[:200]}", flush=True)
+        ranked = sorted(timings.items(), key=lambda item: item[1])
+        best[name] = ranked[0][0]
+        per_call = nbytes[name] / len(weights)
+        row = lambda ms, c: {"us_per_call": round(ms * 1e3 / len(weights), 2), "gbs": round(nbytes[name] / (ms / 1e3) / 1e9, 1),
+                             "pct_of_copy": round(100 * nbytes[name] / (ms / 1e3) / 1e9 / copy_gbs, 1), **c.__dict__}
+        rec.variant(name, {"n": n, "k": k, "mb_per_call": round(per_call / 1e6, 1), "configs_timed": len(timings),
+                           "default": row(timings[default], default), "best": [row(ms, c) for c, ms in ranked[:6]],
+                           "all_us_per_call": [[round(ms * 1e3 / len(weights), 2), *c.__dict__.values()] for c, ms in ranked]})
+        print(name, rec.variants[name]["default"], rec.variants[name]["best"][:2], flush=True)
+
+    step = {}
+    for label, table in (("default", {name: None for name in shapes}), ("best", best)):
+        calls = []
+        for layer in range(LAYERS):
+            for name in ("qkv", "o", "gate_up", "down"):
+                n, k, weights, x = shapes[name]
+                w, s, b = weights[layer]
+                calls.append(lambda w=w, s=s, b=b, x=x, c=table[name]: gemv.launch(x, w, s, b, config=c, combine=False))
+        n, k, weights, x = shapes["lm_head"]
+        calls.append(lambda w=weights[0][0], s=weights[0][1], x=x, c=table["lm_head"]: gemv.launch(x, w, s, None, config=c, combine=False))
+        ms = graph_ms(calls)
+        step[label] = {"ms": round(ms, 4), "gbs": round(total_bytes / (ms / 1e3) / 1e9, 1),
+                       "pct_of_copy": round(100 * total_bytes / (ms / 1e3) / 1e9 / copy_gbs, 1)}
+    step["floor_ms"] = round(total_bytes / (copy_gbs * 1e9) * 1e3, 4)
+    step["gb"] = round(total_bytes / 1e9, 3)
+    rec.meta["step"] = step
+    print("step", step, flush=True)
+    rec.save()
+
+
+if __name__ == "__main__":
+    main()
