@@ -33,48 +33,47 @@ except ImportError:  # CPU-only installs: the op is absent and callers keep thei
 
 @dataclass(frozen=True)
 class GemvConfig:
-    """A launch configuration: rows per program, columns per tile, warps, pipelining depth, and how
-    many programs share one row's columns (``split_k``; their float32 partial sums are added after)."""
+    """A launch configuration: rows per program, columns per tile, warps, pipelining depth."""
 
     block_n: int
     block_k: int
     num_warps: int
     num_stages: int
-    split_k: int = 1
+
+
+# Launch configs per kind of shape, bf16/fp16 weights and e4m3 weights: the fastest for Qwen2.5-7B's
+# decode step on an H200 with each shape's 28 calls replayed back to back in a CUDA graph, as the text
+# engine runs them (`benchmarks/gpu/gemv_step.py`, results/gpu_gemv_step_sweep2_*_h200.json): many rows
+# (fused gate/up, the LM head), a long row (down), and the rest (fused q/k/v, o). Few rows (a separate
+# K or V projection) get one row per program, so that the grid still covers every multiprocessor.
+_CONFIGS = {
+    2: {"few_rows": GemvConfig(1, 2048, 8, 4), "many_rows": GemvConfig(16, 256, 4, 3),
+        "long_rows": GemvConfig(8, 1024, 4, 4), "other": GemvConfig(8, 512, 8, 3)},
+    1: {"few_rows": GemvConfig(1, 2048, 8, 3), "many_rows": GemvConfig(16, 256, 4, 3),
+        "long_rows": GemvConfig(4, 1024, 4, 4), "other": GemvConfig(8, 512, 8, 4)},
+}
 
 
 def default_config(n: int, k: int, weight_bytes: int) -> GemvConfig:
-    """The launch configuration for an ``(n, k)`` weight of ``weight_bytes``-wide elements: the best
-    (or within 1 % of the best) of a sweep over Qwen2.5-7B's and FLUX.1's one-row shapes on an H200
-    (`benchmarks/gpu/gemv.py`, results/gpu_gemv_sweep_h200.json). Few rows (a K or V projection)
-    get one row per program, so that the grid still covers every multiprocessor."""
-    if weight_bytes == 1:
-        config = GemvConfig(1, 2048, 8, 3) if n < 1024 else GemvConfig(8, 512, 4, 3) if n >= 8192 else GemvConfig(4, 1024, 4, 3)
-    elif n < 1024:
-        config = GemvConfig(1, 2048, 8, 4)
-    else:
-        config = GemvConfig(4, 2048, 4, 4) if k >= 8192 else GemvConfig(2, 2048, 8, 3)
+    """The launch configuration for an ``(n, k)`` weight of ``weight_bytes``-wide elements."""
+    kind = "few_rows" if n < 1024 else "many_rows" if n >= 16384 else "long_rows" if k >= 8192 else "other"
+    config = _CONFIGS[1 if weight_bytes == 1 else 2][kind]
     block_k = min(config.block_k, max(16, 1 << (k - 1).bit_length()))  # no wider than the row
-    return GemvConfig(config.block_n, block_k, config.num_warps, config.num_stages, config.split_k)
+    return GemvConfig(config.block_n, block_k, config.num_warps, config.num_stages)
 
 
 if triton is not None:
 
     @triton.jit
-    def _gemv_kernel(x_ptr, w_ptr, scale_ptr, bias_ptr, out_ptr, N, K, K_PER_SPLIT,
-                     HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, PARTIAL: tl.constexpr,
+    def _gemv_kernel(x_ptr, w_ptr, scale_ptr, bias_ptr, out_ptr, N, K,
+                     HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr,
                      BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-        # Program (i, j) reads rows [i * BLOCK_N, ...) of columns [j * K_PER_SPLIT, ...). With PARTIAL
-        # it stores float32 sums in row j of an (splits, N) output (bias from split 0 only).
         rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
         row_ok = rows < N
-        split = tl.program_id(1)
-        k_start = split * K_PER_SPLIT
-        k_end = tl.minimum(K, k_start + K_PER_SPLIT)
         acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
-        for start in range(k_start, k_end, BLOCK_K):
+        for start in range(0, K, BLOCK_K):
             cols = start + tl.arange(0, BLOCK_K)
-            col_ok = cols < K  # the loop keeps cols inside the split (K_PER_SPLIT is whole tiles)
+            col_ok = cols < K
             w = tl.load(w_ptr + rows[:, None].to(tl.int64) * K + cols[None, :],
                         mask=row_ok[:, None] & col_ok[None, :], other=0.0, eviction_policy="evict_first")
             x = tl.load(x_ptr + cols, mask=col_ok, other=0.0, eviction_policy="evict_last")
@@ -83,12 +82,8 @@ if triton is not None:
         if HAS_SCALE:
             out *= tl.load(scale_ptr + rows, mask=row_ok, other=0.0)
         if HAS_BIAS:
-            bias = tl.load(bias_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)
-            out += tl.where(split == 0, bias, 0.0)
-        if PARTIAL:
-            tl.store(out_ptr + split * N + rows, out, mask=row_ok)
-        else:
-            tl.store(out_ptr + rows, out.to(out_ptr.dtype.element_ty), mask=row_ok)
+            out += tl.load(bias_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)
+        tl.store(out_ptr + rows, out.to(out_ptr.dtype.element_ty), mask=row_ok)
 
 
 def available() -> bool:
@@ -97,28 +92,19 @@ def available() -> bool:
 
 
 def launch(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None = None,
-           bias: torch.Tensor | None = None, config: GemvConfig | None = None, wrap=None,
-           combine: bool = True) -> torch.Tensor:
+           bias: torch.Tensor | None = None, config: GemvConfig | None = None, wrap=None) -> torch.Tensor:
     """``weight @ x`` (times ``scale`` per row, plus ``bias``) for a vector ``x`` of ``weight.shape[1]``
     elements; ``weight`` is ``(n, k)`` and contiguous, bf16/fp16/e4m3. Returns ``(n,)`` in x's dtype.
 
-    With ``config.split_k > 1`` the kernel writes float32 partial sums, ``(splits, n)``, and their sum is
-    the result; inside a compiled graph that sum is a few additions fused into the next kernel.
-    ``combine=False`` returns the partial sums as they are (benchmarks time the kernel alone).
     ``wrap`` is `torch.library.wrap_triton` when called inside the op (so tracing sees the kernel)."""
     n, k = weight.shape
     config = config or default_config(n, k, weight.element_size())
-    k_per_split = triton.cdiv(triton.cdiv(k, config.split_k), config.block_k) * config.block_k
-    splits = triton.cdiv(k, k_per_split)  # no split without columns
-    partial = splits > 1
-    out = torch.empty((splits, n) if partial else (n,), device=x.device, dtype=torch.float32 if partial else x.dtype)
+    out = torch.empty(n, device=x.device, dtype=x.dtype)
     kernel = wrap(_gemv_kernel) if wrap is not None else _gemv_kernel
-    kernel[(triton.cdiv(n, config.block_n), splits)](
-        x, weight, scale if scale is not None else x, bias if bias is not None else x, out, n, k, k_per_split,
-        HAS_SCALE=scale is not None, HAS_BIAS=bias is not None, PARTIAL=partial,
-        BLOCK_N=config.block_n, BLOCK_K=config.block_k, num_warps=config.num_warps, num_stages=config.num_stages)
-    if partial and combine:
-        return out.sum(0).to(x.dtype)
+    kernel[(triton.cdiv(n, config.block_n),)](
+        x, weight, scale if scale is not None else x, bias if bias is not None else x, out, n, k,
+        HAS_SCALE=scale is not None, HAS_BIAS=bias is not None, BLOCK_N=config.block_n, BLOCK_K=config.block_k,
+        num_warps=config.num_warps, num_stages=config.num_stages)
     return out
 
 

@@ -1,12 +1,12 @@
 """The one-row products of a whole Qwen2.5-7B decode step, replayed as one CUDA graph: how close
 `aoti.gemv` comes to the copy bandwidth when its kernels run back to back, as they do in the text
-engine's decode graph, and which launch config (split-K included) each shape should use.
+engine's decode graph, and which launch config each shape should use.
 
 Per shape, a graph of 28 calls on 28 distinct weights (a decode step's calls of that shape; none of
 them sits in L2) times every candidate config. Then the step (per layer: fused q/k/v with bias, o,
 fused gate/up, down; and the LM head), 14.1 GB of bf16 weights, runs with `gemv.default_config` and
-with the best config of each shape. Times are kernels alone: split-K partial sums are left uncombined,
-as the text engine's graphs fuse that sum into the next kernel.
+with the best config of each shape. (results/gpu_gemv_step_sweep*_h200.json also swept split-K, a
+version of the kernel that gained at most 0.5 µs a call and was dropped.)
 
     python benchmarks/gpu/gemv_step.py --out results.json [--fp8]
 """
@@ -34,12 +34,12 @@ SHAPES = [("down", 3584, 18944, False, LAYERS), ("o", 3584, 3584, False, LAYERS)
 
 
 def candidates(weight_bytes: int) -> list[gemv.GemvConfig]:
-    """Tiles of 4–16 KB, 4 or 8 warps, 3 or 4 stages, split-K 1–8."""
+    """Tiles of 4–16 KB, 4 or 8 warps, 3 or 4 stages."""
     configs = []
-    for bn, bk, warps, stages, split in itertools.product((1, 2, 4, 8, 16), (256, 512, 1024, 2048, 4096), (4, 8), (3, 4), (1, 2)):
+    for bn, bk, warps, stages in itertools.product((1, 2, 4, 8, 16), (256, 512, 1024, 2048, 4096), (4, 8), (3, 4)):
         tile = bn * bk * weight_bytes
         if 4096 <= tile <= 16384 and bk * weight_bytes <= 4096:
-            configs.append(gemv.GemvConfig(bn, bk, warps, stages, split))
+            configs.append(gemv.GemvConfig(bn, bk, warps, stages))
     return configs
 
 
@@ -69,7 +69,7 @@ def graph_ms(calls, replays: int = 10) -> float:
 
 
 def calls_of(weights, x, config):
-    return [lambda w=w, s=s, b=b: gemv.launch(x, w, s, b, config=config, combine=False) for w, s, b in weights]
+    return [lambda w=w, s=s, b=b: gemv.launch(x, w, s, b, config=config) for w, s, b in weights]
 
 
 def main() -> None:
@@ -108,8 +108,7 @@ def main() -> None:
         for config in candidates(w.element_size()):
             if time.perf_counter() > deadline:
                 break
-            wide = n >= 16384  # enough rows to fill the card without splitting columns
-            if config in timings or config.block_k > max(16, 1 << (k - 1).bit_length()) or (wide and config.split_k > 1):
+            if config in timings or config.block_k > max(16, 1 << (k - 1).bit_length()):
                 continue
             try:
                 error = rel_error(gemv.launch(x, w, scale, bias, config=config), reference)
@@ -134,9 +133,9 @@ def main() -> None:
             for name in ("qkv", "o", "gate_up", "down"):
                 n, k, weights, x = shapes[name]
                 w, s, b = weights[layer]
-                calls.append(lambda w=w, s=s, b=b, x=x, c=table[name]: gemv.launch(x, w, s, b, config=c, combine=False))
+                calls.append(lambda w=w, s=s, b=b, x=x, c=table[name]: gemv.launch(x, w, s, b, config=c))
         n, k, weights, x = shapes["lm_head"]
-        calls.append(lambda w=weights[0][0], s=weights[0][1], x=x, c=table["lm_head"]: gemv.launch(x, w, s, None, config=c, combine=False))
+        calls.append(lambda w=weights[0][0], s=weights[0][1], x=x, c=table["lm_head"]: gemv.launch(x, w, s, None, config=c))
         ms = graph_ms(calls)
         step[label] = {"ms": round(ms, 4), "gbs": round(total_bytes / (ms / 1e3) / 1e9, 1),
                        "pct_of_copy": round(100 * total_bytes / (ms / 1e3) / 1e9 / copy_gbs, 1)}

@@ -27,10 +27,8 @@ INTERPRETED = textwrap.dedent("""
         assert err < tol, err
 
     # Sizes that fill no tile evenly (masked rows and columns), one program per row and several.
-    # Split-K: float32 partial sums over column ranges (the last one short), bias counted once.
     for n, k, config in ((70, 300, gemv.GemvConfig(4, 128, 4, 1)), (33, 1000, gemv.GemvConfig(1, 256, 4, 1)),
-                         (40, 96, None), (70, 300, gemv.GemvConfig(4, 64, 4, 1, split_k=3)),
-                         (33, 1000, gemv.GemvConfig(2, 128, 4, 1, split_k=4))):
+                         (40, 96, None)):
         w = torch.randn(n, k, dtype=torch.bfloat16)
         x = torch.randn(k, dtype=torch.bfloat16)
         bias = torch.randn(n, dtype=torch.bfloat16)
@@ -42,10 +40,6 @@ INTERPRETED = textwrap.dedent("""
         close(gemv.launch(x, q, scale.reshape(-1), bias, config=config),
               (q.float() @ x.float()) * scale.reshape(-1) + bias.float(), 1e-2)
         assert gemv.launch(x, w, config=config).dtype == torch.bfloat16
-        if config is not None and config.split_k > 1:
-            partials = gemv.launch(x, w, bias=bias, config=config, combine=False)
-            assert partials.shape == (config.split_k, n) and partials.dtype == torch.float32
-            close(partials.sum(0), ref + bias.float(), 1e-2)
 
     # The op, through a routed linear layer and an FP8 layer, against F.linear.
     linear = torch.nn.Linear(96, 40).to(torch.bfloat16)
