@@ -9,7 +9,8 @@ Qwen2.5-7B layer's q/k/v took 24.3 µs as three `aoti.gemv` calls and 13.6 µs a
 transformers' attention and MLP modules call each projection themselves
 (``self.q_proj(x)``, ``self.k_proj(x)``, ...), so `fuse_projections` keeps those names: the group's
 layers become `ProjectionSlice` modules that share one `torch.nn.Linear` (``qkv_proj`` or
-``gate_up_proj``, registered on the parent, weights concatenated, the originals freed). The first
+``gate_up_proj``, registered on the parent, weights concatenated, the originals freed; gate and up rows
+alternate, so that a one-row product can pair them up in its epilogue). The first
 slice called with an input runs the fused layer and keeps its output until every slice of the group
 has taken its part of it; a call with a different input runs the fused layer again, so the result is
 always that of the separate layers (an input changed in place between two slices' calls is not
@@ -17,7 +18,10 @@ noticed; transformers' blocks don't do that). Because the fused layer is a plain
 the parent, FP8 quantization and `aoti.gemv` routing treat it like any other linear layer.
 
     aoti.fuse.fuse_projections(model)     # q/k/v -> qkv_proj, gate/up -> gate_up_proj
-    aoti.fuse.unfuse_projections(model)   # back to separate layers (views of the fused weight)
+    aoti.fuse.unfuse_projections(model)   # back to separate layers (same weights)
+
+With the groups fused, `fuse_projections` also gives known decoder layers their fused one-token step
+(`aoti.fuse_layers`: norms, residual adds and SiLU·mul inside the one-row products).
 """
 
 from __future__ import annotations
@@ -26,13 +30,16 @@ import logging
 
 import torch
 
+from .fuse_layers import fuse_layers, unfuse_layers
+
 log = logging.getLogger(__name__)
 
 # Names of sibling layers that transformers' decoder blocks (Llama, Qwen2/3, Mistral, Gemma, Phi-3's
-# unfused variants, ...) call on one and the same input, and the name of their fused layer.
-GROUPS: tuple[tuple[tuple[str, ...], str], ...] = (
-    (("q_proj", "k_proj", "v_proj"), "qkv_proj"),
-    (("gate_proj", "up_proj"), "gate_up_proj"),
+# unfused variants, ...) call on one and the same input, the name of their fused layer, and whether
+# its rows interleave the layers' rows (gate/up: `aoti.gemv`'s ``glu`` reads them as pairs) or stack them.
+GROUPS: tuple[tuple[tuple[str, ...], str, bool], ...] = (
+    (("q_proj", "k_proj", "v_proj"), "qkv_proj", False),
+    (("gate_proj", "up_proj"), "gate_up_proj", True),
 )
 
 
@@ -56,32 +63,33 @@ class _Served:
 
 
 class ProjectionSlice(torch.nn.Module):
-    """One projection of a fused group: columns ``start:stop`` of the parent's fused layer's output."""
+    """One projection of a fused group: columns ``start:stop:step`` of the parent's fused layer's output."""
 
     def __init__(self, parent: torch.nn.Module, fused_name: str, index: int, start: int, stop: int,
-                 served: _Served) -> None:
+                 served: _Served, step: int = 1) -> None:
         super().__init__()
         # Plain attributes, not submodules: the fused layer is registered (and quantized, routed,
         # moved) once, on the parent, and looked up by name at call time.
         self.__dict__["_parent"] = parent
-        self.fused_name, self.index, self.start, self.stop = fused_name, index, start, stop
+        self.fused_name, self.index, self.start, self.stop, self.step = fused_name, index, start, stop, step
         self.__dict__["_served"] = served
 
     @property
     def out_features(self) -> int:
-        return self.stop - self.start
+        return len(range(self.start, self.stop, self.step))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         fused = getattr(self._parent, self.fused_name)
-        return self._served.take(fused, x, self.index)[..., self.start : self.stop]
+        return self._served.take(fused, x, self.index)[..., self.start : self.stop : self.step]
 
     def extra_repr(self) -> str:
-        return f"{self.fused_name}[..., {self.start}:{self.stop}]"
+        return f"{self.fused_name}[..., {self.start}:{self.stop}:{self.step}]"
 
 
-def _fusable(layers: list[torch.nn.Module]) -> bool:
+def _fusable(layers: list[torch.nn.Module], interleave: bool) -> bool:
     """Plain (or `aoti.gemv`-routed) linear layers with plain weights of one dtype, device and input
-    size, biases alike. The fused layer is a plain ``nn.Linear``; routing is applied to it afterwards."""
+    size (and output size, to interleave), biases alike. The fused layer is a plain ``nn.Linear``;
+    routing is applied to it afterwards."""
     from torch.utils._python_dispatch import is_traceable_wrapper_subclass
 
     from .gemv import GemvLinear
@@ -93,6 +101,7 @@ def _fusable(layers: list[torch.nn.Module]) -> bool:
         not is_traceable_wrapper_subclass(layer.weight)
         and layer.weight.dtype == first.dtype and layer.weight.device == first.device
         and layer.in_features == layers[0].in_features and (layer.bias is None) == (layers[0].bias is None)
+        and (not interleave or layer.out_features == layers[0].out_features)
         for layer in layers
     )
 
@@ -106,17 +115,25 @@ def _linear(weight: torch.Tensor, bias: torch.Tensor | None, requires_grad: bool
     return layer
 
 
+def _join(tensors: list[torch.Tensor], interleave: bool) -> torch.Tensor:
+    """Rows of ``tensors`` stacked, or interleaved (row i of each, in turn)."""
+    return torch.stack(tensors, 1).flatten(0, 1) if interleave else torch.cat(tensors)
+
+
 @torch.no_grad()
-def _fuse_group(parent: torch.nn.Module, names: tuple[str, ...], fused_name: str) -> None:
+def _fuse_group(parent: torch.nn.Module, names: tuple[str, ...], fused_name: str, interleave: bool) -> None:
     layers = [getattr(parent, name) for name in names]
-    weight = torch.cat([layer.weight for layer in layers])
-    bias = torch.cat([layer.bias for layer in layers]) if layers[0].bias is not None else None
+    weight = _join([layer.weight for layer in layers], interleave)
+    bias = _join([layer.bias for layer in layers], interleave) if layers[0].bias is not None else None
     parent.add_module(fused_name, _linear(weight, bias, layers[0].weight.requires_grad))
     served, start = _Served(len(names)), 0
     for index, (name, layer) in enumerate(zip(names, layers)):
-        stop = start + layer.out_features
-        parent._modules[name] = ProjectionSlice(parent, fused_name, index, start, stop, served)
-        start = stop
+        if interleave:
+            part = ProjectionSlice(parent, fused_name, index, index, weight.shape[0], served, step=len(names))
+        else:
+            part = ProjectionSlice(parent, fused_name, index, start, start + layer.out_features, served)
+            start += layer.out_features
+        parent._modules[name] = part
 
 
 def fuse_projections(module: torch.nn.Module) -> int:
@@ -125,24 +142,28 @@ def fuse_projections(module: torch.nn.Module) -> int:
     differ in dtype, device, input size or bias, are left as they are."""
     fused = 0
     for parent in list(module.modules()):
-        for names, fused_name in GROUPS:
+        for names, fused_name, interleave in GROUPS:
             layers = [parent._modules.get(name) for name in names]
-            if fused_name not in parent._modules and all(layers) and _fusable(layers):
-                _fuse_group(parent, names, fused_name)
+            if fused_name not in parent._modules and all(layers) and _fusable(layers, interleave):
+                _fuse_group(parent, names, fused_name, interleave)
                 fused += 1
     if fused:
         log.info("fused %d projection groups of %s", fused, type(module).__name__)
+    fuse_layers(module)
     return fused
 
 
 @torch.no_grad()
 def unfuse_projections(module: torch.nn.Module) -> int:
     """Give every fused group under ``module`` its separate linear layers back (their weights are views
-    of the fused weight); returns how many groups were unfused. A fused layer that is no longer a
-    plain linear layer (quantized since) raises, since its parts can't be split off."""
+    of the fused weight, or copies of its interleaved rows); returns how many groups were unfused. A
+    fused layer that is no longer a plain linear layer (quantized since) raises, since its parts can't
+    be split off. Fused decoder
+    layers (`aoti.fuse_layers`) get their own forward back first."""
+    unfuse_layers(module)
     unfused = 0
     for parent in list(module.modules()):
-        for names, fused_name in GROUPS:
+        for names, fused_name, _ in GROUPS:
             fused = parent._modules.get(fused_name)
             if fused is None or not all(isinstance(parent._modules.get(n), ProjectionSlice) for n in names):
                 continue
@@ -150,9 +171,9 @@ def unfuse_projections(module: torch.nn.Module) -> int:
                 raise ValueError(f"{fused_name} of {type(parent).__name__} is a {type(fused).__name__} now; "
                                  "reload the model to split it.")
             for name in names:
-                part = parent._modules[name]
-                bias = fused.bias[part.start : part.stop] if fused.bias is not None else None
-                parent._modules[name] = _linear(fused.weight[part.start : part.stop], bias, fused.weight.requires_grad)
+                rows = slice(parent._modules[name].start, parent._modules[name].stop, parent._modules[name].step)
+                bias = fused.bias[rows].contiguous() if fused.bias is not None else None
+                parent._modules[name] = _linear(fused.weight[rows].contiguous(), bias, fused.weight.requires_grad)
             del parent._modules[fused_name]
             unfused += 1
     return unfused

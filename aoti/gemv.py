@@ -65,24 +65,41 @@ def default_config(n: int, k: int, weight_bytes: int) -> GemvConfig:
 if triton is not None:
 
     @triton.jit
-    def _gemv_kernel(x_ptr, w_ptr, scale_ptr, bias_ptr, out_ptr, N, K,
-                     HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr,
-                     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    def _gemv_kernel(x_ptr, w_ptr, scale_ptr, bias_ptr, norm_ptr, residual_ptr, out_ptr, N, K,
+                     HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, NORM: tl.constexpr, EPS: tl.constexpr,
+                     GLU: tl.constexpr, RESIDUAL: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+        # Every program reads the whole input row, so it can RMS-normalize it on the way in (NORM: times
+        # the norm's weight, with the 1 / rms factor, a sum over the row, applied to the dot products at
+        # the end). GLU: rows 2i and 2i + 1 are a gate and an up row, and the output is
+        # silu(gate) * up, one value per pair (BLOCK_N is even, so no pair straddles two programs).
         rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
         row_ok = rows < N
         acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
+        squares = tl.zeros((BLOCK_K,), dtype=tl.float32)
         for start in range(0, K, BLOCK_K):
             cols = start + tl.arange(0, BLOCK_K)
             col_ok = cols < K
             w = tl.load(w_ptr + rows[:, None].to(tl.int64) * K + cols[None, :],
                         mask=row_ok[:, None] & col_ok[None, :], other=0.0, eviction_policy="evict_first")
-            x = tl.load(x_ptr + cols, mask=col_ok, other=0.0, eviction_policy="evict_last")
-            acc += w.to(tl.float32) * x.to(tl.float32)[None, :]
+            x = tl.load(x_ptr + cols, mask=col_ok, other=0.0, eviction_policy="evict_last").to(tl.float32)
+            if NORM:
+                squares += x * x
+                x *= tl.load(norm_ptr + cols, mask=col_ok, other=0.0, eviction_policy="evict_last").to(tl.float32)
+            acc += w.to(tl.float32) * x[None, :]
         out = tl.sum(acc, axis=1)
+        if NORM:
+            out *= tl.rsqrt(tl.sum(squares, axis=0) / K + EPS)
         if HAS_SCALE:
             out *= tl.load(scale_ptr + rows, mask=row_ok, other=0.0)
         if HAS_BIAS:
             out += tl.load(bias_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)
+        if GLU:
+            gate, up = tl.split(tl.reshape(out, (BLOCK_N // 2, 2)))
+            out = gate * tl.sigmoid(gate) * up
+            rows = tl.program_id(0) * (BLOCK_N // 2) + tl.arange(0, BLOCK_N // 2)
+            row_ok = rows < N // 2
+        if RESIDUAL:
+            out += tl.load(residual_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)
         tl.store(out_ptr + rows, out.to(out_ptr.dtype.element_ty), mask=row_ok)
 
 
@@ -92,18 +109,26 @@ def available() -> bool:
 
 
 def launch(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None = None,
-           bias: torch.Tensor | None = None, config: GemvConfig | None = None, wrap=None) -> torch.Tensor:
-    """``weight @ x`` (times ``scale`` per row, plus ``bias``) for a vector ``x`` of ``weight.shape[1]``
-    elements; ``weight`` is ``(n, k)`` and contiguous, bf16/fp16/e4m3. Returns ``(n,)`` in x's dtype.
+           bias: torch.Tensor | None = None, config: GemvConfig | None = None, wrap=None, *,
+           norm_weight: torch.Tensor | None = None, eps: float = 1e-6, glu: bool = False,
+           residual: torch.Tensor | None = None) -> torch.Tensor:
+    """``weight @ x`` (times ``scale`` per row, plus ``bias``, plus ``residual``) for a vector ``x`` of
+    ``weight.shape[1]`` elements; ``weight`` is ``(n, k)`` and contiguous, bf16/fp16/e4m3. Returns
+    ``(n,)`` in x's dtype. ``norm_weight``: the product reads ``x`` RMS-normalized (``eps``) times that
+    weight. ``glu``: rows ``2i`` and ``2i + 1`` of ``weight`` are a gate and an up projection, and the
+    result is ``silu(gate) * up``, ``(n // 2,)`` (``residual`` then has that size too).
 
     ``wrap`` is `torch.library.wrap_triton` when called inside the op (so tracing sees the kernel)."""
     n, k = weight.shape
     config = config or default_config(n, k, weight.element_size())
-    out = torch.empty(n, device=x.device, dtype=x.dtype)
+    if glu and config.block_n == 1:  # (block_n is a power of two) whole pairs in every program
+        config = GemvConfig(2, config.block_k, config.num_warps, config.num_stages)
+    out = torch.empty(n // 2 if glu else n, device=x.device, dtype=x.dtype)
     kernel = wrap(_gemv_kernel) if wrap is not None else _gemv_kernel
     kernel[(triton.cdiv(n, config.block_n),)](
-        x, weight, scale if scale is not None else x, bias if bias is not None else x, out, n, k,
-        HAS_SCALE=scale is not None, HAS_BIAS=bias is not None, BLOCK_N=config.block_n, BLOCK_K=config.block_k,
+        x, weight, *(t if t is not None else x for t in (scale, bias, norm_weight, residual)), out, n, k,
+        HAS_SCALE=scale is not None, HAS_BIAS=bias is not None, NORM=norm_weight is not None, EPS=float(eps),
+        GLU=glu, RESIDUAL=residual is not None, BLOCK_N=config.block_n, BLOCK_K=config.block_k,
         num_warps=config.num_warps, num_stages=config.num_stages)
     return out
 
@@ -115,9 +140,10 @@ INTERPRETING = triton is not None and os.environ.get("TRITON_INTERPRET") == "1"
 if triton is not None:
 
     @torch.library.triton_op("aoti_studio::gemv", mutates_args=())
-    def _gemv_op(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None,
-                 bias: torch.Tensor | None) -> torch.Tensor:
-        return launch(x, weight, scale, bias, wrap=torch.library.wrap_triton)
+    def _gemv_op(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None, bias: torch.Tensor | None,
+                 norm_weight: torch.Tensor | None, residual: torch.Tensor | None, eps: float, glu: bool) -> torch.Tensor:
+        return launch(x, weight, scale, bias, wrap=torch.library.wrap_triton, norm_weight=norm_weight, eps=eps,
+                      glu=glu, residual=residual)
 
 
 def one_row(x: torch.Tensor) -> bool:
@@ -140,25 +166,42 @@ def runs_on(device: torch.device) -> bool:
     return device.type == "cuda" or INTERPRETING
 
 
-def gemv(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None = None,
-         bias: torch.Tensor | None = None) -> torch.Tensor:
+def gemv(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None = None, bias: torch.Tensor | None = None,
+         *, norm_weight: torch.Tensor | None = None, eps: float = 1e-6, glu: bool = False,
+         residual: torch.Tensor | None = None) -> torch.Tensor:
     """``F.linear`` for one row of ``x`` through the kernel, times ``scale`` (one float32 per output
-    row; FP8 weights) plus ``bias``; the result has x's shape with ``weight.shape[0]`` features."""
-    out = torch.ops.aoti_studio.gemv(x.reshape(-1).contiguous(), weight, scale, bias)
-    return out.reshape(*x.shape[:-1], weight.shape[0])
+    row; FP8 weights) plus ``bias`` and ``residual``; the result has x's shape with ``weight.shape[0]``
+    features. ``norm_weight``/``eps``: the product reads ``x`` RMS-normalized; ``glu``: interleaved
+    gate and up rows give ``silu(gate) * up``, half as many features (see `launch`)."""
+    if residual is not None:
+        residual = residual.reshape(-1).contiguous()
+    out = torch.ops.aoti_studio.gemv(x.reshape(-1).contiguous(), weight, scale, bias, norm_weight, residual, float(eps), glu)
+    return out.reshape(*x.shape[:-1], out.shape[0])
 
 
 class GemvLinear(torch.nn.Linear):
     """`torch.nn.Linear` whose one-row calls (a decode step) go through `gemv` while ``one_row_kernel``
     is set (by `use_gemv`); the others, and every call on the CPU, stay `F.linear`. Same parameters and
     state dict. The checks in `forward` are on static facts (device, dtype, sizes), so a traced graph
-    holds one path or the other, never a branch."""
+    holds one path or the other, never a branch.
+
+    ``fusion`` holds extra `gemv` arguments for the kernel path (a norm, a residual), set around a call
+    by a caller that owns them (`aoti.fuse_layers`); it is empty otherwise."""
 
     one_row_kernel = False
+    fusion: dict = {}  # replaced, never changed in place
+
+    def kernel_path(self, x: torch.Tensor) -> bool:
+        """Whether a call with ``x`` goes through the kernel."""
+        return self.one_row_kernel and runs_on(x.device) and x.dtype == self.weight.dtype and one_row(x)
+
+    def kernel_operands(self) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """The weight, per-row scale and bias that `gemv` reads."""
+        return self.weight, None, self.bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.one_row_kernel and runs_on(x.device) and x.dtype == self.weight.dtype and one_row(x):
-            return gemv(x, self.weight, None, self.bias)
+        if self.kernel_path(x):
+            return gemv(x, *self.kernel_operands(), **self.fusion)
         return torch.nn.functional.linear(x, self.weight, self.bias)
 
 

@@ -9,8 +9,9 @@ from typing import Any, Literal
 
 from .attention import BACKENDS as ATTENTIONS
 
-OPTIONS_VERSION = 3  # 2: the default preset lowers matmuls (FP8 ones too) to ATen kernels only;
-# 3: `gemv` also runs decode attention on `aoti.decode_attention`; `fuse_projections`
+OPTIONS_VERSION = 4  # 2: the default preset lowers matmuls (FP8 ones too) to ATen kernels only;
+# 3: `gemv` also runs decode attention on `aoti.decode_attention`; `fuse_projections`;
+# 4: `fuse_projections` also fuses decoder layers' one-token step (`aoti.fuse_layers`)
 
 Dispatch = Literal["static", "dynamic", "buckets"]
 Preset = Literal["default", "decode", "max-autotune"]
@@ -85,8 +86,10 @@ class CompileOptions:
             `aoti.decode_attention`'s split-KV kernel. None (default): on with the "decode" preset.
             Never on the CPU.
         fuse_projections: compute q/k/v and gate/up projections that read the same input as one
-            linear layer each (`aoti.fuse`), in place before quantizing. Recorded as what ran: False
-            for a module without such groups, or with a torchao (int8) recipe.
+            linear layer each (`aoti.fuse`), in place before quantizing, and run known decoder layers'
+            one-token step with their norms, residual adds and SiLU·mul inside the one-row products
+            (`aoti.fuse_layers`, where `gemv` is on). Recorded as what ran: False for a module without
+            such groups, or with a torchao (int8) recipe.
     """
 
     dispatch: Dispatch = "static"

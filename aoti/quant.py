@@ -89,9 +89,19 @@ class RowwiseFloat8Linear(torch.nn.Module):
         bias = linear.bias.detach() if linear.bias is not None else None
         return cls(weight, scale.reshape(1, -1).contiguous(), bias)
 
+    fusion: dict = {}  # extra `gemv` arguments for the kernel path, as `aoti.gemv.GemvLinear.fusion`
+
+    def kernel_path(self, x: torch.Tensor) -> bool:
+        """Whether a call with ``x`` goes through `aoti.gemv` (weight-only: any activation dtype)."""
+        return self.one_row_kernel and runs_on(x.device) and one_row(x)
+
+    def kernel_operands(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """The e4m3 weight, per-row scale and bias that `aoti.gemv.gemv` reads."""
+        return self.fp8_weight, self.weight_scale.reshape(-1), self.bias
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.one_row_kernel and runs_on(x.device) and one_row(x):
-            return gemv(x, self.fp8_weight, self.weight_scale.reshape(-1), self.bias)
+        if self.kernel_path(x):
+            return gemv(x, *self.kernel_operands(), **self.fusion)
         rows = x.reshape(-1, x.shape[-1])
         q, scale = rowwise_fp8(rows)
         out = torch._scaled_mm(q, self.fp8_weight.t(), scale_a=scale, scale_b=self.weight_scale, bias=self.bias,

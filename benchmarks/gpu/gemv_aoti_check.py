@@ -38,7 +38,7 @@ def check(bias: bool, quantization: str, cache: aoti.Cache) -> dict:
     with aoti.capture(model) as call:
         model(x)
     try:
-        artifact = aoti.compile(model, call, aoti.CompileOptions(quantization=quantization), cache=cache)
+        artifact = aoti.compile(model, call, aoti.CompileOptions(quantization=quantization, gemv=True), cache=cache)
     except Exception as exc:  # keep the compiler's own words
         return error_record(exc)
     fresh = torch.randn(1, 1, 256, device="cuda", dtype=torch.bfloat16)
@@ -75,7 +75,8 @@ def text_engine(cache: aoti.Cache) -> dict:
     except Exception as exc:
         return error_record(exc)
     compiled = text.tokenizer(list(text.generate(prompt, params))[-1].text).input_ids
-    return {"runtime": status.runtime, "fallbacks": status.fallbacks, "greedy_tokens_equal": eager == compiled,
+    return {"runtime": status.runtime, "fallbacks": status.fallbacks, "fused_layers": aoti.fuse_layers.fused_layers(model),
+            "greedy_tokens_equal": eager == compiled,
             "first_differing_token": next((i for i, (a, b) in enumerate(zip(eager, compiled)) if a != b), None)}
 
 

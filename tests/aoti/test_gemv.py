@@ -41,6 +41,23 @@ INTERPRETED = textwrap.dedent("""
               (q.float() @ x.float()) * scale.reshape(-1) + bias.float(), 1e-2)
         assert gemv.launch(x, w, config=config).dtype == torch.bfloat16
 
+    # Fused in: RMS norm of the input (times its weight), a residual add, SiLU·mul of row pairs.
+    n, k = 70, 300
+    w, bias, residual = torch.randn(n, k), torch.randn(n), torch.randn(n)
+    x, norm_weight = torch.randn(k), torch.rand(k) + 0.5
+    normed = x * torch.rsqrt(x.pow(2).mean() + 1e-5) * norm_weight
+    config = gemv.GemvConfig(4, 128, 4, 1)
+    close(gemv.launch(x, w, None, bias, config, norm_weight=norm_weight, eps=1e-5), w @ normed + bias, 1e-5)
+    pairs = w @ normed + bias
+    glu = torch.nn.functional.silu(pairs[0::2]) * pairs[1::2]
+    for c in (config, gemv.GemvConfig(1, 128, 4, 1)):  # pairs straddle no program (one row: two)
+        close(gemv.launch(x, w, None, bias, c, norm_weight=norm_weight, eps=1e-5, glu=True, residual=residual[: n // 2]),
+              glu + residual[: n // 2], 1e-5)
+    q, scale = rowwise_fp8(w)
+    out = gemv.gemv(x[None, None], q, scale.reshape(-1), bias, norm_weight=norm_weight, eps=1e-5, residual=residual[None, None])
+    assert out.shape == (1, 1, n)
+    close(out, (q.float() @ normed) * scale.reshape(-1) + bias + residual, 1e-5)
+
     # The op, through a routed linear layer and an FP8 layer, against F.linear.
     linear = torch.nn.Linear(96, 40).to(torch.bfloat16)
     fp8 = RowwiseFloat8Linear.from_linear(torch.nn.Linear(96, 48).to(torch.bfloat16))

@@ -1,0 +1,76 @@
+"""aoti.fuse_layers: decoder layers whose one-token step runs as fused one-row products (norms,
+residual adds and SiLU·mul inside `aoti.gemv`). The fused step runs the kernel, so it is checked in
+Triton's CPU interpreter, against the same model unfused; on a GPU it is compiled into the text
+engine's decode graph (benchmarks/gpu/llm_decode.py)."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+import torch
+
+from aoti.fuse import fuse_projections, unfuse_projections
+from aoti.fuse_layers import FusedDecoderLayer, fused_layers
+from tests import tiny
+from tests.interpreted import needs_triton, run_interpreted
+
+
+@pytest.mark.parametrize("build", [tiny.qwen2, tiny.llama], ids=["qwen2", "llama"])
+def test_fusing_projections_fuses_known_layers_and_unfusing_restores_them(build):
+    model = build()
+    layer_class = type(model.model.layers[0])
+    ids = tiny.token_ids(5)
+    with torch.no_grad():
+        before = model(ids).logits
+    fuse_projections(model)
+    assert fused_layers(model) == 2 and isinstance(model.model.layers[1], layer_class | FusedDecoderLayer)
+    with torch.no_grad():  # kernels off (not routed; and several rows): the layer's own forward
+        torch.testing.assert_close(model(ids).logits, before, rtol=1e-5, atol=1e-5)
+    unfuse_projections(model)
+    assert fused_layers(model) == 0 and type(model.model.layers[0]) is layer_class
+
+
+def test_layers_of_other_shapes_are_left_alone():
+    model = tiny.qwen2()
+    model.model.layers[0].mlp.act_fn = torch.nn.GELU()  # not a SiLU-gated MLP
+    fuse_projections(model)
+    assert fused_layers(model) == 1 and not isinstance(model.model.layers[0], FusedDecoderLayer)
+
+
+FUSED_STEP = textwrap.dedent("""
+    import copy, torch
+    import aoti.fuse_layers as fuse_layers
+    from aoti import gemv
+    from aoti.fuse import fuse_projections
+    from tests import tiny
+
+    calls = []
+    plain_gemv = fuse_layers.gemv
+    fuse_layers.gemv = lambda *args, **kwargs: calls.append(kwargs) or plain_gemv(*args, **kwargs)
+
+    for build in (tiny.qwen2, tiny.llama):
+        reference = build()
+        model = copy.deepcopy(reference)  # (tiny.llama turns the KV cache off by default: generate turns it on)
+        fuse_projections(model)
+        assert gemv.use_gemv(model) > 0
+        ids = tiny.token_ids(6)
+        with torch.no_grad():
+            want = reference.generate(ids, max_new_tokens=5, do_sample=False, use_cache=True, output_logits=True, return_dict_in_generate=True)
+            calls.clear()
+            got = model.generate(ids, max_new_tokens=5, do_sample=False, use_cache=True, output_logits=True, return_dict_in_generate=True)
+        # Four one-token steps through both layers: gate/up with the norm and SiLU·mul, down with the residual.
+        assert len(calls) == 4 * 2 * 2, len(calls)
+        assert {tuple(sorted(c)) for c in calls} == {("eps", "glu", "norm_weight"), ("residual",)}, calls
+        assert torch.equal(got.sequences, want.sequences)
+        for step_got, step_want in zip(got.logits, want.logits):
+            torch.testing.assert_close(step_got, step_want, rtol=1e-4, atol=1e-4)
+        layer = model.model.layers[0]
+        assert layer.self_attn.qkv_proj.fusion == {} and layer.self_attn.o_proj.fusion == {}
+    print("ok")
+""")
+
+
+@needs_triton
+def test_the_fused_one_token_step_gives_the_layers_logits_in_the_interpreter():
+    assert run_interpreted(FUSED_STEP).endswith("ok")
