@@ -1,16 +1,16 @@
 """Work-arounds for Inductor bugs that our builds meet, each applied once per process and guarded so
 that a torch without the code it fixes is left alone.
 
-`keep_int_array_writers_alive`: AOTInductor's C++ wrapper declares each size/stride array once
-(``const int64_t int_array_7[] = {1};``) and caches the variable by ``id()`` of the code buffer it was
-written to (`CppWrapperCpu.codegen_int_array_var`). Memory planning writes some allocations into
-buffers that are then dropped; Python reuses a dropped buffer's id for a new one, the cache then hands
-back a variable that was declared only in the dropped buffer, and g++ fails with "'int_array_348' was
-not declared in this scope" (tests/aoti/test_inductor_fixes.py reproduces the cache's part). Keeping
-every buffer the cache has keyed alive for the wrapper's lifetime makes those ids unique again.
-That error is what builds of Qwen2.5-7B geometry with `aoti.gemv` in the decode graph met on an H200
-(torch 2.11), one build in two; an 8-layer build still failed with this fix applied, so this defect is
-not the whole cause, and `aoti.compile` falls back to a build without the kernel.
+`declare_int_arrays_where_used`: AOTInductor's C++ wrapper declares size/stride arrays
+(``static constexpr int64_t int_array_7[] = {1L, };``) through the code buffer of the line that uses
+them, and caches each variable by ``id()`` of that buffer's ``writeline``: of the bound method itself
+in torch 2.11 (a new object at every attribute access, whose id the next one reuses), of the buffer
+in later versions (whose id a new buffer reuses once it is dropped). Either way the cache can hand back
+a variable declared in another place, later in the function or in a dropped buffer, and g++ fails
+with "'int_array_167' was not declared in this scope". Builds of Qwen2.5-7B geometry with `aoti.gemv`
+in the decode graph met that on an H200 (torch 2.11) in about half of the builds (the kernel's
+arguments are views, declared by array). The cache only saves repeated declarations, so the fix
+skips it: every use declares its array where torch's own code writes it.
 """
 
 from __future__ import annotations
@@ -21,31 +21,31 @@ import logging
 log = logging.getLogger(__name__)
 
 
-def keep_int_array_writers_alive() -> bool:
-    """Patch `CppWrapperCpu.codegen_int_array_var` (once); returns whether the patch is in place."""
+def declare_int_arrays_where_used() -> bool:
+    """Patch `CppWrapperCpu.codegen_int_array_var` (once) to declare a fresh array at every use;
+    returns whether the patch is in place."""
     try:
         from torch._inductor.codegen.cpp_wrapper_cpu import CppWrapperCpu
     except ImportError:
         return False
     original = getattr(CppWrapperCpu, "codegen_int_array_var", None)
-    if original is None:
+    declare = getattr(CppWrapperCpu, "_codegen_int_array_var_impl", None)
+    if original is None or declare is None:
         return False
-    if getattr(original, "_aoti_keeps_writers", False):
+    if getattr(original, "_aoti_declares_at_use", False):
         return True
 
     @functools.wraps(original)
-    def codegen_int_array_var(self, int_array, writeline, *args, **kwargs):
-        owner = getattr(writeline, "__self__", writeline)
-        self.__dict__.setdefault("_aoti_writers", {})[id(owner)] = owner  # alive while the cache may hold its id
-        return original(self, int_array, writeline, *args, **kwargs)
+    def codegen_int_array_var(self, int_array, writeline, known_statically=False, *args, **kwargs):
+        return declare(self, int_array, writeline, known_statically)
 
-    codegen_int_array_var._aoti_keeps_writers = True
+    codegen_int_array_var._aoti_declares_at_use = True
     CppWrapperCpu.codegen_int_array_var = codegen_int_array_var
-    log.debug("inductor fix: int array declarations cached per live code buffer")
+    log.debug("inductor fix: int arrays declared at every use")
     return True
 
 
 @functools.lru_cache(maxsize=1)
 def apply_fixes() -> dict[str, bool]:
     """Apply every fix; returns which are in place."""
-    return {"keep_int_array_writers_alive": keep_int_array_writers_alive()}
+    return {"declare_int_arrays_where_used": declare_int_arrays_where_used()}
