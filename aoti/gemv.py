@@ -5,7 +5,9 @@ bandwidth, and the kernel that reads the weight fastest wins. cuBLAS's GEMV and 
 reductions read Qwen2.5-7B's weights at ~78 % of an H200's copy bandwidth, and cuBLASLt's FP8
 kernels (which tile 128 rows) at ~40 %. `gemv` streams the weight in ``(BLOCK_N, BLOCK_K)`` tiles with
 software pipelining and reads bf16, fp16 or e4m3 weights (FP8 scaled per output row) the same way, so
-an FP8 weight costs half the bytes of a bf16 one.
+an FP8 weight costs half the bytes of a bf16 one. Every program reads the whole input row, so the
+kernel can also take in what surrounds a product in a decoder layer: an RMS norm of its input, a
+residual add and SiLU·mul of interleaved gate/up rows on its output (`aoti.fuse_layers` uses them).
 
 `torch.ops.aoti_studio.gemv` is a `torch.library.triton_op`: `torch.export` traces it to the Triton
 kernel itself, and AOTInductor compiles that kernel into the package. The op is registered only where

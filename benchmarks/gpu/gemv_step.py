@@ -68,6 +68,14 @@ def graph_ms(calls, replays: int = 10) -> float:
     return sorted(times)[len(times) // 2]
 
 
+def timing_row(ms: float, config: gemv.GemvConfig, calls: int, call_bytes: float, copy_gbs: float) -> dict:
+    """One config's result (``ms`` for ``calls`` calls): µs per call, the weight bytes' rate, and that
+    rate against the copy bandwidth."""
+    us = ms * 1e3 / calls
+    gbs = call_bytes / (us / 1e6) / 1e9
+    return {"us_per_call": round(us, 2), "gbs": round(gbs, 1), "pct_of_copy": round(100 * gbs / copy_gbs, 1), **config.__dict__}
+
+
 def calls_of(weights, x, config):
     return [lambda w=w, s=s, b=b: gemv.launch(x, w, s, b, config=config) for w, s, b in weights]
 
@@ -119,11 +127,11 @@ def main() -> None:
         ranked = sorted(timings.items(), key=lambda item: item[1])
         best[name] = ranked[0][0]
         per_call = nbytes[name] / len(weights)
-        row = lambda ms, c: {"us_per_call": round(ms * 1e3 / len(weights), 2), "gbs": round(nbytes[name] / (ms / 1e3) / 1e9, 1),
-                             "pct_of_copy": round(100 * nbytes[name] / (ms / 1e3) / 1e9 / copy_gbs, 1), **c.__dict__}
         rec.variant(name, {"n": n, "k": k, "mb_per_call": round(per_call / 1e6, 1), "configs_timed": len(timings),
-                           "default": row(timings[default], default), "best": [row(ms, c) for c, ms in ranked[:6]],
-                           "all_us_per_call": [[round(ms * 1e3 / len(weights), 2), *c.__dict__.values()] for c, ms in ranked]})
+                           "default": timing_row(timings[default], default, len(weights), per_call, copy_gbs),
+                           "best": [timing_row(ms, c, len(weights), per_call, copy_gbs) for c, ms in ranked[:6]],
+                           "all_us_per_call": [[timing_row(ms, c, len(weights), per_call, copy_gbs)["us_per_call"], *c.__dict__.values()]
+                                               for c, ms in ranked]})
         print(name, rec.variants[name]["default"], rec.variants[name]["best"][:2], flush=True)
 
     step = {}
