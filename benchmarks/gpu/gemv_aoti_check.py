@@ -52,9 +52,11 @@ def check(bias: bool, quantization: str, cache: aoti.Cache) -> dict:
 
 def text_engine(cache: aoti.Cache) -> dict:
     """The text engine's own path: a 2-layer Qwen2 of mid width (strict export, a dynamic prefill graph
-    and a static decode graph in one package, the "decode" preset, a CUDA-graph decode step)."""
+    and a static decode graph in one package, the "decode" preset, a CUDA-graph decode step), against
+    the same model eager: greedy text, and the prefill and one decode step's logits."""
     from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2Config
 
+    from benchmarks.gpu.llm_decode import prefill_and_step_logits
     from engines.registry import ASSETS, ModelSpec
     from engines.text import SamplingParams, TextModel
 
@@ -69,13 +71,18 @@ def text_engine(cache: aoti.Cache) -> dict:
     text = TextModel(spec, "cuda", model=model, tokenizer=tokenizer)
     params = SamplingParams(max_new_tokens=32, temperature=0, ignore_eos=True)
     prompt = "def add(a, b):\n    return a + b\n"
+    ids = text.tokenizer(prompt, return_tensors="pt").input_ids.cuda()
     eager = text.tokenizer(list(text.generate(prompt, params))[-1].text).input_ids
+    eager_logits = prefill_and_step_logits(text, ids)
     try:
         status = text.optimize(aoti.CompileOptions(preset="decode"), cache)
     except Exception as exc:
         return error_record(exc)
     compiled = text.tokenizer(list(text.generate(prompt, params))[-1].text).input_ids
+    logits = prefill_and_step_logits(text, ids)
     return {"runtime": status.runtime, "fallbacks": status.fallbacks, "fused_layers": aoti.fuse_layers.fused_layers(model),
+            "prefill_logits_rel_error_vs_eager": rel_error(logits[0], eager_logits[0]),
+            "decode_step_logits_rel_error_vs_eager": rel_error(logits[1], eager_logits[1]),
             "greedy_tokens_equal": eager == compiled,
             "first_differing_token": next((i for i, (a, b) in enumerate(zip(eager, compiled)) if a != b), None)}
 
