@@ -6,7 +6,7 @@ A pre-norm decoder layer (Llama, Mistral, Qwen2, Qwen3) computes, for its input 
     out = h + down_proj(silu(gate) * up)      where [gate, up] = gate_up_proj(rms_norm(h))
 
 Compiled as transformers writes it, each norm, residual add and SiLU·mul is a small kernel of its
-own between the products: in a 28-layer decode step on an H200, 85 of ~400 kernels and ~0.24 ms of
+own between the products: in a 28-layer decode step on an H200, 83 of 397 kernels and 0.24 ms of
 ~4 ms (BENCHMARKS.md). `aoti.gemv` reads the whole input row in every program, so it takes them in:
 q/k/v normalizes its input on the way in, o adds the residual on the way out, gate/up normalizes on
 the way in and applies SiLU·mul on the way out (its gate and up rows are interleaved, `aoti.fuse`),
