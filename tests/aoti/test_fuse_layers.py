@@ -40,6 +40,7 @@ def test_layers_of_other_shapes_are_left_alone():
 
 FUSED_STEP = textwrap.dedent("""
     import copy, torch
+    import aoti
     import aoti.fuse_layers as fuse_layers
     from aoti import gemv
     from aoti.fuse import fuse_projections
@@ -67,6 +68,24 @@ FUSED_STEP = textwrap.dedent("""
             torch.testing.assert_close(step_got, step_want, rtol=1e-4, atol=1e-4)
         layer = model.model.layers[0]
         assert layer.self_attn.qkv_proj.fusion == {} and layer.self_attn.o_proj.fusion == {}
+
+    # FP8 weights (row scales, interleaved gate/up rows): the fused step against the same FP8 model whose
+    # layers run their own forward, each projection on the kernel alone (weight-only in both).
+    fused = tiny.qwen2()
+    fuse_projections(fused)
+    aoti.quant.quantize(fused, "fp8_rowwise")
+    plain = copy.deepcopy(fused)
+    fuse_layers.unfuse_layers(plain)
+    for model in (fused, plain):
+        gemv.use_gemv(model)
+    ids = tiny.token_ids(6)
+    kwargs = dict(max_new_tokens=4, do_sample=False, output_logits=True, return_dict_in_generate=True)
+    with torch.no_grad():
+        want, calls[:] = plain.generate(ids, **kwargs), []
+        got = fused.generate(ids, **kwargs)
+    assert len(calls) == 3 * 2 * 2 and torch.equal(got.sequences, want.sequences)
+    for step_got, step_want in zip(got.logits[1:], want.logits[1:]):  # the one-token steps
+        torch.testing.assert_close(step_got, step_want, rtol=1e-4, atol=1e-4)
     print("ok")
 """)
 
