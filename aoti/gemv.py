@@ -56,11 +56,16 @@ _CONFIGS = {
 }
 
 
+def max_block_k(k: int) -> int:
+    """The widest column tile worth launching for rows of ``k`` elements: no wider than the row."""
+    return max(16, 1 << (k - 1).bit_length())
+
+
 def default_config(n: int, k: int, weight_bytes: int) -> GemvConfig:
     """The launch configuration for an ``(n, k)`` weight of ``weight_bytes``-wide elements."""
     kind = "few_rows" if n < 1024 else "many_rows" if n >= 16384 else "long_rows" if k >= 8192 else "other"
     config = _CONFIGS[1 if weight_bytes == 1 else 2][kind]
-    block_k = min(config.block_k, max(16, 1 << (k - 1).bit_length()))  # no wider than the row
+    block_k = min(config.block_k, max_block_k(k))
     return GemvConfig(config.block_n, block_k, config.num_warps, config.num_stages)
 
 

@@ -19,7 +19,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import aoti  # noqa: E402
 from aoti.decode_attention import decode_attention, launch  # noqa: E402
-from benchmarks.common import Recorder, error_record, rel_error  # noqa: E402
+from benchmarks.common import Recorder, error_record, graph_replay_ms, rel_error  # noqa: E402
 from benchmarks.gpu.gemv_aoti_check import text_engine  # noqa: E402
 
 HEADS, KV_HEADS, DIM, CACHE = 28, 4, 128, 768
@@ -54,20 +54,7 @@ def kernel_vs_sdpa() -> dict:
 
 def gpu_us(fn, calls: int = 50, replays: int = 20) -> float:
     """GPU time per call, launch overhead excluded: ``calls`` calls captured in one CUDA graph, replayed."""
-    fn()
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(calls):
-            fn()
-    graph.replay()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(replays):
-        graph.replay()
-    end.record()
-    torch.cuda.synchronize()
-    return round(start.elapsed_time(end) * 1e3 / (calls * replays), 2)
+    return round(graph_replay_ms([fn] * calls, replays) * 1e3 / calls, 2)
 
 
 class Attend(torch.nn.Module):

@@ -24,7 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from aoti import gemv  # noqa: E402
 from aoti.quant import rowwise_fp8  # noqa: E402
-from benchmarks.common import Recorder, memory_bandwidth_gbs, rel_error  # noqa: E402
+from benchmarks.common import Recorder, graph_replay_ms, memory_bandwidth_gbs, rel_error  # noqa: E402
 
 LAYERS = 28
 # (name, out_features, in_features, has bias, calls per step)
@@ -41,31 +41,6 @@ def candidates(weight_bytes: int) -> list[gemv.GemvConfig]:
         if 4096 <= tile <= 16384 and bk * weight_bytes <= 4096:
             configs.append(gemv.GemvConfig(bn, bk, warps, stages))
     return configs
-
-
-def graph_ms(calls, replays: int = 10) -> float:
-    """Median milliseconds of one replay of a CUDA graph of ``calls`` (thunks)."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for call in calls:
-            call()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for call in calls:
-            call()
-    graph.replay()
-    times = []
-    for _ in range(replays):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    del graph
-    return sorted(times)[len(times) // 2]
 
 
 def timing_row(ms: float, config: gemv.GemvConfig, calls: int, call_bytes: float, copy_gbs: float) -> dict:
@@ -112,16 +87,16 @@ def main() -> None:
         w, scale, bias = weights[0]
         default = gemv.default_config(n, k, w.element_size())
         reference = (w.float() @ x.float()) * (scale if scale is not None else 1) + (bias.float() if bias is not None else 0)
-        timings = {default: graph_ms(calls_of(weights, x, default))}
+        timings = {default: graph_replay_ms(calls_of(weights, x, default))}
         for config in candidates(w.element_size()):
             if time.perf_counter() > deadline:
                 break
-            if config in timings or config.block_k > max(16, 1 << (k - 1).bit_length()):
+            if config in timings or config.block_k > gemv.max_block_k(k):
                 continue
             try:
                 error = rel_error(gemv.launch(x, w, scale, bias, config=config), reference)
                 assert error < 1e-2, f"{config}: error {error}"
-                timings[config] = graph_ms(calls_of(weights, x, config))
+                timings[config] = graph_replay_ms(calls_of(weights, x, config))
             except Exception as exc:  # an infeasible tile (shared memory, registers) is skipped
                 print(f"skip {name} {config}: {type(exc).__name__}: {str(exc)[:200]}", flush=True)
         ranked = sorted(timings.items(), key=lambda item: item[1])
@@ -144,7 +119,7 @@ def main() -> None:
                 calls.append(lambda w=w, s=s, b=b, x=x, c=table[name]: gemv.launch(x, w, s, b, config=c))
         n, k, weights, x = shapes["lm_head"]
         calls.append(lambda w=weights[0][0], s=weights[0][1], x=x, c=table["lm_head"]: gemv.launch(x, w, s, None, config=c))
-        ms = graph_ms(calls)
+        ms = graph_replay_ms(calls)
         step[label] = {"ms": round(ms, 4), "gbs": round(total_bytes / (ms / 1e3) / 1e9, 1),
                        "pct_of_copy": round(100 * total_bytes / (ms / 1e3) / 1e9 / copy_gbs, 1)}
     step["floor_ms"] = round(total_bytes / (copy_gbs * 1e9) * 1e3, 4)
