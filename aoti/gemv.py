@@ -54,6 +54,11 @@ _CONFIGS = {
     1: {"few_rows": GemvConfig(1, 2048, 8, 3), "many_rows": GemvConfig(16, 256, 4, 3),
         "long_rows": GemvConfig(4, 1024, 4, 4), "other": GemvConfig(8, 512, 8, 4)},
 }
+# Where a fused call (`aoti.fuse_layers`) is faster on another config, by (weight bytes, kind, fusion):
+# the bf16 q/k/v product with the norm prologue took 13.6 µs on 8 warps and 10.2 on 4 (the plain
+# product's 10.2), the FP8 o product with the residual epilogue 7.0 µs and 6.35
+# (results/gpu_gemv_step_fused_{bf16,fp8}_h200.json).
+_FUSED_CONFIGS = {(2, "other", "norm"): GemvConfig(4, 512, 4, 4), (1, "other", "residual"): GemvConfig(4, 1024, 4, 4)}
 
 
 def max_block_k(k: int) -> int:
@@ -61,12 +66,19 @@ def max_block_k(k: int) -> int:
     return max(16, 1 << (k - 1).bit_length())
 
 
-def default_config(n: int, k: int, weight_bytes: int) -> GemvConfig:
-    """The launch configuration for an ``(n, k)`` weight of ``weight_bytes``-wide elements."""
+def default_config(n: int, k: int, weight_bytes: int, fusion: str | None = None) -> GemvConfig:
+    """The launch configuration for an ``(n, k)`` weight of ``weight_bytes``-wide elements; ``fusion``:
+    "norm" for a call with the norm prologue, "residual" for one with only the residual epilogue."""
     kind = "few_rows" if n < 1024 else "many_rows" if n >= 16384 else "long_rows" if k >= 8192 else "other"
-    config = _CONFIGS[1 if weight_bytes == 1 else 2][kind]
+    width = 1 if weight_bytes == 1 else 2
+    config = _FUSED_CONFIGS.get((width, kind, fusion)) or _CONFIGS[width][kind]
     block_k = min(config.block_k, max_block_k(k))
     return GemvConfig(config.block_n, block_k, config.num_warps, config.num_stages)
+
+
+def fusion_kind(norm_weight: torch.Tensor | None, residual: torch.Tensor | None) -> str | None:
+    """The ``fusion`` that `default_config` takes for a call with this norm weight and residual."""
+    return "norm" if norm_weight is not None else "residual" if residual is not None else None
 
 
 if triton is not None:
@@ -127,7 +139,7 @@ def launch(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None = N
 
     ``wrap`` is `torch.library.wrap_triton` when called inside the op (so tracing sees the kernel)."""
     n, k = weight.shape
-    config = config or default_config(n, k, weight.element_size())
+    config = config or default_config(n, k, weight.element_size(), fusion_kind(norm_weight, residual))
     if glu and config.block_n == 1:  # (block_n is a power of two) whole pairs in every program
         config = GemvConfig(2, config.block_k, config.num_warps, config.num_stages)
     out = torch.empty(n // 2 if glu else n, device=x.device, dtype=x.dtype)

@@ -8,7 +8,10 @@ fused gate/up, down; and the LM head), 14.1 GB of bf16 weights, runs with `gemv.
 with the best config of each shape. (results/gpu_gemv_step_sweep*_h200.json also swept split-K, a
 version of the kernel that gained at most 0.5 µs a call and was dropped.)
 
-    python benchmarks/gpu/gemv_step.py --out results.json [--fp8]
+``--fused`` times the calls as `aoti.fuse_layers` makes them: q/k/v and gate/up read their input
+RMS-normalized, gate/up applies SiLU·mul to its row pairs, o and down add the residual.
+
+    python benchmarks/gpu/gemv_step.py --out results.json [--fp8] [--fused]
 """
 
 from __future__ import annotations
@@ -33,6 +36,16 @@ SHAPES = [("down", 3584, 18944, False, LAYERS), ("o", 3584, 3584, False, LAYERS)
           ("gate_up", 37888, 3584, False, LAYERS), ("lm_head", 152064, 3584, False, 1)]
 
 
+def fusions(fused: bool, k: int, device: str = "cuda") -> dict[str, dict]:
+    """Per shape, the extra `gemv.launch` arguments of a fused decoder layer's call (none unless ``fused``)."""
+    if not fused:
+        return {name: {} for name, *_ in SHAPES}
+    norm = torch.rand(k, device=device, dtype=torch.bfloat16) + 0.5
+    residual = torch.randn(k, device=device, dtype=torch.bfloat16)
+    return {"qkv": {"norm_weight": norm}, "o": {"residual": residual}, "gate_up": {"norm_weight": norm, "glu": True},
+            "down": {"residual": residual}, "lm_head": {}}
+
+
 def candidates(weight_bytes: int) -> list[gemv.GemvConfig]:
     """Tiles of 4–16 KB, 4 or 8 warps, 3 or 4 stages."""
     configs = []
@@ -51,19 +64,21 @@ def timing_row(ms: float, config: gemv.GemvConfig, calls: int, call_bytes: float
     return {"us_per_call": round(us, 2), "gbs": round(gbs, 1), "pct_of_copy": round(100 * gbs / copy_gbs, 1), **config.__dict__}
 
 
-def calls_of(weights, x, config):
-    return [lambda w=w, s=s, b=b: gemv.launch(x, w, s, b, config=config) for w, s, b in weights]
+def calls_of(weights, x, config, extra):
+    return [lambda w=w, s=s, b=b: gemv.launch(x, w, s, b, config=config, **extra) for w, s, b in weights]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="gemv_step.json")
     parser.add_argument("--fp8", action="store_true", help="e4m3 weights scaled per row, instead of bf16")
+    parser.add_argument("--fused", action="store_true", help="the calls of a fused decoder layer (norm, SiLU·mul, residual)")
+    parser.add_argument("--shapes", default=",".join(name for name, *_ in SHAPES), help="the shapes to sweep")
     parser.add_argument("--budget-s", type=float, default=300, help="stop sweeping after this many seconds")
     args = parser.parse_args()
     rec = Recorder(args.out, "cuda")
     copy_gbs = memory_bandwidth_gbs()
-    rec.meta.update(copy_bandwidth_gbs=copy_gbs, weights="fp8" if args.fp8 else "bf16", layers=LAYERS)
+    rec.meta.update(copy_bandwidth_gbs=copy_gbs, weights="fp8" if args.fp8 else "bf16", layers=LAYERS, fused=args.fused)
     deadline = time.perf_counter() + args.budget_s
     torch.manual_seed(0)
     shapes = {}
@@ -79,24 +94,30 @@ def main() -> None:
             weights.append((w, scale, bias))
         x = torch.randn(k, device="cuda", dtype=torch.bfloat16)
         shapes[name] = (n, k, weights, x)
+    extras = fusions(args.fused, 3584)
     nbytes = {name: sum(w.numel() * w.element_size() for w, _, _ in weights) for name, (_, _, weights, _) in shapes.items()}
     total_bytes = sum(nbytes.values())
 
     best = {}
     for name, (n, k, weights, x) in shapes.items():
+        if name not in args.shapes.split(","):
+            continue
         w, scale, bias = weights[0]
-        default = gemv.default_config(n, k, w.element_size())
-        reference = (w.float() @ x.float()) * (scale if scale is not None else 1) + (bias.float() if bias is not None else 0)
-        timings = {default: graph_replay_ms(calls_of(weights, x, default))}
+        extra = extras[name]
+        default = gemv.default_config(n, k, w.element_size(), gemv.fusion_kind(extra.get("norm_weight"), extra.get("residual")))
+        reference = gemv.launch(x, w, scale, bias, config=default, **extra).float()
+        timings = {default: graph_replay_ms(calls_of(weights, x, default, extra))}
         for config in candidates(w.element_size()):
             if time.perf_counter() > deadline:
                 break
             if config in timings or config.block_k > gemv.max_block_k(k):
                 continue
             try:
-                error = rel_error(gemv.launch(x, w, scale, bias, config=config), reference)
+                if extra.get("glu") and config.block_n == 1:
+                    continue  # launched as block_n 2
+                error = rel_error(gemv.launch(x, w, scale, bias, config=config, **extra), reference)
                 assert error < 1e-2, f"{config}: error {error}"
-                timings[config] = graph_replay_ms(calls_of(weights, x, config))
+                timings[config] = graph_replay_ms(calls_of(weights, x, config, extra))
             except Exception as exc:  # an infeasible tile (shared memory, registers) is skipped
                 print(f"skip {name} {config}: {type(exc).__name__}: {str(exc)[:200]}", flush=True)
         ranked = sorted(timings.items(), key=lambda item: item[1])
@@ -110,13 +131,13 @@ def main() -> None:
         print(name, rec.variants[name]["default"], rec.variants[name]["best"][:2], flush=True)
 
     step = {}
-    for label, table in (("default", {name: None for name in shapes}), ("best", best)):
+    for label, table in (("default", {name: None for name in shapes}), ("best", {name: None for name in shapes} | best)):
         calls = []
         for layer in range(LAYERS):
             for name in ("qkv", "o", "gate_up", "down"):
                 n, k, weights, x = shapes[name]
                 w, s, b = weights[layer]
-                calls.append(lambda w=w, s=s, b=b, x=x, c=table[name]: gemv.launch(x, w, s, b, config=c))
+                calls.append(lambda w=w, s=s, b=b, x=x, c=table[name], e=extras[name]: gemv.launch(x, w, s, b, config=c, **e))
         n, k, weights, x = shapes["lm_head"]
         calls.append(lambda w=weights[0][0], s=weights[0][1], x=x, c=table["lm_head"]: gemv.launch(x, w, s, None, config=c))
         ms = graph_replay_ms(calls)

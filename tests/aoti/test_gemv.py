@@ -4,6 +4,7 @@ routing of linear layers. On a GPU the kernel is compiled into AOTI packages
 
 from __future__ import annotations
 
+import itertools
 import textwrap
 
 import pytest
@@ -116,10 +117,13 @@ def test_a_failed_build_with_the_kernel_falls_back_once_and_is_remembered(tmp_pa
 
 
 def test_default_configs_cover_every_shape_within_the_row():
-    for n, k, nbytes in ((512, 3584, 2), (3584, 18944, 2), (152064, 3584, 1), (7, 40, 2), (4608, 3584, 1)):
-        config = gemv.default_config(n, k, nbytes)
+    shapes = ((512, 3584, 2), (3584, 18944, 2), (152064, 3584, 1), (7, 40, 2), (4608, 3584, 1), (4608, 3584, 2))
+    for (n, k, nbytes), fusion in itertools.product(shapes, (None, "norm", "residual")):
+        config = gemv.default_config(n, k, nbytes, fusion)
         assert config.block_k <= max(16, 1 << (k - 1).bit_length())
         assert config.block_n >= 1 and config.num_warps in (4, 8)
+    # a fused call may take its own config (the bf16 q/k/v product with the norm prologue)
+    assert gemv.default_config(4608, 3584, 2, "norm") != gemv.default_config(4608, 3584, 2)
 
 
 @needs_triton
