@@ -9,9 +9,10 @@ from typing import Any, Literal
 
 from .attention import BACKENDS as ATTENTIONS
 
-OPTIONS_VERSION = 4  # 2: the default preset lowers matmuls (FP8 ones too) to ATen kernels only;
+OPTIONS_VERSION = 5  # 2: the default preset lowers matmuls (FP8 ones too) to ATen kernels only;
 # 3: `gemv` also runs decode attention on `aoti.decode_attention`; `fuse_projections`;
-# 4: `fuse_projections` also fuses decoder layers' one-token step (`aoti.fuse_layers`)
+# 4: `fuse_projections` also fuses decoder layers' one-token step (`aoti.fuse_layers`);
+# 5: "decode" on CUDA builds combo kernels; fused `gemv` calls get their own launch configs
 
 Dispatch = Literal["static", "dynamic", "buckets"]
 Preset = Literal["default", "decode", "max-autotune"]
@@ -39,6 +40,11 @@ PRESET_CONFIGS: dict[str, dict[str, Any]] = {
     "decode": {"max_autotune_gemm_backends": "ATEN", "coordinate_descent_tuning": True},
     "max-autotune": {"max_autotune": True, "coordinate_descent_tuning": True, "max_autotune_gemm_backends": "ATEN,TRITON"},
 }
+# Added on CUDA devices. Combo kernels launch independent small Triton kernels as one (Inductor's
+# horizontal fusion): a decode step's rotary embeddings of q and k and its two KV-cache writes ran as
+# four kernels a layer. With them, Qwen2.5-7B's 28-layer step ran 233 kernels instead of 314, and
+# 262.8 tokens/s (87.9 % of the floor) on an H200 (results/gpu_llm_decode_combo_kernels_h200.json).
+GPU_PRESET_CONFIGS: dict[str, dict[str, Any]] = {"decode": {"combo_kernels": True}}
 
 
 @dataclass(frozen=True)
@@ -134,6 +140,8 @@ class CompileOptions:
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
 
-    def inductor_configs(self) -> dict[str, Any]:
-        """Inductor configs for this preset, always with weights kept outside the package."""
-        return {**PRESET_CONFIGS[self.preset], **EXTERNAL_WEIGHTS_CONFIGS}
+    def inductor_configs(self, device_type: str = "cpu") -> dict[str, Any]:
+        """Inductor configs for this preset on a device of ``device_type``, always with weights kept
+        outside the package."""
+        gpu = GPU_PRESET_CONFIGS.get(self.preset, {}) if device_type == "cuda" else {}
+        return {**PRESET_CONFIGS[self.preset], **gpu, **EXTERNAL_WEIGHTS_CONFIGS}

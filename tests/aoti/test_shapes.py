@@ -38,3 +38,12 @@ def test_options_validate_with_actionable_messages():
 def test_options_round_trip_through_json():
     opts = CompileOptions(dispatch="dynamic", dynamic_dims=(("x", 1, DimRange(2, 64)),), preset="max-autotune")
     assert CompileOptions.from_dict(opts.to_dict()) == opts
+
+
+def test_decode_preset_builds_combo_kernels_on_cuda_only():
+    decode = CompileOptions(preset="decode")
+    assert decode.inductor_configs("cuda")["combo_kernels"] is True
+    assert "combo_kernels" not in decode.inductor_configs("cpu")
+    assert "combo_kernels" not in CompileOptions().inductor_configs("cuda")
+    # weights stay outside the package on every device
+    assert decode.inductor_configs("cpu")["aot_inductor.package_constants_in_so"] is False
