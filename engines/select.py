@@ -70,9 +70,9 @@ def preset_for(device: DeviceInfo) -> Preset:
     # 1-2 minutes at full size, and a startup compile has to fit a GPU call; "max-autotune" searches
     # Triton GEMM templates for every shape (minutes more) for a gain not yet measured at full size.
     # Text: "decode" (one-row linears on aoti.gemv, decode attention on aoti.decode_attention, other
-    # reductions tuned): Qwen2.5-7B geometry on the H200 with CUDA graphs and fused projections, 242.2
-    # tokens/s (82 % of the floor; 211.5 before fusing and the attention kernel, 181.9 with Inductor's
-    # reductions on one machine); FP8 weights decode 1.49x faster than bf16 at 8 layers (BENCHMARKS.md).
+    # reductions tuned, combo kernels): Qwen2.5-7B geometry on the H200 with CUDA graphs and fused
+    # projections and layers, 263.6 tokens/s (88 % of the floor; 211.5 before fusing and the attention
+    # kernel, 181.9 with Inductor's reductions on one machine); FP8 weights 379.4, 1.44x (BENCHMARKS.md).
     return Preset(fp8=device.fp8, inductor="default", text_inductor="decode",
                   max_new_tokens=512 if small else 1024, max_image_side=1024 if small else 1344, regional=True)
 
