@@ -6,6 +6,7 @@ can still reach, summed by dtype (what Python holds vs what only native code hol
 geometry with --layers layers (random weights), as in llm_decode.py.
 
     python benchmarks/gpu/quantized_memory.py --layers 4 --out results.json
+    python benchmarks/gpu/quantized_memory.py --layers 4 --bf16-build-first --out results.json
     python benchmarks/gpu/quantized_memory.py --tiny --out /tmp/mem.json     # CPU smoke run
 """
 
@@ -49,6 +50,31 @@ def reachable_gb(device: str) -> dict[str, float]:
     return {k: round(v, 6) for k, v in sorted(by_dtype.items())}
 
 
+def holders(obj: object, depth: int = 4, skip: tuple = ()) -> list[str]:
+    """What keeps ``obj`` alive: one chain of referrers per direct referrer, ``depth`` levels up
+    (type names, with a dict's first keys), leaving out ``skip`` and this function's own frames."""
+    import inspect
+
+    chains: list[str] = []
+    direct = gc.get_referrers(obj)
+    ignored = {id(s) for s in skip} | {id(direct), id(chains)}
+    for ref in direct:
+        if id(ref) in ignored or inspect.isframe(ref):
+            continue
+        chain, current = [], ref
+        for _ in range(depth):
+            chain.append(type(current).__name__ + (f"{list(current)[:4]}" if isinstance(current, dict) else ""))
+            up = gc.get_referrers(current)
+            ignored.add(id(up))  # this list refers to ``current`` too
+            up = [r for r in up if id(r) not in ignored and not inspect.isframe(r)]
+            ignored.add(id(up))
+            if not up:
+                break
+            current = up[0]
+        chains.append(" <- ".join(chain))
+    return chains[:8]
+
+
 def snapshot(device: str) -> dict[str, Any]:
     gc.collect()
     result: dict[str, Any] = {"python_reachable_gb": reachable_gb(device)}
@@ -66,6 +92,8 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--prompt-tokens", type=int, default=128)
     parser.add_argument("--new-tokens", type=int, default=16)
     parser.add_argument("--tiny", action="store_true")
+    parser.add_argument("--bf16-build-first", action="store_true",
+                        help="build and serve the bf16 model first (the text engine's preset), as llm_decode.py's variants do")
     parser.add_argument("--cache", default=os.environ.get("AOTI_CACHE_DIR", "/tmp/aoti-bench-cache"))
     return parser.parse_args()
 
@@ -81,13 +109,22 @@ def main() -> None:
     del model
     rec.meta["layers"] = args.layers
     rec.variant("built_bf16", snapshot(device))
+    os.environ.setdefault("AOTI_PROBE", "0")
+    params = SamplingParams(max_new_tokens=args.new_tokens, temperature=0, ignore_eos=True)
+    if args.bf16_build_first:  # an FP8 build after a bf16 one kept the bf16 weights (BENCHMARKS.md, session 8)
+        status = text.optimize(aoti.CompileOptions(preset="decode"), aoti.Cache(args.cache))
+        list(text.generate(prompt, params))
+        text.restore()
+        rec.variant("bf16_built_served_restored", {**snapshot(device), "runtime": status.runtime, "fallbacks": status.fallbacks})
     old = [weakref.ref(m.weight) for m in text.decoder.modules() if isinstance(m, torch.nn.Linear)]
     quantize(text.decoder, "fp8_rowwise")
-    rec.variant("quantized", {**snapshot(device), "old_weights_alive": sum(r() is not None for r in old)})
-    os.environ.setdefault("AOTI_PROBE", "0")
+    gc.collect()
+    alive = [r() for r in old if r() is not None]
+    rec.variant("quantized", {**snapshot(device), "old_weights_alive": len(alive),
+                              "holders_of_one": holders(alive[0], skip=(alive,)) if alive else []})
+    del alive
     status = text.optimize(aoti.CompileOptions(quantization="fp8_rowwise"), aoti.Cache(args.cache), cuda_graphs=False)
     rec.variant("compiled_applied", {**snapshot(device), "runtime": status.runtime, "fallbacks": status.fallbacks})
-    params = SamplingParams(max_new_tokens=args.new_tokens, temperature=0, ignore_eos=True)
     list(text.generate(prompt, params))
     rec.variant("served", snapshot(device))
     text.restore()
