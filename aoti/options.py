@@ -40,10 +40,12 @@ PRESET_CONFIGS: dict[str, dict[str, Any]] = {
     "decode": {"max_autotune_gemm_backends": "ATEN", "coordinate_descent_tuning": True},
     "max-autotune": {"max_autotune": True, "coordinate_descent_tuning": True, "max_autotune_gemm_backends": "ATEN,TRITON"},
 }
-# Added on CUDA devices. Combo kernels launch independent small Triton kernels as one (Inductor's
-# horizontal fusion): a decode step's rotary embeddings of q and k and its two KV-cache writes ran as
-# four kernels a layer. With them, Qwen2.5-7B's 28-layer step ran 233 kernels instead of 314, and
-# 262.8 tokens/s (87.9 % of the floor) on an H200 (results/gpu_llm_decode_combo_kernels_h200.json).
+# Added on CUDA devices, unless the decode kernels are off (`gemv=False`: also the build `compile`
+# falls back to when one with them fails, which should then take Inductor's long-standing path).
+# Combo kernels launch independent small Triton kernels as one (Inductor's horizontal fusion): a
+# decode step's rotary embeddings of q and k and its two KV-cache writes ran as four kernels a layer.
+# With them, Qwen2.5-7B's 28-layer step ran 233 kernels instead of 314, and 262.8 tokens/s (87.9 %
+# of the floor) on an H200 (results/gpu_llm_decode_combo_kernels_h200.json).
 GPU_PRESET_CONFIGS: dict[str, dict[str, Any]] = {"decode": {"combo_kernels": True}}
 
 
@@ -78,7 +80,8 @@ class CompileOptions:
         quantization: "none", "int8_weight_only" (CPU and GPU) or "fp8_rowwise" (CUDA, capability >= 8.9).
         regional: compile one package per repeated block signature instead of the whole module.
         preset: inductor preset: "default" (fast builds, cuBLAS/CUTLASS matmuls), "decode" (LLM decode
-            steps: one-row linears on `aoti.gemv`, other reductions tuned by coordinate descent) or
+            steps: one-row linears on `aoti.gemv`, other reductions tuned by coordinate descent, and
+            on CUDA with the decode kernels, small independent kernels launched as combo kernels) or
             "max-autotune".
         device: "cpu", "cuda" or None (the module's own device).
         method: the module method to compile and swap.
@@ -143,5 +146,5 @@ class CompileOptions:
     def inductor_configs(self, device_type: str = "cpu") -> dict[str, Any]:
         """Inductor configs for this preset on a device of ``device_type``, always with weights kept
         outside the package."""
-        gpu = GPU_PRESET_CONFIGS.get(self.preset, {}) if device_type == "cuda" else {}
+        gpu = GPU_PRESET_CONFIGS.get(self.preset, {}) if device_type == "cuda" and self.gemv is not False else {}
         return {**PRESET_CONFIGS[self.preset], **gpu, **EXTERNAL_WEIGHTS_CONFIGS}

@@ -40,10 +40,12 @@ def test_options_round_trip_through_json():
     assert CompileOptions.from_dict(opts.to_dict()) == opts
 
 
-def test_decode_preset_builds_combo_kernels_on_cuda_only():
+def test_decode_preset_builds_combo_kernels_on_cuda_with_the_decode_kernels_only():
     decode = CompileOptions(preset="decode")
     assert decode.inductor_configs("cuda")["combo_kernels"] is True
     assert "combo_kernels" not in decode.inductor_configs("cpu")
     assert "combo_kernels" not in CompileOptions().inductor_configs("cuda")
+    # the fallback build (decode kernels off) takes Inductor's usual path
+    assert "combo_kernels" not in decode.replace(gemv=False).inductor_configs("cuda")
     # weights stay outside the package on every device
     assert decode.inductor_configs("cpu")["aot_inductor.package_constants_in_so"] is False
