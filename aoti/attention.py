@@ -3,7 +3,10 @@
 Inductor lowers ``F.scaled_dot_product_attention`` to one fused kernel chosen while the graph is
 traced, by the SDPA backend flags active then. ``"auto"`` keeps PyTorch's own choice (FlashAttention-2
 on Hopper); ``"cudnn"`` pins cuDNN's fused attention, usually faster on H100/H200 at diffusion
-sequence lengths. A backend the device can't run falls back to "auto" with the reason.
+sequence lengths. ``"fp8"`` traces the calls `aoti.fp8_attention` serves (no mask, not causal: a
+diffusion transformer's attention) as its FP8 Triton kernel, the others as SDPA; it needs a GPU with
+FP8 tensor cores (compute capability 8.9+). A backend the device can't run falls back to "auto" with
+the reason.
 """
 
 from __future__ import annotations
@@ -14,8 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
-BACKENDS: tuple[str, ...] = ("auto", "flash", "cudnn", "efficient", "math")
-CUDA_ONLY = ("flash", "cudnn", "efficient")
+BACKENDS: tuple[str, ...] = ("auto", "flash", "cudnn", "efficient", "math", "fp8")
+CUDA_ONLY = ("flash", "cudnn", "efficient", "fp8")
 
 
 @dataclass(frozen=True)
@@ -31,14 +34,34 @@ def decide(backend: str, device: torch.device) -> AttentionDecision:
         return AttentionDecision(backend, "auto", f"{backend} attention needs a CUDA GPU; this device is the {device.type.upper()}")
     if backend == "cudnn" and not torch.backends.cudnn.is_available():
         return AttentionDecision(backend, "auto", "cuDNN is not available in this torch build")
+    if backend == "fp8":
+        from . import fp8_attention, quant
+
+        if not fp8_attention.available():
+            return AttentionDecision(backend, "auto", "FP8 attention needs Triton, which is not installed")
+        if not quant.fp8_capable(device):
+            capability = ".".join(map(str, torch.cuda.get_device_capability(device)))
+            return AttentionDecision(backend, "auto", f"FP8 attention needs compute capability >= 8.9; this GPU has {capability}")
     return AttentionDecision(backend, backend)
 
 
 @contextlib.contextmanager
 def pinned(backend: str) -> Iterator[None]:
-    """Trace under this SDPA backend (a no-op for "auto")."""
+    """Trace under this SDPA backend (a no-op for "auto"). For "fp8", `F.scaled_dot_product_attention`
+    is `aoti.fp8_attention.sdpa` inside the block: hold it only while tracing, with the module's other
+    users kept out (`aoti.compile` holds it around `torch.export`, under its ``exclusive`` lock)."""
     if backend == "auto":
         yield
+        return
+    if backend == "fp8":
+        from . import fp8_attention
+
+        original = torch.nn.functional.scaled_dot_product_attention
+        torch.nn.functional.scaled_dot_product_attention = fp8_attention.sdpa
+        try:
+            yield
+        finally:
+            torch.nn.functional.scaled_dot_product_attention = original
         return
     from torch.nn.attention import SDPBackend, sdpa_kernel
 

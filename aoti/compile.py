@@ -347,7 +347,7 @@ def _build(
                 if isinstance(tensor, torch.Tensor) and clean not in known:
                     extra_constants[f"{name}/{clean}"] = tensor.detach().cpu()
             configs = {**options.inductor_configs(device.type), "aot_inductor.package": True}
-            with attention.pinned(options.attention):
+            with attention.pinned("auto" if options.attention == "fp8" else options.attention):  # fp8: in the graph already
                 files[name] = torch._inductor.aot_compile(ep.module(), plan.call.args, plan.call.kwargs, options=configs)
             leaves = [(list(t.shape), str(t.dtype)) for t in torch.utils._pytree.tree_leaves((plan.call.args, plan.call.kwargs)) if isinstance(t, torch.Tensor)]
             graphs.append({

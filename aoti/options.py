@@ -88,7 +88,8 @@ class CompileOptions:
         strict: `torch.export` strict mode (TorchDynamo tracing); needed by transformers' static-cache
             export wrapper, whose cache tensors are reached through a Python object.
         attention: the fused SDPA kernel the graph calls: "auto" (PyTorch's choice), "cudnn", "flash",
-            "efficient" or "math" (see `aoti.attention`).
+            "efficient", "math", or "fp8" (`aoti.fp8_attention`'s FP8 Triton kernel for unmasked,
+            non-causal calls; GPUs with compute capability 8.9+) (see `aoti.attention`).
         gemv: on CUDA, the decode kernels: one-row calls of linear layers (LLM decode steps) run
             `aoti.gemv`'s bandwidth-tuned Triton kernel (FP8 weights too) instead of cuBLAS or
             Inductor's reductions, and grouped-query attention modules are flagged for

@@ -128,6 +128,11 @@ RECIPES: dict[str, Callable[[], object]] = {
 }
 
 
+def fp8_capable(device: torch.device) -> bool:
+    """Whether ``device`` has FP8 tensor cores (CUDA compute capability 8.9 or newer)."""
+    return device.type == "cuda" and torch.cuda.get_device_capability(device) >= FP8_MIN_CAPABILITY
+
+
 def decide(recipe: str, device: torch.device) -> QuantDecision:
     """Whether ``recipe`` can run on ``device``; FP8 needs CUDA with compute capability >= 8.9."""
     if recipe == "none":
@@ -140,8 +145,8 @@ def decide(recipe: str, device: torch.device) -> QuantDecision:
     if recipe == "fp8_rowwise":
         if device.type != "cuda":
             return QuantDecision(recipe, "none", "FP8 needs a CUDA GPU; this device is the CPU")
-        capability = torch.cuda.get_device_capability(device)
-        if capability < FP8_MIN_CAPABILITY:
+        if not fp8_capable(device):
+            capability = torch.cuda.get_device_capability(device)
             return QuantDecision(
                 recipe, "none", f"FP8 needs compute capability >= 8.9; this GPU has {capability[0]}.{capability[1]}"
             )

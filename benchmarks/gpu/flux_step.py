@@ -14,7 +14,8 @@ graph), aoti_cudnn (cuDNN attention),
 aoti_fused (cuDNN attention + fused QKV projections), aoti_max (max-autotune preset), regional
 (one package per block signature), fp8 (our row-wise FP8 linear: AOTI, then eager; quantizes in place,
 so it runs after the bf16 variants), fp8_graphs (fp8 replayed as a CUDA graph), regional_fp8,
-fp8_max (FP8 + max-autotune; the FP8 ones after fp8).
+fp8_max (FP8 + max-autotune; the FP8 ones after fp8), fp8_attention_graphs (FP8 matmuls and
+`aoti.fp8_attention`, replayed as a CUDA graph: everything on).
 """
 
 from __future__ import annotations
@@ -263,6 +264,8 @@ def run_variant(name, model, call, cache, check, rec, args, device) -> None:
         aoti_variant(model, call, FP8.replace(regional=True), cache, check, rec, name)
     elif name == "fp8_max":
         aoti_variant(model, call, FP8.replace(preset="max-autotune"), cache, check, rec, name)
+    elif name == "fp8_attention_graphs":  # everything on: FP8 matmuls and FP8 attention, CUDA-graph replay
+        aoti_variant(model, call, FP8.replace(attention="fp8"), cache, check, rec, name, cuda_graphs=True)
     else:
         raise ValueError(f"unknown variant {name}")
 
