@@ -123,11 +123,13 @@ def supports(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attn_m
     bf16/fp16 ``(B, H, S, D)`` tensors of one shape but for the key length, a power-of-two head size
     of 16 to 256, no mask, no dropout, not causal."""
     dim = query.shape[-1]
-    return (available() and runs_on(query.device) and (INTERPRETING or fp8_capable(query.device))
+    # The call's own arguments first: a masked or causal call (a decoder's) is refused before the
+    # device query, which TorchDynamo (strict export) need not trace.
+    return (attn_mask is None and not dropout_p and not is_causal and not enable_gqa
             and query.dtype in (torch.float16, torch.bfloat16) and key.dtype == value.dtype == query.dtype
             and query.dim() == key.dim() == value.dim() == 4 and key.shape == value.shape
             and query.shape[:2] == key.shape[:2] and key.shape[-1] == dim and 16 <= dim <= 256 and dim & (dim - 1) == 0
-            and attn_mask is None and not dropout_p and not is_causal and not enable_gqa)
+            and available() and runs_on(query.device) and (INTERPRETING or fp8_capable(query.device)))
 
 
 def sdpa(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attn_mask: torch.Tensor | None = None,
