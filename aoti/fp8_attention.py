@@ -20,6 +20,7 @@ mask, no dropout, not causal, equal head counts), leaving the others to SDPA; `a
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
@@ -33,8 +34,19 @@ except ImportError:  # CPU-only installs: the op is absent
     triton = None
 
 P_SCALE = 256.0  # probabilities (<= 1) times 2^8 before their e4m3 cast; e4m3 holds up to 448
-# Tiles per program: BLOCK_M query rows against BLOCK_N keys at a time (Hopper; untuned).
-BLOCK_M, BLOCK_N, NUM_WARPS, NUM_STAGES = 128, 64, 8, 3
+
+
+@dataclass(frozen=True)
+class AttentionConfig:
+    """A launch configuration: query rows per program, keys per step, warps, pipelining depth."""
+
+    block_m: int
+    block_n: int
+    num_warps: int
+    num_stages: int
+
+
+DEFAULT_CONFIG = AttentionConfig(128, 64, 8, 3)  # for Hopper; untuned
 
 _original_sdpa = torch.nn.functional.scaled_dot_product_attention
 
@@ -84,30 +96,38 @@ def quantize_heads(x: torch.Tensor, transpose: bool = False) -> tuple[torch.Tens
     return values.reshape(rows.shape), scale.reshape(-1)
 
 
+def run_kernel(q: torch.Tensor, k: torch.Tensor, vt: torch.Tensor, q_scale: torch.Tensor, k_scale: torch.Tensor,
+               v_scale: torch.Tensor, scale: float, out_dtype: torch.dtype, p_mul: float = P_SCALE,
+               config: AttentionConfig | None = None, wrap=None) -> torch.Tensor:
+    """The kernel on prepared operands: ``q`` ``(B, H, S_q, D)``, ``k`` ``(B, H, S_kv, D)`` and ``vt``
+    ``(B, H, D, S_kv)`` (rows contiguous), their ``B * H`` float32 scales; ``p_mul`` multiplies the
+    probabilities before their cast to v's dtype. Returns ``(B, H, S_q, D)`` in ``out_dtype``."""
+    batch, heads, s_q, dim = q.shape
+    config = config or DEFAULT_CONFIG
+    out = torch.empty(q.shape, device=q.device, dtype=out_dtype)
+    kernel = wrap(_attention_kernel) if wrap is not None else _attention_kernel
+    kernel[(triton.cdiv(s_q, config.block_m), batch * heads)](
+        q, k, vt, out, q_scale, k_scale, v_scale, scale, s_q, k.shape[2], heads,
+        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+        vt.stride(0), vt.stride(1), vt.stride(3), vt.stride(2), out.stride(0), out.stride(1), out.stride(2),
+        P_MUL=p_mul, BLOCK_M=config.block_m, BLOCK_N=config.block_n, D=dim,
+        num_warps=config.num_warps, num_stages=config.num_stages)
+    return out
+
+
 def launch(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float | None = None,
-           wrap=None, fp8: bool = True, block: tuple[int, int] | None = None) -> torch.Tensor:
+           wrap=None, fp8: bool = True, config: AttentionConfig | None = None) -> torch.Tensor:
     """Attention of ``query`` ``(B, H, S_q, D)`` over ``key``/``value`` ``(B, H, S_kv, D)``, no mask;
     the result in the query's dtype. ``fp8``: quantize the operands (else the kernel reads them as
     they are, with unit scales: the interpreter's check of the arithmetic). ``wrap`` is
-    `torch.library.wrap_triton` inside the op; ``block`` overrides ``(BLOCK_M, BLOCK_N)``."""
-    batch, heads, s_q, dim = query.shape
-    s_kv = key.shape[2]
+    `torch.library.wrap_triton` inside the op; ``config`` overrides `DEFAULT_CONFIG`."""
+    scale = scale if scale is not None else query.shape[-1] ** -0.5
     if fp8:
         (q, q_scale), (k, k_scale), (vt, v_scale) = quantize_heads(query), quantize_heads(key), quantize_heads(value, True)
-    else:
-        ones = torch.ones(batch * heads, device=query.device, dtype=torch.float32)
-        q, k, vt = query.contiguous(), key.contiguous(), value.transpose(-1, -2).contiguous()
-        q_scale = k_scale = v_scale = ones
-    out = torch.empty(query.shape, device=query.device, dtype=query.dtype)
-    block_m, block_n = block or (BLOCK_M, BLOCK_N)
-    kernel = wrap(_attention_kernel) if wrap is not None else _attention_kernel
-    kernel[(triton.cdiv(s_q, block_m), batch * heads)](
-        q, k, vt, out, q_scale, k_scale, v_scale, scale if scale is not None else dim ** -0.5, s_q, s_kv, heads,
-        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-        vt.stride(0), vt.stride(1), vt.stride(3), vt.stride(2), out.stride(0), out.stride(1), out.stride(2),
-        P_MUL=P_SCALE if fp8 else 1.0, BLOCK_M=block_m, BLOCK_N=block_n, D=dim,
-        num_warps=NUM_WARPS if block is None else 4, num_stages=NUM_STAGES if block is None else 1)
-    return out
+        return run_kernel(q, k, vt, q_scale, k_scale, v_scale, scale, query.dtype, P_SCALE, config, wrap)
+    ones = torch.ones(query.shape[0] * query.shape[1], device=query.device, dtype=torch.float32)
+    vt = value.transpose(-1, -2).contiguous()
+    return run_kernel(query.contiguous(), key.contiguous(), vt, ones, ones, ones, scale, query.dtype, 1.0, config, wrap)
 
 
 if triton is not None:

@@ -17,6 +17,7 @@ INTERPRETED = textwrap.dedent("""
     from aoti import attention, fp8_attention as fa
 
     torch.manual_seed(0)
+    SMALL = fa.AttentionConfig(16, 16, 4, 1)
 
     def reference(q, k, v):
         return torch.softmax((q.double() @ k.double().transpose(-1, -2)) * q.shape[-1] ** -0.5, -1) @ v.double()
@@ -32,10 +33,10 @@ INTERPRETED = textwrap.dedent("""
     for b, h, sq, skv, d in ((1, 2, 40, 70, 32), (2, 1, 16, 16, 16), (1, 1, 33, 130, 64)):
         q, k, v = torch.randn(b, h, sq, d), torch.randn(b, h, skv, d), torch.randn(b, h, skv, d)
         # the kernel's arithmetic (online softmax over key tiles, masked tails) in float32
-        assert error(fa.launch(q, k, v, fp8=False, block=(16, 16)), reference(q, k, v)) < 1e-5
+        assert error(fa.launch(q, k, v, fp8=False, config=SMALL), reference(q, k, v)) < 1e-5
         # FP8: what the e4m3 operands and probabilities cost, against attention on the dequantized
         # operands and on the exact ones
-        out = fa.launch(*(t.bfloat16() for t in (q, k, v)), block=(16, 16))
+        out = fa.launch(*(t.bfloat16() for t in (q, k, v)), config=SMALL)
         assert out.dtype == torch.bfloat16 and out.shape == q.shape
         assert error(out, reference(dequantized(q), dequantized(k), dequantized(v))) < 0.1
         assert error(out, reference(q, k, v)) < 0.12
@@ -44,7 +45,7 @@ INTERPRETED = textwrap.dedent("""
     q, k, v = (torch.randn(1, 2, 24, 32, dtype=torch.bfloat16) for _ in range(3))
     calls = []
     original_op = fa.launch
-    fa.launch = lambda *a, **kw: calls.append(1) or original_op(*a, **kw, block=(16, 16))
+    fa.launch = lambda *a, **kw: calls.append(1) or original_op(*a, **kw, config=SMALL)
     with attention.pinned("fp8"):
         routed = F.scaled_dot_product_attention(q, k, v)
         causal = F.scaled_dot_product_attention(q, k, v, is_causal=True)
