@@ -29,16 +29,13 @@ def test_unet_blocks_of_one_class_with_different_shapes_get_separate_packages(ca
     with aoti.capture(model) as call, torch.no_grad():
         model(**tiny.unet_inputs())
     regional = aoti.compile(model, call, aoti.CompileOptions(regional=True), cache=cache)
-    whole = aoti.compile(model, call, cache=cache)
+    # one package per (class, parameter shapes): the 8- and 16-channel blocks don't share one
+    assert len({artifact.key for _, artifact in regional.parts}) == len(regional.parts) >= 2
     inputs = tiny.unet_inputs()
+    with torch.no_grad():
+        eager = model(**inputs)[0]
     aoti.apply(regional, model)
     with torch.no_grad():
         out_regional = model(**inputs)[0]
-    aoti.restore(model)
-    aoti.apply(whole, model)
-    with torch.no_grad():
-        out_whole = model(**inputs)[0]
-        eager = model.forward.eager(**inputs)[0]
-    torch.testing.assert_close(out_regional, out_whole, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(out_regional, eager, rtol=1e-4, atol=1e-5)
     aoti.restore(model)
