@@ -39,9 +39,8 @@ def decide(backend: str, device: torch.device) -> AttentionDecision:
 
         if not fp8_attention.available():
             return AttentionDecision(backend, "auto", "FP8 attention needs Triton, which is not installed")
-        if not quant.fp8_capable(device):
-            capability = ".".join(map(str, torch.cuda.get_device_capability(device)))
-            return AttentionDecision(backend, "auto", f"FP8 attention needs compute capability >= 8.9; this GPU has {capability}")
+        if reason := quant.fp8_unsupported(device):
+            return AttentionDecision(backend, "auto", f"FP8 attention {reason}")
     return AttentionDecision(backend, backend)
 
 

@@ -19,7 +19,6 @@ mask, no dropout, not causal, equal head counts), leaving the others to SDPA; `a
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -133,7 +132,7 @@ def launch(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: f
 if triton is not None:
 
     @torch.library.triton_op("aoti_studio::fp8_attention", mutates_args=())
-    def _fp8_attention_op(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float) -> torch.Tensor:
+    def _fp8_attention_op(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float | None) -> torch.Tensor:
         return launch(query, key, value, scale, wrap=torch.library.wrap_triton)
 
 
@@ -158,4 +157,4 @@ def sdpa(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attn_mask:
     if not supports(query, key, value, attn_mask, dropout_p, is_causal, enable_gqa):
         return _original_sdpa(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
                               scale=scale, enable_gqa=enable_gqa)
-    return torch.ops.aoti_studio.fp8_attention(query, key, value, scale if scale is not None else 1 / math.sqrt(query.shape[-1]))
+    return torch.ops.aoti_studio.fp8_attention(query, key, value, scale)

@@ -133,6 +133,16 @@ def fp8_capable(device: torch.device) -> bool:
     return device.type == "cuda" and torch.cuda.get_device_capability(device) >= FP8_MIN_CAPABILITY
 
 
+def fp8_unsupported(device: torch.device) -> str | None:
+    """Why ``device`` has no FP8 tensor cores ("needs ..."), or None where it has them."""
+    if device.type != "cuda":
+        return f"needs a CUDA GPU; this device is the {device.type.upper()}"
+    if not fp8_capable(device):
+        major, minor = torch.cuda.get_device_capability(device)
+        return f"needs compute capability >= 8.9; this GPU has {major}.{minor}"
+    return None
+
+
 def decide(recipe: str, device: torch.device) -> QuantDecision:
     """Whether ``recipe`` can run on ``device``; FP8 needs CUDA with compute capability >= 8.9."""
     if recipe == "none":
@@ -142,14 +152,8 @@ def decide(recipe: str, device: torch.device) -> QuantDecision:
             import torchao  # noqa: F401
         except ImportError:
             return QuantDecision(recipe, "none", "torchao is not installed")
-    if recipe == "fp8_rowwise":
-        if device.type != "cuda":
-            return QuantDecision(recipe, "none", "FP8 needs a CUDA GPU; this device is the CPU")
-        if not fp8_capable(device):
-            capability = torch.cuda.get_device_capability(device)
-            return QuantDecision(
-                recipe, "none", f"FP8 needs compute capability >= 8.9; this GPU has {capability[0]}.{capability[1]}"
-            )
+    if recipe == "fp8_rowwise" and (reason := fp8_unsupported(device)):
+        return QuantDecision(recipe, "none", f"FP8 {reason}")
     return QuantDecision(recipe, recipe)
 
 
