@@ -32,7 +32,7 @@ try:
 except ImportError:  # CPU-only installs: the op is absent
     triton = None
 
-P_SCALE = 256.0  # probabilities (<= 1) times 2^8 before their e4m3 cast; e4m3 holds up to 448
+LOG2_P_SCALE = 8  # probabilities (<= 1) times 2^8 before their e4m3 cast; e4m3 holds up to 448
 
 
 @dataclass(frozen=True)
@@ -55,35 +55,46 @@ if triton is not None:
     @triton.jit
     def _attention_kernel(q_ptr, k_ptr, v_ptr, o_ptr, q_scale_ptr, k_scale_ptr, v_scale_ptr, sm_scale, S_Q, S_KV, H,
                           q_sb, q_sh, q_ss, k_sb, k_sh, k_ss, v_sb, v_sh, v_ss, v_sd, o_sb, o_sh, o_ss,
-                          P_MUL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr):
+                          LOG2_P: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr,
+                          EVEN_M: tl.constexpr, EVEN_N: tl.constexpr):
         bh = tl.program_id(1)  # batch * heads
         b, h = bh // H, bh % H
         rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
         dims = tl.arange(0, D)
-        q = tl.load(q_ptr + b * q_sb + h * q_sh + rows[:, None] * q_ss + dims[None, :], mask=rows[:, None] < S_Q, other=0.0)
+        q_ptrs = q_ptr + b * q_sb + h * q_sh + rows[:, None] * q_ss + dims[None, :]
+        q = tl.load(q_ptrs) if EVEN_M else tl.load(q_ptrs, mask=rows[:, None] < S_Q, other=0.0)
         # Scores in base 2: exp(s) = exp2(s * log2(e)); the operands' scales fold into the same factor.
         # (An AOTI package passes ``sm_scale`` as a float64 scalar: keep the scores float32.)
         qk_scale = (sm_scale * 1.4426950408889634 * tl.load(q_scale_ptr + bh) * tl.load(k_scale_ptr + bh)).to(tl.float32)
-        m_i = tl.full((BLOCK_M,), -1e30, tl.float32)
+        m_i = tl.full((BLOCK_M,), float("-inf"), tl.float32)
         l_i = tl.zeros((BLOCK_M,), tl.float32)
         acc = tl.zeros((BLOCK_M, D), tl.float32)
         for start in range(0, S_KV, BLOCK_N):
             keys = start + tl.arange(0, BLOCK_N)
-            key_ok = keys < S_KV
-            k = tl.load(k_ptr + b * k_sb + h * k_sh + keys[:, None] * k_ss + dims[None, :], mask=key_ok[:, None], other=0.0)
-            scores = tl.dot(q, tl.trans(k)) * qk_scale
-            scores = tl.where(key_ok[None, :], scores, -1e30)
-            m_new = tl.maximum(m_i, tl.max(scores, axis=1))
-            p = tl.math.exp2(scores - m_new[:, None])
+            k_ptrs = k_ptr + b * k_sb + h * k_sh + keys[:, None] * k_ss + dims[None, :]
+            # v as (D, BLOCK_N) tiles of its (head dim, sequence) layout, transposed for the product
+            v_ptrs = v_ptr + b * v_sb + h * v_sh + dims[:, None] * v_sd + keys[None, :] * v_ss
+            if EVEN_N:
+                k, vt = tl.load(k_ptrs), tl.load(v_ptrs)
+            else:
+                k = tl.load(k_ptrs, mask=keys[:, None] < S_KV, other=0.0)
+                vt = tl.load(v_ptrs, mask=keys[None, :] < S_KV, other=0.0)
+            scores = tl.dot(q, tl.trans(k))
+            if not EVEN_N:
+                scores = tl.where(keys[None, :] < S_KV, scores, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(scores, axis=1) * qk_scale)
+            # probabilities times 2^LOG2_P (one subtraction folds it in; the row sums carry it too)
+            p = tl.math.exp2(scores * qk_scale - (m_new - LOG2_P)[:, None])
             alpha = tl.math.exp2(m_i - m_new)
             l_i = l_i * alpha + tl.sum(p, axis=1)
-            # v as (D, BLOCK_N) tiles of its (head dim, sequence) layout, transposed for the product
-            vt = tl.load(v_ptr + b * v_sb + h * v_sh + dims[:, None] * v_sd + keys[None, :] * v_ss, mask=key_ok[None, :], other=0.0)
-            acc = acc * alpha[:, None] + tl.dot((p * P_MUL).to(vt.dtype), tl.trans(vt))
+            acc = tl.dot(p.to(vt.dtype), tl.trans(vt), acc * alpha[:, None])
             m_i = m_new
-        out = acc / (l_i[:, None] * P_MUL) * tl.load(v_scale_ptr + bh)
-        tl.store(o_ptr + b * o_sb + h * o_sh + rows[:, None] * o_ss + dims[None, :], out.to(o_ptr.dtype.element_ty),
-                 mask=rows[:, None] < S_Q)
+        out = acc * (tl.load(v_scale_ptr + bh) / l_i)[:, None]
+        o_ptrs = o_ptr + b * o_sb + h * o_sh + rows[:, None] * o_ss + dims[None, :]
+        if EVEN_M:
+            tl.store(o_ptrs, out.to(o_ptr.dtype.element_ty))
+        else:
+            tl.store(o_ptrs, out.to(o_ptr.dtype.element_ty), mask=rows[:, None] < S_Q)
 
 
 def quantize_heads(x: torch.Tensor, transpose: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -96,11 +107,11 @@ def quantize_heads(x: torch.Tensor, transpose: bool = False) -> tuple[torch.Tens
 
 
 def run_kernel(q: torch.Tensor, k: torch.Tensor, vt: torch.Tensor, q_scale: torch.Tensor, k_scale: torch.Tensor,
-               v_scale: torch.Tensor, scale: float, out_dtype: torch.dtype, p_mul: float = P_SCALE,
+               v_scale: torch.Tensor, scale: float, out_dtype: torch.dtype, log2_p: int = LOG2_P_SCALE,
                config: AttentionConfig | None = None, wrap=None) -> torch.Tensor:
     """The kernel on prepared operands: ``q`` ``(B, H, S_q, D)``, ``k`` ``(B, H, S_kv, D)`` and ``vt``
-    ``(B, H, D, S_kv)`` (rows contiguous), their ``B * H`` float32 scales; ``p_mul`` multiplies the
-    probabilities before their cast to v's dtype. Returns ``(B, H, S_q, D)`` in ``out_dtype``."""
+    ``(B, H, D, S_kv)`` (rows contiguous), their ``B * H`` float32 scales; the probabilities are
+    multiplied by ``2 ** log2_p`` before their cast to v's dtype. Returns ``(B, H, S_q, D)`` in ``out_dtype``."""
     batch, heads, s_q, dim = q.shape
     config = config or DEFAULT_CONFIG
     out = torch.empty(q.shape, device=q.device, dtype=out_dtype)
@@ -109,7 +120,8 @@ def run_kernel(q: torch.Tensor, k: torch.Tensor, vt: torch.Tensor, q_scale: torc
         q, k, vt, out, q_scale, k_scale, v_scale, scale, s_q, k.shape[2], heads,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         vt.stride(0), vt.stride(1), vt.stride(3), vt.stride(2), out.stride(0), out.stride(1), out.stride(2),
-        P_MUL=p_mul, BLOCK_M=config.block_m, BLOCK_N=config.block_n, D=dim,
+        LOG2_P=log2_p, BLOCK_M=config.block_m, BLOCK_N=config.block_n, D=dim,
+        EVEN_M=s_q % config.block_m == 0, EVEN_N=k.shape[2] % config.block_n == 0,
         num_warps=config.num_warps, num_stages=config.num_stages)
     return out
 
@@ -123,10 +135,10 @@ def launch(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: f
     scale = scale if scale is not None else query.shape[-1] ** -0.5
     if fp8:
         (q, q_scale), (k, k_scale), (vt, v_scale) = quantize_heads(query), quantize_heads(key), quantize_heads(value, True)
-        return run_kernel(q, k, vt, q_scale, k_scale, v_scale, scale, query.dtype, P_SCALE, config, wrap)
+        return run_kernel(q, k, vt, q_scale, k_scale, v_scale, scale, query.dtype, LOG2_P_SCALE, config, wrap)
     ones = torch.ones(query.shape[0] * query.shape[1], device=query.device, dtype=torch.float32)
     vt = value.transpose(-1, -2).contiguous()
-    return run_kernel(query.contiguous(), key.contiguous(), vt, ones, ones, ones, scale, query.dtype, 1.0, config, wrap)
+    return run_kernel(query.contiguous(), key.contiguous(), vt, ones, ones, ones, scale, query.dtype, 0, config, wrap)
 
 
 if triton is not None:
