@@ -43,10 +43,16 @@ FP8_MAX = torch.finfo(FP8_DTYPE).max  # 448
 SCALE_FLOOR = 1e-12  # an all-zero row gets this scale, not 0 (no division by zero)
 
 
+def fp8_scaled(x: torch.Tensor, amax: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x`` in e4m3 with float32 scales ``amax / 448`` (``amax`` broadcasts against ``x``):
+    ``x ≈ values * scale``."""
+    scale = amax.float().clamp(min=SCALE_FLOOR) / FP8_MAX
+    return (x.float() / scale).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE), scale
+
+
 def rowwise_fp8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Quantize each row of a 2-D tensor to e4m3 with its own float32 scale: ``x ≈ q * scale``."""
-    scale = x.abs().amax(dim=-1, keepdim=True).float().clamp(min=SCALE_FLOOR) / FP8_MAX
-    return (x.float() / scale).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE), scale
+    return fp8_scaled(x, x.abs().amax(dim=-1, keepdim=True))
 
 
 class RowwiseFloat8Linear(torch.nn.Module):

@@ -62,10 +62,12 @@ def measure(fn: Callable[[], Any], device: str, iters: int = 15, warmup: int = 3
     return result
 
 
-KERNEL_KINDS = (  # (kind, substrings of the kernel name), first match wins
+KERNEL_KINDS = (  # (kind, substrings of the kernel name), first match wins: Inductor's fused kernels
+    # ("triton_...") name the ops they fuse, "attention" among them; "triton_tem_" are GEMM templates
+    ("matmul", ("triton_tem_",)),
+    ("triton", ("triton_",)),
     ("attention", ("flash", "fmha", "cudnn", "attention", "sdpa")),
     ("matmul", ("nvjet", "gemm", "gemv", "xmma", "cutlass", "splitk", "matmul", "_mm_", "f8f8bf16")),
-    ("triton", ("triton_",)),
 )
 
 
