@@ -7,6 +7,7 @@
     aoti.restore(pipe.transformer)                    # eager again
 """
 
+from . import lifetimes
 from .apply import CompiledMethod, apply, restore, status_of, verify_loadable
 from .cache import Cache, default_cache_dir
 from .capture import CapturedCall, CapturedCalls, capture
@@ -39,6 +40,7 @@ __all__ = [
     "default_cache_dir",
     "ensure_toolchain",
     "find_blocks",
+    "lifetimes",
     "probe_package",
     "restore",
     "status_of",

@@ -12,7 +12,7 @@ import torch
 from torch.export._tree_utils import reorder_kwargs
 from torch.utils import _pytree as pytree
 
-from . import quant
+from . import lifetimes, quant
 from .cache import MANIFEST_FILE, PROBE_FILE
 from .compile import EXTRA_CONSTANTS_FILE, Artifact, RegionalArtifact
 from .cuda_graphs import CUDAGraphRunner, is_static
@@ -38,6 +38,7 @@ class CompiledMethod:
         self.graphs = graphs  # (guard, runner, in_spec, out_spec)
         self.weights = weights  # the compiled graphs alias these tensors: keep them alive
         self.status = status
+        lifetimes.orphan_on_death(self, weights.values())  # the runtime never lets them go
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         reason = "no compiled graph"
@@ -102,7 +103,7 @@ def _bind(artifact: Artifact, module: torch.nn.Module, status: Status, cuda_grap
             if tensor is None:
                 missing.append(clean)
                 continue
-            bound[fqn] = tensor
+            bound[fqn] = tensor.detach()  # the runtime's own handle: it never lets it go (aoti.lifetimes)
         if missing:
             raise RuntimeError(
                 f"the compiled graph needs tensors the module does not have: {missing[:8]}"
@@ -144,6 +145,7 @@ def apply(artifact: Artifact | RegionalArtifact, module: torch.nn.Module, *, met
         status.fallbacks.append(f"cuda graphs -> off: the graphs run on {artifact.manifest['device']}")
         cuda_graphs = False
     restore(module, method=method)
+    lifetimes.release_orphans()  # e.g. the float weights of a model quantized since its last package
     start = time.perf_counter()
     graphs, weights = _bind(artifact, module, status, cuda_graphs)
     status.load_s = round(time.perf_counter() - start, 4)

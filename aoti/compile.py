@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import gc
 import logging
 import os
 import shutil
@@ -15,7 +14,7 @@ from typing import Any
 
 import torch
 
-from . import attention, decode_attention, fuse, gemv, quant
+from . import attention, decode_attention, fuse, gemv, lifetimes, quant
 from .cache import PACKAGE_FILE, Cache, Entry, key_of
 from .capture import CapturedCall, CapturedCalls
 from .env import fingerprint, module_device
@@ -325,7 +324,7 @@ def _build(
     toolchain = prepare_inductor()
     start = time.perf_counter()
     known = set(quant.constants_map(module))
-    with _staging(cache) as staged, _forget_last_trace():
+    with _staging(cache) as staged, lifetimes.forget_build(module):
         files: dict[str, list[str]] = {}
         graphs: list[dict[str, Any]] = []
         extra_constants: dict[str, torch.Tensor] = {}
@@ -372,39 +371,6 @@ def _build(
             "module_class": fields["model"]["class"],
         }
         return cache.publish(key, staged, manifest)
-
-
-@contextlib.contextmanager
-def _forget_last_trace() -> Iterator[None]:
-    """Let the traced model go when a build ends, as if it had never been compiled.
-
-    Two module-level records in torch keep the last traced graph, and through its module the traced
-    model's weights, alive after a build, so a model unloaded later would not free its memory:
-    `torch.fx.experimental.proxy_tensor` keeps the nodes of the last make_fx trace (for export's
-    fake-tensor leak check), and Dynamo's strict export installs each captured graph as a
-    ``__compiled_fn_*`` global of `torch._dynamo.functional_export`. Both are private: a torch that
-    lacks them is left alone. The trace's graphs and exported programs also leave reference cycles
-    that hold the weights until Python's cyclic collector happens to run: a model whose weights are
-    replaced after a build (fused, quantized, reloaded) kept the old ones on the GPU meanwhile, so the
-    cycles are collected when the build ends."""
-    from torch.fx.experimental import proxy_tensor
-
-    try:
-        from torch._dynamo import functional_export
-    except ImportError:
-        functional_export = None
-    installed_before = set(vars(functional_export)) if functional_export else set()
-    try:
-        yield
-    finally:
-        last_trace = getattr(proxy_tensor, "_FAKE_TENSOR_ID_TO_PROXY_MAP_FOR_EXPORT", None)
-        if isinstance(last_trace, dict):
-            last_trace.clear()
-        if functional_export is not None:
-            for name in set(vars(functional_export)) - installed_before:
-                if name.startswith("__compiled_fn"):
-                    delattr(functional_export, name)
-        gc.collect()
 
 
 def _constant_specs(ep: torch.export.ExportedProgram, prefix: str) -> dict[str, list[Any]]:

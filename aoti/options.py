@@ -15,11 +15,11 @@ OPTIONS_VERSION = 5  # 2: the default preset lowers matmuls (FP8 ones too) to AT
 # 5: "decode" on CUDA builds combo kernels; fused `gemv` calls get their own launch configs
 
 Dispatch = Literal["static", "dynamic", "buckets"]
-Preset = Literal["default", "decode", "max-autotune"]
+Preset = Literal["default", "tuned", "decode", "max-autotune"]
 Quantization = Literal["none", "int8_weight_only", "fp8_rowwise"]
 
 DISPATCH_MODES: tuple[str, ...] = ("static", "dynamic", "buckets")
-PRESETS: tuple[str, ...] = ("default", "decode", "max-autotune")
+PRESETS: tuple[str, ...] = ("default", "tuned", "decode", "max-autotune")
 QUANTIZATIONS: tuple[str, ...] = ("none", "int8_weight_only", "fp8_rowwise")
 
 # Inductor settings that keep weights outside the package, named like the module's state_dict().
@@ -31,12 +31,15 @@ EXTERNAL_WEIGHTS_CONFIGS: dict[str, Any] = {
 # "default" builds fast: every matmul is an ATen (cuBLAS / CUTLASS) call. Without the backend list,
 # Inductor autotunes Triton templates for each FP8 `_scaled_mm` shape even when max_autotune is off
 # (torch/_inductor/kernel/mm.py: `use_triton_template(..., check_max_autotune=False)`), which made a
-# full-width FLUX FP8 build run for more than 6 minutes. "decode" adds coordinate-descent tuning of
-# Triton kernels, with which Inductor turns one-row matmuls (LLM decode) into tuned reductions instead
-# of cuBLAS calls (torch/_inductor/decomposition.py: "Our matrix vector multiplies only achieve peak
-# bandwidth with coordinate descent tuning"). "max-autotune" searches Triton GEMM templates too.
+# full-width FLUX FP8 build run for more than 6 minutes. "tuned" adds coordinate-descent tuning of
+# Inductor's own (pointwise and reduction) kernels' launch parameters. "decode" adds it too, with
+# which Inductor turns one-row matmuls (LLM decode) into tuned reductions instead of cuBLAS calls
+# (torch/_inductor/decomposition.py: "Our matrix vector multiplies only achieve peak bandwidth with
+# coordinate descent tuning"); `aoti.compile` routes them to `aoti.gemv` with it. "max-autotune"
+# searches Triton GEMM templates too.
 PRESET_CONFIGS: dict[str, dict[str, Any]] = {
     "default": {"max_autotune_gemm_backends": "ATEN"},
+    "tuned": {"max_autotune_gemm_backends": "ATEN", "coordinate_descent_tuning": True},
     "decode": {"max_autotune_gemm_backends": "ATEN", "coordinate_descent_tuning": True},
     "max-autotune": {"max_autotune": True, "coordinate_descent_tuning": True, "max_autotune_gemm_backends": "ATEN,TRITON"},
 }
@@ -79,7 +82,8 @@ class CompileOptions:
             Implies dispatch="dynamic" for those dims.
         quantization: "none", "int8_weight_only" (CPU and GPU) or "fp8_rowwise" (CUDA, capability >= 8.9).
         regional: compile one package per repeated block signature instead of the whole module.
-        preset: inductor preset: "default" (fast builds, cuBLAS/CUTLASS matmuls), "decode" (LLM decode
+        preset: inductor preset: "default" (fast builds, cuBLAS/CUTLASS matmuls), "tuned" (the same,
+            with Inductor's fused kernels tuned by coordinate descent: longer builds), "decode" (LLM decode
             steps: one-row linears on `aoti.gemv`, other reductions tuned by coordinate descent, and
             on CUDA with the decode kernels, small independent kernels launched as combo kernels) or
             "max-autotune".

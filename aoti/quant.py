@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
+from . import lifetimes
 from .fuse import unfuse_projections
 from .gemv import GemvLinear, gemv, one_row, runs_on, use_gemv
 
@@ -194,6 +195,7 @@ def quantize(module: torch.nn.Module, recipe: str) -> None:
         use_gemv(module, enabled=False)  # the kernel can't read torchao's tensor-subclass weights
     for sub in module.modules():
         sub._aoti_quantization = recipe
+    lifetimes.release_orphans()  # float weights that an earlier package was loaded with
 
 
 def keeps_plain_weights(recipe: str) -> bool:

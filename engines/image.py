@@ -13,7 +13,7 @@ from PIL import Image
 
 import aoti
 
-from .optimize import module_nbytes, optimize_module
+from .optimize import module_storages, optimize_module
 from .registry import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -92,10 +92,14 @@ class ImageModel:
         return self.denoiser
 
     @property
-    def nbytes(self) -> int:
-        """Every module of the pipeline (denoiser, text encoders, VAE)."""
+    def storages(self) -> dict[int, int]:
+        """Every module of the pipeline (denoiser, text encoders, VAE): storage address -> bytes."""
         components = getattr(self.pipe, "components", {"unet": self.denoiser})
-        return sum(module_nbytes(m) for m in components.values() if isinstance(m, torch.nn.Module))
+        return {ptr: n for m in components.values() if isinstance(m, torch.nn.Module) for ptr, n in module_storages(m).items()}
+
+    @property
+    def nbytes(self) -> int:
+        return sum(self.storages.values())
 
     def optimize(self, options: aoti.CompileOptions | None = None, cache: aoti.Cache | None = None,
                  exclusive: contextlib.AbstractContextManager | None = None, cuda_graphs: bool | None = None) -> aoti.Status:

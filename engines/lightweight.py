@@ -92,22 +92,23 @@ class LightweightEngine:
 
     def _unload_locked(self, model_id: str) -> float:
         """On CUDA the allocator's figure before and after; on the CPU the bytes of the model's
-        tensors, counted only once nothing references the model any more (RSS rarely shrinks)."""
+        storages that no live tensor holds any more (RSS rarely shrinks)."""
         model = self.models.pop(model_id, None)
         if model is None:
             return 0.0
         before, _ = memory_mb(self.device.torch_device)
-        tensor_mb = model.nbytes / 2**20
+        storages = model.storages
         model.restore()
         alive = weakref.ref(model.hot_module)
         del model
         self.locks.pop(model_id, None)
         gc.collect()
+        aoti.lifetimes.release_orphans()  # the weights its compiled graphs were loaded with
         if self.device.torch_device == "cuda":
             torch.cuda.empty_cache()
             freed = before - memory_mb("cuda")[0]
         else:
-            freed = tensor_mb if alive() is None else 0.0
+            freed = (sum(storages.values()) - aoti.lifetimes.bytes_still_held(storages)) / 2**20
         if alive() is not None:
             log.warning("engine: %s is still referenced after unload; its memory was not freed", model_id)
         self.states[model_id] = CompileState(model_id, "not loaded", f"unloaded, freed {freed:.1f} MiB")

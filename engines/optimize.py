@@ -29,14 +29,15 @@ def optimize_module(
         return aoti.apply(artifact, module, cuda_graphs=cuda_graphs)
 
 
-def module_nbytes(module: torch.nn.Module) -> int:
-    """Bytes of a module's distinct parameter and buffer storages (a quantized weight's inner tensors)."""
+def module_storages(module: torch.nn.Module) -> dict[int, int]:
+    """A module's distinct parameter and buffer storages (a quantized weight's inner tensors):
+    address -> bytes."""
     seen: dict[int, int] = {}
     for tensor in [*module.parameters(), *module.buffers()]:
         for plain in _plain_tensors(tensor):
             storage = plain.untyped_storage()
             seen[storage.data_ptr()] = storage.nbytes()
-    return sum(seen.values())
+    return seen
 
 
 def _plain_tensors(tensor: torch.Tensor) -> list[torch.Tensor]:

@@ -19,7 +19,7 @@ import torch
 import aoti
 
 from .gqa import use_gqa_decode_attention
-from .optimize import module_nbytes, optimize_module
+from .optimize import module_storages, optimize_module
 from .registry import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -145,9 +145,13 @@ class TextModel:
         return self.decoder
 
     @property
+    def storages(self) -> dict[int, int]:
+        """Weights and KV cache: storage address -> bytes."""
+        return module_storages(self.decoder)
+
+    @property
     def nbytes(self) -> int:
-        """Weights and KV cache."""
-        return module_nbytes(self.decoder)
+        return sum(self.storages.values())
 
     def optimize(self, options: aoti.CompileOptions | None = None, cache: aoti.Cache | None = None,
                  exclusive: contextlib.AbstractContextManager | None = None, cuda_graphs: bool | None = None) -> aoti.Status:

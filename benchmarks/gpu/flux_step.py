@@ -14,8 +14,9 @@ graph), aoti_cudnn (cuDNN attention),
 aoti_fused (cuDNN attention + fused QKV projections), aoti_max (max-autotune preset), regional
 (one package per block signature), fp8 (our row-wise FP8 linear: AOTI, then eager; quantizes in place,
 so it runs after the bf16 variants), fp8_graphs (fp8 replayed as a CUDA graph), regional_fp8,
-fp8_max (FP8 + max-autotune; the FP8 ones after fp8), fp8_attention_graphs (FP8 matmuls and
-`aoti.fp8_attention`, replayed as a CUDA graph: everything on).
+fp8_max (FP8 + max-autotune; the FP8 ones after fp8), and FP8 replayed as CUDA graphs with more:
+fp8_attention_graphs (`aoti.fp8_attention` too), fp8_tuned_graphs (preset "tuned"),
+fp8_decode_graphs (preset "decode"), fp8_attention_tuned_graphs, fp8_attention_decode_graphs.
 """
 
 from __future__ import annotations
@@ -226,6 +227,13 @@ def main() -> None:
 
 
 FP8 = aoti.CompileOptions(quantization="fp8_rowwise", attention="cudnn")
+FP8_GRAPH_VARIANTS = {  # name -> what differs from FP8 (all replayed as CUDA graphs)
+    "fp8_attention_graphs": {"attention": "fp8"},  # FP8 attention too (`aoti.fp8_attention`)
+    "fp8_tuned_graphs": {"preset": "tuned"},  # Inductor's kernels tuned by coordinate descent
+    "fp8_decode_graphs": {"preset": "decode"},  # + one-row linears on aoti.gemv, combo kernels
+    "fp8_attention_tuned_graphs": {"attention": "fp8", "preset": "tuned"},
+    "fp8_attention_decode_graphs": {"attention": "fp8", "preset": "decode"},
+}
 
 
 def run_variant(name, model, call, cache, check, rec, args, device) -> None:
@@ -264,8 +272,8 @@ def run_variant(name, model, call, cache, check, rec, args, device) -> None:
         aoti_variant(model, call, FP8.replace(regional=True), cache, check, rec, name)
     elif name == "fp8_max":
         aoti_variant(model, call, FP8.replace(preset="max-autotune"), cache, check, rec, name)
-    elif name == "fp8_attention_graphs":  # everything on: FP8 matmuls and FP8 attention, CUDA-graph replay
-        aoti_variant(model, call, FP8.replace(attention="fp8"), cache, check, rec, name, cuda_graphs=True)
+    elif name in FP8_GRAPH_VARIANTS:  # FP8 matmuls, CUDA-graph replay, and more
+        aoti_variant(model, call, FP8.replace(**FP8_GRAPH_VARIANTS[name]), cache, check, rec, name, cuda_graphs=True)
     else:
         raise ValueError(f"unknown variant {name}")
 
