@@ -34,6 +34,7 @@ import torch
 log = logging.getLogger(__name__)
 
 _orphans: list[torch.Tensor] = []  # tensors of compiled methods that are gone
+_owners = 0  # compiled methods whose tensors are not adopted yet (alive, or garbage in a cycle)
 _lock = threading.RLock()  # finalizers run inside gc.collect(), which release_orphans calls holding it
 
 
@@ -100,11 +101,16 @@ def orphan_on_death(owner: object, tensors: Iterable[torch.Tensor]) -> None:
     """Once ``owner`` (a compiled method) is garbage, hand ``tensors`` (the constants its packages
     were loaded with) to `release_orphans`. They must be handles of their own (``t.detach()``), not
     the model's parameter and buffer objects, which `release_orphans` would empty."""
+    global _owners
+    with _lock:
+        _owners += 1
     weakref.finalize(owner, _adopt, list(tensors))
 
 
 def _adopt(tensors: list[torch.Tensor]) -> None:
+    global _owners
     with _lock:
+        _owners -= 1
         _orphans.extend(tensors)
 
 
@@ -136,8 +142,11 @@ def bytes_still_held(storages: dict[int, int]) -> int:
 def release_orphans() -> int:
     """Point every orphaned constant (see `orphan_on_death`) at an empty storage, so that its memory
     goes as soon as nothing else uses it (the model, another package: they hold their own
-    references); returns how many bytes the orphans referenced."""
+    references); returns how many bytes the orphans referenced. Without orphans or compiled methods
+    that could become ones it does nothing (a fresh process's first `apply`: no garbage collection)."""
     with _lock:
+        if not _orphans and not _owners:
+            return 0
         gc.collect()  # compiled methods in reference cycles: their finalizers adopt their tensors
         pending = _orphans[:]
         _orphans.clear()
