@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from . import attention, decode_attention, fuse, gemv, lifetimes, quant
+from . import attention, decode_attention, fp8_rows, fuse, gemv, lifetimes, quant
 from .cache import PACKAGE_FILE, Cache, Entry, key_of
 from .capture import CapturedCall, CapturedCalls
 from .env import fingerprint, module_device
@@ -321,6 +321,8 @@ def _build(
     """Export and compile every planned graph into one package in a staging folder, then publish it."""
     from torch._inductor.package import package_aoti
 
+    from . import reductions  # imports Inductor
+
     toolchain = prepare_inductor()
     start = time.perf_counter()
     known = set(quant.constants_map(module))
@@ -332,7 +334,8 @@ def _build(
         for index, plan in enumerate(plans):
             name = f"graph{index}"
             t0 = time.perf_counter()
-            with exclusive, _eager(module, options.method), torch.no_grad(), attention.pinned(options.attention):
+            with (exclusive, _eager(module, options.method), torch.no_grad(), attention.pinned(options.attention),
+                  fp8_rows.used(options.one_pass_rows)):
                 target = quant.exportable(module)
                 prefix = ""
                 if options.method != "forward":
@@ -345,8 +348,11 @@ def _build(
                 clean = raw_name.removeprefix(prefix)
                 if isinstance(tensor, torch.Tensor) and clean not in known:
                     extra_constants[f"{name}/{clean}"] = tensor.detach().cpu()
-            configs = {**options.inductor_configs(device.type), "aot_inductor.package": True}
-            with attention.pinned("auto" if options.attention == "fp8" else options.attention):  # fp8: in the graph already
+            one_pass = options.one_pass_rows and device.type == "cuda"
+            configs = {**options.inductor_configs(device.type), **(reductions.inductor_configs() if one_pass else {}),
+                       "aot_inductor.package": True}
+            with (attention.pinned("auto" if options.attention == "fp8" else options.attention),  # fp8: in the graph already
+                  reductions.one_pass_rows(one_pass)):
                 files[name] = torch._inductor.aot_compile(ep.module(), plan.call.args, plan.call.kwargs, options=configs)
             leaves = [(list(t.shape), str(t.dtype)) for t in torch.utils._pytree.tree_leaves((plan.call.args, plan.call.kwargs)) if isinstance(t, torch.Tensor)]
             graphs.append({

@@ -9,10 +9,11 @@ from typing import Any, Literal
 
 from .attention import BACKENDS as ATTENTIONS
 
-OPTIONS_VERSION = 5  # 2: the default preset lowers matmuls (FP8 ones too) to ATen kernels only;
+OPTIONS_VERSION = 6  # 2: the default preset lowers matmuls (FP8 ones too) to ATen kernels only;
 # 3: `gemv` also runs decode attention on `aoti.decode_attention`; `fuse_projections`;
 # 4: `fuse_projections` also fuses decoder layers' one-token step (`aoti.fuse_layers`);
-# 5: "decode" on CUDA builds combo kernels; fused `gemv` calls get their own launch configs
+# 5: "decode" on CUDA builds combo kernels; fused `gemv` calls get their own launch configs;
+# 6: `one_pass_rows`
 
 Dispatch = Literal["static", "dynamic", "buckets"]
 Preset = Literal["default", "tuned", "decode", "max-autotune"]
@@ -104,6 +105,10 @@ class CompileOptions:
             one-token step with their norms, residual adds and SiLU·mul inside the one-row products
             (`aoti.fuse_layers`, where `gemv` is on). Recorded as what ran: False for a module without
             such groups, or with a torchao (int8) recipe.
+        one_pass_rows: on CUDA, rows wider than Inductor's one-pass limit (1024 values) are reduced in
+            one pass: the FP8 activation scales of rows 4096-32768 wide on `aoti.fp8_rows`'s kernel,
+            Inductor's own row reductions persistent up to 16384 values (`aoti.reductions`). False:
+            Inductor's own choices.
     """
 
     dispatch: Dispatch = "static"
@@ -117,6 +122,7 @@ class CompileOptions:
     attention: str = "auto"
     gemv: bool | None = None
     fuse_projections: bool = True
+    one_pass_rows: bool = True
     version: int = field(default=OPTIONS_VERSION)
 
     def __post_init__(self) -> None:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from . import lifetimes
+from . import fp8_rows, lifetimes
 from .fuse import unfuse_projections
 from .gemv import GemvLinear, gemv, one_row, runs_on, use_gemv
 
@@ -52,7 +52,10 @@ def fp8_scaled(x: torch.Tensor, amax: torch.Tensor) -> tuple[torch.Tensor, torch
 
 
 def rowwise_fp8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Quantize each row of a 2-D tensor to e4m3 with its own float32 scale: ``x ≈ q * scale``."""
+    """Quantize each row of a 2-D tensor to e4m3 with its own float32 scale: ``x ≈ q * scale``.
+    Wide rows on an FP8 GPU go through `aoti.fp8_rows`'s one-pass kernel."""
+    if fp8_rows.serves(x):
+        return fp8_rows.quantize(x)
     return fp8_scaled(x, x.abs().amax(dim=-1, keepdim=True))
 
 

@@ -229,6 +229,7 @@ def main() -> None:
 FP8 = aoti.CompileOptions(quantization="fp8_rowwise", attention="cudnn")
 FP8_GRAPH_VARIANTS = {  # name -> what differs from FP8 (all replayed as CUDA graphs)
     "fp8_attention_graphs": {"attention": "fp8"},  # FP8 attention too (`aoti.fp8_attention`)
+    "fp8_two_pass_graphs": {"one_pass_rows": False},  # Inductor's own (looping) reductions of wide rows
     "fp8_tuned_graphs": {"preset": "tuned"},  # Inductor's kernels tuned by coordinate descent
     "fp8_decode_graphs": {"preset": "decode"},  # + one-row linears on aoti.gemv, combo kernels
     "fp8_attention_tuned_graphs": {"attention": "fp8", "preset": "tuned"},
