@@ -353,7 +353,11 @@ def _build(
                        "aot_inductor.package": True}
             with (attention.pinned("auto" if options.attention == "fp8" else options.attention),  # fp8: in the graph already
                   reductions.one_pass_rows(one_pass)):
-                files[name] = torch._inductor.aot_compile(ep.module(), plan.call.args, plan.call.kwargs, options=configs)
+                graph_module = ep.module()
+                if one_pass and (moved := fp8_rows.fuse_producers(graph_module)):
+                    log.info("%s: %d GELU producers moved into the FP8 quantization kernel", name, moved)
+                files[name] = torch._inductor.aot_compile(graph_module, plan.call.args, plan.call.kwargs, options=configs)
+                del graph_module  # binds the model's weights
             leaves = [(list(t.shape), str(t.dtype)) for t in torch.utils._pytree.tree_leaves((plan.call.args, plan.call.kwargs)) if isinstance(t, torch.Tensor)]
             graphs.append({
                 "name": name,

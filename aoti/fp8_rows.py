@@ -37,15 +37,31 @@ MAX_WIDTH = 32768  # one row in the registers of one program
 if triton is not None:
 
     @triton.jit
-    def _rowwise_kernel(x_ptr, q_ptr, scale_ptr, width, x_stride, q_stride,
-                        FP8_MAX: tl.constexpr, FLOOR: tl.constexpr, BLOCK: tl.constexpr):
+    def _gelu_tanh(x):
+        inner = 0.7978845608028654 * (x + 0.044715 * x * x * x)  # sqrt(2 / pi)
+        return 0.5 * x * (2.0 - 2.0 / (tl.exp(2.0 * inner) + 1.0))  # 1 + tanh(inner), overflow-safe
+
+    @triton.jit
+    def _rowwise_kernel(x_ptr, lead_ptr, q_ptr, scale_ptr, width, lead_width, x_stride, lead_stride, q_stride,
+                        FP8_MAX: tl.constexpr, FLOOR: tl.constexpr, BLOCK: tl.constexpr, LEAD_BLOCK: tl.constexpr,
+                        GELU: tl.constexpr):
         row = tl.program_id(0).to(tl.int64)
         cols = tl.arange(0, BLOCK)
         mask = cols < width
         x = tl.load(x_ptr + row * x_stride + cols, mask=mask, other=0.0).to(tl.float32)
-        scale = tl.maximum(tl.max(tl.abs(x), axis=0), FLOOR) / FP8_MAX
-        values = tl.clamp(x / scale, -FP8_MAX, FP8_MAX)
-        tl.store(q_ptr + row * q_stride + cols, values.to(q_ptr.dtype.element_ty), mask=mask)
+        if GELU:
+            x = _gelu_tanh(x)
+        amax = tl.max(tl.abs(x), axis=0)
+        if LEAD_BLOCK > 0:
+            lead_cols = tl.arange(0, LEAD_BLOCK)
+            lead_mask = lead_cols < lead_width
+            lead = tl.load(lead_ptr + row * lead_stride + lead_cols, mask=lead_mask, other=0.0).to(tl.float32)
+            amax = tl.maximum(amax, tl.max(tl.abs(lead), axis=0))
+        scale = tl.maximum(amax, FLOOR) / FP8_MAX
+        out = q_ptr + row * q_stride
+        tl.store(out + lead_width + cols, tl.clamp(x / scale, -FP8_MAX, FP8_MAX).to(q_ptr.dtype.element_ty), mask=mask)
+        if LEAD_BLOCK > 0:
+            tl.store(out + lead_cols, tl.clamp(lead / scale, -FP8_MAX, FP8_MAX).to(q_ptr.dtype.element_ty), mask=lead_mask)
         tl.store(scale_ptr + row, scale)
 
 
@@ -53,26 +69,36 @@ def _num_warps(block: int) -> int:
     return max(4, min(16, block // 1024))
 
 
-def launch(x: torch.Tensor, wrap=None, out_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The kernel on a 2-D ``x`` whose rows are contiguous; ``wrap`` is `torch.library.wrap_triton`
-    inside the op. Returns the e4m3 values and the ``(rows, 1)`` float32 scales. ``out_dtype`` (float32)
-    keeps the values before their e4m3 cast: the check of the arithmetic in Triton's interpreter, whose
-    e4m3 casts round wrongly (-126.9 to -64)."""
+def _rows(t: torch.Tensor) -> torch.Tensor:
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def launch(x: torch.Tensor, lead: torch.Tensor | None = None, gelu: bool = False, wrap=None,
+           out_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The kernel on the rows ``[lead | gelu(x)]`` (``lead`` optional, GELU with the tanh approximation
+    if ``gelu``), both 2-D with contiguous rows; ``wrap`` is `torch.library.wrap_triton` inside the op.
+    Returns the e4m3 values and the ``(rows, 1)`` float32 scales. ``out_dtype`` (float32) keeps the
+    values before their e4m3 cast: the check of the arithmetic in Triton's interpreter, whose e4m3 casts
+    round wrongly (-126.9 to -64)."""
     rows, width = x.shape
-    values = torch.empty((rows, width), device=x.device, dtype=out_dtype or quant.FP8_DTYPE)
+    lead_width = lead.shape[1] if lead is not None else 0
+    values = torch.empty((rows, lead_width + width), device=x.device, dtype=out_dtype or quant.FP8_DTYPE)
     scale = torch.empty((rows, 1), device=x.device, dtype=torch.float32)
     block = triton.next_power_of_2(width)
+    lead_block = triton.next_power_of_2(lead_width) if lead_width else 0
     kernel = wrap(_rowwise_kernel) if wrap is not None else _rowwise_kernel
-    kernel[(rows,)](x, values, scale, width, x.stride(0), values.stride(0),
-                    FP8_MAX=quant.FP8_MAX, FLOOR=quant.SCALE_FLOOR, BLOCK=block, num_warps=_num_warps(block))
+    kernel[(rows,)](x, lead if lead is not None else x, values, scale, width, lead_width, x.stride(0),
+                    lead.stride(0) if lead is not None else 0, values.stride(0),
+                    FP8_MAX=quant.FP8_MAX, FLOOR=quant.SCALE_FLOOR, BLOCK=block, LEAD_BLOCK=lead_block, GELU=gelu,
+                    num_warps=_num_warps(block + lead_block))
     return values, scale
 
 
 if triton is not None:
 
     @torch.library.triton_op("aoti_studio::rowwise_fp8", mutates_args=())
-    def _rowwise_fp8_op(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return launch(x.contiguous() if x.stride(-1) != 1 else x, wrap=torch.library.wrap_triton)
+    def _rowwise_fp8_op(x: torch.Tensor, lead: torch.Tensor | None = None, gelu: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        return launch(_rows(x), _rows(lead) if lead is not None else None, gelu, wrap=torch.library.wrap_triton)
 
 
 _enabled = True
@@ -100,3 +126,62 @@ def serves(x: torch.Tensor) -> bool:
 def quantize(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``x`` (rows, width) in e4m3 with one float32 scale per row, in one pass (see the module)."""
     return torch.ops.aoti_studio.rowwise_fp8(x)
+
+
+_ROW_VIEWS = ("view.default", "reshape.default", "_unsafe_view.default")
+
+
+def _aten(node: torch.fx.Node, name: str) -> bool:
+    return node.op == "call_function" and str(node.target) == f"aten.{name}"
+
+
+def _one_user(node: torch.fx.Node) -> bool:
+    return len(node.users) == 1
+
+
+def _width(node: torch.fx.Node) -> int | None:
+    value = node.meta.get("val")
+    return value.shape[-1] if isinstance(value, torch.Tensor) and value.dim() else None
+
+
+def _producer(node: torch.fx.Node) -> tuple[torch.fx.Node | None, torch.fx.Node] | None:
+    """``(lead, pre_gelu)`` where the op's input ``node`` is ``[lead | gelu(pre_gelu)]`` (``lead`` None
+    for plain ``gelu(pre_gelu)``) behind views that keep the row, else None."""
+    width = _width(node)
+    while any(_aten(node, view) for view in _ROW_VIEWS) and _one_user(node):
+        node = node.args[0]
+    if width is None or _width(node) != width:
+        return None
+    lead = None
+    if _aten(node, "cat.default") and _one_user(node) and len(node.args[0]) == 2:
+        rank = node.meta["val"].dim()
+        if (node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)) % rank != rank - 1:
+            return None
+        lead, node = node.args[0]
+    if (_aten(node, "gelu.default") and _one_user(node) and node.kwargs.get("approximate") == "tanh"
+            and _width(node.args[0]) and (lead is None or _width(lead))):
+        return lead, node.args[0]
+    return None
+
+
+def fuse_producers(graph_module: torch.fx.GraphModule) -> int:
+    """Move GELU (tanh) producers into the quantization kernel: ``rowwise_fp8(gelu(x))`` and
+    ``rowwise_fp8(cat([lead, gelu(x)], -1))`` (a FLUX.1 double block's MLP output and a single block's
+    `proj_out` input) become one kernel call that reads ``x`` (and ``lead``) once, where Inductor
+    would write the GELU's bf16 output and the kernel read it back. Returns how many calls changed."""
+    if not available():
+        return 0
+    op, graph, fused = torch.ops.aoti_studio.rowwise_fp8.default, graph_module.graph, 0
+    for node in list(graph.nodes):
+        if node.target is not op or len(node.args) != 1 or node.kwargs or (found := _producer(node.args[0])) is None:
+            continue
+        lead, pre_gelu = found
+        with graph.inserting_before(node):
+            rows = [graph.call_function(torch.ops.aten.reshape.default, (t, [-1, _width(t)])) if t is not None else None
+                    for t in (pre_gelu, lead)]
+            node.args, node.kwargs = (rows[0],), {"lead": rows[1], "gelu": True}
+        fused += 1
+    if fused:
+        graph.eliminate_dead_code()
+        graph_module.recompile()
+    return fused

@@ -63,9 +63,10 @@ def measure(fn: Callable[[], Any], device: str, iters: int = 15, warmup: int = 3
 
 
 KERNEL_KINDS = (  # (kind, substrings of the kernel name), first match wins: Inductor's fused kernels
-    # ("triton_...") name the ops they fuse, "attention" among them; "triton_tem_" are GEMM templates
+    # ("triton_...") name the ops they fuse, "attention" among them; "triton_tem_" are GEMM templates.
+    # "triton": Inductor's fused kernels and aoti.fp8_rows's quantization kernel
     ("matmul", ("triton_tem_",)),
-    ("triton", ("triton_",)),
+    ("triton", ("triton_", "_rowwise_kernel")),
     ("attention", ("flash", "fmha", "cudnn", "attention", "sdpa")),
     ("matmul", ("nvjet", "gemm", "gemv", "xmma", "cutlass", "splitk", "matmul", "_mm_", "f8f8bf16")),
 )

@@ -8,38 +8,86 @@ from __future__ import annotations
 import textwrap
 
 import torch
+import torch.nn.functional as F
 
 from aoti import fp8_rows, quant
 from tests.interpreted import needs_triton, run_interpreted
 
 INTERPRETED = textwrap.dedent("""
     import torch
+    import torch.nn.functional as F
     from aoti import fp8_rows, quant
 
     torch.manual_seed(0)
+
+    def reference(rows):
+        scale = rows.abs().amax(-1, keepdim=True).float().clamp(min=quant.SCALE_FLOOR) / quant.FP8_MAX
+        return (rows.float() / scale).clamp(-quant.FP8_MAX, quant.FP8_MAX), scale
+
     # widths that fill the block (4096) and leave most of it masked (5000 of 8192); bf16 and fp32 in;
-    # rows given with a stride (a slice of a wider tensor); an all-zero row
+    # rows given with a stride (a slice of a wider tensor); an all-zero row; rows 1e-3 to 1e3 in size
     for rows, width, dtype in ((3, 4096, torch.float32), (5, 5000, torch.bfloat16)):
         wide = torch.randn(rows, width + 64, dtype=dtype) * torch.logspace(-3, 3, rows)[:, None].to(dtype)
         wide[1] = 0
         x = wide[:, :width]
         values, scale = fp8_rows.launch(x, out_dtype=torch.float32)
-        amax = x.abs().amax(-1, keepdim=True)
-        ref_scale = amax.float().clamp(min=quant.SCALE_FLOOR) / quant.FP8_MAX
+        ref_values, ref_scale = reference(x)
         assert scale.shape == (rows, 1) and scale.dtype == torch.float32
         torch.testing.assert_close(scale, ref_scale, rtol=1e-6, atol=0)
-        ref = (x.float() / ref_scale).clamp(-quant.FP8_MAX, quant.FP8_MAX)
-        torch.testing.assert_close(values, ref, rtol=1e-6, atol=1e-6)
-        assert values.abs().amax() <= quant.FP8_MAX and float(values[1].abs().max()) == 0.0
+        torch.testing.assert_close(values, ref_values, rtol=1e-6, atol=1e-6)
+        assert float(values[1].abs().max()) == 0.0
         # each row's largest value lands on the format's largest (the scale is the row's maximum)
         assert torch.allclose(values[[0, 2]].abs().amax(-1), torch.full((2,), quant.FP8_MAX))
+
+    # [lead | gelu(x)]: the lead's maximum and the GELU's both decide the scale
+    for lead_scale in (0.1, 10.0):
+        lead, x = torch.randn(6, 3000) * lead_scale, torch.randn(6, 4100) * 3
+        values, scale = fp8_rows.launch(x, lead, gelu=True, out_dtype=torch.float32)
+        ref_values, ref_scale = reference(torch.cat([lead, F.gelu(x, approximate="tanh")], -1))
+        torch.testing.assert_close(scale, ref_scale, rtol=1e-5, atol=0)
+        torch.testing.assert_close(values, ref_values, rtol=1e-4, atol=1e-3)
+
+    # the rewritten graph (exported and rewritten by the test, without the interpreter) against the original
+    import sys
+    original = torch.export.load(sys.argv[1]).module()
+    rewritten = torch.export.load(sys.argv[1]).module()
+    assert fp8_rows.fuse_producers(rewritten) == 2
+    lead, x = torch.randn(1, 4, 70, 256), torch.randn(1, 70, 4096) * 2
+    for (values, scale), (ref_values, ref_scale) in zip(rewritten(lead, x), original(lead, x)):
+        assert values.shape == ref_values.shape and values.dtype == ref_values.dtype
+        torch.testing.assert_close(scale, ref_scale, rtol=1e-5, atol=0)
+        deq, ref = values.float() * scale, ref_values.float() * ref_scale
+        assert float((deq - ref).norm() / ref.norm()) < 1e-3
     print("ok")
 """)
 
 
+class Producers(torch.nn.Module):
+    """A FLUX.1 single block's `proj_out` input (attention output beside GELU) and a double block's
+    GELU output, each quantized by the kernel's op."""
+
+    def forward(self, lead: torch.Tensor, x: torch.Tensor):
+        rows = torch.cat([lead.transpose(1, 2).reshape(1, 70, -1), F.gelu(x, approximate="tanh")], -1)
+        return fp8_rows.quantize(rows.reshape(70, -1)), fp8_rows.quantize(F.gelu(x, approximate="tanh").reshape(70, -1))
+
+
 @needs_triton
-def test_kernel_arithmetic_in_the_interpreter():
-    assert run_interpreted(INTERPRETED).endswith("ok")
+def test_kernel_and_graph_rewrite_in_the_interpreter(tmp_path):
+    program = torch.export.export(Producers(), (torch.randn(1, 4, 70, 256), torch.randn(1, 70, 4096)))
+    torch.export.save(program, tmp_path / "producers.pt2")
+    assert run_interpreted(INTERPRETED, str(tmp_path / "producers.pt2")).endswith("ok")
+
+
+@needs_triton
+def test_graph_rewrite_moves_gelu_and_cat_into_the_op():
+    graph = torch.export.export(Producers(), (torch.randn(1, 4, 70, 256), torch.randn(1, 70, 4096))).module()
+    assert fp8_rows.fuse_producers(graph) == 2
+    targets = [str(n.target) for n in graph.graph.nodes if n.op == "call_function"]
+    assert not any("gelu" in t or "cat" in t for t in targets), targets
+    fused = [n for n in graph.graph.nodes if n.target is torch.ops.aoti_studio.rowwise_fp8.default]
+    assert [n.kwargs["gelu"] for n in fused] == [True, True]
+    assert sorted(n.kwargs["lead"] is not None for n in fused) == [False, True]
+    assert fp8_rows.fuse_producers(graph) == 0  # nothing left to move
 
 
 def test_quantization_stays_on_the_formula_off_fp8_gpus():
@@ -73,4 +121,4 @@ def test_one_pass_rows_installs_inductor_choices_inside_the_block_only():
         assert type(V.choices) is before
     configs = reductions.inductor_configs()
     if configs:  # torch versions with the setting: the choices are part of Inductor's cache key
-        assert configs["inductor_choices_class"]().uuid().endswith(str(reductions.PERSISTENT_LIMIT))
+        assert f"{reductions.PERSISTENT_LIMIT}-{reductions.OTHER_LIMIT}" in configs["inductor_choices_class"]().uuid()
