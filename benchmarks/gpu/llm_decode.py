@@ -52,6 +52,9 @@ VARIANT_OPTIONS = {
     "ours_fp8": aoti.CompileOptions(quantization="fp8_rowwise", gemv=False),  # one-row FP8 through _scaled_mm
     "ours_fp8_decode": aoti.CompileOptions(quantization="fp8_rowwise", preset="decode", gemv=False),
     "ours_fp8_gemv": aoti.CompileOptions(quantization="fp8_rowwise", preset="decode"),  # FP8 weight-only one-row kernel
+    # Inductor's own reductions of wide rows (`one_pass_rows=False`), as before session 10
+    "ours_gemv_two_pass": aoti.CompileOptions(preset="decode", one_pass_rows=False),
+    "ours_fp8_gemv_two_pass": aoti.CompileOptions(quantization="fp8_rowwise", preset="decode", one_pass_rows=False),
 }
 REPEATED_KV = {"ours_gemv_separate", "ours_gemv_fused"}  # transformers' own SDPA attention
 
