@@ -144,11 +144,17 @@ def _width(node: torch.fx.Node) -> int | None:
     return value.shape[-1] if isinstance(value, torch.Tensor) and value.dim() else None
 
 
+def _passes_through(node: torch.fx.Node) -> bool:
+    """A view, or an inference-mode dropout (diffusers' FeedForward has one after its GELU)."""
+    inference_dropout = _aten(node, "dropout.default") and not (node.args[2] if len(node.args) > 2 else node.kwargs.get("train"))
+    return (inference_dropout or any(_aten(node, view) for view in _ROW_VIEWS)) and _one_user(node)
+
+
 def _producer(node: torch.fx.Node) -> tuple[torch.fx.Node | None, torch.fx.Node] | None:
     """``(lead, pre_gelu)`` where the op's input ``node`` is ``[lead | gelu(pre_gelu)]`` (``lead`` None
     for plain ``gelu(pre_gelu)``) behind views that keep the row, else None."""
     width = _width(node)
-    while any(_aten(node, view) for view in _ROW_VIEWS) and _one_user(node):
+    while _passes_through(node):
         node = node.args[0]
     if width is None or _width(node) != width:
         return None
@@ -164,6 +170,17 @@ def _producer(node: torch.fx.Node) -> tuple[torch.fx.Node | None, torch.fx.Node]
     return None
 
 
+def _erase_unused(graph: torch.fx.Graph, node: torch.fx.Node) -> None:
+    """Erase ``node`` and the producers only it used (dead code elimination keeps a dropout: random ops
+    count as impure)."""
+    if node.op != "call_function" or node.users:
+        return
+    inputs = [arg for arg in node.all_input_nodes]
+    graph.erase_node(node)
+    for arg in inputs:
+        _erase_unused(graph, arg)
+
+
 def fuse_producers(graph_module: torch.fx.GraphModule) -> int:
     """Move GELU (tanh) producers into the quantization kernel: ``rowwise_fp8(gelu(x))`` and
     ``rowwise_fp8(cat([lead, gelu(x)], -1))`` (a FLUX.1 double block's MLP output and a single block's
@@ -176,12 +193,13 @@ def fuse_producers(graph_module: torch.fx.GraphModule) -> int:
         if node.target is not op or len(node.args) != 1 or node.kwargs or (found := _producer(node.args[0])) is None:
             continue
         lead, pre_gelu = found
+        replaced = node.args[0]
         with graph.inserting_before(node):
             rows = [graph.call_function(torch.ops.aten.reshape.default, (t, [-1, _width(t)])) if t is not None else None
                     for t in (pre_gelu, lead)]
             node.args, node.kwargs = (rows[0],), {"lead": rows[1], "gelu": True}
+        _erase_unused(graph, replaced)
         fused += 1
     if fused:
-        graph.eliminate_dead_code()
         graph_module.recompile()
     return fused

@@ -62,6 +62,23 @@ def measure(fn: Callable[[], Any], device: str, iters: int = 15, warmup: int = 3
     return result
 
 
+def back_to_back_ms(fn: Callable[[], Any], calls: int = 10, repeats: int = 5) -> float:
+    """Milliseconds per call of ``calls`` calls launched back to back (synchronised only at the end),
+    median of ``repeats``: a diffusion pipeline's steady state, where the next step is queued while the
+    GPU runs this one; host-side work shows only where it is longer than the GPU's."""
+    times = []
+    with torch.no_grad():
+        fn()
+        torch.cuda.synchronize()
+        for _ in range(repeats):
+            start = time.perf_counter()
+            for _ in range(calls):
+                fn()
+            torch.cuda.synchronize()
+            times.append((time.perf_counter() - start) * 1e3 / calls)
+    return round(statistics.median(times), 3)
+
+
 KERNEL_KINDS = (  # (kind, substrings of the kernel name), first match wins: Inductor's fused kernels
     # ("triton_...") name the ops they fuse, "attention" among them; "triton_tem_" are GEMM templates.
     # "triton": Inductor's fused kernels and aoti.fp8_rows's quantization kernel

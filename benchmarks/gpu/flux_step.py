@@ -32,7 +32,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import aoti  # noqa: E402
-from benchmarks.common import Recorder, cuda_peak_tflops, json_from_fresh_process, kernel_profile, measure, rel_error  # noqa: E402
+from benchmarks.common import (Recorder, back_to_back_ms, cuda_peak_tflops, json_from_fresh_process, kernel_profile,  # noqa: E402
+                               measure, rel_error)
 
 FULL = dict(patch_size=1, in_channels=64, attention_head_dim=128, num_attention_heads=24, joint_attention_dim=4096,
             pooled_projection_dim=768, guidance_embeds=True, axes_dims_rope=(16, 56, 56))
@@ -202,8 +203,9 @@ def main() -> None:
         with torch.no_grad():
             out = fn(**reference_inputs)[0].float()
             timing = measure(lambda: fn(**make_inputs(model, args, 2)), device, iters=args.iters)
-        profile = {"profile": kernel_profile(lambda: fn(**reference_inputs), calls=3)} if device == "cuda" else {}
-        return {**timing, "rel_error_vs_eager": rel_error(out, reference), **error_vs_fp32(out), **profile}
+        gpu = {"back_to_back_ms": back_to_back_ms(lambda: fn(**reference_inputs)),
+               "profile": kernel_profile(lambda: fn(**reference_inputs), calls=3)} if device == "cuda" else {}
+        return {**timing, "rel_error_vs_eager": rel_error(out, reference), **error_vs_fp32(out), **gpu}
 
     rec.meta["flops"] = step_flops(model, reference_inputs)
     if device == "cuda":
