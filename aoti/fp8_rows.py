@@ -44,13 +44,15 @@ if triton is not None:
     @triton.jit
     def _rowwise_kernel(x_ptr, lead_ptr, q_ptr, scale_ptr, width, lead_width, x_stride, lead_stride, q_stride,
                         FP8_MAX: tl.constexpr, FLOOR: tl.constexpr, BLOCK: tl.constexpr, LEAD_BLOCK: tl.constexpr,
-                        GELU: tl.constexpr):
+                        GELU: tl.constexpr, ROUND: tl.constexpr):
         row = tl.program_id(0).to(tl.int64)
         cols = tl.arange(0, BLOCK)
         mask = cols < width
         x = tl.load(x_ptr + row * x_stride + cols, mask=mask, other=0.0).to(tl.float32)
         if GELU:
             x = _gelu_tanh(x)
+            if ROUND:  # as an eager GELU's output in the input's dtype (and half the registers)
+                x = x.to(x_ptr.dtype.element_ty)
         amax = tl.max(tl.abs(x), axis=0)
         if LEAD_BLOCK > 0:
             lead_cols = tl.arange(0, LEAD_BLOCK)
@@ -74,10 +76,12 @@ def _rows(t: torch.Tensor) -> torch.Tensor:
 
 
 def launch(x: torch.Tensor, lead: torch.Tensor | None = None, gelu: bool = False, wrap=None,
-           out_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+           out_dtype: torch.dtype | None = None, num_warps: int | None = None,
+           round_gelu: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """The kernel on the rows ``[lead | gelu(x)]`` (``lead`` optional, GELU with the tanh approximation
     if ``gelu``), both 2-D with contiguous rows; ``wrap`` is `torch.library.wrap_triton` inside the op.
-    Returns the e4m3 values and the ``(rows, 1)`` float32 scales. ``out_dtype`` (float32) keeps the
+    The GELU's output is rounded to ``x``'s dtype, as an eager GELU's (``round_gelu``). ``num_warps``
+    overrides the launch's warps. Returns the e4m3 values and the ``(rows, 1)`` float32 scales. ``out_dtype`` (float32) keeps the
     values before their e4m3 cast: the check of the arithmetic in Triton's interpreter, whose e4m3 casts
     round wrongly (-126.9 to -64)."""
     rows, width = x.shape
@@ -90,7 +94,7 @@ def launch(x: torch.Tensor, lead: torch.Tensor | None = None, gelu: bool = False
     kernel[(rows,)](x, lead if lead is not None else x, values, scale, width, lead_width, x.stride(0),
                     lead.stride(0) if lead is not None else 0, values.stride(0),
                     FP8_MAX=quant.FP8_MAX, FLOOR=quant.SCALE_FLOOR, BLOCK=block, LEAD_BLOCK=lead_block, GELU=gelu,
-                    num_warps=_num_warps(block + lead_block))
+                    ROUND=round_gelu, num_warps=num_warps or _num_warps(block + lead_block))
     return values, scale
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import sys
 from pathlib import Path
 
@@ -93,13 +94,45 @@ def run_case(fn, args: tuple, variant: str) -> tuple[dict, str]:
     }, source
 
 
+def sweep(rec: Recorder, device: str) -> None:
+    """`aoti.fp8_rows.launch` alone on FLUX.1's rows: GPU time and bandwidth per launch configuration."""
+    bf16 = dict(device=device, dtype=torch.bfloat16)
+    shapes = {
+        "single_lead_gelu": (torch.randn(TOKENS, MLP, **bf16) * 2, torch.randn(TOKENS, WIDTH, **bf16)),
+        "double_gelu": (torch.randn(TOKENS - TEXT, MLP, **bf16) * 2, None),
+        "plain_15360": (torch.randn(TOKENS, WIDTH + MLP, **bf16), None),
+    }
+    for shape, (x, lead) in shapes.items():
+        gelu = shape != "plain_15360"
+        for warps, round_gelu in itertools.product((4, 8, 16, 32), (False, True) if gelu else (True,)):
+            name = f"{shape}_w{warps}{'_round' if round_gelu else ''}"
+            try:
+                values, scale = fp8_rows.launch(x, lead, gelu, num_warps=warps, round_gelu=round_gelu)
+                ms = graph_replay_ms([lambda: fp8_rows.launch(x, lead, gelu, num_warps=warps, round_gelu=round_gelu)], replays=20)
+                rec.variant(name, {"us": round(ms * 1e3, 1),
+                                   "tb_per_s": round(least_bytes((x, lead) if lead is not None else (x,), (values, scale)) / (ms * 1e-3) / 1e12, 2),
+                                   "default_warps": fp8_rows._num_warps(triton_block(x, lead))})
+            except Exception as exc:  # one failing configuration must not lose the others
+                rec.variant(name, error_record(exc))
+    rec.save()
+
+
+def triton_block(x: torch.Tensor, lead: torch.Tensor | None) -> int:
+    import triton
+
+    return triton.next_power_of_2(x.shape[1]) + (triton.next_power_of_2(lead.shape[1]) if lead is not None else 0)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True)
     parser.add_argument("--code-dir", help="write each variant's generated code here")
+    parser.add_argument("--sweep", action="store_true", help="the kernel alone: warps, GELU rounded or not")
     args = parser.parse_args()
     device = "cuda"
     rec = Recorder(args.out, device)
+    if args.sweep:
+        return sweep(rec, device)
     big = torch.empty(TOKENS * (WIDTH + MLP), device=device, dtype=torch.bfloat16)
     copy_ms = graph_replay_ms([lambda: big.clone()], replays=20)
     rec.meta["copy_tb_per_s"] = round(2 * big.numel() * 2 / (copy_ms * 1e-3) / 1e12, 2)

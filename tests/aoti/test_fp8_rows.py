@@ -47,6 +47,18 @@ INTERPRETED = textwrap.dedent("""
         torch.testing.assert_close(scale, ref_scale, rtol=1e-5, atol=0)
         torch.testing.assert_close(values, ref_values, rtol=1e-4, atol=1e-3)
 
+    # bf16 in: the GELU's output rounded to bf16 first, as an eager GELU's (the interpreter truncates
+    # where the GPU rounds to nearest, so: within one bf16 step of eager's, and on bf16's grid)
+    lead, x = torch.randn(6, 3000, dtype=torch.bfloat16), torch.randn(6, 4100, dtype=torch.bfloat16) * 3
+    ref_values, ref_scale = reference(torch.cat([lead, F.gelu(x, approximate="tanh")], -1))
+    for round_gelu in (True, False):
+        values, scale = fp8_rows.launch(x, lead, gelu=True, out_dtype=torch.float32, round_gelu=round_gelu)
+        torch.testing.assert_close(scale, ref_scale, rtol=1e-5, atol=0)
+        torch.testing.assert_close(values, ref_values, rtol=1e-2, atol=1e-2)
+        gelu = values[:, 3000:] * scale
+        off_grid = float(((gelu.bfloat16().float() - gelu).abs() / gelu.abs().clamp(min=1e-6)).max())
+        assert (off_grid < 1e-5) if round_gelu else (off_grid > 1e-4), (round_gelu, off_grid)
+
     # the rewritten graph (exported and rewritten by the test, without the interpreter) against the original
     import sys
     original = torch.export.load(sys.argv[1]).module()
