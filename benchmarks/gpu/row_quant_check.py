@@ -111,16 +111,10 @@ def sweep(rec: Recorder, device: str) -> None:
                 ms = graph_replay_ms([lambda: fp8_rows.launch(x, lead, gelu, num_warps=warps, round_gelu=round_gelu)], replays=20)
                 rec.variant(name, {"us": round(ms * 1e3, 1),
                                    "tb_per_s": round(least_bytes((x, lead) if lead is not None else (x,), (values, scale)) / (ms * 1e-3) / 1e12, 2),
-                                   "default_warps": fp8_rows._num_warps(triton_block(x, lead))})
+                                   "default": warps == fp8_rows.NUM_WARPS and not round_gelu})
             except Exception as exc:  # one failing configuration must not lose the others
                 rec.variant(name, error_record(exc))
     rec.save()
-
-
-def triton_block(x: torch.Tensor, lead: torch.Tensor | None) -> int:
-    import triton
-
-    return triton.next_power_of_2(x.shape[1]) + (triton.next_power_of_2(lead.shape[1]) if lead is not None else 0)
 
 
 def main() -> None:
