@@ -4,11 +4,11 @@ Inductor reduces a row in one pass, the row in registers, only up to 1024 values
 (`torch._inductor.choices.InductorChoices.should_use_persistent_reduction`); wider rows loop: the
 statistics in one pass over the row, the output in another. A diffusion transformer's rows are 3072
 (FLUX.1's LayerNorm and modulation before each FP8 product, with the row's absolute maximum) to
-15360 values wide, and those looping kernels read at 0.7-1.5 TB/s on an H200. Reductions that do not
-run along memory rows are one-pass only up to 64 values: FLUX.1's RMS norm over each head's 128
-values, read through a permute, looped too. `one_pass_rows` lets Inductor keep rows up to
-`PERSISTENT_LIMIT` values (others up to `OTHER_LIMIT`) in registers for the kernels it generates
-inside the block (its choices handler, `InductorChoices`'s documented extension point).
+15360 values wide, and those looping kernels read at 0.7-1.5 TB/s on an H200. `one_pass_rows` lets
+Inductor keep rows up to `PERSISTENT_LIMIT` values in registers for the kernels it generates inside
+the block (its choices handler, `InductorChoices`'s documented extension point). (Other reductions
+stay Inductor's: making FLUX.1's RMS norm over each head's 128 values, read through a permute,
+one-pass too ran 0.05-0.12 ms a step slower in two of three H200 runs.)
 """
 
 from __future__ import annotations
@@ -22,12 +22,10 @@ from torch._inductor.runtime.hints import ReductionHint
 from torch._inductor.virtualized import V
 
 PERSISTENT_LIMIT = 16384  # inner reductions: along a row in memory
-OTHER_LIMIT = 1024  # others (a norm over a head's 128 values read through a permute: Inductor's limit is 64)
 
 
 class OnePassRows(InductorChoices):
-    """Inductor's heuristics, with inner (row) reductions up to `PERSISTENT_LIMIT` values persistent,
-    and other reductions up to `OTHER_LIMIT`."""
+    """Inductor's heuristics, with inner (row) reductions up to `PERSISTENT_LIMIT` values persistent."""
 
     @staticmethod
     def should_use_persistent_reduction(*args, **kwargs) -> bool:
@@ -35,15 +33,14 @@ class OnePassRows(InductorChoices):
             return True
         features = args[0] if args else kwargs["features"]
         cooperative = args[1] if len(args) > 1 else kwargs.get("cooperative_reduction", False)
-        if not torch._inductor.config.triton.persistent_reductions or cooperative:
-            return False
-        limit = PERSISTENT_LIMIT if features.get_reduction_hint() == ReductionHint.INNER else OTHER_LIMIT
-        return V.graph.sizevars.statically_known_leq(features.reduction_numel, limit)
+        return (torch._inductor.config.triton.persistent_reductions and not cooperative
+                and features.get_reduction_hint() == ReductionHint.INNER
+                and V.graph.sizevars.statically_known_leq(features.reduction_numel, PERSISTENT_LIMIT))
 
     @staticmethod
     def uuid() -> str:
         """Part of Inductor's own cache key for graphs built with these choices."""
-        return f"aoti-studio-one-pass-rows-{PERSISTENT_LIMIT}-{OTHER_LIMIT}"
+        return f"aoti-studio-one-pass-rows-{PERSISTENT_LIMIT}"
 
 
 def inductor_configs() -> dict:

@@ -134,4 +134,4 @@ def test_one_pass_rows_installs_inductor_choices_inside_the_block_only():
         assert type(V.choices) is before
     configs = reductions.inductor_configs()
     if configs:  # torch versions with the setting: the choices are part of Inductor's cache key
-        assert f"{reductions.PERSISTENT_LIMIT}-{reductions.OTHER_LIMIT}" in configs["inductor_choices_class"]().uuid()
+        assert configs["inductor_choices_class"]().uuid().endswith(str(reductions.PERSISTENT_LIMIT))
