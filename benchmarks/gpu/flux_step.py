@@ -32,8 +32,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import aoti  # noqa: E402
-from benchmarks.common import (Recorder, back_to_back_ms, cuda_peak_tflops, json_from_fresh_process, kernel_profile,  # noqa: E402
-                               measure, rel_error)
+from benchmarks.common import (  # noqa: E402
+    Recorder,
+    back_to_back_ms,
+    cuda_peak_tflops,
+    json_from_fresh_process,
+    kernel_profile,
+    measure,
+    rel_error,
+)
 
 FULL = dict(patch_size=1, in_channels=64, attention_head_dim=128, num_attention_heads=24, joint_attention_dim=4096,
             pooled_projection_dim=768, guidance_embeds=True, axes_dims_rope=(16, 56, 56))

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import itertools
 import sys
 from pathlib import Path
@@ -107,8 +108,9 @@ def sweep(rec: Recorder, device: str) -> None:
         for warps, round_gelu in itertools.product((4, 8, 16, 32), (False, True) if gelu else (True,)):
             name = f"{shape}_w{warps}{'_round' if round_gelu else ''}"
             try:
-                values, scale = fp8_rows.launch(x, lead, gelu, num_warps=warps, round_gelu=round_gelu)
-                ms = graph_replay_ms([lambda: fp8_rows.launch(x, lead, gelu, num_warps=warps, round_gelu=round_gelu)], replays=20)
+                call = functools.partial(fp8_rows.launch, x, lead, gelu, num_warps=warps, round_gelu=round_gelu)
+                values, scale = call()
+                ms = graph_replay_ms([call], replays=20)
                 rec.variant(name, {"us": round(ms * 1e3, 1),
                                    "tb_per_s": round(least_bytes((x, lead) if lead is not None else (x,), (values, scale)) / (ms * 1e-3) / 1e12, 2),
                                    "default": warps == fp8_rows.NUM_WARPS and not round_gelu})
