@@ -8,10 +8,12 @@ step. This kernel reads each row once: one program per row, the whole row in reg
 `MAX_WIDTH` values), the maximum, then the scaled cast.
 
 `torch.ops.aoti_studio.rowwise_fp8` is a `torch.library.triton_op`, so `torch.export` traces it and
-AOTInductor compiles it into the package; Inductor still fuses the row's producer into one kernel that
-writes the bf16 row the op reads.
+AOTInductor compiles it into the package. Inductor fuses the row's producer into one kernel that writes
+the bf16 row the op reads, except where `fuse_producers` has moved the producer into the op itself: a
+tanh-GELU, with a concatenation in front of it (the kernel then reads ``[lead | gelu(x)]``'s inputs).
 
     values, scale = quantize(x)   # x (rows, width) bf16/fp16/fp32 on CUDA -> e4m3 (rows, width), fp32 (rows, 1)
+    fuse_producers(graph_module)  # in an exported graph: rowwise_fp8(cat([a, gelu(b)])) -> one kernel
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ try:
 except ImportError:  # CPU-only installs: the op is absent
     triton = None
 
-MIN_WIDTH = 4096  # narrower rows fit Inductor's own one-pass (persistent) reductions, fused into their producer
+MIN_WIDTH = 4096  # narrower rows stay in Inductor's kernels, fused with their producer (FLUX.1's 3072-wide
+# LayerNorm and modulation), which make them one-pass with `aoti.reductions`
 MAX_WIDTH = 32768  # one row in the registers of one program
 
 
