@@ -16,7 +16,11 @@ a CUDA graph, the bandwidth that implies for the least traffic (inputs read once
 written), the share of e4m3 values bit-identical to eager's, the Inductor kernels it ran
 (`triton_per_` = one pass, `triton_red_` = looping). A plain copy gives the card's bandwidth.
 
+``--sweep`` times `aoti.fp8_rows`'s kernel alone instead, per launch configuration (warps, GELU
+rounded to bf16 or not) on the same rows.
+
     python benchmarks/gpu/row_quant_check.py --out results.json
+    python benchmarks/gpu/row_quant_check.py --sweep --out sweep.json
 """
 
 from __future__ import annotations
