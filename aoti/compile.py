@@ -326,6 +326,7 @@ def _build(
     toolchain = prepare_inductor()
     start = time.perf_counter()
     known = set(quant.constants_map(module))
+    one_pass = options.one_pass_rows and device.type == "cuda"
     with _staging(cache) as staged, lifetimes.forget_build(module):
         files: dict[str, list[str]] = {}
         graphs: list[dict[str, Any]] = []
@@ -348,9 +349,7 @@ def _build(
                 clean = raw_name.removeprefix(prefix)
                 if isinstance(tensor, torch.Tensor) and clean not in known:
                     extra_constants[f"{name}/{clean}"] = tensor.detach().cpu()
-            one_pass = options.one_pass_rows and device.type == "cuda"
-            configs = {**options.inductor_configs(device.type), **(reductions.inductor_configs() if one_pass else {}),
-                       "aot_inductor.package": True}
+            configs = {**options.inductor_configs(device.type), "aot_inductor.package": True}
             with (attention.pinned("auto" if options.attention == "fp8" else options.attention),  # fp8: in the graph already
                   reductions.one_pass_rows(one_pass)):
                 graph_module = ep.module()

@@ -184,7 +184,7 @@ def _erase_unused(graph: torch.fx.Graph, node: torch.fx.Node) -> None:
     count as impure)."""
     if node.op != "call_function" or node.users:
         return
-    inputs = [arg for arg in node.all_input_nodes]
+    inputs = list(node.all_input_nodes)
     graph.erase_node(node)
     for arg in inputs:
         _erase_unused(graph, arg)

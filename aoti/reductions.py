@@ -43,17 +43,17 @@ class OnePassRows(InductorChoices):
         return f"aoti-studio-one-pass-rows-{PERSISTENT_LIMIT}"
 
 
-def inductor_configs() -> dict:
-    """Configs that put `OnePassRows` in Inductor's graph cache key (torch versions that have the
-    setting); `one_pass_rows` installs the handler itself."""
+def _cache_key_configs() -> dict:
+    """The setting that puts `OnePassRows` in Inductor's graph cache key (torch versions that have it)."""
     return {"inductor_choices_class": OnePassRows} if hasattr(torch._inductor.config, "inductor_choices_class") else {}
 
 
 @contextlib.contextmanager
 def one_pass_rows(enabled: bool = True) -> Iterator[None]:
-    """Inductor compiles with `OnePassRows` inside the block (when ``enabled``)."""
+    """Inductor compiles with `OnePassRows` inside the block (when ``enabled``), and caches what it
+    compiles under a key of its own."""
     if not enabled:
         yield
         return
-    with V.set_choices_handler(OnePassRows()):
+    with torch._inductor.config.patch(_cache_key_configs()), V.set_choices_handler(OnePassRows()):
         yield

@@ -11,10 +11,11 @@ Three producers of an FP8 product's input, at FLUX.1-dev's 1024×1024 shapes (bf
 Variants, each compiled by Inductor (`torch.compile`, the code AOTInductor generates too):
 ``two_pass`` (Inductor's own choices, `one_pass_rows=False`), ``persistent`` (Inductor with
 `aoti.reductions.OnePassRows`), ``kernel`` (the producer by Inductor, the quantization on
-`aoti.fp8_rows`), ``both`` (what `one_pass_rows=True` builds). Per variant: GPU time of one call in
-a CUDA graph, the bandwidth that implies for the least traffic (inputs read once, e4m3 and scales
-written), the share of e4m3 values bit-identical to eager's, the Inductor kernels it ran
-(`triton_per_` = one pass, `triton_red_` = looping). A plain copy gives the card's bandwidth.
+`aoti.fp8_rows`), ``both`` (the two together: what `one_pass_rows=True` builds, less the graph
+rewrite that moves a GELU into the kernel, which only `aoti.compile` runs; ``--sweep`` times that).
+Per variant: GPU time of one call in a CUDA graph, the bandwidth that implies for the least traffic
+(inputs read once, e4m3 and scales written), the share of e4m3 values bit-identical to eager's, the
+Inductor kernels it ran (`triton_per_` = one pass, `triton_red_` = looping). A plain copy gives the card's bandwidth.
 
 ``--sweep`` times `aoti.fp8_rows`'s kernel alone instead, per launch configuration (warps, GELU
 rounded to bf16 or not) on the same rows.
@@ -77,9 +78,7 @@ def run_case(fn, args: tuple, variant: str) -> tuple[dict, str]:
 
     persistent, kernel = VARIANTS[variant]
     torch._dynamo.reset()
-    configs = reductions.inductor_configs() if persistent else {}
-    with torch._inductor.config.patch({**configs, "fx_graph_cache": False}), reductions.one_pass_rows(persistent), \
-            fp8_rows.used(kernel):
+    with torch._inductor.config.patch(fx_graph_cache=False), reductions.one_pass_rows(persistent), fp8_rows.used(kernel):
         compiled = torch.compile(fn, fullgraph=True)
         (values, scale), code = run_and_get_code(compiled, *args)
     with fp8_rows.used(False):

@@ -127,11 +127,15 @@ def test_one_pass_rows_installs_inductor_choices_inside_the_block_only():
     from aoti import reductions
 
     before = type(V.choices)
+    keyed = hasattr(torch._inductor.config, "inductor_choices_class")  # torch versions with the setting
     with reductions.one_pass_rows():
         assert isinstance(V.choices, reductions.OnePassRows)
+        if keyed:  # the choices are part of Inductor's cache key
+            choices = torch._inductor.config.inductor_choices_class
+            assert choices is reductions.OnePassRows
+            assert choices().uuid().endswith(str(reductions.PERSISTENT_LIMIT))
     assert type(V.choices) is before
+    assert not keyed or torch._inductor.config.inductor_choices_class is None
     with reductions.one_pass_rows(False):
         assert type(V.choices) is before
-    configs = reductions.inductor_configs()
-    if configs:  # torch versions with the setting: the choices are part of Inductor's cache key
-        assert configs["inductor_choices_class"]().uuid().endswith(str(reductions.PERSISTENT_LIMIT))
+        assert not keyed or torch._inductor.config.inductor_choices_class is None
