@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from . import attention, decode_attention, fp8_rows, fuse, gemv, lifetimes, quant
+from . import attention, decode_attention, fp8_rows, fuse, gemv, lifetimes, norm_rope, quant
 from .cache import PACKAGE_FILE, Cache, Entry, key_of
 from .capture import CapturedCall, CapturedCalls
 from .env import fingerprint, module_device
@@ -336,7 +336,9 @@ def _build(
             name = f"graph{index}"
             t0 = time.perf_counter()
             with (exclusive, _eager(module, options.method), torch.no_grad(), attention.pinned(options.attention),
-                  fp8_rows.used(options.one_pass_rows)):
+                  fp8_rows.used(options.one_pass_rows),
+                  norm_rope.fused_flux_attention(module, options.fused_norm_rope and device.type == "cuda",
+                                                 fp8_attention=options.attention == "fp8")):
                 target = quant.exportable(module)
                 prefix = ""
                 if options.method != "forward":

@@ -12,7 +12,8 @@ quantized into a (head dim, sequence) layout, the one the second product reads.
 quantization (Inductor fuses it) and the kernel, and AOTInductor compiles both into the package.
 `sdpa` has `F.scaled_dot_product_attention`'s signature and takes the calls the kernel serves (no
 mask, no dropout, not causal, equal head counts), leaving the others to SDPA; `aoti.attention`'s
-"fp8" backend traces a module with it in place of SDPA.
+"fp8" backend traces a module with it in place of SDPA. `attend_quantized` takes q and k already
+in e4m3 from their producer: `aoti.norm_rope` writes them in FLUX.1's attention.
 
     out = sdpa(query, key, value)   # (B, H, S, D) bf16/fp16 -> same; FP8 inside on CUDA
 """
@@ -66,11 +67,12 @@ if triton is not None:
         q_ptrs = q_ptr + b * q_sb + h * q_sh + rows[:, None] * q_ss + dims[None, :]
         q = tl.load(q_ptrs) if EVEN_M else tl.load(q_ptrs, mask=rows[:, None] < S_Q, other=0.0)
         # Scores in base 2: exp(s) = exp2(s * log2(e)); the operands' scales fold into one factor per
-        # query row (q is scaled per token, k per head). (An AOTI package passes ``sm_scale`` as a
-        # float64 scalar: keep the scores float32.)
+        # query row (q is scaled per token, k per head: a scale per key would cost a product per score,
+        # 1 ms of FLUX.1's step on an H200). (An AOTI package passes ``sm_scale`` as a float64 scalar:
+        # keep the scores float32.)
         q_scale_ptrs = q_scale_ptr + bh * S_Q + rows
         q_scale = tl.load(q_scale_ptrs) if EVEN_M else tl.load(q_scale_ptrs, mask=rows < S_Q, other=1.0)
-        qk_scale = q_scale * (sm_scale * 1.4426950408889634 * tl.load(k_scale_ptr + bh)).to(tl.float32)
+        qk_scale = (q_scale * sm_scale * 1.4426950408889634 * tl.load(k_scale_ptr + bh)).to(tl.float32)
         m_i = tl.full((BLOCK_M,), float("-inf"), tl.float32)
         l_i = tl.zeros((BLOCK_M,), tl.float32)
         acc = tl.zeros((BLOCK_M, D), tl.float32)
@@ -161,6 +163,22 @@ if triton is not None:
     @torch.library.triton_op("aoti_studio::fp8_attention", mutates_args=())
     def _fp8_attention_op(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float | None) -> torch.Tensor:
         return launch(query, key, value, scale, wrap=torch.library.wrap_triton)
+
+    @torch.library.triton_op("aoti_studio::fp8_attention_quantized", mutates_args=())
+    def _fp8_attention_quantized_op(q: torch.Tensor, q_scale: torch.Tensor, k: torch.Tensor, k_scale: torch.Tensor,
+                                    value: torch.Tensor, scale: float | None) -> torch.Tensor:
+        vt, v_scale = quantize_heads(value, True)
+        return run_kernel(q, k, vt, q_scale.reshape(-1), k_scale.reshape(-1)[::k.shape[2]].contiguous(), v_scale,
+                          scale if scale is not None else q.shape[-1] ** -0.5, value.dtype, wrap=torch.library.wrap_triton)
+
+
+def attend_quantized(q: torch.Tensor, q_scale: torch.Tensor, k: torch.Tensor, k_scale: torch.Tensor,
+                     value: torch.Tensor, scale: float | None = None) -> torch.Tensor:
+    """Attention on operands quantized by their producer: e4m3 ``q``/``k`` ``(B, H, S, D)`` (any layout with
+    contiguous rows) with float32 scales ``(B, H, S)``, one per token (`aoti.norm_rope` writes them); k's
+    must be the same for every token of a head (the kernel reads its first). ``value`` ``(B, H, S_kv, D)``
+    in bf16/fp16 is quantized here per head. Returns ``(B, H, S_q, D)`` in ``value``'s dtype."""
+    return torch.ops.aoti_studio.fp8_attention_quantized(q, q_scale, k, k_scale, value, scale)
 
 
 def supports(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attn_mask: torch.Tensor | None = None,

@@ -9,11 +9,11 @@ from typing import Any, Literal
 
 from .attention import BACKENDS as ATTENTIONS
 
-OPTIONS_VERSION = 6  # 2: the default preset lowers matmuls (FP8 ones too) to ATen kernels only;
+OPTIONS_VERSION = 7  # 2: the default preset lowers matmuls (FP8 ones too) to ATen kernels only;
 # 3: `gemv` also runs decode attention on `aoti.decode_attention`; `fuse_projections`;
 # 4: `fuse_projections` also fuses decoder layers' one-token step (`aoti.fuse_layers`);
 # 5: "decode" on CUDA builds combo kernels; fused `gemv` calls get their own launch configs;
-# 6: `one_pass_rows`
+# 6: `one_pass_rows`; 7: `fused_norm_rope`
 
 Dispatch = Literal["static", "dynamic", "buckets"]
 Preset = Literal["default", "tuned", "decode", "max-autotune"]
@@ -109,6 +109,9 @@ class CompileOptions:
             one pass: the FP8 activation scales of rows 4096-32768 wide on `aoti.fp8_rows`'s kernel,
             Inductor's own row reductions persistent up to 16384 values (`aoti.reductions`). False:
             Inductor's own choices.
+        fused_norm_rope: on CUDA, diffusers FLUX attention's query/key RMS norms, text/image
+            concatenation and rotary embedding run as one `aoti.norm_rope` kernel per tensor. False:
+            Inductor's own fused kernels.
     """
 
     dispatch: Dispatch = "static"
@@ -123,6 +126,7 @@ class CompileOptions:
     gemv: bool | None = None
     fuse_projections: bool = True
     one_pass_rows: bool = True
+    fused_norm_rope: bool = True
     version: int = field(default=OPTIONS_VERSION)
 
     def __post_init__(self) -> None:

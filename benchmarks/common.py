@@ -81,9 +81,9 @@ def back_to_back_ms(fn: Callable[[], Any], calls: int = 10, repeats: int = 5) ->
 
 KERNEL_KINDS = (  # (kind, substrings of the kernel name), first match wins: Inductor's fused kernels
     # ("triton_...") name the ops they fuse, "attention" among them; "triton_tem_" are GEMM templates.
-    # "triton": Inductor's fused kernels and aoti.fp8_rows's quantization kernel
+    # "triton": Inductor's fused kernels and our own elementwise ones (aoti.fp8_rows, aoti.norm_rope)
     ("matmul", ("triton_tem_",)),
-    ("triton", ("triton_", "_rowwise_kernel")),
+    ("triton", ("triton_", "_rowwise_kernel", "_norm_rope_kernel")),
     ("attention", ("flash", "fmha", "cudnn", "attention", "sdpa")),
     ("matmul", ("nvjet", "gemm", "gemv", "xmma", "cutlass", "splitk", "matmul", "_mm_", "f8f8bf16")),
 )

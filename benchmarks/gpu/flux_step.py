@@ -15,7 +15,8 @@ aoti_fused (cuDNN attention + fused QKV projections), aoti_max (max-autotune pre
 (one package per block signature), fp8 (our row-wise FP8 linear: AOTI, then eager; quantizes in place,
 so it runs after the bf16 variants), fp8_graphs (fp8 replayed as a CUDA graph), regional_fp8,
 fp8_max (FP8 + max-autotune; the FP8 ones after fp8), and FP8 replayed as CUDA graphs with more:
-fp8_attention_graphs (`aoti.fp8_attention` too), fp8_tuned_graphs (preset "tuned"),
+fp8_attention_graphs (`aoti.fp8_attention` too), fp8_two_pass_graphs (`one_pass_rows=False`),
+fp8_inductor_rope_graphs (`fused_norm_rope=False`), fp8_tuned_graphs (preset "tuned"),
 fp8_decode_graphs (preset "decode"), fp8_attention_tuned_graphs, fp8_attention_decode_graphs.
 """
 
@@ -239,6 +240,7 @@ FP8 = aoti.CompileOptions(quantization="fp8_rowwise", attention="cudnn")
 FP8_GRAPH_VARIANTS = {  # name -> what differs from FP8 (all replayed as CUDA graphs)
     "fp8_attention_graphs": {"attention": "fp8"},  # FP8 attention too (`aoti.fp8_attention`)
     "fp8_two_pass_graphs": {"one_pass_rows": False},  # Inductor's own (looping) reductions of wide rows
+    "fp8_inductor_rope_graphs": {"fused_norm_rope": False},  # q/k norms and rotary embedding by Inductor
     "fp8_tuned_graphs": {"preset": "tuned"},  # Inductor's kernels tuned by coordinate descent
     "fp8_decode_graphs": {"preset": "decode"},  # + one-row linears on aoti.gemv, combo kernels
     "fp8_attention_tuned_graphs": {"attention": "fp8", "preset": "tuned"},
