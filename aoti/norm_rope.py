@@ -216,22 +216,24 @@ class FusedFluxAttnProcessor:
         return hidden_states, attn.to_add_out(encoder_hidden_states.contiguous())
 
 
+def _flux_processor_class() -> type | None:
+    """diffusers' `FluxAttnProcessor`, or None without diffusers (or with one that lacks it)."""
+    try:
+        from diffusers.models.transformers.transformer_flux import FluxAttnProcessor
+    except ImportError:
+        return None
+    return FluxAttnProcessor
+
+
 @contextlib.contextmanager
 def fused_flux_attention(module: torch.nn.Module, enabled: bool = True, fp8_attention: bool = False) -> Iterator[int]:
     """Inside the block, ``module``'s diffusers `FluxAttnProcessor`s are `FusedFluxAttnProcessor`s (hold it
     while exporting, with the module's other users kept out); ``fp8_attention``: theirs. Yields how many
     were swapped."""
-    swapped = []
-    if enabled and available():
-        try:
-            from diffusers.models.transformers.transformer_flux import FluxAttnProcessor
-        except ImportError:
-            FluxAttnProcessor = None
-        for sub in module.modules():
-            processor = getattr(sub, "processor", None)
-            if FluxAttnProcessor is not None and type(processor) is FluxAttnProcessor:
-                sub.processor = FusedFluxAttnProcessor(processor, fp8_attention)
-                swapped.append(sub)
+    original = _flux_processor_class() if enabled and available() else None
+    swapped = [sub for sub in module.modules() if original is not None and type(getattr(sub, "processor", None)) is original]
+    for sub in swapped:
+        sub.processor = FusedFluxAttnProcessor(sub.processor, fp8_attention)
     if swapped:
         log.info("norm_rope: %d FLUX attention processors fused", len(swapped))
     try:

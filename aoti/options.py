@@ -110,8 +110,8 @@ class CompileOptions:
             Inductor's own row reductions persistent up to 16384 values (`aoti.reductions`). False:
             Inductor's own choices.
         fused_norm_rope: on CUDA, diffusers FLUX attention's query/key RMS norms, text/image
-            concatenation and rotary embedding run as one `aoti.norm_rope` kernel per tensor. False:
-            Inductor's own fused kernels.
+            concatenation and rotary embedding run as one `aoti.norm_rope` kernel per tensor (writing
+            e4m3 for the FP8 attention kernel with attention="fp8"). False: Inductor's own fused kernels.
     """
 
     dispatch: Dispatch = "static"
