@@ -327,6 +327,7 @@ def _build(
     start = time.perf_counter()
     known = set(quant.constants_map(module))
     one_pass = options.one_pass_rows and device.type == "cuda"
+    fused_rope = options.fused_norm_rope and device.type == "cuda"
     with _staging(cache) as staged, lifetimes.forget_build(module):
         files: dict[str, list[str]] = {}
         graphs: list[dict[str, Any]] = []
@@ -337,8 +338,7 @@ def _build(
             t0 = time.perf_counter()
             with (exclusive, _eager(module, options.method), torch.no_grad(), attention.pinned(options.attention),
                   fp8_rows.used(options.one_pass_rows),
-                  norm_rope.fused_flux_attention(module, options.fused_norm_rope and device.type == "cuda",
-                                                 fp8_attention=options.attention == "fp8")):
+                  norm_rope.fused_flux_attention(module, fused_rope, fp8_attention=options.attention == "fp8")):
                 target = quant.exportable(module)
                 prefix = ""
                 if options.method != "forward":

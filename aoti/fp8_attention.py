@@ -122,13 +122,14 @@ def quantize_heads(x: torch.Tensor, transpose: bool = False) -> tuple[torch.Tens
 
 
 def run_kernel(q: torch.Tensor, k: torch.Tensor, vt: torch.Tensor, q_scale: torch.Tensor, k_scale: torch.Tensor,
-               v_scale: torch.Tensor, scale: float, out_dtype: torch.dtype, log2_p: int = LOG2_P_SCALE,
+               v_scale: torch.Tensor, scale: float | None, out_dtype: torch.dtype, log2_p: int = LOG2_P_SCALE,
                config: AttentionConfig | None = None, wrap=None) -> torch.Tensor:
     """The kernel on prepared operands: ``q`` ``(B, H, S_q, D)``, ``k`` ``(B, H, S_kv, D)`` and ``vt``
     ``(B, H, D, S_kv)`` (rows contiguous), their float32 scales (``B * H * S_q`` for q, one per token;
-    ``B * H`` for k and v); the probabilities are
+    ``B * H`` for k and v); the softmax scale (None: ``D ** -0.5``); the probabilities are
     multiplied by ``2 ** log2_p`` before their cast to v's dtype. Returns ``(B, H, S_q, D)`` in ``out_dtype``."""
     batch, heads, s_q, dim = q.shape
+    scale = scale if scale is not None else dim ** -0.5
     config = config or DEFAULT_CONFIG
     out = torch.empty(q.shape, device=q.device, dtype=out_dtype)
     kernel = wrap(_attention_kernel) if wrap is not None else _attention_kernel
@@ -148,7 +149,6 @@ def launch(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: f
     the result in the query's dtype. ``fp8``: quantize the operands (else the kernel reads them as
     they are, with unit scales: the interpreter's check of the arithmetic). ``wrap`` is
     `torch.library.wrap_triton` inside the op; ``config`` overrides `DEFAULT_CONFIG`."""
-    scale = scale if scale is not None else query.shape[-1] ** -0.5
     if fp8:
         (q, q_scale), (k, k_scale), (vt, v_scale) = quantize_tokens(query), quantize_heads(key), quantize_heads(value, True)
         return run_kernel(q, k, vt, q_scale, k_scale, v_scale, scale, query.dtype, LOG2_P_SCALE, config, wrap)
@@ -169,7 +169,7 @@ if triton is not None:
                                     value: torch.Tensor, scale: float | None) -> torch.Tensor:
         vt, v_scale = quantize_heads(value, True)
         return run_kernel(q, k, vt, q_scale.reshape(-1), k_scale.reshape(-1)[::k.shape[2]].contiguous(), v_scale,
-                          scale if scale is not None else q.shape[-1] ** -0.5, value.dtype, wrap=torch.library.wrap_triton)
+                          scale, value.dtype, wrap=torch.library.wrap_triton)
 
 
 def attend_quantized(q: torch.Tensor, q_scale: torch.Tensor, k: torch.Tensor, k_scale: torch.Tensor,
