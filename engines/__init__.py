@@ -75,13 +75,11 @@ class Studio:
         """Load the given (default: the embedded) models so they serve eagerly, then compile or load
         their AOTI graphs (in the background unless ``background=False``)."""
         ids = model_ids or [s.id for s in registry.CATALOG if s.is_local]
-        for model_id in ids:
-            spec = registry.get(model_id)
-            if not registry.availability(spec)[0]:
-                continue
-            self.engine.load(spec)
-            if compile:
-                self.engine.optimize(model_id, self.options_for(model_id), background=background)
+        ids = [i for i in ids if registry.availability(registry.get(i))[0]]
+        for model_id in ids:  # all loaded first: a load waits for a running compile
+            self.engine.load(registry.get(model_id))
+        for model_id in ids if compile else []:
+            self.engine.optimize(model_id, self.options_for(model_id), background=background)
 
     def options_for(self, model_id: str, fp8: bool = False, regional: bool = False) -> aoti.CompileOptions:
         """Compile options from the switches and the selection (FP8 when only FP8 weights fit)."""

@@ -29,6 +29,14 @@ from .text import SamplingParams, TextModel, TextStep
 
 log = logging.getLogger(__name__)
 
+# Loading and compiling a model both go through process-wide torch state, so they take turns, one
+# at a time in the process. torch.export, Dynamo and Inductor's config patches are global: two
+# concurrent exports broke each other's traces. transformers' and diffusers' loaders patch
+# `nn.Module.register_parameter` (onto the meta device) and the default dtype while they build a
+# model: an export running meanwhile came out with meta parameters or failed with "Tensor device
+# mismatch" (the embedded text model's startup compile, while the image model loaded, in CI).
+TORCH_STATE = threading.Lock()
+
 
 @dataclass
 class CompileState:
@@ -63,27 +71,33 @@ class LightweightEngine:
         self.locks: dict[str, threading.Lock] = {}
         self.threads: dict[str, threading.Thread] = {}
         self._guard = threading.Lock()
-        self._compile_lock = threading.Lock()
 
     # --- lifecycle ---------------------------------------------------------------------------------
 
     def load(self, spec: ModelSpec) -> TextModel | ImageModel:
-        """The loaded model, loading it (and unloading the least recent one of its task) if needed."""
+        """The loaded model, loading it (and unloading the least recent one of its task) if needed.
+        Building a model waits for a running compile (see `TORCH_STATE`); requests for models
+        already loaded never wait for either."""
         with self._guard:
             if spec.id in self.models:
                 self.models[spec.id] = self.models.pop(spec.id)  # most recently used last
                 return self.models[spec.id]
-            for other in [k for k, m in self.models.items() if m.spec.task == spec.task]:
-                self._unload_locked(other)
-            while len(self.models) >= self.max_loaded:
-                self._unload_locked(next(iter(self.models)))
+        with TORCH_STATE:
+            with self._guard:
+                if spec.id in self.models:  # loaded by another request while this one waited
+                    return self.models[spec.id]
+                for other in [k for k, m in self.models.items() if m.spec.task == spec.task]:
+                    self._unload_locked(other)
+                while len(self.models) >= self.max_loaded:
+                    self._unload_locked(next(iter(self.models)))
             start = time.perf_counter()
             model = TextModel(spec, self.device.torch_device) if spec.task == "text" else ImageModel(spec, self.device.torch_device)
-            self.models[spec.id] = model
-            self.locks[spec.id] = threading.Lock()
-            self.states[spec.id] = CompileState(spec.id, "eager", f"loaded in {time.perf_counter() - start:.1f} s")
-            log.info("engine: loaded %s on %s", spec.id, self.device.label)
-            return model
+            with self._guard:
+                self.models[spec.id] = model
+                self.locks[spec.id] = threading.Lock()
+                self.states[spec.id] = CompileState(spec.id, "eager", f"loaded in {time.perf_counter() - start:.1f} s")
+        log.info("engine: loaded %s on %s", spec.id, self.device.label)
+        return model
 
     def unload(self, model_id: str) -> float:
         """Free a model; returns the MiB of memory given back (see `_unload_locked`)."""
@@ -135,9 +149,7 @@ class LightweightEngine:
 
         def work() -> None:
             try:
-                # One compile at a time per process: torch.export and Dynamo keep global tracing state
-                # and are not thread-safe (two concurrent exports broke each other's traces).
-                with self._compile_lock:
+                with TORCH_STATE:
                     status = model.optimize(options, cache=self.cache, exclusive=self.locks[model_id])
                 state.state = "aoti" if status.runtime == "aoti" else "fallback"
                 state.reason = status.reason

@@ -1,3 +1,6 @@
+import threading
+import time
+
 import pytest
 import torch
 
@@ -26,6 +29,29 @@ def test_background_compile_serves_eagerly_meanwhile(engine, image_spec):
     result = engine.generate_image(image_spec.id, "a green triangle, center", ImageParams(32, 32, 4))
     assert result.image.size == (32, 32)
     assert engine.wait(image_spec.id, timeout=600).state == "aoti"
+
+
+def test_loads_and_compiles_take_turns_and_loaded_models_keep_serving(engine, text_spec, image_spec):
+    """Loaders patch process-wide torch state that a concurrent export traces through (an export beside
+    diffusers' loader got meta parameters), so a model is built only while no compile runs, and a
+    compile waits for a load; a model already loaded is served meanwhile."""
+    from engines.image import ImageParams
+    from engines.lightweight import TORCH_STATE
+
+    engine.load(text_spec)
+    engine.unload(image_spec.id)
+    loaded = threading.Event()
+    with TORCH_STATE:  # held the way a running compile holds it
+        threading.Thread(target=lambda: (engine.load(image_spec), loaded.set()), daemon=True).start()
+        assert not loaded.wait(1.0) and image_spec.id not in engine.models
+        assert list(engine.generate_text(text_spec.id, "The file", SamplingParams(max_new_tokens=3, temperature=0)))
+    assert loaded.wait(120) and image_spec.id in engine.models
+    with TORCH_STATE:  # held the way a running load holds it
+        state = engine.optimize(image_spec.id, background=True)
+        time.sleep(1.0)
+        assert state.state == "compiling"
+    assert engine.wait(image_spec.id, timeout=600).state == "aoti"
+    assert engine.generate_image(image_spec.id, "a red square, center", ImageParams(32, 32, 2)).image.size == (32, 32)
 
 
 def test_wrong_task_is_refused(engine, text_spec):
