@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 _SESSION_CACHE = Path(os.environ.get("AOTI_TEST_CACHE_DIR") or tempfile.mkdtemp(prefix="aoti-test-cache-"))
+os.environ["AOTI_TEST_CACHE_DIR"] = str(_SESSION_CACHE)  # pytest-xdist's workers start later and share it
 os.environ["AOTI_CACHE_DIR"] = str(_SESSION_CACHE)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -26,3 +27,11 @@ def cache(cache_dir):
     import aoti
 
     return aoti.Cache(cache_dir)
+
+
+def pytest_collection_modifyitems(items):
+    """Groups for pytest-xdist (``-n 2 --dist loadgroup``, scripts/test.sh): a module's tests share a
+    worker, so its module-scoped builds happen once; the app's modules share one, so one server starts."""
+    for item in items:
+        group = "app" if item.path.parent.name == "app" else str(item.path.relative_to(item.config.rootpath))
+        item.add_marker(pytest.mark.xdist_group(group))
