@@ -38,12 +38,15 @@ LOG2_P_SCALE = 8  # probabilities (<= 1) times 2^8 before their e4m3 cast; e4m3 
 
 @dataclass(frozen=True)
 class AttentionConfig:
-    """A launch configuration: query rows per program, keys per step, warps, pipelining depth."""
+    """A launch configuration: query rows per program, keys per step, warps, pipelining depth, and
+    how many of the probabilities' exponentials the FMA units compute (`EXP2_ON_FMA`): 0 none,
+    1 all, 2 every other one."""
 
     block_m: int
     block_n: int
     num_warps: int
     num_stages: int
+    exp2_fma: int = 0
 
 
 # H200, FLUX.1's attention shape (1×24×4608×128), kernel alone: 0.332 ms against 0.438 for
@@ -56,10 +59,35 @@ _original_sdpa = torch.nn.functional.scaled_dot_product_attention
 if triton is not None:
 
     @triton.jit
+    def _exp2_fma(x):
+        """2^x without the exp2 unit (Hopper's does 16 a clock per SM, its FMA units 128; FlashAttention-4
+        moves exponentials over the same way): x rounded to the nearest integer n by adding 1.5·2^23,
+        2^(x - n) by a degree-2 polynomial on [-1/2, 1/2] (relative error 1.7e-3, below e4m3's
+        rounding), n added into the exponent bits. Inputs below -126 give about 2^-126."""
+        x = tl.maximum(x, -126.0)
+        shifted = x + 12582912.0
+        f = x - (shifted - 12582912.0)
+        poly = 1.0004429649538904 + f * (0.7034428104994352 + f * 0.238425703082912)
+        bits = poly.to(tl.int32, bitcast=True) + (shifted.to(tl.int32, bitcast=True) << 23)
+        return bits.to(tl.float32, bitcast=True)
+
+    @triton.jit
+    def _exp2(x, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, ON_FMA: tl.constexpr):
+        """exp2 of a (BLOCK_M, BLOCK_N) tile: on the exp2 unit (ON_FMA 0), on the FMA units (1), or split
+        between them, every other column each (2)."""
+        if ON_FMA == 0:
+            return tl.math.exp2(x)
+        elif ON_FMA == 1:
+            return _exp2_fma(x)
+        else:
+            a, b = tl.split(tl.reshape(x, (BLOCK_M, BLOCK_N // 2, 2)))
+            return tl.reshape(tl.join(tl.math.exp2(a), _exp2_fma(b)), (BLOCK_M, BLOCK_N))
+
+    @triton.jit
     def _attention_kernel(q_ptr, k_ptr, v_ptr, o_ptr, q_scale_ptr, k_scale_ptr, v_scale_ptr, sm_scale, S_Q, S_KV, H,
                           q_sb, q_sh, q_ss, k_sb, k_sh, k_ss, v_sb, v_sh, v_ss, v_sd, o_sb, o_sh, o_ss,
                           LOG2_P: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr,
-                          EVEN_M: tl.constexpr, EVEN_N: tl.constexpr):
+                          EVEN_M: tl.constexpr, EVEN_N: tl.constexpr, EXP2_ON_FMA: tl.constexpr):
         bh = tl.program_id(1)  # batch * heads
         b, h = bh // H, bh % H
         rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -91,7 +119,7 @@ if triton is not None:
                 scores = tl.where(keys[None, :] < S_KV, scores, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(scores, axis=1) * qk_scale)
             # probabilities times 2^LOG2_P (one subtraction folds it in; the row sums carry it too)
-            p = tl.math.exp2(scores * qk_scale[:, None] - (m_new - LOG2_P)[:, None])
+            p = _exp2(scores * qk_scale[:, None] - (m_new - LOG2_P)[:, None], BLOCK_M, BLOCK_N, EXP2_ON_FMA)
             alpha = tl.math.exp2(m_i - m_new)
             l_i = l_i * alpha + tl.sum(p, axis=1)
             acc = tl.dot(p.to(vt.dtype), tl.trans(vt), acc * alpha[:, None])
@@ -138,7 +166,7 @@ def run_kernel(q: torch.Tensor, k: torch.Tensor, vt: torch.Tensor, q_scale: torc
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         vt.stride(0), vt.stride(1), vt.stride(3), vt.stride(2), out.stride(0), out.stride(1), out.stride(2),
         LOG2_P=log2_p, BLOCK_M=config.block_m, BLOCK_N=config.block_n, D=dim,
-        EVEN_M=s_q % config.block_m == 0, EVEN_N=k.shape[2] % config.block_n == 0,
+        EVEN_M=s_q % config.block_m == 0, EVEN_N=k.shape[2] % config.block_n == 0, EXP2_ON_FMA=config.exp2_fma,
         num_warps=config.num_warps, num_stages=config.num_stages)
     return out
 

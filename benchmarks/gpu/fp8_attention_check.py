@@ -38,8 +38,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True)
     parser.add_argument("--budget-s", type=float, default=240, help="stop sweeping configs after this many seconds")
-    parser.add_argument("--sweep", choices=("full", "likely"), default="likely",
-                        help="'likely' leaves out 8 warps on 64-row tiles (about half the speed on an H200)")
+    parser.add_argument("--sweep", choices=("full", "likely", "exp2"), default="likely",
+                        help="'likely' leaves out 8 warps on 64-row tiles (about half the speed on an H200); "
+                             "'exp2': the fastest tiles, each with its exponentials on the exp2 unit, on the "
+                             "FMA units and split between them (AttentionConfig.exp2_fma)")
     args = parser.parse_args()
     rec = Recorder(args.out, "cuda")
     torch.manual_seed(0)
@@ -78,13 +80,18 @@ def main() -> None:
         return fa.run_kernel(q8, k8, vt8, qs, ks, vs, scale, q.dtype, config=config)
 
     deadline = time.perf_counter() + args.budget_s
-    configs = [fa.DEFAULT_CONFIG] + [fa.AttentionConfig(*c) for c in itertools.product((64, 128), (64, 128), (4, 8), (2, 3, 4))
-                                     if args.sweep == "full" or c[2] == 4 or c[0] == 128]
-    configs += [fa.AttentionConfig(64, 256, 4, s) for s in (2, 3)] + [fa.AttentionConfig(128, 256, 8, s) for s in (2, 3)]
+    if args.sweep == "exp2":
+        tiles = ((64, 128, 4, 3), (64, 128, 4, 2), (64, 64, 4, 3), (128, 128, 4, 3), (128, 128, 8, 3), (128, 64, 4, 3))
+        configs = [fa.DEFAULT_CONFIG] + [fa.AttentionConfig(*t, on_fma) for t in tiles for on_fma in (0, 1, 2)]
+    else:
+        configs = [fa.DEFAULT_CONFIG] + [fa.AttentionConfig(*c) for c in itertools.product((64, 128), (64, 128), (4, 8), (2, 3, 4))
+                                         if args.sweep == "full" or c[2] == 4 or c[0] == 128]
+        configs += [fa.AttentionConfig(64, 256, 4, s) for s in (2, 3)] + [fa.AttentionConfig(128, 256, 8, s) for s in (2, 3)]
     for config in dict.fromkeys(configs):
         if time.perf_counter() > deadline:
             break
-        record(f"ours_fp8_kernel_{config.block_m}x{config.block_n}_w{config.num_warps}_s{config.num_stages}",
+        on_fma = f"_exp2fma{config.exp2_fma}" if config.exp2_fma else ""
+        record(f"ours_fp8_kernel_{config.block_m}x{config.block_n}_w{config.num_warps}_s{config.num_stages}{on_fma}",
                lambda config=config: kernel_only(config))
     rec.save()
 

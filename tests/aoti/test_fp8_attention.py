@@ -37,6 +37,10 @@ INTERPRETED = textwrap.dedent("""
         q, k, v = torch.randn(b, h, sq, d), torch.randn(b, h, skv, d), torch.randn(b, h, skv, d)
         # the kernel's arithmetic (online softmax over key tiles, masked tails) in float32
         assert error(fa.launch(q, k, v, fp8=False, config=SMALL), reference(q, k, v)) < 1e-5
+        # exponentials on the FMA units, all or every other one: the polynomial's 1.7e-3 relative error
+        for on_fma in (1, 2):
+            config = fa.AttentionConfig(16, 16, 4, 1, exp2_fma=on_fma)
+            assert 1e-5 < error(fa.launch(3 * q, k, v, fp8=False, config=config), reference(3 * q, k, v)) < 2e-3
         # FP8: what the e4m3 operands and probabilities cost, against attention on the dequantized
         # operands and on the exact ones
         out = fa.launch(*(t.bfloat16() for t in (q, k, v)), config=SMALL)
