@@ -6,7 +6,8 @@ head size 128, bf16. Per variant: GPU time of one call replayed back to back in 
 the output's relative error against float32 attention on the same inputs. Variants: SDPA with
 cuDNN and with FlashAttention-2 (bf16); our kernel on FP8 with the quantization included (eager,
 and compiled as in a graph) and the kernel alone (pre-quantized operands), with its default config
-and each config of a sweep; our kernel on bf16 operands (the same code without quantization).
+and each config of a sweep; our kernel on bf16 operands (the same code without quantization); v's
+quantization alone, per block of keys (one pass) against per head (two).
 
     python benchmarks/gpu/fp8_attention_check.py --out results.json
 """
@@ -72,11 +73,23 @@ def main() -> None:
     compiled = torch.compile(fa.sdpa, fullgraph=True)
     record("ours_fp8_compiled_with_quantization", lambda: compiled(q, k, v))
     record("ours_bf16_operands", lambda: fa.launch(q, k, v, fp8=False))
+    # v's quantization alone: per block of keys in one pass (the kernel's), against a scale per head
+    # (a reduction over the sequence, then the quantization: two passes, as compiled before session 12)
+    from aoti.quant import fp8_scaled
+
+    per_head = torch.compile(lambda x: fp8_scaled(x.transpose(-1, -2), x.abs().amax(-1).amax(-1)[..., None, None])[0].contiguous())
+    for name, quantize in (("v_quantization_per_block", lambda: fa.quantize_value_blocks(v, fa.DEFAULT_CONFIG.block_n)),
+                           ("v_quantization_per_head_compiled", lambda: per_head(v))):
+        quantize()
+        rec.variant(name, {"ms": round(graph_replay_ms([quantize] * 5) / 5, 4)})
+        print(name, rec.variants[name], flush=True)
     # the kernel alone on pre-quantized operands, per config
-    (q8, qs), (k8, ks), (vt8, vs) = fa.quantize_tokens(q), fa.quantize_heads(k), fa.quantize_heads(v, transpose=True)
+    (q8, qs), (k8, ks) = fa.quantize_tokens(q), fa.quantize_heads(k)
+    values = {n: fa.quantize_value_blocks(v, n) for n in (64, 128, 256)}
     scale = DIM ** -0.5
 
     def kernel_only(config: fa.AttentionConfig):
+        vt8, vs = values[config.block_n]
         return fa.run_kernel(q8, k8, vt8, qs, ks, vs, scale, q.dtype, config=config)
 
     deadline = time.perf_counter() + args.budget_s
