@@ -11,8 +11,9 @@ in the current block's units, rescaled by the ratio of two scales where the onli
 it anyway. So v is quantized in one pass (`quantize_value_blocks`: one read, one write, no
 reduction over the sequence first), into a (head dim, sequence) layout, the one the second product reads.
 
-`torch.ops.aoti_studio.fp8_attention` is a `torch.library.triton_op`: `torch.export` traces the
-quantization (Inductor fuses it) and the kernel, and AOTInductor compiles both into the package.
+`torch.ops.aoti_studio.fp8_attention` is a `torch.library.triton_op`: `torch.export` traces q's and
+k's quantization (Inductor fuses it), v's and the attention kernels, and AOTInductor compiles them
+all into the package.
 `sdpa` has `F.scaled_dot_product_attention`'s signature and takes the calls the kernel serves (no
 mask, no dropout, not causal, equal head counts), leaving the others to SDPA; `aoti.attention`'s
 "fp8" backend traces a module with it in place of SDPA. `attend_quantized` takes q and k already
@@ -42,8 +43,8 @@ LOG2_P_SCALE = 8  # probabilities (<= 1) times 2^8 before their e4m3 cast; e4m3 
 @dataclass(frozen=True)
 class AttentionConfig:
     """A launch configuration: query rows per program, keys per step, warps, pipelining depth, and
-    how many of the probabilities' exponentials the FMA units compute (`EXP2_ON_FMA`): 0 none,
-    1 all, 2 every other one."""
+    ``exp2_fma``, how many of the probabilities' exponentials the FMA units compute: 0 none, 1 all,
+    2 every other one."""
 
     block_m: int
     block_n: int
@@ -136,9 +137,6 @@ if triton is not None:
             tl.store(o_ptrs, out.to(o_ptr.dtype.element_ty))
         else:
             tl.store(o_ptrs, out.to(o_ptr.dtype.element_ty), mask=rows[:, None] < S_Q)
-
-
-if triton is not None:
 
     @triton.jit
     def _quantize_value_kernel(v_ptr, out_ptr, scale_ptr, S, H, v_sb, v_sh, v_ss, v_sd, o_sb, o_sh, o_sd,
