@@ -74,12 +74,12 @@ class Studio:
     def startup(self, model_ids: list[str] | None = None, compile: bool = True, background: bool = True) -> None:
         """Load the given (default: the embedded) models so they serve eagerly, then compile or load
         their AOTI graphs (in the background unless ``background=False``)."""
-        ids = model_ids or [s.id for s in registry.CATALOG if s.is_local]
-        ids = [i for i in ids if registry.availability(registry.get(i))[0]]
-        for model_id in ids:  # all loaded first: a load waits for a running compile
-            self.engine.load(registry.get(model_id))
-        for model_id in ids if compile else []:
-            self.engine.optimize(model_id, self.options_for(model_id), background=background)
+        specs = [registry.get(i) for i in model_ids] if model_ids else [s for s in registry.CATALOG if s.is_local]
+        specs = [s for s in specs if registry.availability(s)[0]]
+        for spec in specs:  # all loaded first: a load waits for a running compile
+            self.engine.load(spec)
+        for spec in specs if compile else []:
+            self.engine.optimize(spec.id, self.options_for(spec.id), background=background)
 
     def options_for(self, model_id: str, fp8: bool = False, regional: bool = False) -> aoti.CompileOptions:
         """Compile options from the switches and the selection (FP8 when only FP8 weights fit)."""

@@ -30,8 +30,8 @@ def cache(cache_dir):
 
 
 def pytest_collection_modifyitems(items):
-    """Groups for pytest-xdist (``-n 2 --dist loadgroup``, scripts/test.sh): a module's tests share a
-    worker, so its module-scoped builds happen once; the app's modules share one, so one server starts."""
+    """Groups for pytest-xdist (``--dist=loadgroup`` in pytest.ini): a module's tests share a worker, so
+    its module-scoped builds happen once; the app's modules share one, so one server starts."""
     for item in items:
         group = "app" if item.path.parent.name == "app" else str(item.path.relative_to(item.config.rootpath))
         item.add_marker(pytest.mark.xdist_group(group))
