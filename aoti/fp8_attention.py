@@ -3,17 +3,13 @@
 FLUX.1's 1024×1024 step spends 5.5 of its 19.8 ms (FP8 matmuls, CUDA graphs, H200) in bf16 attention:
 torch 2.11 has no FP8 attention and FlashAttention-3 is not on PyPI. This is a flash-attention
 forward in Triton whose two products read e4m3 tiles (Hopper's FP8 tensor cores, twice bf16's rate):
-q is quantized per token, k per (batch, head), v per block of the keys one step reads, with float32
-scales (`aoti.quant.fp8_scaled`'s); the scores and the softmax stay float32, and the probabilities are
-multiplied by 2^8 before their e4m3 cast (keeping small ones out of e4m3's subnormal range) and
-divided back with the row sums. v's block scales cost nothing in the kernel: the accumulator is kept
-in the current block's units, rescaled by the ratio of two scales where the online softmax rescales
-it anyway. So v is quantized in one pass (`quantize_value_blocks`: one read, one write, no
-reduction over the sequence first), into a (head dim, sequence) layout, the one the second product reads.
+q is quantized per token, k and v per (batch, head), with float32 scales (`aoti.quant.fp8_scaled`);
+the scores and the softmax stay float32, and the probabilities are multiplied by 2^8 before their
+e4m3 cast (keeping small ones out of e4m3's subnormal range) and divided back with the row sums. v is
+quantized into a (head dim, sequence) layout, the one the second product reads.
 
-`torch.ops.aoti_studio.fp8_attention` is a `torch.library.triton_op`: `torch.export` traces q's and
-k's quantization (Inductor fuses it), v's and the attention kernels, and AOTInductor compiles them
-all into the package.
+`torch.ops.aoti_studio.fp8_attention` is a `torch.library.triton_op`: `torch.export` traces the
+quantization (Inductor fuses it) and the kernel, and AOTInductor compiles both into the package.
 `sdpa` has `F.scaled_dot_product_attention`'s signature and takes the calls the kernel serves (no
 mask, no dropout, not causal, equal head counts), leaving the others to SDPA; `aoti.attention`'s
 "fp8" backend traces a module with it in place of SDPA. `attend_quantized` takes q and k already
@@ -29,7 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from .gemv import INTERPRETING, available, runs_on
-from .quant import FP8_MAX, SCALE_FLOOR, fp8_capable, fp8_scaled, rowwise_fp8
+from .quant import fp8_capable, fp8_scaled, rowwise_fp8
 
 try:
     import triton
@@ -42,15 +38,12 @@ LOG2_P_SCALE = 8  # probabilities (<= 1) times 2^8 before their e4m3 cast; e4m3 
 
 @dataclass(frozen=True)
 class AttentionConfig:
-    """A launch configuration: query rows per program, keys per step, warps, pipelining depth, and
-    ``exp2_fma``, how many of the probabilities' exponentials the FMA units compute: 0 none, 1 all,
-    2 every other one."""
+    """A launch configuration: query rows per program, keys per step, warps, pipelining depth."""
 
     block_m: int
     block_n: int
     num_warps: int
     num_stages: int
-    exp2_fma: int = 0
 
 
 # H200, FLUX.1's attention shape (1×24×4608×128), kernel alone: 0.332 ms against 0.438 for
@@ -63,35 +56,10 @@ _original_sdpa = torch.nn.functional.scaled_dot_product_attention
 if triton is not None:
 
     @triton.jit
-    def _exp2_fma(x):
-        """2^x without the exp2 unit (Hopper's does 16 a clock per SM, its FMA units 128; FlashAttention-4
-        moves exponentials over the same way): x rounded to the nearest integer n by adding 1.5·2^23,
-        2^(x - n) by a degree-2 polynomial on [-1/2, 1/2] (relative error 1.7e-3, below e4m3's
-        rounding), n added into the exponent bits. Inputs below -126 give about 2^-126."""
-        x = tl.maximum(x, -126.0)
-        shifted = x + 12582912.0
-        f = x - (shifted - 12582912.0)
-        poly = 1.0004429649538904 + f * (0.7034428104994352 + f * 0.238425703082912)
-        bits = poly.to(tl.int32, bitcast=True) + (shifted.to(tl.int32, bitcast=True) << 23)
-        return bits.to(tl.float32, bitcast=True)
-
-    @triton.jit
-    def _exp2(x, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, ON_FMA: tl.constexpr):
-        """exp2 of a (BLOCK_M, BLOCK_N) tile: on the exp2 unit (ON_FMA 0), on the FMA units (1), or split
-        between them, every other column each (2)."""
-        if ON_FMA == 0:
-            return tl.math.exp2(x)
-        elif ON_FMA == 1:
-            return _exp2_fma(x)
-        else:
-            a, b = tl.split(tl.reshape(x, (BLOCK_M, BLOCK_N // 2, 2)))
-            return tl.reshape(tl.join(tl.math.exp2(a), _exp2_fma(b)), (BLOCK_M, BLOCK_N))
-
-    @triton.jit
     def _attention_kernel(q_ptr, k_ptr, v_ptr, o_ptr, q_scale_ptr, k_scale_ptr, v_scale_ptr, sm_scale, S_Q, S_KV, H,
                           q_sb, q_sh, q_ss, k_sb, k_sh, k_ss, v_sb, v_sh, v_ss, v_sd, o_sb, o_sh, o_ss,
                           LOG2_P: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr,
-                          EVEN_M: tl.constexpr, EVEN_N: tl.constexpr, EXP2_ON_FMA: tl.constexpr):
+                          EVEN_M: tl.constexpr, EVEN_N: tl.constexpr):
         bh = tl.program_id(1)  # batch * heads
         b, h = bh // H, bh % H
         rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -107,11 +75,8 @@ if triton is not None:
         qk_scale = (q_scale * sm_scale * 1.4426950408889634 * tl.load(k_scale_ptr + bh)).to(tl.float32)
         m_i = tl.full((BLOCK_M,), float("-inf"), tl.float32)
         l_i = tl.zeros((BLOCK_M,), tl.float32)
-        acc = tl.zeros((BLOCK_M, D), tl.float32)  # in units of the current key block's v scale
-        v_scales = v_scale_ptr + bh * tl.cdiv(S_KV, BLOCK_N)
-        v_scale_before = tl.load(v_scales)
+        acc = tl.zeros((BLOCK_M, D), tl.float32)
         for start in range(0, S_KV, BLOCK_N):
-            v_scale = tl.load(v_scales + start // BLOCK_N)
             keys = start + tl.arange(0, BLOCK_N)
             k_ptrs = k_ptr + b * k_sb + h * k_sh + keys[:, None] * k_ss + dims[None, :]
             # v as (D, BLOCK_N) tiles of its (head dim, sequence) layout, transposed for the product
@@ -126,54 +91,17 @@ if triton is not None:
                 scores = tl.where(keys[None, :] < S_KV, scores, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(scores, axis=1) * qk_scale)
             # probabilities times 2^LOG2_P (one subtraction folds it in; the row sums carry it too)
-            p = _exp2(scores * qk_scale[:, None] - (m_new - LOG2_P)[:, None], BLOCK_M, BLOCK_N, EXP2_ON_FMA)
+            p = tl.math.exp2(scores * qk_scale[:, None] - (m_new - LOG2_P)[:, None])
             alpha = tl.math.exp2(m_i - m_new)
             l_i = l_i * alpha + tl.sum(p, axis=1)
-            acc = tl.dot(p.to(vt.dtype), tl.trans(vt), acc * (alpha * (v_scale_before / v_scale))[:, None])
-            m_i, v_scale_before = m_new, v_scale
-        out = acc * (v_scale_before / l_i)[:, None]
+            acc = tl.dot(p.to(vt.dtype), tl.trans(vt), acc * alpha[:, None])
+            m_i = m_new
+        out = acc * (tl.load(v_scale_ptr + bh) / l_i)[:, None]
         o_ptrs = o_ptr + b * o_sb + h * o_sh + rows[:, None] * o_ss + dims[None, :]
         if EVEN_M:
             tl.store(o_ptrs, out.to(o_ptr.dtype.element_ty))
         else:
             tl.store(o_ptrs, out.to(o_ptr.dtype.element_ty), mask=rows[:, None] < S_Q)
-
-    @triton.jit
-    def _quantize_value_kernel(v_ptr, out_ptr, scale_ptr, S, H, v_sb, v_sh, v_ss, v_sd, o_sb, o_sh, o_sd,
-                               FP8_MAX: tl.constexpr, SCALE_FLOOR: tl.constexpr, BLOCK: tl.constexpr,
-                               D: tl.constexpr, EVEN: tl.constexpr):
-        block, bh = tl.program_id(0), tl.program_id(1)
-        b, h = bh // H, bh % H
-        keys = block * BLOCK + tl.arange(0, BLOCK)
-        dims = tl.arange(0, D)
-        v_ptrs = v_ptr + b * v_sb + h * v_sh + keys[:, None] * v_ss + dims[None, :] * v_sd
-        x = (tl.load(v_ptrs) if EVEN else tl.load(v_ptrs, mask=keys[:, None] < S, other=0.0)).to(tl.float32)
-        scale = tl.maximum(tl.max(tl.max(tl.abs(x), axis=1), axis=0), SCALE_FLOOR) / FP8_MAX
-        values = tl.trans(tl.clamp(x / scale, -FP8_MAX, FP8_MAX).to(out_ptr.dtype.element_ty))
-        o_ptrs = out_ptr + b * o_sb + h * o_sh + dims[:, None] * o_sd + keys[None, :]
-        if EVEN:
-            tl.store(o_ptrs, values)
-        else:
-            tl.store(o_ptrs, values, mask=keys[None, :] < S)
-        tl.store(scale_ptr + bh * tl.num_programs(0) + block, scale)
-
-
-def quantize_value_blocks(value: torch.Tensor, block: int, wrap=None,
-                          dtype: torch.dtype = torch.float8_e4m3fn) -> tuple[torch.Tensor, torch.Tensor]:
-    """``value`` ``(B, H, S, D)`` in e4m3, scaled per (batch, head, block of ``block``
-    tokens), in the ``(B, H, D, S)`` layout the kernel reads, and the ``B * H * ceil(S / block)`` float32
-    scales (`aoti.quant.fp8_scaled`'s arithmetic). One Triton program per block: one read, one write.
-    ``dtype`` float32: the values before their e4m3 cast (what the interpreter's check compares)."""
-    batch, heads, seq, dim = value.shape
-    blocks = triton.cdiv(seq, block)
-    out = torch.empty(batch, heads, dim, seq, device=value.device, dtype=dtype)
-    scales = torch.empty(batch * heads * blocks, device=value.device, dtype=torch.float32)
-    kernel = wrap(_quantize_value_kernel) if wrap is not None else _quantize_value_kernel
-    kernel[(blocks, batch * heads)](
-        value, out, scales, seq, heads, value.stride(0), value.stride(1), value.stride(2), value.stride(3),
-        out.stride(0), out.stride(1), out.stride(2), FP8_MAX=FP8_MAX, SCALE_FLOOR=SCALE_FLOOR,
-        BLOCK=block, D=dim, EVEN=seq % block == 0, num_warps=4)
-    return out, scales
 
 
 def quantize_tokens(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -183,11 +111,13 @@ def quantize_tokens(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return values.reshape(x.shape), scale.reshape(-1)
 
 
-def quantize_heads(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def quantize_heads(x: torch.Tensor, transpose: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """e4m3 values of ``x`` ``(B, H, S, D)`` scaled per (batch, head), and the ``B * H`` float32 scales.
     The head's maximum is the maximum of its tokens' (a reduction over ``D`` that fuses into the
-    producer, then a short one over ``S``; one reduction over ``S * D`` per head ran on 24 programs)."""
-    values, scale = fp8_scaled(x, x.abs().amax(-1).amax(-1)[..., None, None])
+    producer, then a short one over ``S``; one reduction over ``S * D`` per head ran on 24 programs).
+    ``transpose``: the values in ``(B, H, D, S)`` layout."""
+    amax = x.abs().amax(-1).amax(-1)[..., None, None]
+    values, scale = fp8_scaled(x.transpose(-1, -2) if transpose else x, amax)
     return values.contiguous(), scale.reshape(-1)
 
 
@@ -196,10 +126,8 @@ def run_kernel(q: torch.Tensor, k: torch.Tensor, vt: torch.Tensor, q_scale: torc
                config: AttentionConfig | None = None, wrap=None) -> torch.Tensor:
     """The kernel on prepared operands: ``q`` ``(B, H, S_q, D)``, ``k`` ``(B, H, S_kv, D)`` and ``vt``
     ``(B, H, D, S_kv)`` (rows contiguous), their float32 scales (``B * H * S_q`` for q, one per token;
-    ``B * H`` for k; for v ``B * H * ceil(S_kv / block_n)``, one per block of the config's ``block_n``
-    keys, as `quantize_value_blocks` writes them); the softmax scale (None: ``D ** -0.5``); the
-    probabilities are multiplied by ``2 ** log2_p`` before their cast to v's dtype. Returns
-    ``(B, H, S_q, D)`` in ``out_dtype``."""
+    ``B * H`` for k and v); the softmax scale (None: ``D ** -0.5``); the probabilities are
+    multiplied by ``2 ** log2_p`` before their cast to v's dtype. Returns ``(B, H, S_q, D)`` in ``out_dtype``."""
     batch, heads, s_q, dim = q.shape
     scale = scale if scale is not None else dim ** -0.5
     config = config or DEFAULT_CONFIG
@@ -210,7 +138,7 @@ def run_kernel(q: torch.Tensor, k: torch.Tensor, vt: torch.Tensor, q_scale: torc
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         vt.stride(0), vt.stride(1), vt.stride(3), vt.stride(2), out.stride(0), out.stride(1), out.stride(2),
         LOG2_P=log2_p, BLOCK_M=config.block_m, BLOCK_N=config.block_n, D=dim,
-        EVEN_M=s_q % config.block_m == 0, EVEN_N=k.shape[2] % config.block_n == 0, EXP2_ON_FMA=config.exp2_fma,
+        EVEN_M=s_q % config.block_m == 0, EVEN_N=k.shape[2] % config.block_n == 0,
         num_warps=config.num_warps, num_stages=config.num_stages)
     return out
 
@@ -221,15 +149,13 @@ def launch(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: f
     the result in the query's dtype. ``fp8``: quantize the operands (else the kernel reads them as
     they are, with unit scales: the interpreter's check of the arithmetic). ``wrap`` is
     `torch.library.wrap_triton` inside the op; ``config`` overrides `DEFAULT_CONFIG`."""
-    config = config or DEFAULT_CONFIG
     if fp8:
-        (q, q_scale), (k, k_scale) = quantize_tokens(query), quantize_heads(key)
-        vt, v_scale = quantize_value_blocks(value, config.block_n, wrap)
+        (q, q_scale), (k, k_scale), (vt, v_scale) = quantize_tokens(query), quantize_heads(key), quantize_heads(value, True)
         return run_kernel(q, k, vt, q_scale, k_scale, v_scale, scale, query.dtype, LOG2_P_SCALE, config, wrap)
-    (batch, heads, s_q, _), s_kv = query.shape, key.shape[2]
-    ones = torch.ones(batch * heads * max(s_q, s_kv), device=query.device, dtype=torch.float32)
+    ones = torch.ones(query.shape[:3].numel(), device=query.device, dtype=torch.float32)
     vt = value.transpose(-1, -2).contiguous()
-    return run_kernel(query.contiguous(), key.contiguous(), vt, ones, ones, ones, scale, query.dtype, 0, config, wrap)
+    return run_kernel(query.contiguous(), key.contiguous(), vt, ones, ones[:key.shape[:2].numel()],
+                      ones[:key.shape[:2].numel()], scale, query.dtype, 0, config, wrap)
 
 
 if triton is not None:
@@ -241,9 +167,9 @@ if triton is not None:
     @torch.library.triton_op("aoti_studio::fp8_attention_quantized", mutates_args=())
     def _fp8_attention_quantized_op(q: torch.Tensor, q_scale: torch.Tensor, k: torch.Tensor, k_scale: torch.Tensor,
                                     value: torch.Tensor, scale: float | None) -> torch.Tensor:
-        vt, v_scale = quantize_value_blocks(value, DEFAULT_CONFIG.block_n, torch.library.wrap_triton)
+        vt, v_scale = quantize_heads(value, True)
         return run_kernel(q, k, vt, q_scale.reshape(-1), k_scale.reshape(-1)[::k.shape[2]].contiguous(), v_scale,
-                          scale, value.dtype, config=DEFAULT_CONFIG, wrap=torch.library.wrap_triton)
+                          scale, value.dtype, wrap=torch.library.wrap_triton)
 
 
 def attend_quantized(q: torch.Tensor, q_scale: torch.Tensor, k: torch.Tensor, k_scale: torch.Tensor,
@@ -251,7 +177,7 @@ def attend_quantized(q: torch.Tensor, q_scale: torch.Tensor, k: torch.Tensor, k_
     """Attention on operands quantized by their producer: e4m3 ``q``/``k`` ``(B, H, S, D)`` (any layout with
     contiguous rows) with float32 scales ``(B, H, S)``, one per token (`aoti.norm_rope` writes them); k's
     must be the same for every token of a head (the kernel reads its first). ``value`` ``(B, H, S_kv, D)``
-    in bf16/fp16 is quantized here per block of keys. Returns ``(B, H, S_q, D)`` in ``value``'s dtype."""
+    in bf16/fp16 is quantized here per head. Returns ``(B, H, S_q, D)`` in ``value``'s dtype."""
     return torch.ops.aoti_studio.fp8_attention_quantized(q, q_scale, k, k_scale, value, scale)
 
 

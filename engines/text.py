@@ -236,6 +236,9 @@ class TextModel:
         queued step unused."""
         generator = torch.Generator(self.device).manual_seed(params.seed) if params.seed is not None else None
         positions = torch.arange(self.max_cache_len, device=self.device)
+        # Each decode step's position as a one-element slice 16-byte aligned: AOTInductor copies an
+        # input that is not (and warns, every call), which every other slice of ``positions`` is.
+        aligned = positions.repeat_interleave(2)
         length = ids.shape[1]
         padded = torch.nn.functional.pad(ids, (0, self.prefill_length(length) - length))  # pad id 0: masked out
         logits = self.decoder(input_ids=padded, cache_position=positions[: padded.shape[1]])
@@ -244,7 +247,7 @@ class TextModel:
 
         def step(token: torch.Tensor, position: int) -> torch.Tensor:
             """Feed the token at ``position`` (its KV goes to that cache slot); sample the next one."""
-            logits = self.decoder(input_ids=token.view(1, 1), cache_position=positions[position : position + 1])
+            logits = self.decoder(input_ids=token.view(1, 1), cache_position=aligned[2 * position : 2 * position + 1])
             return sample_next(logits[0, -1], params, generator)
 
         for i in range(count):

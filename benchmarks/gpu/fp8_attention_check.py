@@ -6,8 +6,7 @@ head size 128, bf16. Per variant: GPU time of one call replayed back to back in 
 the output's relative error against float32 attention on the same inputs. Variants: SDPA with
 cuDNN and with FlashAttention-2 (bf16); our kernel on FP8 with the quantization included (eager,
 and compiled as in a graph) and the kernel alone (pre-quantized operands), with its default config
-and each config of a sweep; our kernel on bf16 operands (the same code without quantization); v's
-quantization alone, per block of keys (one pass) against per head (two).
+and each config of a sweep; our kernel on bf16 operands (the same code without quantization).
 
     python benchmarks/gpu/fp8_attention_check.py --out results.json
 """
@@ -39,10 +38,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True)
     parser.add_argument("--budget-s", type=float, default=240, help="stop sweeping configs after this many seconds")
-    parser.add_argument("--sweep", choices=("full", "likely", "exp2"), default="likely",
-                        help="'likely' leaves out 8 warps on 64-row tiles (about half the speed on an H200); "
-                             "'exp2': the fastest tiles, each with its exponentials on the exp2 unit, on the "
-                             "FMA units and split between them (AttentionConfig.exp2_fma)")
+    parser.add_argument("--sweep", choices=("full", "likely"), default="likely",
+                        help="'likely' leaves out 8 warps on 64-row tiles (about half the speed on an H200)")
     args = parser.parse_args()
     rec = Recorder(args.out, "cuda")
     torch.manual_seed(0)
@@ -73,38 +70,21 @@ def main() -> None:
     compiled = torch.compile(fa.sdpa, fullgraph=True)
     record("ours_fp8_compiled_with_quantization", lambda: compiled(q, k, v))
     record("ours_bf16_operands", lambda: fa.launch(q, k, v, fp8=False))
-    # v's quantization alone: per block of keys in one pass (the kernel's), against a scale per head
-    # (a reduction over the sequence, then the quantization: two passes, as compiled before session 12)
-    from aoti.quant import fp8_scaled
-
-    per_head = torch.compile(lambda x: fp8_scaled(x.transpose(-1, -2), x.abs().amax(-1).amax(-1)[..., None, None])[0].contiguous())
-    for name, quantize in (("v_quantization_per_block", lambda: fa.quantize_value_blocks(v, fa.DEFAULT_CONFIG.block_n)),
-                           ("v_quantization_per_head_compiled", lambda: per_head(v))):
-        quantize()
-        rec.variant(name, {"ms": round(graph_replay_ms([quantize] * 5) / 5, 4)})
-        print(name, rec.variants[name], flush=True)
     # the kernel alone on pre-quantized operands, per config
-    (q8, qs), (k8, ks) = fa.quantize_tokens(q), fa.quantize_heads(k)
-    values = {n: fa.quantize_value_blocks(v, n) for n in (64, 128, 256)}
+    (q8, qs), (k8, ks), (vt8, vs) = fa.quantize_tokens(q), fa.quantize_heads(k), fa.quantize_heads(v, transpose=True)
     scale = DIM ** -0.5
 
     def kernel_only(config: fa.AttentionConfig):
-        vt8, vs = values[config.block_n]
         return fa.run_kernel(q8, k8, vt8, qs, ks, vs, scale, q.dtype, config=config)
 
     deadline = time.perf_counter() + args.budget_s
-    if args.sweep == "exp2":
-        tiles = ((64, 128, 4, 3), (64, 128, 4, 2), (64, 64, 4, 3), (128, 128, 4, 3), (128, 128, 8, 3), (128, 64, 4, 3))
-        configs = [fa.DEFAULT_CONFIG] + [fa.AttentionConfig(*t, on_fma) for t in tiles for on_fma in (0, 1, 2)]
-    else:
-        configs = [fa.DEFAULT_CONFIG] + [fa.AttentionConfig(*c) for c in itertools.product((64, 128), (64, 128), (4, 8), (2, 3, 4))
-                                         if args.sweep == "full" or c[2] == 4 or c[0] == 128]
-        configs += [fa.AttentionConfig(64, 256, 4, s) for s in (2, 3)] + [fa.AttentionConfig(128, 256, 8, s) for s in (2, 3)]
+    configs = [fa.DEFAULT_CONFIG] + [fa.AttentionConfig(*c) for c in itertools.product((64, 128), (64, 128), (4, 8), (2, 3, 4))
+                                     if args.sweep == "full" or c[2] == 4 or c[0] == 128]
+    configs += [fa.AttentionConfig(64, 256, 4, s) for s in (2, 3)] + [fa.AttentionConfig(128, 256, 8, s) for s in (2, 3)]
     for config in dict.fromkeys(configs):
         if time.perf_counter() > deadline:
             break
-        on_fma = f"_exp2fma{config.exp2_fma}" if config.exp2_fma else ""
-        record(f"ours_fp8_kernel_{config.block_m}x{config.block_n}_w{config.num_warps}_s{config.num_stages}{on_fma}",
+        record(f"ours_fp8_kernel_{config.block_m}x{config.block_n}_w{config.num_warps}_s{config.num_stages}",
                lambda config=config: kernel_only(config))
     rec.save()
 

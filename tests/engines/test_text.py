@@ -81,6 +81,27 @@ def test_queueing_the_next_step_ahead_changes_no_token(text_model):
     assert len(results[True][2]) == cap.max_new_tokens
 
 
+def test_decode_steps_pass_their_position_16_byte_aligned(text_model):
+    """AOTInductor copies an input that is not 16-byte aligned, warning on every call (seen on an H200 at
+    every odd position): each decode step's one-element cache position is aligned and holds its position."""
+    text_model.restore()
+    seen = []
+
+    def record(module, args, kwargs):
+        position = kwargs["cache_position"]
+        seen.append((position.numel(), position.data_ptr() % 16, position.tolist()))
+
+    hook = text_model.decoder.register_forward_pre_hook(record, with_kwargs=True)
+    try:
+        ids = text_model.check_inputs("If the file", GREEDY)
+        list(text_model.decode_tokens(ids, SamplingParams(max_new_tokens=6, temperature=0)))
+    finally:
+        hook.remove()
+    length = ids.shape[1]
+    assert seen[0] == (length, 0, list(range(length)))  # the prefill
+    assert seen[1:] == [(1, 0, [length + i]) for i in range(5)]  # 5 steps after the prefill's token
+
+
 def test_padding_prompts_to_buckets_changes_no_logit_and_no_token(text_model, monkeypatch):
     """Prompts are right-padded to a bucket length (on GPUs); the first token's logits and the greedy
     tokens equal an unpadded run of the same decoder."""
