@@ -4,6 +4,7 @@
         pipe("a cat", num_inference_steps=1)
     artifact = aoti.compile(pipe.transformer, call)   # or a cache hit: no compile
     aoti.apply(artifact, pipe.transformer)            # forward now runs the compiled graph
+    aoti.load(pipe.transformer, artifact.ref())       # elsewhere: the same package, no capture or build
     aoti.restore(pipe.transformer)                    # eager again
 """
 
@@ -11,7 +12,7 @@ from . import lifetimes
 from .apply import CompiledMethod, apply, restore, status_of, verify_loadable
 from .cache import Cache, default_cache_dir
 from .capture import CapturedCall, CapturedCalls, capture
-from .compile import Artifact, RegionalArtifact, compile
+from .compile import Artifact, RegionalArtifact, compile, load
 from .hub import HubRefused, HubSource
 from .options import CompileOptions, DimRange
 from .probe import ProbeResult, probe_package
@@ -41,6 +42,7 @@ __all__ = [
     "ensure_toolchain",
     "find_blocks",
     "lifetimes",
+    "load",
     "probe_package",
     "restore",
     "status_of",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import shutil
@@ -50,6 +51,10 @@ class Artifact:
     def manifest(self) -> dict[str, Any]:
         return self.entry.manifest
 
+    def ref(self) -> dict[str, Any]:
+        """Plain data naming this artifact, for `load` in another process (picklable, JSON-able)."""
+        return {"key": self.key}
+
     def wrapper_source(self) -> str:
         """The generated C++ of every graph in the package (which extern kernels it calls, for one)."""
         import zipfile
@@ -64,6 +69,10 @@ class RegionalArtifact:
 
     parts: list[tuple[list[str], Artifact]]
     status: Status = field(default_factory=Status)
+
+    def ref(self) -> dict[str, Any]:
+        """Plain data naming every part, for `load` in another process."""
+        return {"parts": [[list(names), part.key] for names, part in self.parts]}
 
 
 class _MethodAsForward(torch.nn.Module):
@@ -171,8 +180,103 @@ def compile(
     calls = _as_calls(call)
     device = torch.device(options.device) if options.device else module_device(module)
 
-    # 1. Fusion, quantization, decode kernels: decide, apply once, and record what really runs. A
-    #    module the caller already quantized with the requested recipe is compiled as it is.
+    # 1. Fusion, quantization, decode kernels: decide, apply once, and record what really runs.
+    options, fallbacks = prepare(module, options, device, exclusive)
+
+    # 2. Regional mode compiles the repeated blocks instead of the whole module.
+    if options.regional:
+        from .regional import compile_regional
+
+        artifact = compile_regional(module, calls, options.replace(regional=False), cache=cache, exclusive=exclusive, hub=hub)
+        artifact.status.fallbacks[:0] = fallbacks
+        return artifact
+
+    # 3. Whole module: one package with one graph per plan, through the cache. A build that fails
+    #    with the decode kernels (aoti.gemv, aoti.decode_attention) in its graphs is built again without
+    #    them (Inductor's C++ wrapper has failed to compile such graphs now and then; see
+    #    `aoti.inductor_fixes`), and the fallback is recorded.
+    try:
+        entry, key, cache_hit, source = _find_or_build(module, calls, options, device, cache, hub, exclusive, fallbacks,
+                                                       remember_failure=options.gemv)
+    except Exception as exc:
+        if not options.gemv:
+            raise
+        fallbacks.append(f"gemv -> off: the build with aoti.gemv failed ({_first_error_line(exc)}); built without it")
+        log.warning("aoti: %s", fallbacks[-1])
+        options = options.replace(gemv=False)
+        with exclusive:
+            _use_decode_kernels(module, False)
+        entry, key, cache_hit, source = _find_or_build(module, calls, options, device, cache, hub, exclusive, fallbacks)
+    artifact = _artifact(entry, cache, options, fallbacks, cache_hit, source)
+    log.info("aoti: %s %s (%d graphs, key %s)", "loaded" if cache_hit else "compiled", type(module).__name__,
+             artifact.status.graphs, key)
+    return artifact
+
+
+def _artifact(entry: Entry, cache: Cache, options: CompileOptions, fallbacks: list[str], cache_hit: bool,
+              source: str) -> Artifact:
+    """An artifact for a verified cache entry (found in ``source``, or built now); its status stays
+    "eager" until `apply`."""
+    manifest = entry.manifest
+    status = Status(
+        runtime="eager",
+        reason=f"from the {source}" if cache_hit else "compiled now",
+        key=entry.key,
+        cache_hit=cache_hit,
+        compile_s=None if cache_hit else manifest["compile_s"],
+        artifact_bytes=manifest["package_bytes"],
+        graphs=len(manifest["graphs"]),
+        quantization=options.quantization,
+        fallbacks=fallbacks,
+    )
+    return Artifact(entry, status, cache)
+
+
+def load(module: torch.nn.Module, ref: dict[str, Any], *, cache: Cache | None = None,
+         exclusive: contextlib.AbstractContextManager | None = None) -> Artifact | RegionalArtifact:
+    """The artifact that ``ref`` (from `Artifact.ref`) names, for ``module``, from the local cache:
+    no capture, no export, no build. Pass the result to `aoti.apply`.
+
+    This is how another process (a ZeroGPU worker, a restarted server) binds a package that was
+    compiled elsewhere: ``module`` is first rewritten as the package's manifest records (fusion,
+    quantization, decode kernels; see `prepare`), then checked against the model identity the package
+    was built for. Raises ``LookupError`` when the package is not in the cache for this environment
+    (other versions, another GPU generation) and ``ValueError`` when ``module`` is another model.
+
+    Example::
+
+        ref = aoti.compile(model, calls).ref()          # in one process: plain data
+        aoti.apply(aoti.load(model, ref), model)        # in another, on its own copy of the weights
+    """
+    cache = cache or Cache()
+    if "parts" in ref:
+        parts = [(list(names), load(module.get_submodule(names[0]), {"key": key}, cache=cache, exclusive=exclusive))
+                 for names, key in ref["parts"]]
+        status = Status(runtime="eager", reason="regional, from the local cache", cache_hit=True)
+        for _, part in parts:
+            status.merge(part.status)
+        status.key = "+".join(part.key[:8] for _, part in parts)
+        return RegionalArtifact(parts, status)  # type: ignore[arg-type]
+    key = ref["key"]
+    device = module_device(module)
+    entry = cache.get(key, fingerprint(device))
+    if entry is None:
+        raise LookupError(f"package {key} is not in {cache} for this environment ({device.type}); compile it here first.")
+    options, fallbacks = prepare(module, CompileOptions.from_dict(entry.manifest["options"]), device, exclusive)
+    identity = json.loads(json.dumps(_identity(module), sort_keys=True, default=str))
+    if identity != entry.manifest["key_fields"]["model"]:
+        raise ValueError(f"package {key} was built for another model than this {type(module).__name__} "
+                         "(its class, config or tensors differ).")
+    return _artifact(entry, cache, options, fallbacks, True, "local cache")
+
+def prepare(module: torch.nn.Module, options: CompileOptions, device: torch.device,
+            exclusive: contextlib.AbstractContextManager | None = None) -> tuple[CompileOptions, list[str]]:
+    """Rewrite ``module`` in place as ``options`` ask before export (projection fusion, quantization,
+    decode-kernel routing), deciding what this device can run. Returns the options as applied and a
+    fallback line for every request that was not (a module already quantized with the requested
+    recipe is left as it is). `compile` and `load` both go through here, so a package is always
+    bound to a module rewritten the way it was when the package was built."""
+    exclusive = exclusive or contextlib.nullcontext()
     already = quant.applied(module)
     if already != "none" and already == options.quantization:
         decision = quant.QuantDecision(already, already)
@@ -203,45 +307,7 @@ def compile(
     options = options.replace(gemv=one_row_kernel)
     with exclusive:
         _use_decode_kernels(module, one_row_kernel)
-
-    # 2. Regional mode compiles the repeated blocks instead of the whole module.
-    if options.regional:
-        from .regional import compile_regional
-
-        artifact = compile_regional(module, calls, options.replace(regional=False), cache=cache, exclusive=exclusive, hub=hub)
-        artifact.status.fallbacks[:0] = fallbacks
-        return artifact
-
-    # 3. Whole module: one package with one graph per plan, through the cache. A build that fails
-    #    with the decode kernels (aoti.gemv, aoti.decode_attention) in its graphs is built again without
-    #    them (Inductor's C++ wrapper has failed to compile such graphs now and then; see
-    #    `aoti.inductor_fixes`), and the fallback is recorded.
-    try:
-        entry, key, cache_hit, source = _find_or_build(module, calls, options, device, cache, hub, exclusive, fallbacks,
-                                                       remember_failure=options.gemv)
-    except Exception as exc:
-        if not options.gemv:
-            raise
-        fallbacks.append(f"gemv -> off: the build with aoti.gemv failed ({_first_error_line(exc)}); built without it")
-        log.warning("aoti: %s", fallbacks[-1])
-        options = options.replace(gemv=False)
-        with exclusive:
-            _use_decode_kernels(module, False)
-        entry, key, cache_hit, source = _find_or_build(module, calls, options, device, cache, hub, exclusive, fallbacks)
-    manifest = entry.manifest
-    status = Status(
-        runtime="eager",
-        reason="compiled now" if not cache_hit else f"from the {source}",  # runtime stays eager until `apply`
-        key=key,
-        cache_hit=cache_hit,
-        compile_s=None if cache_hit else manifest["compile_s"],
-        artifact_bytes=manifest["package_bytes"],
-        graphs=len(manifest["graphs"]),
-        quantization=options.quantization,
-        fallbacks=fallbacks,
-    )
-    log.info("aoti: %s %s (%d graphs, key %s)", "loaded" if cache_hit else "compiled", type(module).__name__, status.graphs, key)
-    return Artifact(entry, status, cache)
+    return options, fallbacks
 
 
 def _find_or_build(module: torch.nn.Module, calls: list[CapturedCall], options: CompileOptions, device: torch.device,

@@ -1,6 +1,8 @@
+import pickle
 import subprocess
 import sys
 import textwrap
+from unittest import mock
 
 import pytest
 import torch
@@ -163,3 +165,29 @@ def test_a_compiled_model_is_freed_once_dropped(tmp_path, strict):
     del model, call, status
     gc.collect()
     assert weight() is None
+
+
+def test_load_by_ref_binds_a_fresh_copy_without_capture_or_build(flux_compiled, cache):
+    """What a ZeroGPU worker does: another copy of the model, the package named by plain data."""
+    _, artifact = flux_compiled
+    ref = artifact.ref()
+    assert ref == {"key": artifact.key} and pickle.loads(pickle.dumps(ref)) == ref
+    fresh = tiny.flux()  # same architecture and seed: the same weights
+    with mock.patch("aoti.compile._build", side_effect=AssertionError("load must not build")), \
+            mock.patch("aoti.capture", side_effect=AssertionError("load must not capture")):
+        loaded = aoti.load(fresh, ref, cache=cache)
+    assert loaded.key == artifact.key and loaded.status.cache_hit is True
+    assert aoti.apply(loaded, fresh).runtime == "aoti"
+    inputs = tiny.flux_inputs()
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(**inputs)[0], fresh.forward.eager(**inputs)[0], rtol=1e-4, atol=1e-5)
+    assert aoti.status_of(fresh).compiled_calls == 1
+    aoti.restore(fresh)
+
+
+def test_load_refuses_another_model_and_a_missing_package(flux_compiled, cache):
+    _, artifact = flux_compiled
+    with pytest.raises(ValueError, match="built for another model"):
+        aoti.load(tiny.flux(num_layers=2), artifact.ref(), cache=cache)
+    with pytest.raises(LookupError, match="not in"):
+        aoti.load(tiny.flux(), {"key": "0" * 32}, cache=cache)
