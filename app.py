@@ -6,6 +6,7 @@ UI only: layout, events, named API endpoints. All model work goes through `engin
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -15,16 +16,23 @@ from typing import Any
 import gradio as gr
 import numpy as np
 import pandas as pd
-import spaces  # noqa: I001  (must come before anything initialises CUDA)
 
-from engines import ImageParams, SamplingParams, Studio
+from engines.workers import prepare_torch_for_spaces
+
+ON_ZEROGPU = os.environ.get("SPACES_ZERO_GPU", "").lower() in ("1", "t", "true")
+if ON_ZEROGPU:
+    prepare_torch_for_spaces()
+import spaces  # noqa: E402, I001  (before anything initialises CUDA)
+
+from engines import Binding, ImageParams, RunReport, SamplingParams, Studio  # noqa: E402
 
 logging.basicConfig(level=os.environ.get("LOGLEVEL", "INFO"), format="%(asctime)s %(name)s: %(message)s")
 log = logging.getLogger("app")
 
-ON_ZEROGPU = bool(os.environ.get("SPACES_ZERO_GPU"))
 COMPILE_AT_STARTUP = os.environ.get("AOTI_COMPILE", "1") != "0"
-studio = Studio()
+STARTUP_RETRY_S = float(os.environ.get("AOTI_STARTUP_RETRY_S", "60"))  # ZeroGPU: a refused startup compile, tried again
+STARTUP_ATTEMPTS = 5
+studio = Studio(gpu_in_workers=ON_ZEROGPU)
 MODELS = studio.models()
 TEXT_MODELS = [m["id"] for m in MODELS if m["task"] == "text"]
 IMAGE_MODELS = [m["id"] for m in MODELS if m["task"] == "image"]
@@ -32,63 +40,132 @@ DEFAULT_TEXT = next(m["id"] for m in MODELS if m["task"] == "text" and m["source
 DEFAULT_IMAGE = next(m["id"] for m in MODELS if m["task"] == "image" and m["source"] == "embedded")
 
 
-# --- GPU functions: pure, they return their measurements (on ZeroGPU they run in a forked worker) --------
+# --- GPU functions: on ZeroGPU each call runs in a forked worker; plain data in, plain data out -------
+# Each exists once per ZeroGPU size ("large": half a card, "xlarge": a whole one), chosen per model.
 
 
-def _text_duration(model_id: str, prompt: str, params: SamplingParams) -> int:
-    return int(20 + params.max_new_tokens * 0.1)
+def _message(exc: Exception) -> str:
+    """What an error says: a `gr.Error`'s message, or the class and text of any other."""
+    return str(exc.message) if isinstance(exc, gr.Error) else f"{type(exc).__name__}: {exc}"
 
 
-def _image_duration(model_id: str, prompt: str, params: ImageParams, progress: Any = None) -> int:
-    return int(20 + params.steps * max(1, params.height * params.width / 1024**2) * 1.5)
+@contextlib.contextmanager
+def _messages_cross_the_fork():
+    """spaces passes only a `gr.Error`'s message back from a worker (any other exception arrives as its
+    class name): raise every error as one, bad input apart from failures."""
+    try:
+        yield
+    except gr.Error:
+        raise
+    except ValueError as exc:
+        raise gr.Error(str(exc), title="Invalid request", print_exception=False) from None
+    except Exception as exc:
+        log.exception("GPU call failed")
+        raise gr.Error(f"{type(exc).__name__}: {exc}"[:500], title="GPU call failed", print_exception=False) from None
 
 
-@spaces.GPU(duration=_text_duration)
-def _text_on_gpu(model_id: str, prompt: str, params: SamplingParams):
-    yield from studio.generate_text(model_id, prompt, params)
+def _text_task():
+    def text_on_gpu(model_id: str, prompt: str, params: SamplingParams, binding: Binding | None):
+        with _messages_cross_the_fork():
+            yield from studio.serve_text(model_id, prompt, params, binding)
+    return text_on_gpu
 
 
-@spaces.GPU(duration=_image_duration)
-def _image_on_gpu(model_id: str, prompt: str, params: ImageParams, progress: Any = None):
-    return studio.generate_image(model_id, prompt, params, progress)
+def _image_task():
+    def image_on_gpu(model_id: str, prompt: str, params: ImageParams, binding: Binding | None, progress: Any = None):
+        with _messages_cross_the_fork():
+            return studio.serve_image(model_id, prompt, params, binding, progress)
+    return image_on_gpu
 
 
-@spaces.GPU(duration=1500)
-def _compile_on_gpu(model_ids: list[str]) -> None:
-    studio.startup(model_ids, compile=True, background=False)
+def _compile_task():
+    def compile_on_gpu(model_ids: list[str], fp8: bool = False, regional: bool = False) -> list[dict[str, Any]]:
+        with _messages_cross_the_fork():
+            return studio.serve_compile(model_ids, fp8, regional)
+    return compile_on_gpu
+
+
+SIZES = ("large", "xlarge")
+TEXT_ON_GPU = {size: spaces.GPU(_text_task(), duration=lambda m, p, params, b: studio.gpu_seconds_text(m, params), size=size)
+               for size in SIZES}
+IMAGE_ON_GPU = {size: spaces.GPU(_image_task(), duration=lambda m, p, params, b, progress=None: studio.gpu_seconds_image(m, params),
+                                 size=size) for size in SIZES}
+COMPILE_ON_GPU = {size: spaces.GPU(_compile_task(), duration=lambda ids, *a: studio.gpu_seconds_compile(ids), size=size)
+                  for size in SIZES}
+
+
+def compile_in_worker(model_ids: list[str], fp8: bool = False, regional: bool = False) -> None:
+    """ZeroGPU: compile (or load from the cache) in a GPU call; record what it returns. A refused or
+    failed call leaves the models serving eager with the reason shown, and raises."""
+    studio.mark_compiling(model_ids)
+    size = max((studio.gpu_size(m) for m in model_ids), key=SIZES.index)
+    try:
+        rows = COMPILE_ON_GPU[size](model_ids, fp8, regional)
+    except Exception as exc:
+        studio.compile_failed(model_ids, f"compile GPU call failed: {_message(exc)}")
+        raise
+    studio.record_compiles(rows)
+
+
+def _startup_on_zerogpu(attempt: int = 1) -> None:
+    """Compile the defaults in a GPU call; if it is refused or fails, serve eager and try again later."""
+    try:
+        compile_in_worker([DEFAULT_TEXT, DEFAULT_IMAGE])
+    except Exception as exc:
+        if attempt >= STARTUP_ATTEMPTS:
+            log.error("startup compile failed %d times; serving eager: %s", attempt, _message(exc))
+            return
+        delay = STARTUP_RETRY_S * attempt
+        log.warning("startup compile failed (%s); serving eager, trying again in %.0f s", _message(exc), delay)
+        studio.compile_failed([DEFAULT_TEXT, DEFAULT_IMAGE],
+                              f"startup compile GPU call failed ({_message(exc)}); serving eager, trying again in {delay:.0f} s")
+        threading.Timer(delay, _startup_on_zerogpu, kwargs={"attempt": attempt + 1}).start()
 
 
 def startup() -> None:
-    """Serve eagerly at once; compile (or load cached graphs) in the background. On ZeroGPU the
-    compile runs inside a startup @spaces.GPU call, as Spaces require."""
-    if ON_ZEROGPU:
-        _compile_on_gpu([DEFAULT_TEXT, DEFAULT_IMAGE])
-    else:
-        studio.startup([DEFAULT_TEXT, DEFAULT_IMAGE], compile=COMPILE_AT_STARTUP, background=True)
+    """Locally: serve eagerly at once, compile (or load cached graphs) in the background. On ZeroGPU:
+    load the models in the main thread (spaces moves them to each worker's GPU), then compile in a GPU
+    call (as Spaces require) unless AOTI_COMPILE=0."""
+    if not ON_ZEROGPU:
+        threading.Thread(target=studio.startup, args=([DEFAULT_TEXT, DEFAULT_IMAGE],),
+                         kwargs={"compile": COMPILE_AT_STARTUP}, name="startup", daemon=True).start()
+        return
+    studio.startup([DEFAULT_TEXT, DEFAULT_IMAGE], compile=False)
+    if COMPILE_AT_STARTUP:
+        _startup_on_zerogpu()
 
 
-# --- handlers: validation and bookkeeping around the GPU functions ---------------------------------
+# --- handlers: validation in this process, the run on the GPU, bookkeeping from its report -------------
+
+
+def _failed(exc: Exception) -> tuple[str, gr.Error]:
+    """The message to record and the error to raise for a failed request."""
+    if isinstance(exc, gr.Error):
+        return _message(exc)[:300], exc
+    log.exception("request failed")
+    return _message(exc)[:300], gr.Error(f"generation failed: {exc}")
 
 
 def generate_text(model_id: str, prompt: str, max_new_tokens: float, temperature: float):
     """Stream a continuation of `prompt` from a text model."""
     params = SamplingParams(max_new_tokens=int(max_new_tokens), temperature=float(temperature), seed=0)
     try:
-        studio.check_model(model_id, "text")
+        studio.check_text(model_id, prompt, params)
     except ValueError as exc:
         raise gr.Error(str(exc)) from None
-    runtime, start, last = studio.runtime_of(model_id), time.perf_counter(), None
+    start, last, report = time.perf_counter(), None, None
     try:
-        for step in _text_on_gpu(model_id, prompt, params):
-            last = step
-            yield step.text
-    except ValueError as exc:
-        raise gr.Error(str(exc)) from None
-    except Exception as exc:  # a failed run is recorded and reported; the server keeps serving
-        log.exception("text generation failed")
-        studio.record_text(model_id, runtime, time.perf_counter() - start, last, error=str(exc)[:300])
-        raise gr.Error(f"generation failed: {exc}") from None
-    studio.record_text(model_id, runtime, time.perf_counter() - start, last)
+        for item in TEXT_ON_GPU[studio.gpu_size(model_id)](model_id, prompt, params, studio.binding(model_id)):
+            if isinstance(item, RunReport):
+                report = item
+                continue
+            last = item
+            yield item.text
+    except Exception as exc:  # recorded and reported; the server keeps serving
+        message, error = _failed(exc)
+        studio.record_text(model_id, time.perf_counter() - start, last, report, error=message)
+        raise error from None
+    studio.record_text(model_id, time.perf_counter() - start, last, report)
     if last is None:
         yield ""
 
@@ -103,21 +180,20 @@ def generate_image(model_id: str, prompt: str, size: str, steps: float, seed: fl
     spec_guidance = next((m["guidance"] for m in MODELS if m["id"] == model_id), None)
     params = ImageParams(height, width, int(steps), int(seed), float(guidance) if spec_guidance is not None else None)
     try:
-        studio.check_model(model_id, "image")
+        studio.check_image(model_id, prompt, params)
     except ValueError as exc:
         raise gr.Error(str(exc)) from None
-    runtime, start = studio.runtime_of(model_id), time.perf_counter()
+    start = time.perf_counter()
     try:
-        result = _image_on_gpu(model_id, prompt, params, progress)
-    except ValueError as exc:
-        raise gr.Error(str(exc)) from None
-    except Exception as exc:  # a failed run is recorded and reported; the server keeps serving
-        log.exception("image generation failed")
-        studio.record_image(model_id, runtime, None, time.perf_counter() - start, error=str(exc)[:300])
-        raise gr.Error(f"generation failed: {exc}") from None
-    studio.record_image(model_id, runtime, result, time.perf_counter() - start)
+        result, report = IMAGE_ON_GPU[studio.gpu_size(model_id)](model_id, prompt, params, studio.binding(model_id), progress)
+    except Exception as exc:  # recorded and reported; the server keeps serving
+        message, error = _failed(exc)
+        studio.record_image(model_id, None, time.perf_counter() - start, error=message)
+        raise error from None
+    studio.record_image(model_id, result, time.perf_counter() - start, report)
     steps_ms = sorted(result.step_ms)
-    info = f"{result.latency_s:.2f} s · {len(steps_ms)} steps · median step {steps_ms[len(steps_ms) // 2]:.1f} ms · {runtime}"
+    info = (f"{result.latency_s:.2f} s · {len(steps_ms)} steps · median step {steps_ms[len(steps_ms) // 2]:.1f} ms · "
+            f"{report.runtime}")
     return result.image, info
 
 
@@ -137,11 +213,20 @@ def compile_status() -> list[dict[str, Any]]:
 
 
 def set_optimization(model_id: str, use_aoti: bool, fp8: bool, regional: bool) -> list[dict[str, Any]]:
-    """Turn AOTI on or off for a model, with FP8 and regional compilation where supported."""
+    """Turn AOTI on or off for a model, with FP8 and regional compilation where supported. On ZeroGPU
+    the compile runs in a GPU call, and later requests bind its graphs."""
     try:
-        studio.set_optimization(model_id, bool(use_aoti), bool(fp8), bool(regional))
+        if ON_ZEROGPU and use_aoti:
+            studio.check_optimization(model_id, bool(fp8), bool(regional))
+            compile_in_worker([model_id], bool(fp8), bool(regional))
+        else:
+            studio.set_optimization(model_id, bool(use_aoti), bool(fp8), bool(regional))
+    except gr.Error:
+        raise
     except (ValueError, KeyError) as exc:
         raise gr.Error(str(exc.args[0] if exc.args else exc)) from None
+    except Exception as exc:  # a refused or failed GPU call: recorded by compile_in_worker
+        raise gr.Error(f"compile failed: {_message(exc)}") from None
     return studio.compile_status()
 
 
@@ -154,7 +239,7 @@ CSS = "#image-output img { image-rendering: pixelated; width: 100%; height: 100%
 
 
 def _panel():
-    studio.metrics.sample_memory(studio.device.torch_device)
+    studio.sample_memory()
     snap = studio.metrics.snapshot()
     latency = pd.DataFrame(_LATENCY_COLUMNS)
     if snap["requests"]:
@@ -243,10 +328,7 @@ def build() -> gr.Blocks:
 
 demo = build()
 demo.queue(default_concurrency_limit=1)
-if ON_ZEROGPU:
-    startup()
-else:
-    threading.Thread(target=startup, name="startup", daemon=True).start()
+startup()
 
 if __name__ == "__main__":
     demo.launch(theme=gr.themes.Soft(), css=CSS)

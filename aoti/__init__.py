@@ -9,7 +9,7 @@
 """
 
 from . import lifetimes
-from .apply import CompiledMethod, apply, restore, status_of, verify_loadable
+from .apply import CompiledMethod, apply, preload, restore, status_of, verify_loadable
 from .cache import Cache, default_cache_dir
 from .capture import CapturedCall, CapturedCalls, capture
 from .compile import Artifact, RegionalArtifact, compile, load
@@ -43,6 +43,7 @@ __all__ = [
     "find_blocks",
     "lifetimes",
     "load",
+    "preload",
     "probe_package",
     "restore",
     "status_of",

@@ -60,6 +60,14 @@ class CompiledMethod:
         return self.eager(*args, **kwargs)
 
 
+def preload() -> None:
+    """Import and settle what binding a package needs (Inductor's package loader, the toolchain
+    checks), so that processes forked from this one (ZeroGPU's GPU workers) bind at once."""
+    import torch._inductor.package  # noqa: F401
+
+    prepare_inductor()
+
+
 def verify_loadable(artifact: Artifact | RegionalArtifact) -> tuple[bool, str]:
     """The cached crash-probe verdict for this package on this machine, probing once (in a child
     process) if needed. `apply` calls it; call it first to keep the probe out of a critical section."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -13,24 +14,36 @@ from .device import DeviceInfo, discover
 from .distributed import DistributedEngine
 from .image import ImageParams, ImageResult, check_image_request
 from .lightweight import CompileState, LightweightEngine
-from .metrics import Metrics, RequestRecord, memory_mb
-from .select import Decision, choose
-from .text import SamplingParams, TextStep
+from .metrics import Metrics, RequestRecord, memory_mb, reset_peak_memory
+from .select import Decision, choose, estimate_bytes
+from .text import SamplingParams, TextModel, TextStep, check_text_request
+from .workers import Binding, RunReport, count_call, gpu_seconds_compile, gpu_seconds_image, gpu_seconds_text, gpu_size
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Studio", "SamplingParams", "ImageParams", "ImageResult", "TextStep", "CompileState", "Decision", "DeviceInfo"]
+__all__ = ["Studio", "SamplingParams", "ImageParams", "ImageResult", "TextStep", "CompileState", "Decision", "DeviceInfo",
+           "Binding", "RunReport"]
 
 
 class Studio:
     """Model catalog + device + engine + metrics, behind plain methods that validate their inputs and
-    raise ``ValueError`` with a message a user can act on."""
+    raise ``ValueError`` with a message a user can act on.
 
-    def __init__(self, device: DeviceInfo | None = None, cache: aoti.Cache | None = None) -> None:
+    With ``gpu_in_workers`` (ZeroGPU) this object lives twice: in the main process, which has no GPU,
+    validates requests, decides what each model should run (`binding`) and records what the workers
+    report (`record_compiles`, `record_text`, `record_image`); and in every GPU worker forked from it,
+    where the ``serve_*`` methods run the request on the worker's copy of the models and return plain
+    data. Locally both halves are this one process."""
+
+    def __init__(self, device: DeviceInfo | None = None, cache: aoti.Cache | None = None, gpu_in_workers: bool = False) -> None:
         self.device = device or discover()
         self.engine = LightweightEngine(self.device, cache)
+        self.engine.observe_locally = not gpu_in_workers
+        self.gpu_in_workers = gpu_in_workers
         self.distributed: dict[str, DistributedEngine] = {}
         self.metrics = Metrics()
+        self._pid = os.getpid()
+        self._setup_s: dict[str, float] = {}  # per model: the longest bind a fresh worker has reported
 
     # --- catalog -----------------------------------------------------------------------------------
 
@@ -78,6 +91,8 @@ class Studio:
         specs = [s for s in specs if registry.availability(s)[0]]
         for spec in specs:  # all loaded first: a load waits for a running compile
             self.engine.load(spec)
+        if self.gpu_in_workers:
+            aoti.preload()  # every GPU worker forked from here binds its graphs without these imports
         for spec in specs if compile else []:
             self.engine.optimize(spec.id, self.options_for(spec.id), background=background)
 
@@ -90,8 +105,8 @@ class Studio:
             preset = decision.preset.text_inductor if text else decision.preset.inductor
         return aoti.CompileOptions(quantization=decision.quantization, regional=regional, preset=preset)
 
-    def set_optimization(self, model_id: str, use_aoti: bool, fp8: bool = False, regional: bool = False) -> CompileState:
-        """The per-model switches: AOTI on/off, FP8, regional. FP8 where it can't run is refused."""
+    def check_optimization(self, model_id: str, fp8: bool = False, regional: bool = False) -> None:
+        """A ValueError for switches this model or device can't take (FP8 where it can't run)."""
         spec = registry.get(model_id)
         if fp8 and not (spec.fp8 and self.device.fp8):
             raise ValueError(
@@ -100,18 +115,216 @@ class Studio:
             )
         if regional and not spec.regional:
             raise ValueError(f"regional compilation is not offered for {model_id}.")
+
+    def set_optimization(self, model_id: str, use_aoti: bool, fp8: bool = False, regional: bool = False) -> CompileState:
+        """The per-model switches: AOTI on/off, FP8, regional. FP8 where it can't run is refused. With
+        ``gpu_in_workers`` only "off" is done here; compiling is a GPU call (`serve_compile`)."""
+        self.check_optimization(model_id, fp8, regional)
         if not use_aoti:
             return self.engine.set_eager(model_id)
         return self.engine.optimize(model_id, self.options_for(model_id, fp8, regional))
 
-    # --- requests ----------------------------------------------------------------------------------
+    # --- main process: validate, decide, record -----------------------------------------------------
+
+    def check_text(self, model_id: str, prompt: str, params: SamplingParams) -> None:
+        """Validate a text request before any GPU time is asked for (the prompt's length too, where the
+        model's tokenizer is loaded in this process)."""
+        spec = self.check_model(model_id, "text")
+        check_text_request(spec, prompt, params)
+        model = self.engine.models.get(model_id)
+        if isinstance(model, TextModel):
+            model.prompt_ids(prompt)
+
+    def check_image(self, model_id: str, prompt: str, params: ImageParams) -> None:
+        """Validate an image request before any GPU time is asked for (with the pipeline's own checks,
+        where it is loaded in this process)."""
+        check_image_request(self.check_model(model_id, "image"), prompt, params)
+        model = self.engine.models.get(model_id)
+        if model is not None and model.spec.task == "image":
+            model.check_inputs(prompt, params)
+
+    def binding(self, model_id: str) -> Binding | None:
+        """What a GPU worker should run for ``model_id``: the recorded compiled artifact (also while a
+        new one compiles), or eager. None when requests run in this process, whose state is the truth."""
+        if not self.gpu_in_workers:
+            return None
+        state = self.engine.states[model_id]
+        if state.ref is not None and state.state in ("aoti", "compiling"):
+            return Binding(model_id, state.ref, state.quantization)
+        return Binding(model_id)
+
+    def expected_runtime(self, model_id: str) -> str:
+        """The runtime a request for ``model_id`` should get (for a request that failed before reporting)."""
+        binding = self.binding(model_id)
+        if binding is None:
+            return self.runtime_of(model_id)
+        return "aoti" if binding.ref else "eager"
+
+    def gpu_size(self, model_id: str) -> str:
+        """ZeroGPU's size for calls that run ``model_id``."""
+        return gpu_size(estimate_bytes(registry.get(model_id), self.device))
+
+    def gpu_seconds_text(self, model_id: str, params: SamplingParams) -> int:
+        state = self.engine.states[model_id]
+        return gpu_seconds_text(params.max_new_tokens, state.aoti_latency_s or state.eager_latency_s, self._setup_s.get(model_id))
+
+    def gpu_seconds_image(self, model_id: str, params: ImageParams) -> int:
+        state = self.engine.states[model_id]
+        largest = max((h * w for h, w in registry.get(model_id).sizes), default=None)
+        return gpu_seconds_image(params.steps, params.height * params.width, state.aoti_latency_s or state.eager_latency_s,
+                                 largest, self._setup_s.get(model_id))
+
+    def gpu_seconds_compile(self, model_ids: list[str]) -> int:
+        return gpu_seconds_compile([self.engine.states[m].compile_s for m in model_ids])
+
+    def mark_compiling(self, model_ids: list[str]) -> None:
+        """Show a compile that runs in a GPU worker (the model keeps serving what it served)."""
+        for model_id in model_ids:
+            state = self.engine.states[model_id]
+            state.state, state.reason = "compiling", "compiling in a GPU worker"
+
+    def compile_failed(self, model_ids: list[str], reason: str) -> None:
+        """Record a compile GPU call that failed or was refused: the models serve eager, visibly."""
+        for model_id in model_ids:
+            state = self.engine.states[model_id]
+            state.state, state.reason, state.ref = "fallback", reason[:500], None
+            state.fallbacks = [f"aoti -> eager: {reason[:200]}"]
+
+    def record_compiles(self, rows: list[dict[str, Any]]) -> None:
+        """Record the compile states a GPU worker returned (`serve_compile`); later requests bind them."""
+        for row in rows:
+            kept = self.engine.states[row["model"]]
+            row = {**row, "eager_latency_s": kept.eager_latency_s, "aoti_latency_s": kept.aoti_latency_s, "speedup": kept.speedup}
+            if row["state"] == "not loaded":  # the worker loaded it; this process did not
+                row["state"] = "eager"
+            self.engine.states[row["model"]] = CompileState(**row)
+
+    def record_text(self, model_id: str, latency_s: float, last: TextStep | None, report: RunReport | None = None,
+                    error: str | None = None) -> None:
+        """Record a finished (or failed) text request with what the worker reported."""
+        tokens = last.tokens if last else 0
+        decode_s = latency_s - (last.ttft_s or 0) if last else 0
+        rate = last.decode_tokens_per_s if last else None
+        self._record(RequestRecord(
+            model_id, "text", report.runtime if report else self.expected_runtime(model_id), latency_s,
+            ttft_s=last.ttft_s if last else None, tokens=tokens,
+            tokens_per_s=round((tokens - 1) / decode_s, 2) if tokens > 1 and decode_s > 0 else None,
+            ok=error is None, error=error,
+        ), report, 1 / rate if rate else None)
+
+    def record_image(self, model_id: str, result: ImageResult | None, latency_s: float, report: RunReport | None = None,
+                     error: str | None = None) -> None:
+        """Record a finished (or failed) image request with what the worker reported."""
+        steps = sorted(result.step_ms) if result else []
+        median = steps[len(steps) // 2] if steps else None
+        self._record(RequestRecord(
+            model_id, "image", report.runtime if report else self.expected_runtime(model_id), latency_s,
+            steps=len(steps) or None, step_ms=median, ok=error is None, error=error,
+        ), report, median / 1e3 if median else None)
+
+    def _record(self, record: RequestRecord, report: RunReport | None, unit_s: float | None) -> None:
+        if report is not None:
+            record.peak_mem_mb, record.worker_pid, record.bind_s = report.peak_mem_mb, report.worker_pid, report.bind_s
+            if self.gpu_in_workers:
+                self._from_worker(report, unit_s)
+        if record.peak_mem_mb is None and not self.gpu_in_workers:
+            record.peak_mem_mb = self._memory()
+        self.metrics.record(record)
+
+    def _from_worker(self, report: RunReport, unit_s: float | None) -> None:
+        """What a worker ran becomes this process's record: the model's state, speed and memory."""
+        state = self.engine.states[report.model_id]
+        if unit_s:
+            self.engine.observe(report.model_id, unit_s, report.runtime)
+        state.guard_fallbacks, state.cuda_graphs = report.guard_fallbacks, report.cuda_graphs
+        if report.runtime == "aoti" or report.fallbacks:
+            state.fallbacks = list(report.fallbacks)
+        if state.state == "aoti" and report.runtime != "aoti":  # asked to bind graphs, and could not
+            state.state, state.reason = "fallback", f"a GPU worker served eager: {report.reason}"[:500]
+        if report.calls_in_worker == 1:
+            self._setup_s[report.model_id] = max(self._setup_s.get(report.model_id, 0.0), report.bind_s)
+        if report.peak_mem_mb is not None:
+            self.metrics.add_memory_sample(report.peak_mem_mb)
+
+    def sample_memory(self) -> None:
+        """A memory sample for the panel, where this process runs the models (workers report theirs)."""
+        if not self.gpu_in_workers:
+            self.metrics.sample_memory(self.device.torch_device)
+
+    def _memory(self) -> float | None:
+        self.metrics.sample_memory(self.device.torch_device)
+        current, peak = memory_mb(self.device.torch_device)
+        return round(peak if peak is not None else current, 1)
+
+    def compile_status(self) -> list[dict[str, Any]]:
+        return self.engine.rows()
+
+    # --- GPU side (a ZeroGPU worker, or this process): run, and return plain data ------------------------
+
+    def enter_worker(self) -> int:
+        """Call first in every GPU function. In a fresh worker the device is discovered again (the
+        real GPU spaces attached, not the main process's stand-in). Returns the calls this process
+        served, this one included."""
+        if os.getpid() != self._pid:
+            self._pid = os.getpid()
+            self.device = self.engine.device = discover()
+            log.info("worker %d: %s", self._pid, self.device.label)
+        return count_call()
+
+    def serve_compile(self, model_ids: list[str], fp8: bool = False, regional: bool = False) -> list[dict[str, Any]]:
+        """Compile (or load from the cache) each model's graphs here and return their states as rows,
+        with the artifact references other processes bind (`record_compiles`)."""
+        self.enter_worker()
+        rows = []
+        for model_id in model_ids:
+            spec = registry.get(model_id)
+            if not registry.availability(spec)[0]:
+                continue
+            self.engine.optimize(model_id, self.options_for(model_id, fp8, regional), background=False)
+            rows.append(self.engine.states[model_id].as_row())
+        return rows
+
+    def serve_text(self, model_id: str, prompt: str, params: SamplingParams, binding: Binding | None = None
+                   ) -> Iterator[TextStep | RunReport]:
+        """`generate_text` on this process's copy of the model, bound as ``binding`` says; yields the
+        steps, then one `RunReport`."""
+        calls = self.enter_worker()
+        bind_s = self.engine.bind(binding) if binding is not None else 0.0
+        reset_peak_memory(self.device.torch_device)
+        yield from self.generate_text(model_id, prompt, params)
+        yield self.report(model_id, calls, bind_s)
+
+    def serve_image(self, model_id: str, prompt: str, params: ImageParams, binding: Binding | None = None,
+                    progress=None) -> tuple[ImageResult, RunReport]:
+        """`generate_image` on this process's copy of the model, bound as ``binding`` says."""
+        calls = self.enter_worker()
+        bind_s = self.engine.bind(binding) if binding is not None else 0.0
+        reset_peak_memory(self.device.torch_device)
+        result = self.generate_image(model_id, prompt, params, progress)
+        return result, self.report(model_id, calls, bind_s)
+
+    def report(self, model_id: str, calls: int = 1, bind_s: float = 0.0) -> RunReport:
+        """What ran for ``model_id`` in this process, as plain data: the compiled graphs' live record
+        when they ran, else the engine's reason (switched off, or a bind that failed)."""
+        model = self.engine.models.get(model_id)
+        live = aoti.status_of(model.hot_module) if model is not None else aoti.Status()
+        state = self.engine.states[model_id]
+        compiled = live.runtime == "aoti"
+        current, peak = memory_mb(self.device.torch_device)
+        return RunReport(
+            model_id, self.runtime_of(model_id), live.reason if compiled else state.reason, calls_in_worker=calls,
+            bind_s=round(bind_s, 4), peak_mem_mb=round(peak if peak is not None else current, 1), device=self.device.label,
+            guard_fallbacks=live.guard_fallbacks, cuda_graphs=live.cuda_graphs,
+            fallbacks=list(live.fallbacks if compiled else state.fallbacks),
+        )
+
+    # --- requests (pure: no bookkeeping) -------------------------------------------------------------
 
     def generate_text(self, model_id: str, prompt: str, params: SamplingParams) -> Iterator[TextStep]:
-        """Stream text; pure (no bookkeeping), so it can run in a ZeroGPU worker. Record with `record_text`."""
+        """Stream text. Pure (no bookkeeping); `serve_text` runs it in a GPU worker."""
         spec = self.check_model(model_id, "text")
         if self.decision(model_id).engine == "distributed":
-            if not 1 <= params.max_new_tokens <= spec.max_new_tokens:
-                raise ValueError(f"`max_new_tokens` must be between 1 and {spec.max_new_tokens}, got {params.max_new_tokens}.")
+            check_text_request(spec, prompt, params)
             yield from self._distributed(spec).generate(prompt, params)
             return
         yield from self.engine.generate_text(model_id, prompt, params)
@@ -125,7 +338,7 @@ class Studio:
         return self.distributed[spec.id]
 
     def generate_image(self, model_id: str, prompt: str, params: ImageParams, progress=None) -> ImageResult:
-        """Generate one image; pure, like `generate_text`. Record with `record_image`."""
+        """Generate one image; pure, like `generate_text`."""
         spec = self.check_model(model_id, "image")
         if self.decision(model_id).engine == "distributed":
             check_image_request(spec, prompt, params)  # bad input never reaches (or restarts) the workers
@@ -136,27 +349,3 @@ class Studio:
         if model_id in self.distributed:
             return f"eager, {self.distributed[model_id].parallelism} x{self.device.count}"
         return self.engine.runtime_of(model_id)
-
-    def record_text(self, model_id: str, runtime: str, latency_s: float, last: TextStep | None, error: str | None = None) -> None:
-        tokens = last.tokens if last else 0
-        decode_s = latency_s - (last.ttft_s or 0) if last else 0
-        self.metrics.record(RequestRecord(
-            model_id, "text", runtime, latency_s, ttft_s=last.ttft_s if last else None, tokens=tokens,
-            tokens_per_s=round((tokens - 1) / decode_s, 2) if tokens > 1 and decode_s > 0 else None,
-            peak_mem_mb=self._memory(), ok=error is None, error=error,
-        ))
-
-    def record_image(self, model_id: str, runtime: str, result: ImageResult | None, latency_s: float, error: str | None = None) -> None:
-        steps = sorted(result.step_ms) if result else []
-        self.metrics.record(RequestRecord(
-            model_id, "image", runtime, latency_s, steps=len(steps) or None,
-            step_ms=steps[len(steps) // 2] if steps else None, peak_mem_mb=self._memory(), ok=error is None, error=error,
-        ))
-
-    def _memory(self) -> float | None:
-        self.metrics.sample_memory(self.device.torch_device)
-        current, peak = memory_mb(self.device.torch_device)
-        return round(peak if peak is not None else current, 1)
-
-    def compile_status(self) -> list[dict[str, Any]]:
-        return self.engine.rows()

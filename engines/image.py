@@ -12,8 +12,9 @@ import torch
 from PIL import Image
 
 import aoti
+from aoti.env import module_device
 
-from .optimize import module_storages, optimize_module
+from .optimize import bind_module, module_storages, optimize_module
 from .registry import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,7 @@ class ImageModel:
     """A loaded diffusion pipeline; `optimize` compiles its denoiser per size bucket."""
 
     def __init__(self, spec: ModelSpec, device: str = "cpu") -> None:
-        self.spec, self.device = spec, device
+        self.spec = spec
         self.shapes = spec.pipeline == "shapes"
         dtype = torch.float32 if device == "cpu" else getattr(torch, spec.dtype)
         if self.shapes:
@@ -65,6 +66,12 @@ class ImageModel:
             self.pipe = DiffusionPipeline.from_pretrained(spec.source, revision=spec.revision, torch_dtype=dtype).to(device)
         self.denoiser: torch.nn.Module = getattr(self.pipe, spec.compile_module)
         self.status = aoti.Status(runtime="eager", reason="not compiled yet")
+        self.ref: dict | None = None  # the artifact bound now (`aoti.Artifact.ref`), None when eager
+
+    @property
+    def device(self) -> str:
+        """Where the weights are now: "cuda" or "cpu" (in a ZeroGPU worker, wherever spaces moved them)."""
+        return module_device(self.denoiser).type
 
     def _run(self, prompt: str, params: ImageParams, callback=None) -> Image.Image:
         generator = torch.Generator(self.device).manual_seed(params.seed)
@@ -108,11 +115,17 @@ class ImageModel:
         denoising step launches hundreds of kernels, and the host's launch gaps between them add up."""
         options = (options or aoti.CompileOptions()).replace(dispatch="buckets")
         graphs = self.device == "cuda" if cuda_graphs is None else cuda_graphs
-        self.status = optimize_module(self.denoiser, self.capture_calls, options, cache, exclusive, cuda_graphs=graphs)
+        self.status, self.ref = optimize_module(self.denoiser, self.capture_calls, options, cache, exclusive, cuda_graphs=graphs)
+        return self.status
+
+    def bind(self, ref: dict, cache: aoti.Cache | None = None, cuda_graphs: bool | None = None) -> aoti.Status:
+        """Swap in the graphs of an artifact compiled elsewhere (`aoti.load`): no capture, no build."""
+        graphs = self.device == "cuda" if cuda_graphs is None else cuda_graphs
+        self.status, self.ref = bind_module(self.denoiser, ref, cache, cuda_graphs=graphs)
         return self.status
 
     def restore(self) -> None:
-        self.status = aoti.restore(self.denoiser)
+        self.status, self.ref = aoti.restore(self.denoiser), None
 
     def check_inputs(self, prompt: str, params: ImageParams) -> None:
         check_image_request(self.spec, prompt, params)

@@ -26,6 +26,7 @@ from .image import ImageModel, ImageParams, ImageResult
 from .metrics import memory_mb
 from .registry import ModelSpec
 from .text import SamplingParams, TextModel, TextStep
+from .workers import Binding
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,8 @@ class CompileState:
     fallbacks: list[str] = field(default_factory=list)
     eager_latency_s: float | None = None
     aoti_latency_s: float | None = None
+    quantization: str = "none"
+    ref: dict[str, Any] | None = None  # the compiled artifact (`aoti.Artifact.ref`) GPU workers bind
 
     def as_row(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -71,6 +74,9 @@ class LightweightEngine:
         self.locks: dict[str, threading.Lock] = {}
         self.threads: dict[str, threading.Thread] = {}
         self._guard = threading.Lock()
+        # Where a request's runtime and speed are recorded: here, as it runs (locally), or by the main
+        # process from the GPU worker's `RunReport` (ZeroGPU: see `Studio.record_text`).
+        self.observe_locally = True
 
     # --- lifecycle ---------------------------------------------------------------------------------
 
@@ -138,12 +144,7 @@ class LightweightEngine:
         running = self.threads.get(model_id)
         if running is not None and running.is_alive():
             return self.states[model_id]
-        wanted = (options or aoti.CompileOptions()).quantization
-        if aoti.quant.applied(model.hot_module) not in ("none", wanted):
-            # Quantized in place by an earlier compile: only the source still has the float weights.
-            log.info("engine: reloading %s to compile it with quantization=%s", model_id, wanted)
-            self.unload(model_id)
-            model = self.load(spec)
+        model = self._with_float_weights(model, (options or aoti.CompileOptions()).quantization)
         state = self.states[model_id]
         state.state, state.reason = "compiling", "exporting and compiling the hot module"
 
@@ -155,6 +156,7 @@ class LightweightEngine:
                 state.reason = status.reason
                 state.compile_s, state.load_s, state.cache_hit = status.compile_s, status.load_s, status.cache_hit
                 state.fallbacks, state.cuda_graphs = list(status.fallbacks), status.cuda_graphs
+                state.quantization, state.ref = status.quantization, model.ref
             except Exception as exc:  # a failed compile leaves the model eager, visibly
                 log.exception("engine: compile of %s failed", model_id)
                 model.restore()
@@ -168,6 +170,44 @@ class LightweightEngine:
         else:
             work()
         return state
+
+    def _with_float_weights(self, model: TextModel | ImageModel, quantization: str) -> TextModel | ImageModel:
+        """``model``, or a fresh load of it when an earlier compile quantized it in place with another
+        recipe than ``quantization`` (only the source still has its float weights)."""
+        if aoti.quant.applied(model.hot_module) in ("none", quantization):
+            return model
+        log.info("engine: reloading %s for quantization=%s", model.spec.id, quantization)
+        self.unload(model.spec.id)
+        return self.load(model.spec)
+
+    def bind(self, binding: Binding) -> float:
+        """Make this process's copy of the model run what ``binding`` names (in a ZeroGPU worker: the
+        graphs the main process recorded, or eager); returns the seconds it took, 0 when it already did.
+        A worker pays this once; the next calls it serves find the graphs bound."""
+        model = self.load(registry.get(binding.model_id))
+        if model.ref == binding.ref and aoti.quant.applied(model.hot_module) in ("none", binding.quantization):
+            return 0.0
+        start = time.perf_counter()
+        model = self._with_float_weights(model, binding.quantization if binding.ref else "none")
+        state = self.states[binding.model_id]
+        with self.locks[binding.model_id]:
+            if binding.ref is None:
+                model.restore()
+                state.state, state.reason = "eager", "AOTI switched off"
+            else:
+                try:
+                    status = model.bind(binding.ref, self.cache)
+                except Exception as exc:  # a package this process can't bind: serve eager, say why
+                    log.exception("engine: binding %s failed", binding.model_id)
+                    model.restore()
+                    state.state, state.reason = "fallback", f"could not bind the compiled graphs, serving eager: {type(exc).__name__}: {exc}"[:500]
+                    state.fallbacks = [f"aoti -> eager: {type(exc).__name__}: {exc}"[:300]]
+                else:
+                    state.state = "aoti" if status.runtime == "aoti" else "fallback"
+                    state.reason, state.fallbacks, state.ref = status.reason, list(status.fallbacks), model.ref
+        seconds = time.perf_counter() - start
+        log.info("engine: %s bound to %s in %.3f s", binding.model_id, binding.ref or "eager", seconds)
+        return seconds
 
     def wait(self, model_id: str, timeout: float | None = None) -> CompileState:
         thread = self.threads.get(model_id)
@@ -187,8 +227,9 @@ class LightweightEngine:
     # --- generate ----------------------------------------------------------------------------------
 
     def rows(self) -> list[dict[str, Any]]:
-        """Every model's compile state, with the live guard counters of the loaded ones."""
-        for model_id in list(self.models):
+        """Every model's compile state, with the live guard counters of the loaded ones (when requests
+        run in this process)."""
+        for model_id in list(self.models) if self.observe_locally else []:
             self._live(model_id)
         return [state.as_row() for state in self.states.values()]
 
@@ -200,9 +241,11 @@ class LightweightEngine:
             state.cuda_graphs, state.fallbacks = live.cuda_graphs, list(live.fallbacks)
         return live
 
-    def _observe(self, model_id: str, latency: float) -> None:
+    def observe(self, model_id: str, latency: float, runtime: str) -> None:
+        """Record a request's time per unit (token or step) under the runtime that served it; the
+        speedup is the best eager time over the best compiled one."""
         state = self.states[model_id]
-        if self._live(model_id).runtime == "aoti":
+        if runtime == "aoti":
             state.aoti_latency_s = latency if state.aoti_latency_s is None else min(state.aoti_latency_s, latency)
         else:
             state.eager_latency_s = latency if state.eager_latency_s is None else min(state.eager_latency_s, latency)
@@ -224,14 +267,14 @@ class LightweightEngine:
                 last = step
                 yield step
             rate = last.decode_tokens_per_s if last is not None else None
-            if rate:
-                self._observe(model_id, 1 / rate)  # seconds per decoded token
+            if rate and self.observe_locally:
+                self.observe(model_id, 1 / rate, self._live(model_id).runtime)  # seconds per decoded token
 
     def generate_image(self, model_id: str, prompt: str, params: ImageParams, progress=None) -> ImageResult:
         model = self.load(registry.get(model_id))
         assert isinstance(model, ImageModel), f"{model_id} is not an image model"
         with self.locks[model_id]:  # generate() validates its inputs before it runs the model
             result = model.generate(prompt, params, progress)
-        if result.step_ms:
-            self._observe(model_id, sorted(result.step_ms)[len(result.step_ms) // 2] / 1e3)
+        if result.step_ms and self.observe_locally:
+            self.observe(model_id, sorted(result.step_ms)[len(result.step_ms) // 2] / 1e3, self._live(model_id).runtime)
         return result

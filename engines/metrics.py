@@ -26,6 +26,8 @@ class RequestRecord:
     steps: int | None = None
     step_ms: float | None = None
     peak_mem_mb: float | None = None
+    worker_pid: int | None = None  # the process that ran it (a ZeroGPU worker, or this one)
+    bind_s: float | None = None  # seconds that process spent binding compiled graphs first (a fresh worker)
     ok: bool = True
     error: str | None = None
     t: float = field(default_factory=time.time)
@@ -38,6 +40,14 @@ def memory_mb(device: str = "cpu") -> tuple[float, float | None]:
 
         return torch.cuda.memory_allocated() / 2**20, torch.cuda.max_memory_allocated() / 2**20
     return psutil.Process(os.getpid()).memory_info().rss / 2**20, None
+
+
+def reset_peak_memory(device: str = "cpu") -> None:
+    """Start a new peak for `memory_mb` (CUDA only: RSS has no peak)."""
+    if device != "cpu":
+        import torch
+
+        torch.cuda.reset_peak_memory_stats()
 
 
 class Metrics:
@@ -54,9 +64,13 @@ class Metrics:
 
     def sample_memory(self, device: str = "cpu") -> float:
         current, _ = memory_mb(device)
-        with self._lock:
-            self.memory.append((time.time(), current))
+        self.add_memory_sample(current)
         return current
+
+    def add_memory_sample(self, mb: float) -> None:
+        """A sample measured elsewhere (a GPU worker's peak)."""
+        with self._lock:
+            self.memory.append((time.time(), mb))
 
     def snapshot(self) -> dict[str, Any]:
         """Plain data: the request history, memory samples and summary figures."""

@@ -17,16 +17,26 @@ def optimize_module(
     cache: aoti.Cache | None,
     exclusive: contextlib.AbstractContextManager | None,
     cuda_graphs: bool = False,
-) -> aoti.Status:
+) -> tuple[aoti.Status, dict | None]:
     """Capture the hot module's calls and export it while holding ``exclusive`` (the model's request
-    lock); build and crash-probe without it; swap the graphs in holding it again."""
+    lock); build and crash-probe without it; swap the graphs in holding it again. Returns the status
+    and the artifact's reference (`aoti.Artifact.ref`) if its graphs now run, else None."""
     lock = exclusive or contextlib.nullcontext()
     with lock:
         calls = capture_calls()
     artifact = aoti.compile(module, calls, options, cache=cache, exclusive=lock)
     aoti.verify_loadable(artifact)
     with lock:
-        return aoti.apply(artifact, module, cuda_graphs=cuda_graphs)
+        status = aoti.apply(artifact, module, cuda_graphs=cuda_graphs)
+    return status, artifact.ref() if status.runtime == "aoti" else None
+
+
+def bind_module(module: torch.nn.Module, ref: dict, cache: aoti.Cache | None, cuda_graphs: bool = False) -> tuple[aoti.Status, dict | None]:
+    """Swap in the graphs of the artifact ``ref`` names, compiled by another process (`aoti.load`):
+    the module is rewritten as the package records, then bound. Returns what `optimize_module` does."""
+    artifact = aoti.load(module, ref, cache=cache)
+    status = aoti.apply(artifact, module, cuda_graphs=cuda_graphs)
+    return status, ref if status.runtime == "aoti" else None
 
 
 def module_storages(module: torch.nn.Module) -> dict[int, int]:

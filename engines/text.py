@@ -17,9 +17,10 @@ from dataclasses import dataclass
 import torch
 
 import aoti
+from aoti.env import module_device
 
 from .gqa import use_gqa_decode_attention
-from .optimize import module_storages, optimize_module
+from .optimize import bind_module, module_storages, optimize_module
 from .registry import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -85,6 +86,19 @@ def read_later(token: torch.Tensor) -> Callable[[], int]:
     return read
 
 
+def check_text_request(spec: ModelSpec, prompt: str, params: SamplingParams) -> None:
+    """What any text model checks before it runs (the prompt's length in tokens aside): a ValueError a
+    user can act on."""
+    if not prompt or not prompt.strip():
+        raise ValueError("`prompt` is empty: type some text to continue.")
+    if not 1 <= params.max_new_tokens <= spec.max_new_tokens:
+        raise ValueError(f"`max_new_tokens` must be between 1 and {spec.max_new_tokens}, got {params.max_new_tokens}.")
+    if not 0 <= params.temperature <= 2:
+        raise ValueError(f"`temperature` must be between 0 and 2, got {params.temperature}.")
+    if not 0 < params.top_p <= 1:
+        raise ValueError(f"`top_p` must be in (0, 1], got {params.top_p}.")
+
+
 PREFILL_BUCKET = 64  # prompts are padded up to a multiple of this many tokens
 
 
@@ -104,9 +118,8 @@ class TextModel:
         """Load ``spec.source``, or wrap an already built ``model`` and ``tokenizer`` (e.g. random
         weights of a real architecture, for benchmarks)."""
         from transformers import AutoModelForCausalLM, AutoTokenizer
-        from transformers.integrations.executorch import TorchExportableModuleWithStaticCache
 
-        self.spec, self.device = spec, device
+        self.spec = spec
         dtype = torch.float32 if device == "cpu" else getattr(torch, spec.dtype)
         kwargs = {} if spec.is_local else {"revision": spec.revision}
         self.tokenizer = tokenizer or AutoTokenizer.from_pretrained(spec.source, **kwargs)
@@ -118,10 +131,36 @@ class TextModel:
         model.generation_config.cache_implementation = "static"
         self.max_cache_len = spec.max_prompt_tokens + spec.max_new_tokens
         self.model = model
-        self.decoder = TorchExportableModuleWithStaticCache(model, batch_size=1, max_cache_len=self.max_cache_len, device=device)
+        self.decoder = self._export_wrapper(device)
         self.status = aoti.Status(runtime="eager", reason="not compiled yet")
-        self.queue_ahead = device.startswith("cuda")  # CPU ops run synchronously: nothing to overlap
-        self.pad_prompts = device.startswith("cuda")  # per-shape first-call costs are a GPU thing
+        self.ref: dict | None = None  # the artifact bound now (`aoti.Artifact.ref`), None when eager
+
+    @property
+    def device(self) -> str:
+        """Where the weights are now: "cuda" or "cpu" (in a ZeroGPU worker, wherever spaces moved them)."""
+        return module_device(self.model).type
+
+    def _export_wrapper(self, device: str) -> torch.nn.Module:
+        from transformers.integrations.executorch import TorchExportableModuleWithStaticCache
+
+        wrapper = TorchExportableModuleWithStaticCache(self.model, batch_size=1, max_cache_len=self.max_cache_len, device=device)
+        wrapper._aoti_cache_device = device
+        return wrapper
+
+    def _follow_weights(self) -> None:
+        """Give the decoder a KV cache on the weights' device if they moved since it was made (its
+        cache records the device it was made on, and allocates there)."""
+        if self.decoder._aoti_cache_device != self.device:
+            log.info("%s: weights are on %s now; a new static cache there", self.spec.id, self.device)
+            self.decoder = self._export_wrapper(self.device)
+
+    @property
+    def queue_ahead(self) -> bool:
+        return self.device == "cuda"  # CPU ops run synchronously: nothing to overlap
+
+    @property
+    def pad_prompts(self) -> bool:
+        return self.device == "cuda"  # per-shape first-call costs are a GPU thing
 
     # --- compile -----------------------------------------------------------------------------------
 
@@ -158,12 +197,21 @@ class TextModel:
         """Compile (or load) the prefill + decode graphs and swap them in. ``exclusive`` is held only
         while the model runs or is traced, so requests keep being served eagerly during the build.
         On a GPU the one-token decode graph is replayed as a CUDA graph (``cuda_graphs``, default on)."""
+        self._follow_weights()
         options = (options or aoti.CompileOptions()).replace(dispatch="dynamic", strict=True)
-        graphs = self.device.startswith("cuda") if cuda_graphs is None else cuda_graphs
-        self.status = optimize_module(self.decoder, self.capture_calls, options, cache, exclusive, cuda_graphs=graphs)
+        graphs = self.device == "cuda" if cuda_graphs is None else cuda_graphs
+        self.status, self.ref = optimize_module(self.decoder, self.capture_calls, options, cache, exclusive, cuda_graphs=graphs)
         if self.status.runtime == "aoti" and self.pad_prompts:
             with exclusive or contextlib.nullcontext():
                 self.warm_up()
+        return self.status
+
+    def bind(self, ref: dict, cache: aoti.Cache | None = None, cuda_graphs: bool | None = None) -> aoti.Status:
+        """Swap in the graphs of an artifact compiled elsewhere (`aoti.load`): no capture, no build.
+        The decode step's CUDA graph is captured at its first call."""
+        self._follow_weights()
+        graphs = self.device == "cuda" if cuda_graphs is None else cuda_graphs
+        self.status, self.ref = bind_module(self.decoder, ref, cache, cuda_graphs=graphs)
         return self.status
 
     def prefill_buckets(self) -> list[int]:
@@ -186,28 +234,26 @@ class TextModel:
         for length in buckets:
             self._feed_zeros(length)
         self._feed_zeros(1, start=buckets[-1])
-        if self.device.startswith("cuda"):
+        if self.device == "cuda":
             torch.cuda.synchronize()
         log.info("%s: warmed %d prefill lengths and the decode step in %.2f s", self.spec.id, len(buckets),
                  time.perf_counter() - start)
 
     def restore(self) -> None:
-        self.status = aoti.restore(self.decoder)
+        self.status, self.ref = aoti.restore(self.decoder), None
 
     # --- generate ----------------------------------------------------------------------------------
 
-    def check_inputs(self, prompt: str, params: SamplingParams) -> torch.Tensor:
-        if not prompt or not prompt.strip():
-            raise ValueError("`prompt` is empty: type some text to continue.")
-        if not 1 <= params.max_new_tokens <= self.spec.max_new_tokens:
-            raise ValueError(f"`max_new_tokens` must be between 1 and {self.spec.max_new_tokens}, got {params.max_new_tokens}.")
-        if not 0 <= params.temperature <= 2:
-            raise ValueError(f"`temperature` must be between 0 and 2, got {params.temperature}.")
-        if not 0 < params.top_p <= 1:
-            raise ValueError(f"`top_p` must be in (0, 1], got {params.top_p}.")
+    def prompt_ids(self, prompt: str) -> torch.Tensor:
+        """The prompt's token ids on the CPU; a ValueError for a prompt longer than the model takes."""
         ids = self.tokenizer(prompt, return_tensors="pt").input_ids
-        self.prefill_length(ids.shape[1])  # raises for a prompt longer than the model takes
-        return ids.to(self.device)
+        self.prefill_length(ids.shape[1])
+        return ids
+
+    def check_inputs(self, prompt: str, params: SamplingParams) -> torch.Tensor:
+        """Validate a request (`check_text_request`, the prompt's length); its token ids on the model's device."""
+        check_text_request(self.spec, prompt, params)
+        return self.prompt_ids(prompt).to(self.device)
 
     @torch.no_grad()
     def generate(self, prompt: str, params: SamplingParams) -> Iterator[TextStep]:
@@ -234,6 +280,7 @@ class TextModel:
         host is queued before that step, and only that copy is waited for (a plain ``.item()`` after
         queueing would wait for the queued step too). A consumer that stops early leaves at most one
         queued step unused."""
+        self._follow_weights()
         generator = torch.Generator(self.device).manual_seed(params.seed) if params.seed is not None else None
         positions = torch.arange(self.max_cache_len, device=self.device)
         # Each decode step's position as a one-element slice 16-byte aligned: AOTInductor copies an
