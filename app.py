@@ -36,8 +36,16 @@ studio = Studio(gpu_in_workers=ON_ZEROGPU)
 MODELS = studio.models()
 TEXT_MODELS = [m["id"] for m in MODELS if m["task"] == "text"]
 IMAGE_MODELS = [m["id"] for m in MODELS if m["task"] == "image"]
-DEFAULT_TEXT = next(m["id"] for m in MODELS if m["task"] == "text" and m["source"] == "embedded")
-DEFAULT_IMAGE = next(m["id"] for m in MODELS if m["task"] == "image" and m["source"] == "embedded")
+STARTUP_MODELS = studio.startup_models(os.environ.get("AOTI_STARTUP_MODELS"))  # loaded (and compiled) at startup
+
+
+def _default(task: str) -> str:
+    """The model a tab opens on: the startup model of its task, else the embedded one."""
+    ids = [m["id"] for m in MODELS if m["task"] == task]
+    return next((i for i in STARTUP_MODELS if i in ids), next(m["id"] for m in MODELS if m["task"] == task and m["source"] == "embedded"))
+
+
+DEFAULT_TEXT, DEFAULT_IMAGE = _default("text"), _default("image")
 
 
 # --- GPU functions: on ZeroGPU each call runs in a forked worker; plain data in, plain data out -------
@@ -110,14 +118,14 @@ def compile_in_worker(model_ids: list[str], fp8: bool = False, regional: bool = 
 def _startup_on_zerogpu(attempt: int = 1) -> None:
     """Compile the defaults in a GPU call; if it is refused or fails, serve eager and try again later."""
     try:
-        compile_in_worker([DEFAULT_TEXT, DEFAULT_IMAGE])
+        compile_in_worker(STARTUP_MODELS)
     except Exception as exc:
         if attempt >= STARTUP_ATTEMPTS:
             log.error("startup compile failed %d times; serving eager: %s", attempt, _message(exc))
             return
         delay = STARTUP_RETRY_S * attempt
         log.warning("startup compile failed (%s); serving eager, trying again in %.0f s", _message(exc), delay)
-        studio.compile_failed([DEFAULT_TEXT, DEFAULT_IMAGE],
+        studio.compile_failed(STARTUP_MODELS,
                               f"startup compile GPU call failed ({_message(exc)}); serving eager, trying again in {delay:.0f} s")
         threading.Timer(delay, _startup_on_zerogpu, kwargs={"attempt": attempt + 1}).start()
 
@@ -127,10 +135,10 @@ def startup() -> None:
     load the models in the main thread (spaces moves them to each worker's GPU), then compile in a GPU
     call (as Spaces require) unless AOTI_COMPILE=0."""
     if not ON_ZEROGPU:
-        threading.Thread(target=studio.startup, args=([DEFAULT_TEXT, DEFAULT_IMAGE],),
+        threading.Thread(target=studio.startup, args=(STARTUP_MODELS,),
                          kwargs={"compile": COMPILE_AT_STARTUP}, name="startup", daemon=True).start()
         return
-    studio.startup([DEFAULT_TEXT, DEFAULT_IMAGE], compile=False)
+    studio.startup(STARTUP_MODELS, compile=False)
     if COMPILE_AT_STARTUP:
         _startup_on_zerogpu()
 

@@ -5,8 +5,9 @@ traced, by the SDPA backend flags active then. ``"auto"`` keeps PyTorch's own ch
 on Hopper); ``"cudnn"`` pins cuDNN's fused attention, usually faster on H100/H200 at diffusion
 sequence lengths. ``"fp8"`` traces the calls `aoti.fp8_attention` serves (no mask, not causal: a
 diffusion transformer's attention) as its FP8 Triton kernel, the others as SDPA; it needs a GPU with
-FP8 tensor cores (compute capability 8.9+). A backend the device can't run falls back to "auto" with
-the reason.
+FP8 tensor cores (compute capability 8.9+), and its tiles were sized on an H200: on a GPU with less
+shared memory (an RTX Pro 6000 Blackwell, sm_120) they run with fewer pipeline stages, said in the
+decision. A backend the device can't run falls back to "auto" with the reason.
 """
 
 from __future__ import annotations
@@ -41,6 +42,10 @@ def decide(backend: str, device: torch.device) -> AttentionDecision:
             return AttentionDecision(backend, "auto", "FP8 attention needs Triton, which is not installed")
         if reason := quant.fp8_unsupported(device):
             return AttentionDecision(backend, "auto", f"FP8 attention {reason}")
+        config, reason = fp8_attention.config_for(device.index or 0, 128)
+        if config is None:
+            return AttentionDecision(backend, "auto", f"FP8 attention: {reason}")
+        return AttentionDecision(backend, backend, reason)  # fewer pipeline stages on a smaller GPU: said
     return AttentionDecision(backend, backend)
 
 

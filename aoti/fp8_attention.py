@@ -20,6 +20,8 @@ in e4m3 from their producer: `aoti.norm_rope` writes them in FLUX.1's attention.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -49,6 +51,33 @@ class AttentionConfig:
 # H200, FLUX.1's attention shape (1×24×4608×128), kernel alone: 0.332 ms against 0.438 for
 # (128, 64, 8, 3) and 0.405 for cuDNN's bf16 kernel (benchmarks/results/gpu_fp8_attention_check_h200.json)
 DEFAULT_CONFIG = AttentionConfig(64, 128, 4, 3)
+
+
+def shared_bytes(config: AttentionConfig, dim: int) -> int:
+    """The kernel's shared memory, estimated: q's e4m3 tile, and k's and v's tiles for every pipeline
+    stage (the float32 accumulator lives in registers)."""
+    return config.block_m * dim + config.num_stages * 2 * config.block_n * dim
+
+
+def fit_config(limit_bytes: int, dim: int = 128, config: AttentionConfig = DEFAULT_CONFIG) -> tuple[AttentionConfig | None, str | None]:
+    """``config`` (tuned on an H200, 227 KiB of shared memory per block) with as few pipeline stages
+    dropped as a GPU with ``limit_bytes`` per block needs (an RTX Pro 6000 Blackwell, sm_120: 99 KiB);
+    with the reason when it differs, and None when even one stage does not fit."""
+    fitted = config
+    while shared_bytes(fitted, dim) > limit_bytes and fitted.num_stages > 1:
+        fitted = dataclasses.replace(fitted, num_stages=fitted.num_stages - 1)
+    need, have = shared_bytes(config, dim) // 1024, limit_bytes // 1024
+    if shared_bytes(fitted, dim) > limit_bytes:
+        return None, f"its tiles need {shared_bytes(fitted, dim) // 1024} KiB of shared memory; this GPU has {have} KiB"
+    if fitted != config:
+        return fitted, f"H200-tuned tiles need {need} KiB of shared memory, this GPU has {have} KiB: {fitted.num_stages} pipeline stages"
+    return fitted, None
+
+
+@functools.cache
+def config_for(device_index: int, dim: int) -> tuple[AttentionConfig | None, str | None]:
+    """`fit_config` for a CUDA device's shared memory."""
+    return fit_config(torch.cuda.get_device_properties(device_index).shared_memory_per_block_optin, dim)
 
 _original_sdpa = torch.nn.functional.scaled_dot_product_attention
 
@@ -130,7 +159,9 @@ def run_kernel(q: torch.Tensor, k: torch.Tensor, vt: torch.Tensor, q_scale: torc
     multiplied by ``2 ** log2_p`` before their cast to v's dtype. Returns ``(B, H, S_q, D)`` in ``out_dtype``."""
     batch, heads, s_q, dim = q.shape
     scale = scale if scale is not None else dim ** -0.5
-    config = config or DEFAULT_CONFIG
+    if config is None:  # on a GPU, the tuned tiles fitted to its shared memory (the interpreter has no limit)
+        fitted = config_for(q.device.index or 0, dim)[0] if q.device.type == "cuda" else None
+        config = fitted or DEFAULT_CONFIG
     out = torch.empty(q.shape, device=q.device, dtype=out_dtype)
     kernel = wrap(_attention_kernel) if wrap is not None else _attention_kernel
     kernel[(triton.cdiv(s_q, config.block_m), batch * heads)](

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -83,6 +84,20 @@ class Studio:
         return spec
 
     # --- lifecycle ---------------------------------------------------------------------------------
+
+    def startup_models(self, requested: str | None = None) -> list[str]:
+        """The models to load at startup: ``requested`` (comma-separated ids, at most one per task, as in
+        ``$AOTI_STARTUP_MODELS``), else the embedded ones. A ValueError names what is wrong."""
+        if not requested or not requested.strip():
+            return [s.id for s in registry.CATALOG if s.is_local]
+        ids = [i.strip() for i in requested.split(",") if i.strip()]
+        try:
+            tasks = [registry.get(i).task for i in ids]
+        except KeyError as exc:
+            raise ValueError(str(exc.args[0])) from None
+        if len(set(tasks)) != len(tasks):
+            raise ValueError(f"startup models {ids}: at most one text and one image model (one of each task is loaded at a time).")
+        return ids
 
     def startup(self, model_ids: list[str] | None = None, compile: bool = True, background: bool = True) -> None:
         """Load the given (default: the embedded) models so they serve eagerly, then compile or load
@@ -202,14 +217,11 @@ class Studio:
     def record_text(self, model_id: str, latency_s: float, last: TextStep | None, report: RunReport | None = None,
                     error: str | None = None) -> None:
         """Record a finished (or failed) text request with what the worker reported."""
-        tokens = last.tokens if last else 0
-        decode_s = latency_s - (last.ttft_s or 0) if last else 0
-        rate = last.decode_tokens_per_s if last else None
+        rate = last.decode_tokens_per_s if last else None  # timed where the model ran (the worker's clock)
         self._record(RequestRecord(
             model_id, "text", report.runtime if report else self.expected_runtime(model_id), latency_s,
-            ttft_s=last.ttft_s if last else None, tokens=tokens,
-            tokens_per_s=round((tokens - 1) / decode_s, 2) if tokens > 1 and decode_s > 0 else None,
-            ok=error is None, error=error,
+            ttft_s=last.ttft_s if last else None, tokens=last.tokens if last else 0,
+            tokens_per_s=round(rate, 2) if rate else None, ok=error is None, error=error,
         ), report, 1 / rate if rate else None)
 
     def record_image(self, model_id: str, result: ImageResult | None, latency_s: float, report: RunReport | None = None,
@@ -225,10 +237,13 @@ class Studio:
     def _record(self, record: RequestRecord, report: RunReport | None, unit_s: float | None) -> None:
         if report is not None:
             record.peak_mem_mb, record.worker_pid, record.bind_s = report.peak_mem_mb, report.worker_pid, report.bind_s
+            record.setup_s = round(max(0.0, record.latency_s - report.call_s), 4) if report.call_s else None
             if self.gpu_in_workers:
                 self._from_worker(report, unit_s)
         if record.peak_mem_mb is None and not self.gpu_in_workers:
             record.peak_mem_mb = self._memory()
+        elif record.peak_mem_mb is not None:
+            self.metrics.add_memory_sample(record.peak_mem_mb)
         self.metrics.record(record)
 
     def _from_worker(self, report: RunReport, unit_s: float | None) -> None:
@@ -243,8 +258,6 @@ class Studio:
             state.state, state.reason = "fallback", f"a GPU worker served eager: {report.reason}"[:500]
         if report.calls_in_worker == 1:
             self._setup_s[report.model_id] = max(self._setup_s.get(report.model_id, 0.0), report.bind_s)
-        if report.peak_mem_mb is not None:
-            self.metrics.add_memory_sample(report.peak_mem_mb)
 
     def sample_memory(self) -> None:
         """A memory sample for the panel, where this process runs the models (workers report theirs)."""
@@ -288,22 +301,22 @@ class Studio:
                    ) -> Iterator[TextStep | RunReport]:
         """`generate_text` on this process's copy of the model, bound as ``binding`` says; yields the
         steps, then one `RunReport`."""
-        calls = self.enter_worker()
+        start, calls = time.perf_counter(), self.enter_worker()
         bind_s = self.engine.bind(binding) if binding is not None else 0.0
         reset_peak_memory(self.device.torch_device)
         yield from self.generate_text(model_id, prompt, params)
-        yield self.report(model_id, calls, bind_s)
+        yield self.report(model_id, calls, bind_s, time.perf_counter() - start)
 
     def serve_image(self, model_id: str, prompt: str, params: ImageParams, binding: Binding | None = None,
                     progress=None) -> tuple[ImageResult, RunReport]:
         """`generate_image` on this process's copy of the model, bound as ``binding`` says."""
-        calls = self.enter_worker()
+        start, calls = time.perf_counter(), self.enter_worker()
         bind_s = self.engine.bind(binding) if binding is not None else 0.0
         reset_peak_memory(self.device.torch_device)
         result = self.generate_image(model_id, prompt, params, progress)
-        return result, self.report(model_id, calls, bind_s)
+        return result, self.report(model_id, calls, bind_s, time.perf_counter() - start)
 
-    def report(self, model_id: str, calls: int = 1, bind_s: float = 0.0) -> RunReport:
+    def report(self, model_id: str, calls: int = 1, bind_s: float = 0.0, call_s: float = 0.0) -> RunReport:
         """What ran for ``model_id`` in this process, as plain data: the compiled graphs' live record
         when they ran, else the engine's reason (switched off, or a bind that failed)."""
         model = self.engine.models.get(model_id)
@@ -313,7 +326,7 @@ class Studio:
         current, peak = memory_mb(self.device.torch_device)
         return RunReport(
             model_id, self.runtime_of(model_id), live.reason if compiled else state.reason, calls_in_worker=calls,
-            bind_s=round(bind_s, 4), peak_mem_mb=round(peak if peak is not None else current, 1), device=self.device.label,
+            bind_s=round(bind_s, 4), call_s=round(call_s, 4), peak_mem_mb=round(peak if peak is not None else current, 1), device=self.device.label,
             guard_fallbacks=live.guard_fallbacks, cuda_graphs=live.cuda_graphs,
             fallbacks=list(live.fallbacks if compiled else state.fallbacks),
         )

@@ -37,9 +37,15 @@ class DeviceInfo:
         return self.capability is not None and self.capability >= (8, 9)
 
     @property
+    def arch(self) -> str | None:
+        """The GPU generation packages are built for ("sm_90": H100/H200; "sm_120": ZeroGPU's RTX Pro
+        6000 Blackwell since May 2026); None on the CPU. Artifacts carry it in their cache key."""
+        return f"sm_{self.capability[0]}{self.capability[1]}" if self.capability else None
+
+    @property
     def label(self) -> str:
         gb = self.budget_bytes / 1024**3
-        return f"{self.name} ({gb:.0f} GiB budget)" if self.kind != "cpu" else f"CPU ({gb:.0f} GiB RAM budget)"
+        return f"{self.name}, {self.arch} ({gb:.0f} GiB budget)" if self.kind != "cpu" else f"CPU ({gb:.0f} GiB RAM budget)"
 
 
 def parse_mig_profile(name: str) -> tuple[int, int] | None:

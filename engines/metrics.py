@@ -28,6 +28,7 @@ class RequestRecord:
     peak_mem_mb: float | None = None
     worker_pid: int | None = None  # the process that ran it (a ZeroGPU worker, or this one)
     bind_s: float | None = None  # seconds that process spent binding compiled graphs first (a fresh worker)
+    setup_s: float | None = None  # latency spent outside the model's process: queue, fork, GPU attach, weights moved
     ok: bool = True
     error: str | None = None
     t: float = field(default_factory=time.time)

@@ -134,6 +134,8 @@ class TextModel:
         self.decoder = self._export_wrapper(device)
         self.status = aoti.Status(runtime="eager", reason="not compiled yet")
         self.ref: dict | None = None  # the artifact bound now (`aoti.Artifact.ref`), None when eager
+        self._queue_ahead: bool | None = None
+        self._pad_prompts: bool | None = None
 
     @property
     def device(self) -> str:
@@ -156,11 +158,22 @@ class TextModel:
 
     @property
     def queue_ahead(self) -> bool:
-        return self.device == "cuda"  # CPU ops run synchronously: nothing to overlap
+        """Queue the next decode step before reading a token: on a GPU (CPU ops run synchronously:
+        nothing to overlap), unless set."""
+        return self.device == "cuda" if self._queue_ahead is None else self._queue_ahead
+
+    @queue_ahead.setter
+    def queue_ahead(self, value: bool) -> None:
+        self._queue_ahead = value
 
     @property
     def pad_prompts(self) -> bool:
-        return self.device == "cuda"  # per-shape first-call costs are a GPU thing
+        """Pad prompts to `prefill_buckets`: on a GPU (per-shape first-call costs are a GPU thing), unless set."""
+        return self.device == "cuda" if self._pad_prompts is None else self._pad_prompts
+
+    @pad_prompts.setter
+    def pad_prompts(self, value: bool) -> None:
+        self._pad_prompts = value
 
     # --- compile -----------------------------------------------------------------------------------
 

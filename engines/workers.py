@@ -55,6 +55,8 @@ class RunReport:
     worker_pid: int = field(default_factory=os.getpid)
     calls_in_worker: int = 1  # 1: this process served its first call
     bind_s: float = 0.0  # spent making the model match its binding in this call (0: already did)
+    call_s: float = 0.0  # the whole call inside the worker (bind and run); the rest of a request's
+    # latency is the main process's queue and spaces' work: the fork, attaching the GPU, moving weights
     peak_mem_mb: float | None = None
     device: str = ""
     guard_fallbacks: int = 0

@@ -46,3 +46,27 @@ def test_cuda_only_backend_on_cpu_falls_back_visibly(cache, mlp_artifact):
 def test_unknown_backend_is_refused_with_the_choices():
     with pytest.raises(ValueError, match="cudnn"):
         aoti.CompileOptions(attention="fa9")
+
+
+def test_fp8_attention_tiles_shrink_to_a_blackwell_cards_shared_memory():
+    from aoti.fp8_attention import DEFAULT_CONFIG, fit_config, shared_bytes
+
+    assert fit_config(227 * 1024) == (DEFAULT_CONFIG, None)  # H100/H200: the tuned tiles as they are
+    blackwell, reason = fit_config(101376)  # RTX Pro 6000 Blackwell (sm_120), per block
+    assert blackwell.num_stages < DEFAULT_CONFIG.num_stages and shared_bytes(blackwell, 128) <= 101376
+    assert (blackwell.block_m, blackwell.block_n) == (DEFAULT_CONFIG.block_m, DEFAULT_CONFIG.block_n)
+    assert reason == "H200-tuned tiles need 104 KiB of shared memory, this GPU has 99 KiB: 2 pipeline stages"
+    assert fit_config(16 * 1024) == (None, "its tiles need 40 KiB of shared memory; this GPU has 16 KiB")
+
+
+def test_fp8_attention_on_a_gpu_with_less_shared_memory_is_a_recorded_choice(monkeypatch):
+    from aoti import attention, fp8_attention, quant
+
+    monkeypatch.setattr(fp8_attention, "available", lambda: True)
+    monkeypatch.setattr(quant, "fp8_unsupported", lambda device: None)
+    monkeypatch.setattr(fp8_attention, "config_for", lambda index, dim: fp8_attention.fit_config(101376, dim))
+    decision = attention.decide("fp8", torch.device("cuda"))
+    assert decision.applied == "fp8" and "2 pipeline stages" in decision.reason
+    monkeypatch.setattr(fp8_attention, "config_for", lambda index, dim: fp8_attention.fit_config(16 * 1024, dim))
+    decision = attention.decide("fp8", torch.device("cuda"))
+    assert decision.applied == "auto" and "16 KiB" in decision.reason

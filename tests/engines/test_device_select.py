@@ -134,3 +134,53 @@ def test_llm_graphs_get_the_decode_preset_on_gpus_only():
     gpu, cpu = preset_for(H100), preset_for(CPU_24)
     assert (gpu.text_inductor, gpu.inductor) == ("decode", "default")
     assert (cpu.text_inductor, cpu.inductor) == ("default", "default")  # CPU builds stay short
+
+
+def _zerogpu_card(monkeypatch, model: str) -> dict:
+    """torch.cuda as ZeroGPU's main process sees it: spaces' stand-in values for ``model`` (from the
+    installed spaces package's own configs.json), as its patched torch answers them."""
+    import json
+    from importlib.resources import files
+
+    card = next(c for c in json.loads(files("spaces.zero").joinpath("configs.json").read_text()) if c["model"] == model)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda *a: (card["memory"] - 309002240, card["memory"]))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: card["model"])
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (card["sm_major"], card["sm_minor"]))
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    return card
+
+
+def test_zerogpu_blackwell_card_discovered_and_served(monkeypatch):
+    """ZeroGPU since May 2026: an RTX Pro 6000 Blackwell (sm_120). FP8 runs there, packages are keyed
+    by its generation, and a model that needs more than half the card asks for a whole one."""
+    from engines.select import preset_for
+    from engines.workers import gpu_size
+
+    _zerogpu_card(monkeypatch, "NVIDIA RTX PRO 6000 Blackwell Server Edition")
+    info = dev.discover()
+    assert info.kind == "cuda" and info.arch == "sm_120" and info.fp8 and "sm_120" in info.label
+    preset = preset_for(info)
+    assert preset.fp8 and preset.text_inductor == "decode"
+    flux = registry.get("flux.1-dev")
+    assert choose(flux, info).engine == "lightweight"
+    assert gpu_size(estimate_bytes(flux, info)) == "xlarge"
+    assert gpu_size(estimate_bytes(registry.get("qwen2.5-7b-instruct"), info)) == "large"
+
+
+def test_zerogpu_h200_card_discovered(monkeypatch):
+    _zerogpu_card(monkeypatch, "NVIDIA H200")
+    info = dev.discover()
+    assert info.arch == "sm_90" and info.fp8 and info.budget_bytes == 74625056768
+
+
+def test_startup_models_from_the_environment_value():
+    from engines import Studio
+
+    studio = Studio(device=DeviceInfo("cpu", "CPU", 8 * GiB, 8 * GiB, 8 * GiB))
+    assert studio.startup_models(None) == studio.startup_models(" ") == ["tiny-llama-pydoc", "tiny-shapes-unet"]
+    assert studio.startup_models("qwen2.5-7b-instruct, tiny-shapes-unet") == ["qwen2.5-7b-instruct", "tiny-shapes-unet"]
+    with pytest.raises(ValueError, match="unknown model 'gpt-9'"):
+        studio.startup_models("gpt-9")
+    with pytest.raises(ValueError, match="at most one text and one image model"):
+        studio.startup_models("tiny-llama-pydoc,qwen2.5-7b-instruct")

@@ -3,7 +3,8 @@
 
 ``idle`` is what the scheduler reports: True lets spaces reuse a worker for the next call of the same
 function, False makes it fork a new one. ``refuse`` answers the next N ``/schedule`` calls with 503
-("No GPU was available"). Every call is logged in ``calls``.
+("No GPU was available"). ``uuid`` is the GPU handed out (a real one's, from ``nvidia-smi -L``, where
+there is one). Every call is logged in ``calls``.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ from urllib.parse import parse_qs, urlparse
 
 
 class DeviceAPI:
-    def __init__(self, idle: bool = True, refuse: int = 0) -> None:
-        self.idle, self.refuse = idle, refuse
+    def __init__(self, idle: bool = True, refuse: int = 0, uuid: str = "GPU-standin-0") -> None:
+        self.idle, self.refuse, self.uuid = idle, refuse, uuid
         self.calls: list[dict] = []
         self._lock = threading.Lock()
         api = self
@@ -47,7 +48,7 @@ class DeviceAPI:
                 if self.refuse > 0:
                     self.refuse -= 1
                     return 503, b'{"detail": "no GPU"}'
-                body = {"idle": self.idle, "nvidiaIndex": 0, "nvidiaUUID": "GPU-standin-0", "allowToken": uuid.uuid4().hex}
+                body = {"idle": self.idle, "nvidiaIndex": 0, "nvidiaUUID": self.uuid, "allowToken": uuid.uuid4().hex}
                 return 200, json.dumps(body).encode()
             return 200, b"{}"
 
