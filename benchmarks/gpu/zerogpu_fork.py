@@ -75,7 +75,7 @@ def request(client, model_id: str, task: str) -> dict:
         client.predict(model_id, "a red circle, top left", sizes[0], 8, 0, 0, api_name="/generate_image")
     wall = time.perf_counter() - start
     record = client.predict(api_name="/metrics")["requests"][-1]
-    return {**{k: record[k] for k in ("runtime", "latency_s", "worker_pid", "bind_s", "tokens_per_s", "step_ms", "peak_mem_mb", "ok", "error")},
+    return {**{k: record[k] for k in ("runtime", "latency_s", "setup_s", "ttft_s", "tokens", "worker_pid", "bind_s", "tokens_per_s", "step_ms", "peak_mem_mb", "ok", "error")},
             "client_wall_s": round(wall, 3)}
 
 
