@@ -49,9 +49,12 @@ class CompiledMethod:
                 reason = f"keyword arguments {sorted(kwargs)} differ from the compiled call"
                 continue
             leaves, spec = flatten_call(args, ordered)
-            reason = guard(leaves, spec)
+            reason, bound = guard.check(leaves, spec)
             if reason is None:
-                outputs = runner.run([leaf for leaf in leaves if isinstance(leaf, torch.Tensor)])
+                tensors, copies = guard.fit([leaf for leaf in leaves if isinstance(leaf, torch.Tensor)], bound)
+                if copies:  # same shapes, another layout: copied into the one the graph reads
+                    self.status.layout_copies += copies
+                outputs = runner.run(tensors)
                 self.status.compiled_calls += 1
                 return pytree.tree_unflatten(outputs, out_spec)
         self.status.guard_fallbacks += 1

@@ -176,9 +176,13 @@ def export_dynamic_shapes(
 class Guard:
     """Accepts exactly the calls a compiled graph was built for.
 
-    ``leaves`` holds, per flattened input: ``["tensor", dtype, device_type, dims]`` where each dim is
-    an int, a symbol name, or an expression over symbols; or ``["const", value]`` for a scalar that
-    export specialized. ``ranges`` maps symbol names to ``[min, max]``.
+    ``leaves`` holds, per flattened input: ``["tensor", dtype, device_type, dims, strides]`` where each
+    dim and stride is an int, a symbol name, or an expression over symbols; or ``["const", value]`` for
+    a scalar that export specialized. ``ranges`` maps symbol names to ``[min, max]``.
+
+    The strides are the layout the graph was built for: a compiled graph reads its inputs with them,
+    so an input with the right shape but another layout (a transposed view, an expanded tensor) would
+    give wrong numbers. `fit` copies such an input into the built layout first.
     """
 
     treespec: str
@@ -207,8 +211,9 @@ class Guard:
         for leaf in leaves:
             if isinstance(leaf, torch.Tensor):
                 meta = next(metas)
-                dims = [int(s) if not isinstance(s, torch.SymInt) else str(s.node.expr) for s in meta.shape]
-                out.append(["tensor", str(leaf.dtype), leaf.device.type, dims])
+                dims, strides = ([int(s) if not isinstance(s, torch.SymInt) else str(s.node.expr) for s in sizes]
+                                 for sizes in (meta.shape, meta.stride()))
+                out.append(["tensor", str(leaf.dtype), leaf.device.type, dims, strides])
             elif isinstance(leaf, _SCALARS):
                 out.append(["const", leaf])
             else:
@@ -227,6 +232,7 @@ class _CompiledGuard:
         self.ranges = guard.ranges
         self.checks: list[tuple[Any, ...]] = []
         self.exprs: list[tuple[int, int, Any]] = []
+        self.strides: list[list[int | Any]] = []  # per tensor leaf: each dim's built stride, an int or code
         for i, leaf in enumerate(guard.leaves):
             if leaf[0] == "const":
                 self.checks.append(("const", leaf[1]))
@@ -239,40 +245,76 @@ class _CompiledGuard:
                 elif size.isidentifier():
                     symbols.append((d, size))
                 else:
-                    self.exprs.append((i, d, compile(size.replace("^", "**"), "<guard>", "eval")))
+                    self.exprs.append((i, d, _code(size)))
             self.checks.append(("tensor", dtype, leaf[2], len(leaf[3]), tuple(static), tuple(symbols)))
+            # Packages built before strides were recorded read their inputs contiguous, as captured.
+            built = leaf[4] if len(leaf) > 4 else None
+            self.strides.append([s if isinstance(s, int) else _code(s) for s in built] if built is not None else None)
 
     def __call__(self, leaves: list[Any], spec: pytree.TreeSpec) -> str | None:
         """None when the call is accepted, else the reason it is not."""
+        return self.check(leaves, spec)[0]
+
+    def fit(self, tensors: list[torch.Tensor], bound: dict[str, int]) -> tuple[list[torch.Tensor], int]:
+        """The call's tensors in the layout the graph was built for: an input whose strides differ (in a
+        dim of more than one element) is copied into that layout. Returns them and how many were copied."""
+        fitted, copies = [], 0
+        for tensor, built in zip(tensors, self.strides):
+            expected = _contiguous_strides(tensor.shape) if built is None else [
+                s if isinstance(s, int) else int(_eval(s, bound)) for s in built]
+            if any(n > 1 and have != want for n, have, want in zip(tensor.shape, tensor.stride(), expected)):
+                tensor = torch.empty_strided(tensor.shape, expected, dtype=tensor.dtype, device=tensor.device).copy_(tensor)
+                copies += 1
+            fitted.append(tensor)
+        return fitted, copies
+
+    def check(self, leaves: list[Any], spec: pytree.TreeSpec) -> tuple[str | None, dict[str, int]]:
+        """(None, the symbols' values) when the call is accepted, else (the reason it is not, {})."""
         if len(leaves) != len(self.checks) or str(spec) != self.treespec:
-            return "input structure differs from the compiled call"
+            return "input structure differs from the compiled call", {}
         bound: dict[str, int] = {}
         for leaf, check in zip(leaves, self.checks):
             if check[0] == "const":
                 if isinstance(leaf, torch.Tensor) or leaf != check[1]:
-                    return f"argument value {leaf!r} differs from the compiled {check[1]!r}"
+                    return f"argument value {leaf!r} differs from the compiled {check[1]!r}", {}
                 continue
             _, dtype, device, ndim, static, symbols = check
             if not isinstance(leaf, torch.Tensor) or leaf.dtype != dtype or leaf.device.type != device:
-                return "tensor dtype or device differs from the compiled graph"
+                return "tensor dtype or device differs from the compiled graph", {}
             shape = leaf.shape
             if len(shape) != ndim:
-                return f"tensor rank {len(shape)} differs from the compiled {ndim}"
+                return f"tensor rank {len(shape)} differs from the compiled {ndim}", {}
             for d, size in static:
                 if shape[d] != size:
-                    return f"shape {tuple(shape)} outside the compiled sizes (dim {d} must be {size})"
+                    return f"shape {tuple(shape)} outside the compiled sizes (dim {d} must be {size})", {}
             for d, name in symbols:
                 value = shape[d]
                 if bound.setdefault(name, value) != value:
-                    return f"shape {tuple(shape)}: dim {d} must equal the other inputs' {name}={bound[name]}"
+                    return f"shape {tuple(shape)}: dim {d} must equal the other inputs' {name}={bound[name]}", {}
                 low, high = self.ranges.get(name, (2, math.inf))
                 if not low <= value <= high:
-                    return f"shape {tuple(shape)} outside the compiled range {name} in [{low}, {high}]"
+                    return f"shape {tuple(shape)} outside the compiled range {name} in [{low}, {high}]", {}
         for i, d, code in self.exprs:
             try:
-                expected = eval(code, {"__builtins__": {}, "floor": math.floor, "ceiling": math.ceil}, bound)  # noqa: S307
+                expected = _eval(code, bound)
             except Exception:  # an expression over a symbol no input bound
-                return "a derived dim could not be checked"
+                return "a derived dim could not be checked", {}
             if leaves[i].shape[d] != expected:
-                return f"dim {d} of input {i} must be {expected}"
-        return None
+                return f"dim {d} of input {i} must be {expected}", {}
+        return None, bound
+
+
+def _code(expr: str) -> Any:
+    return compile(expr.replace("^", "**"), "<guard>", "eval")
+
+
+def _eval(code: Any, bound: dict[str, int]) -> Any:
+    return eval(code, {"__builtins__": {}, "floor": math.floor, "ceiling": math.ceil}, bound)  # noqa: S307
+
+
+def _contiguous_strides(shape: torch.Size) -> list[int]:
+    strides, step = [], 1
+    for size in reversed(shape):
+        strides.append(step)
+        step *= max(size, 1)
+    return strides[::-1]

@@ -30,6 +30,7 @@ class Status:
     fallbacks: list[str] = field(default_factory=list)
     guard_fallbacks: int = 0
     compiled_calls: int = 0
+    layout_copies: int = 0  # inputs of a compiled call copied into the layout its graph was built for
     last_guard_reason: str | None = None
 
     def to_dict(self) -> dict[str, Any]:

@@ -251,7 +251,7 @@ class Studio:
         state = self.engine.states[report.model_id]
         if unit_s:
             self.engine.observe(report.model_id, unit_s, report.runtime)
-        state.guard_fallbacks, state.cuda_graphs = report.guard_fallbacks, report.cuda_graphs
+        state.guard_fallbacks, state.layout_copies, state.cuda_graphs = report.guard_fallbacks, report.layout_copies, report.cuda_graphs
         if report.runtime == "aoti" or report.fallbacks:
             state.fallbacks = list(report.fallbacks)
         if state.state == "aoti" and report.runtime != "aoti":  # asked to bind graphs, and could not
@@ -327,7 +327,7 @@ class Studio:
         return RunReport(
             model_id, self.runtime_of(model_id), live.reason if compiled else state.reason, calls_in_worker=calls,
             bind_s=round(bind_s, 4), call_s=round(call_s, 4), peak_mem_mb=round(peak if peak is not None else current, 1), device=self.device.label,
-            guard_fallbacks=live.guard_fallbacks, cuda_graphs=live.cuda_graphs,
+            guard_fallbacks=live.guard_fallbacks, layout_copies=live.layout_copies, cuda_graphs=live.cuda_graphs,
             fallbacks=list(live.fallbacks if compiled else state.fallbacks),
         )
 

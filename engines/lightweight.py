@@ -51,6 +51,7 @@ class CompileState:
     cache_hit: bool | None = None
     speedup: float | None = None
     guard_fallbacks: int = 0
+    layout_copies: int = 0
     cuda_graphs: int = 0
     fallbacks: list[str] = field(default_factory=list)
     eager_latency_s: float | None = None
@@ -236,7 +237,7 @@ class LightweightEngine:
     def _live(self, model_id: str) -> aoti.Status:
         live = aoti.status_of(self.models[model_id].hot_module)
         state = self.states[model_id]
-        state.guard_fallbacks = live.guard_fallbacks
+        state.guard_fallbacks, state.layout_copies = live.guard_fallbacks, live.layout_copies
         if live.runtime == "aoti":  # a CUDA-graph capture happens (or fails) at the first call
             state.cuda_graphs, state.fallbacks = live.cuda_graphs, list(live.fallbacks)
         return live

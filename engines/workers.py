@@ -60,6 +60,7 @@ class RunReport:
     peak_mem_mb: float | None = None
     device: str = ""
     guard_fallbacks: int = 0
+    layout_copies: int = 0
     cuda_graphs: int = 0
     fallbacks: list[str] = field(default_factory=list)
 

@@ -191,3 +191,19 @@ def test_load_refuses_another_model_and_a_missing_package(flux_compiled, cache):
         aoti.load(tiny.flux(num_layers=2), artifact.ref(), cache=cache)
     with pytest.raises(LookupError, match="not in"):
         aoti.load(tiny.flux(), {"key": "0" * 32}, cache=cache)
+
+
+def test_an_input_in_another_layout_runs_compiled_on_a_copy_in_the_built_one(flux_compiled):
+    """Same shape and dtype, other strides (the same values seen through a transpose): the graph reads
+    its inputs with the strides it was built for, so the input is copied into them first."""
+    model, _ = flux_compiled
+    inputs = tiny.flux_inputs()
+    inputs["hidden_states"] = inputs["hidden_states"].transpose(1, 2).contiguous().transpose(1, 2)
+    inputs["pooled_projections"] = torch.randn(1, 1).expand(1, 32)  # stride 0: broadcast
+    assert not inputs["hidden_states"].is_contiguous()
+    status = aoti.status_of(model)
+    calls, copies, fallbacks = status.compiled_calls, status.layout_copies, status.guard_fallbacks
+    with torch.no_grad():
+        out, ref = model(**inputs)[0], model.forward.eager(**inputs)[0]
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+    assert (status.compiled_calls, status.layout_copies, status.guard_fallbacks) == (calls + 1, copies + 2, fallbacks)

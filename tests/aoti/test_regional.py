@@ -39,3 +39,42 @@ def test_unet_blocks_of_one_class_with_different_shapes_get_separate_packages(ca
         out_regional = model(**inputs)[0]
     torch.testing.assert_close(out_regional, eager, rtol=1e-4, atol=1e-5)
     aoti.restore(model)
+
+
+class _Block(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = torch.nn.Linear(8, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.gelu(self.proj(x)) + x
+
+
+class _Stack(torch.nn.Module):
+    """Blocks of one class whose inputs differ in layout: the second sees a transposed copy's view."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.blocks = torch.nn.ModuleList(_Block() for _ in range(3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.blocks[0](x)
+        x = self.blocks[1](x.transpose(1, 2).contiguous().transpose(1, 2))
+        return self.blocks[2](x)
+
+
+def test_regional_blocks_fed_other_layouts_than_the_first_match_eager(cache):
+    torch.manual_seed(0)
+    model = _Stack().eval()
+    with aoti.capture(model) as call, torch.no_grad():
+        model(torch.randn(2, 6, 8))
+    artifact = aoti.compile(model, call, aoti.CompileOptions(regional=True), cache=cache)
+    assert len(artifact.parts) == 1  # one package, built for the first block's (contiguous) input
+    x = torch.randn(2, 6, 8)
+    with torch.no_grad():
+        eager = model(x)
+        status = aoti.apply(artifact, model)
+        compiled = model(x)
+    torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-6)
+    assert status.compiled_calls == 3 and status.layout_copies == 1
+    aoti.restore(model)
