@@ -33,7 +33,7 @@ from filelock import FileLock
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: guards record the input strides; lifted constants keep their names in the package
 PACKAGE_FILE = "package.pt2"
 MANIFEST_FILE = "manifest.json"
 PROBE_FILE = "probe.json"

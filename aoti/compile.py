@@ -421,6 +421,7 @@ def _build(
             with (attention.pinned("auto" if options.attention == "fp8" else options.attention),  # fp8: in the graph already
                   reductions.one_pass_rows(one_pass)):
                 graph_module = ep.module()
+                _constants_as_buffers(graph_module, [n for n, t in ep.constants.items() if isinstance(t, torch.Tensor)])
                 if one_pass and (moved := fp8_rows.fuse_producers(graph_module)):
                     log.info("%s: %d GELU producers moved into the FP8 quantization kernel", name, moved)
                 files[name] = torch._inductor.aot_compile(graph_module, plan.call.args, plan.call.kwargs, options=configs)
@@ -448,6 +449,20 @@ def _build(
             "module_class": fields["model"]["class"],
         }
         return cache.publish(key, staged, manifest)
+
+
+def _constants_as_buffers(graph_module: torch.nn.Module, names: list[str]) -> None:
+    """Register the exported program's lifted tensor constants (a model's plain tensor attributes, such
+    as some rotary tables) as non-persistent buffers of the graph module: Inductor names a plain
+    attribute ``_tensor_constantN`` in the package and a buffer by its path, which is the name the
+    manifest, the probe and `aoti.apply` know it by."""
+    for name in names:
+        path, _, attr = name.rpartition(".")
+        owner = graph_module.get_submodule(path) if path else graph_module
+        tensor = owner.__dict__.get(attr)
+        if isinstance(tensor, torch.Tensor):
+            delattr(owner, attr)
+            owner.register_buffer(attr, tensor, persistent=False)
 
 
 def _constant_specs(ep: torch.export.ExportedProgram, prefix: str) -> dict[str, list[Any]]:

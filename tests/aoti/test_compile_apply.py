@@ -207,3 +207,33 @@ def test_an_input_in_another_layout_runs_compiled_on_a_copy_in_the_built_one(flu
         out, ref = model(**inputs)[0], model.forward.eager(**inputs)[0]
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
     assert (status.compiled_calls, status.layout_copies, status.guard_fallbacks) == (calls + 1, copies + 2, fallbacks)
+
+
+class _PlainTensorAttributes(torch.nn.Module):
+    """Tensors kept as plain attributes, not buffers (as some diffusers rotary embeddings keep theirs):
+    export lifts them as constants."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = torch.nn.Linear(8, 8)
+        self.table = torch.randn(6, 8)
+        self.inner = torch.nn.Module()
+        self.inner.freqs = torch.randn(8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x) * self.table + self.inner.freqs
+
+
+def test_plain_tensor_attributes_load_like_buffers(cache):
+    torch.manual_seed(0)
+    model = _PlainTensorAttributes().eval()
+    with aoti.capture(model) as call, torch.no_grad():
+        model(torch.randn(2, 6, 8))
+    artifact = aoti.compile(model, call, cache=cache)
+    status = aoti.apply(artifact, model)  # probes the package in a child process first
+    assert status.runtime == "aoti", status.reason
+    assert {"table", "inner.freqs"} <= set(artifact.manifest["graphs"][0]["constants"])
+    x = torch.randn(2, 6, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), model.forward.eager(x))
+    assert aoti.status_of(model).compiled_calls == 1
