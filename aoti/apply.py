@@ -14,7 +14,7 @@ from torch.utils import _pytree as pytree
 
 from . import lifetimes, quant
 from .cache import MANIFEST_FILE, PROBE_FILE
-from .compile import EXTRA_CONSTANTS_FILE, Artifact, RegionalArtifact
+from .compile import EXTRA_CONSTANTS_FILE, Artifact, RegionalArtifact, import_op_modules
 from .cuda_graphs import CUDAGraphRunner, is_static
 from .env import fingerprint
 from .probe import probe_package
@@ -94,6 +94,7 @@ def _bind(artifact: Artifact, module: torch.nn.Module, status: Status, cuda_grap
     from torch._inductor.package import load_package
 
     prepare_inductor()  # a fresh process would otherwise re-run Inductor's slow CPU checks here
+    import_op_modules(artifact.manifest)
     available = quant.constants_map(module)
     extra_path = artifact.entry.dir / EXTRA_CONSTANTS_FILE
     extra = torch.load(extra_path, weights_only=True) if extra_path.exists() else {}

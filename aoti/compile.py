@@ -398,6 +398,7 @@ def _build(
         files: dict[str, list[str]] = {}
         graphs: list[dict[str, Any]] = []
         extra_constants: dict[str, torch.Tensor] = {}
+        op_modules: set[str] = set()
         export_s = 0.0
         for index, plan in enumerate(plans):
             name = f"graph{index}"
@@ -412,6 +413,7 @@ def _build(
                 dynamic = export_dynamic_shapes(module, options.method, plan.call, plan.dynamic)
                 ep = torch.export.export(target, plan.call.args, plan.call.kwargs, dynamic_shapes=dynamic, strict=options.strict)
             export_s += time.perf_counter() - t0
+            op_modules.update(custom_op_modules(ep.graph))
             constants = _constant_specs(ep, prefix)
             for raw_name, tensor in ep.constants.items():
                 clean = raw_name.removeprefix(prefix)
@@ -447,8 +449,41 @@ def _build(
             "export_s": round(export_s, 3),
             "toolchain": toolchain.note,
             "module_class": fields["model"]["class"],
+            "op_modules": sorted(op_modules),
         }
         return cache.publish(key, staged, manifest)
+
+
+_BUILTIN_NAMESPACES = {"aten", "prims", "_c10d_functional", "c10d_functional", "_quantized", "quantized", "higher_order", "profiler"}
+
+
+def custom_op_modules(graph: torch.fx.Graph) -> set[str]:
+    """The Python modules that register the custom operators ``graph`` calls (their definition or fake
+    implementation). A process must import them before it loads a package that calls them, or loading
+    fails with "Could not find schema"."""
+    from torch._library import custom_ops, simple_registry
+
+    modules = set()
+    for node in graph.nodes:
+        target = node.target
+        if node.op != "call_function" or not isinstance(target, torch._ops.OpOverload) or target.namespace in _BUILTIN_NAMESPACES:
+            continue
+        qualname = f"{target.namespace}::{target._opname}"
+        opdef = custom_ops.OPDEFS.get(qualname)
+        fake = simple_registry.singleton.find(qualname).fake_impl.kernel
+        function = opdef._init_fn if opdef is not None else getattr(fake, "func", None) if fake is not None else None
+        module = getattr(function, "__module__", None)
+        if module and module != "__main__":
+            modules.add(module)
+    return modules
+
+
+def import_op_modules(manifest: dict[str, Any]) -> None:
+    """Import what registers the custom operators of a package (recorded at build), before loading it."""
+    import importlib
+
+    for module in manifest.get("op_modules", []):
+        importlib.import_module(module)
 
 
 def _constants_as_buffers(graph_module: torch.nn.Module, names: list[str]) -> None:

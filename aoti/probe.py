@@ -81,11 +81,13 @@ def _run_child(package: str, manifest_path: str, started: float) -> None:
     import torch
     from torch._inductor.package import load_package
 
+    from aoti.compile import import_op_modules
     from aoti.toolchain import settle_vec_isa
 
     settle_vec_isa()
-    imported = time.perf_counter()
     manifest = json.loads(Path(manifest_path).read_text())
+    import_op_modules(manifest)  # what registers the package's custom operators
+    imported = time.perf_counter()
     device = manifest["device"]
     load_s = 0.0
     shared: dict[str, Any] = {}  # graphs of one package share their weights (prefill + decode), as in serving

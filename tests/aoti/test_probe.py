@@ -103,3 +103,24 @@ def test_compiler_and_cpu_isa_checks_run_once_per_machine_and_are_reused(tmp_pat
     assert second["builds"] == [] and second["compiles"] == []  # nothing built or loaded this time
     assert (second["isas"], second["picked"], second["cxx"], second["fixed_from"]) == (
         first["isas"], first["picked"], first["cxx"], first["fixed_from"])
+
+
+def test_the_probe_imports_what_registers_a_packages_custom_ops(cache):
+    """The package calls an operator that only `tests.custom_op_model` registers; the probe child (and
+    any process that loads the package) imports that module first, found from the graph itself."""
+    import torch
+
+    import aoti
+    from tests.custom_op_model import CustomOpModel
+
+    torch.manual_seed(0)
+    model = CustomOpModel().eval()
+    with aoti.capture(model) as call, torch.no_grad():
+        model(torch.randn(2, 8))
+    artifact = aoti.compile(model, call, cache=cache)
+    assert artifact.manifest["op_modules"] == ["tests.custom_op_model"]
+    status = aoti.apply(artifact, model)
+    assert status.runtime == "aoti", status.reason
+    x = torch.randn(2, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), model.forward.eager(x))
