@@ -191,13 +191,40 @@ def compile(
         artifact.status.fallbacks[:0] = fallbacks
         return artifact
 
-    # 3. Whole module: one package with one graph per plan, through the cache. A build that fails
-    #    with the decode kernels (aoti.gemv, aoti.decode_attention) in its graphs is built again without
-    #    them (Inductor's C++ wrapper has failed to compile such graphs now and then; see
-    #    `aoti.inductor_fixes`), and the fallback is recorded.
+    # 3. Whole module: one package with one graph per plan, through the cache. A module whose own code
+    #    can't be exported (shapes from a tensor's values, `.numpy()` in forward) is compiled block by
+    #    block instead, where it has repeated blocks.
+    try:
+        return _compile_whole(module, calls, options, device, cache, hub, exclusive, fallbacks)
+    except ExportFailed as exc:
+        from .regional import compile_regional, find_blocks
+
+        try:
+            find_blocks(module)
+        except ValueError:
+            raise exc.__cause__ or exc from None
+        fallbacks.append(f"whole module -> regional: {exc}")
+        log.warning("aoti: %s", fallbacks[-1])
+        artifact = compile_regional(module, calls, options, cache=cache, exclusive=exclusive, hub=hub)
+        artifact.status.fallbacks[:0] = fallbacks
+        return artifact
+
+
+class ExportFailed(RuntimeError):
+    """``torch.export`` could not trace the module's own code (the cause is chained)."""
+
+
+def _compile_whole(module: torch.nn.Module, calls: list[CapturedCall], options: CompileOptions, device: torch.device,
+                   cache: Cache, hub: HubSource | None, exclusive: contextlib.AbstractContextManager,
+                   fallbacks: list[str]) -> Artifact:
+    """The whole module's package. A build that fails with the decode kernels (aoti.gemv,
+    aoti.decode_attention) in its graphs is built again without them (Inductor's C++ wrapper has failed
+    to compile such graphs now and then; see `aoti.inductor_fixes`), and the fallback is recorded."""
     try:
         entry, key, cache_hit, source = _find_or_build(module, calls, options, device, cache, hub, exclusive, fallbacks,
                                                        remember_failure=options.gemv)
+    except ExportFailed:
+        raise
     except Exception as exc:
         if not options.gemv:
             raise
@@ -411,7 +438,10 @@ def _build(
                 if options.method != "forward":
                     target, prefix = _MethodAsForward(target, options.method), "inner."
                 dynamic = export_dynamic_shapes(module, options.method, plan.call, plan.dynamic)
-                ep = torch.export.export(target, plan.call.args, plan.call.kwargs, dynamic_shapes=dynamic, strict=options.strict)
+                try:
+                    ep = torch.export.export(target, plan.call.args, plan.call.kwargs, dynamic_shapes=dynamic, strict=options.strict)
+                except Exception as exc:
+                    raise ExportFailed(f"export failed: {_first_error_line(exc)}") from exc
             export_s += time.perf_counter() - t0
             op_modules.update(custom_op_modules(ep.graph))
             constants = _constant_specs(ep, prefix)

@@ -78,3 +78,36 @@ def test_regional_blocks_fed_other_layouts_than_the_first_match_eager(cache):
     torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-6)
     assert status.compiled_calls == 3 and status.layout_copies == 1
     aoti.restore(model)
+
+
+class _NumpyInForward(torch.nn.Module):
+    """Whole-module export fails on the model's own code (a value read through `.numpy()`); its
+    repeated blocks export fine."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.blocks = torch.nn.ModuleList(_Block() for _ in range(2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scale = float(x.detach().cpu().numpy().std()) + 1.0
+        for block in self.blocks:
+            x = block(x / scale)
+        return x
+
+
+def test_a_module_export_cannot_trace_is_compiled_block_by_block_with_the_reason(cache):
+    torch.manual_seed(0)
+    model = _NumpyInForward().eval()
+    with aoti.capture(model) as call, torch.no_grad():
+        model(torch.randn(2, 6, 8))
+    artifact = aoti.compile(model, call, cache=cache)  # whole module asked for
+    assert isinstance(artifact, aoti.RegionalArtifact)
+    assert artifact.status.fallbacks[0].startswith("whole module -> regional: export failed")
+    x = torch.randn(2, 6, 8)
+    with torch.no_grad():
+        eager = model(x)
+        status = aoti.apply(artifact, model)
+        compiled = model(x)
+    assert status.runtime == "aoti" and status.compiled_calls == 2
+    torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-6)
+    aoti.restore(model)
