@@ -26,6 +26,7 @@ With the groups fused, `fuse_projections` also gives known decoder layers their 
 
 from __future__ import annotations
 
+import inspect
 import logging
 
 import torch
@@ -136,15 +137,28 @@ def _fuse_group(parent: torch.nn.Module, names: tuple[str, ...], fused_name: str
         parent._modules[name] = part
 
 
+def reads_parameters(parent: torch.nn.Module, names: tuple[str, ...]) -> bool:
+    """Whether ``parent``'s class reads a layer's weight or bias itself (``self.q_proj.weight``, as
+    diffusers' attention pooling passes them to `F.multi_head_attention_forward`) rather than only
+    calling it: a fused group's slices have no weights of their own, so such a group stays unfused."""
+    try:
+        source = inspect.getsource(type(parent))
+    except (OSError, TypeError):  # no source (built in C, or in an interpreter session): calls only, as before
+        return False
+    return any(f"{name}.{attr}" in source for name in names for attr in ("weight", "bias"))
+
+
 def fuse_projections(module: torch.nn.Module) -> int:
     """Fuse every q/k/v and gate/up group of plain linear layers under ``module``, in place; returns how
     many groups were fused. Groups already fused, or whose layers are quantized tensor subclasses or
-    differ in dtype, device, input size or bias, are left as they are."""
+    differ in dtype, device, input size or bias, or whose parent reads their weights itself
+    (`reads_parameters`), are left as they are."""
     fused = 0
     for parent in list(module.modules()):
         for names, fused_name, interleave in GROUPS:
             layers = [parent._modules.get(name) for name in names]
-            if fused_name not in parent._modules and all(layers) and _fusable(layers, interleave):
+            if (fused_name not in parent._modules and all(layers) and _fusable(layers, interleave)
+                    and not reads_parameters(parent, names)):
                 _fuse_group(parent, names, fused_name, interleave)
                 fused += 1
     if fused:

@@ -121,7 +121,7 @@ CASES: tuple[Case, ...] = (
         "HunyuanDiT2DModel", sample_size=8, patch_size=2, in_channels=4, num_layers=2, attention_head_dim=8,
         num_attention_heads=2, hidden_size=16, cross_attention_dim=16, cross_attention_dim_t5=16,
         pooled_projection_dim=8, text_len=6, text_len_t5=6, learn_sigma=True),
-        lambda: dict(hidden_states=torch.randn(1, 4, 8, 8), timestep=torch.tensor([10]),
+        lambda: dict(hidden_states=torch.randn(1, 4, 8, 8), timestep=torch.tensor([10.0]),
                      encoder_hidden_states=torch.randn(1, 6, 16), text_embedding_mask=torch.ones(1, 6),
                      encoder_hidden_states_t5=torch.randn(1, 6, 16), text_embedding_mask_t5=torch.ones(1, 6),
                      image_meta_size=torch.tensor([[8.0, 8.0, 8.0, 8.0, 0.0, 0.0]]), style=torch.tensor([0]),

@@ -73,3 +73,20 @@ def test_fp8_quantizes_the_fused_layer_like_the_separate_ones():
     ids = tiny.token_ids(7)
     with torch.no_grad():  # rows are scaled one by one: concatenating them changes no number
         torch.testing.assert_close(fused(ids).logits, separate(ids).logits, rtol=1e-5, atol=1e-5)
+
+
+def test_a_layer_whose_weights_its_parent_reads_is_left_unfused():
+    """diffusers' HunyuanDiT attention pooling hands q/k/v's weights to F.multi_head_attention_forward
+    itself: fused, its slices have no weights and the model broke (AttributeError)."""
+    from diffusers.models.embeddings import HunyuanDiTAttentionPool
+
+    torch.manual_seed(0)
+    pool = HunyuanDiTAttentionPool(spacial_dim=6, embed_dim=16, num_heads=2, output_dim=8).eval()
+    x = torch.randn(1, 6, 16)
+    with torch.no_grad():
+        before = pool(x)
+    assert fuse_projections(pool) == 0 and fused_groups(pool) == 0
+    with torch.no_grad():
+        assert torch.equal(pool(x), before)
+    llama = tiny.llama()
+    assert fuse_projections(llama) > 0  # layers that are only called are still fused
