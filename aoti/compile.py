@@ -223,9 +223,7 @@ def _compile_whole(module: torch.nn.Module, calls: list[CapturedCall], options: 
     try:
         entry, key, cache_hit, source = _find_or_build(module, calls, options, device, cache, hub, exclusive, fallbacks,
                                                        remember_failure=options.gemv)
-    except ExportFailed:
-        raise
-    except Exception as exc:
+    except Exception as exc:  # an export or a build with the decode kernels: once more without them
         if not options.gemv:
             raise
         fallbacks.append(f"gemv -> off: the build with aoti.gemv failed ({_first_error_line(exc)}); built without it")
