@@ -25,11 +25,14 @@ if ON_ZEROGPU:
 import spaces  # noqa: E402, I001  (before anything initialises CUDA)
 
 from engines import Binding, ImageParams, RunReport, SamplingParams, Studio  # noqa: E402
+from engines.access import Access  # noqa: E402
 
 logging.basicConfig(level=os.environ.get("LOGLEVEL", "INFO"), format="%(asctime)s %(name)s: %(message)s")
 log = logging.getLogger("app")
 
 COMPILE_AT_STARTUP = os.environ.get("AOTI_COMPILE", "1") != "0"
+QUEUE_MAX = int(os.environ.get("AOTI_QUEUE_MAX", "64"))  # requests waiting at most; more are told the server is busy
+ACCESS = Access.from_env()  # who may change the server for everyone
 STARTUP_RETRY_S = float(os.environ.get("AOTI_STARTUP_RETRY_S", "60"))  # ZeroGPU: a refused startup compile, tried again
 STARTUP_ATTEMPTS = 5
 studio = Studio(gpu_in_workers=ON_ZEROGPU)
@@ -220,9 +223,15 @@ def compile_status() -> list[dict[str, Any]]:
     return studio.compile_status()
 
 
-def set_optimization(model_id: str, use_aoti: bool, fp8: bool, regional: bool) -> list[dict[str, Any]]:
-    """Turn AOTI on or off for a model, with FP8 and regional compilation where supported. On ZeroGPU
-    the compile runs in a GPU call, and later requests bind its graphs."""
+def set_optimization(model_id: str, use_aoti: bool, fp8: bool, regional: bool, admin_token: str = "",
+                     profile: gr.OAuthProfile | None = None) -> list[dict[str, Any]]:
+    """Turn AOTI on or off for a model, with FP8 and regional compilation where supported: for the
+    owner only (`engines.access`). On ZeroGPU the compile runs in a GPU call, and later requests bind
+    its graphs."""
+    try:
+        ACCESS.require(profile.username if profile is not None else None, admin_token or None)
+    except PermissionError as exc:
+        raise gr.Error(str(exc), title="Owner only", print_exception=False) from None
     try:
         if ON_ZEROGPU and use_aoti:
             studio.check_optimization(model_id, bool(fp8), bool(regional))
@@ -313,6 +322,11 @@ def build() -> gr.Blocks:
                 use_aoti = gr.Checkbox(value=True, label="AOTI")
                 fp8 = gr.Checkbox(value=False, label="FP8 (compute capability >= 8.9)")
                 regional = gr.Checkbox(value=False, label="Regional compile")
+            if not ACCESS.open:
+                gr.Markdown(ACCESS.refusal())
+                if os.environ.get("OAUTH_CLIENT_ID"):  # a Space with Hugging Face sign-in enabled (hf_oauth)
+                    gr.LoginButton()
+            admin_token = gr.Textbox(value="", type="password", label="Admin token", visible=bool(ACCESS.admin_token))
             opt_button = gr.Button("Apply")
             opt_out = gr.JSON(label="Compile status")
         with gr.Sidebar(position="right", open=True, label="Live", width=480):
@@ -326,7 +340,7 @@ def build() -> gr.Blocks:
         text_button.click(generate_text, [text_model, prompt, max_tokens, temperature], text_out, api_name="generate_text", concurrency_id="device")
         image_button.click(generate_image, [image_model, image_prompt, size, steps, seed, guidance], [image_out, image_info], api_name="generate_image", concurrency_id="device")
         image_model.change(_image_sizes, image_model, [size, steps], api_visibility="private")
-        opt_button.click(set_optimization, [opt_model, use_aoti, fp8, regional], opt_out, api_name="set_optimization")
+        opt_button.click(set_optimization, [opt_model, use_aoti, fp8, regional, admin_token], opt_out, api_name="set_optimization")
         hidden = gr.JSON(visible=False)
         gr.Button(visible=False).click(metrics, None, hidden, api_name="metrics")
         gr.Button(visible=False).click(models, None, hidden, api_name="models")
@@ -335,7 +349,7 @@ def build() -> gr.Blocks:
 
 
 demo = build()
-demo.queue(default_concurrency_limit=1)
+demo.queue(default_concurrency_limit=1, max_size=QUEUE_MAX)
 startup()
 
 if __name__ == "__main__":

@@ -1,0 +1,64 @@
+"""Who may change the server for everyone (AOTI on/off, FP8, regional compilation, anything added later).
+
+- On a Space: its owner signed in with Hugging Face (``SPACE_AUTHOR_NAME``, which Spaces set), or a
+  user named in ``AOTI_OWNERS`` (comma-separated; for a Space owned by an organisation, name its
+  members here).
+- Anywhere: whoever passes the token set in ``AOTI_ADMIN_TOKEN``.
+- Locally, with none of these set: the person at the keyboard, that is, everyone.
+
+Visitors keep what changes nobody else's experience: picking a model and generating.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+ENV_OWNERS = "AOTI_OWNERS"
+ENV_ADMIN_TOKEN = "AOTI_ADMIN_TOKEN"
+
+
+@dataclass(frozen=True)
+class Access:
+    """The owners of this server; `require` refuses anyone else with a message that says how to get in."""
+
+    owners: frozenset[str] = frozenset()
+    admin_token: str | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Access:
+        env = os.environ if env is None else env
+        owners = {name.strip() for name in env.get(ENV_OWNERS, "").split(",") if name.strip()}
+        author = env.get("SPACE_AUTHOR_NAME") or (env.get("SPACE_ID", "").split("/")[0] or None)
+        if author:
+            owners.add(author)
+        return cls(frozenset(owners), env.get(ENV_ADMIN_TOKEN) or None)
+
+    @property
+    def open(self) -> bool:
+        """No owner and no token configured: a local server, whoever uses it owns it."""
+        return not self.owners and not self.admin_token
+
+    def allows(self, username: str | None, token: str | None = None) -> bool:
+        if self.open:
+            return True
+        if self.admin_token and token and hmac.compare_digest(token.encode(), self.admin_token.encode()):
+            return True
+        return username is not None and username in self.owners
+
+    def refusal(self) -> str:
+        """What a visitor is told, and how to get the right."""
+        ways = []
+        if self.owners:
+            ways.append(f"sign in with Hugging Face as {' or '.join(sorted(self.owners))}")
+        if self.admin_token:
+            ways.append(f"give the admin token (the server's {ENV_ADMIN_TOKEN})")
+        return ("Only the owner can change this server for everyone (AOTI on/off, FP8, regional compile): "
+                f"{', or '.join(ways)}. Generating is open to all.")
+
+    def require(self, username: str | None, token: str | None = None) -> None:
+        """A PermissionError with `refusal` unless ``username`` or ``token`` is an owner's."""
+        if not self.allows(username, token):
+            raise PermissionError(self.refusal())
