@@ -108,7 +108,7 @@ COMPILE_ON_GPU = {size: spaces.GPU(_compile_task(), duration=lambda ids, *a: stu
 def compile_in_worker(model_ids: list[str], fp8: bool = False, regional: bool = False) -> None:
     """ZeroGPU: compile (or load from the cache) in a GPU call; record what it returns. A refused or
     failed call leaves the models serving eager with the reason shown, and raises."""
-    studio.mark_compiling(model_ids)
+    studio.mark_compiling(model_ids, fp8, regional)
     size = max((studio.gpu_size(m) for m in model_ids), key=SIZES.index)
     try:
         rows = COMPILE_ON_GPU[size](model_ids, fp8, regional)
@@ -234,8 +234,8 @@ def set_optimization(model_id: str, use_aoti: bool, fp8: bool, regional: bool, a
         raise gr.Error(str(exc), title="Owner only", print_exception=False) from None
     try:
         if ON_ZEROGPU and use_aoti:
-            studio.check_optimization(model_id, bool(fp8), bool(regional))
-            compile_in_worker([model_id], bool(fp8), bool(regional))
+            if studio.admit_compile(model_id, bool(fp8), bool(regional)):
+                compile_in_worker([model_id], bool(fp8), bool(regional))
         else:
             studio.set_optimization(model_id, bool(use_aoti), bool(fp8), bool(regional))
     except gr.Error:

@@ -11,6 +11,7 @@ from typing import Any
 import aoti
 
 from . import registry
+from .access import RateLimit
 from .device import DeviceInfo, discover
 from .distributed import DistributedEngine
 from .image import ImageParams, ImageResult, check_image_request
@@ -45,6 +46,7 @@ class Studio:
         self.metrics = Metrics()
         self._pid = os.getpid()
         self._setup_s: dict[str, float] = {}  # per model: the longest bind a fresh worker has reported
+        self.compile_rate = RateLimit(int(os.environ.get("AOTI_COMPILE_RATE", "10")), 600.0)  # compiles per 10 min
 
     # --- catalog -----------------------------------------------------------------------------------
 
@@ -109,7 +111,7 @@ class Studio:
         if self.gpu_in_workers:
             aoti.preload()  # every GPU worker forked from here binds its graphs without these imports
         for spec in specs if compile else []:
-            self.engine.optimize(spec.id, self.options_for(spec.id), background=background)
+            self._optimize(spec.id, background=background)
 
     def options_for(self, model_id: str, fp8: bool = False, regional: bool = False) -> aoti.CompileOptions:
         """Compile options from the switches and the selection (FP8 when only FP8 weights fit)."""
@@ -137,7 +139,25 @@ class Studio:
         self.check_optimization(model_id, fp8, regional)
         if not use_aoti:
             return self.engine.set_eager(model_id)
-        return self.engine.optimize(model_id, self.options_for(model_id, fp8, regional))
+        if not self.admit_compile(model_id, fp8, regional):
+            return self.engine.states[model_id]
+        return self._optimize(model_id, fp8, regional)
+
+    def admit_compile(self, model_id: str, fp8: bool = False, regional: bool = False) -> bool:
+        """Whether a request to compile ``model_id`` with these switches starts a compile. Not when the
+        model already runs, or is being compiled, with them: the request joins that one. A ValueError
+        past `compile_rate`'s limit."""
+        self.check_optimization(model_id, fp8, regional)
+        state = self.engine.states[model_id]
+        if state.state in ("aoti", "compiling") and state.requested == {"fp8": fp8, "regional": regional}:
+            return False
+        self.compile_rate.take()
+        return True
+
+    def _optimize(self, model_id: str, fp8: bool = False, regional: bool = False, background: bool = True) -> CompileState:
+        state = self.engine.optimize(model_id, self.options_for(model_id, fp8, regional), background=background)
+        state.requested = {"fp8": fp8, "regional": regional}
+        return state
 
     # --- main process: validate, decide, record -----------------------------------------------------
 
@@ -192,11 +212,12 @@ class Studio:
     def gpu_seconds_compile(self, model_ids: list[str]) -> int:
         return gpu_seconds_compile([self.engine.states[m].compile_s for m in model_ids])
 
-    def mark_compiling(self, model_ids: list[str]) -> None:
+    def mark_compiling(self, model_ids: list[str], fp8: bool = False, regional: bool = False) -> None:
         """Show a compile that runs in a GPU worker (the model keeps serving what it served)."""
         for model_id in model_ids:
             state = self.engine.states[model_id]
             state.state, state.reason = "compiling", "compiling in a GPU worker"
+            state.requested, state.compiles = {"fp8": fp8, "regional": regional}, state.compiles + 1
 
     def compile_failed(self, model_ids: list[str], reason: str) -> None:
         """Record a compile GPU call that failed or was refused: the models serve eager, visibly."""
@@ -209,7 +230,8 @@ class Studio:
         """Record the compile states a GPU worker returned (`serve_compile`); later requests bind them."""
         for row in rows:
             kept = self.engine.states[row["model"]]
-            row = {**row, "eager_latency_s": kept.eager_latency_s, "aoti_latency_s": kept.aoti_latency_s, "speedup": kept.speedup}
+            row = {**row, "eager_latency_s": kept.eager_latency_s, "aoti_latency_s": kept.aoti_latency_s, "speedup": kept.speedup,
+                   "compiles": kept.compiles}
             if row["state"] == "not loaded":  # the worker loaded it; this process did not
                 row["state"] = "eager"
             self.engine.states[row["model"]] = CompileState(**row)
@@ -293,8 +315,7 @@ class Studio:
             spec = registry.get(model_id)
             if not registry.availability(spec)[0]:
                 continue
-            self.engine.optimize(model_id, self.options_for(model_id, fp8, regional), background=False)
-            rows.append(self.engine.states[model_id].as_row())
+            rows.append(self._optimize(model_id, fp8, regional, background=False).as_row())
         return rows
 
     def serve_text(self, model_id: str, prompt: str, params: SamplingParams, binding: Binding | None = None

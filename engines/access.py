@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import hmac
 import os
+import threading
+import time
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -62,3 +65,24 @@ class Access:
         """A PermissionError with `refusal` unless ``username`` or ``token`` is an owner's."""
         if not self.allows(username, token):
             raise PermissionError(self.refusal())
+
+
+class RateLimit:
+    """At most ``count`` events in any ``window_s`` seconds (compiles started, for one server)."""
+
+    def __init__(self, count: int, window_s: float, what: str = "compiles") -> None:
+        self.count, self.window_s, self.what = count, window_s, what
+        self._times: deque[float] = deque()
+        self._lock = threading.Lock()
+
+    def take(self) -> None:
+        """Count one event now; a ValueError that says when to try again past the limit."""
+        with self._lock:
+            now = time.monotonic()
+            while self._times and now - self._times[0] >= self.window_s:
+                self._times.popleft()
+            if len(self._times) >= self.count:
+                wait = self.window_s - (now - self._times[0])
+                raise ValueError(f"too many {self.what}: at most {self.count} every {self.window_s:.0f} s; "
+                                 f"try again in {wait:.0f} s.")
+            self._times.append(now)

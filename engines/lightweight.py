@@ -58,6 +58,8 @@ class CompileState:
     aoti_latency_s: float | None = None
     quantization: str = "none"
     ref: dict[str, Any] | None = None  # the compiled artifact (`aoti.Artifact.ref`) GPU workers bind
+    requested: dict[str, bool] | None = None  # the switches of the last compile asked for: {"fp8", "regional"}
+    compiles: int = 0  # compiles started since the model loaded
 
     def as_row(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -148,6 +150,7 @@ class LightweightEngine:
         model = self._with_float_weights(model, (options or aoti.CompileOptions()).quantization)
         state = self.states[model_id]
         state.state, state.reason = "compiling", "exporting and compiling the hot module"
+        state.compiles += 1
 
         def work() -> None:
             try:

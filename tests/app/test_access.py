@@ -1,5 +1,6 @@
 """Owner-only actions on a server that has an owner: a visitor is refused with a message and changes
-nothing; the admin token works; generating stays open to all."""
+nothing; the admin token works; generating stays open to all; repeated compile requests join one; a
+full queue says so."""
 
 import time
 
@@ -16,7 +17,8 @@ def owned(cache_dir, tmp_path_factory):
     from gradio_client import Client
 
     log = tmp_path_factory.mktemp("owned") / "app.log"
-    proc, url = start_app(log, cache_dir, {"AOTI_ADMIN_TOKEN": TOKEN, "AOTI_OWNERS": "alice", "AOTI_COMPILE": "0"})
+    env = {"AOTI_ADMIN_TOKEN": TOKEN, "AOTI_OWNERS": "alice", "AOTI_COMPILE": "0", "AOTI_QUEUE_MAX": "2"}
+    proc, url = start_app(log, cache_dir, env)
     try:
         client = Client(url, verbose=False)
         deadline = time.time() + 120
@@ -47,3 +49,33 @@ def test_a_visitor_is_refused_every_owner_action_and_the_server_does_not_change(
 def test_the_admin_token_changes_the_server(owned):
     rows = {r["model"]: r for r in owned.predict(TEXT, False, False, False, TOKEN, api_name="/set_optimization")}
     assert rows[TEXT]["state"] == "eager" and rows[TEXT]["reason"] == "AOTI switched off"
+
+
+def test_fifty_rapid_compile_requests_start_one_compile(owned):
+    before = _state(owned)["compiles"]
+    for _ in range(50):  # one after another as fast as they are answered (the queue holds two)
+        owned.predict(TEXT, True, False, False, TOKEN, api_name="/set_optimization")
+    deadline = time.time() + 300
+    while _state(owned)["state"] == "compiling" and time.time() < deadline:
+        time.sleep(0.5)
+    state = _state(owned)
+    assert state["state"] == "aoti" and state["compiles"] == before + 1, state
+    owned.predict(TEXT, True, False, False, TOKEN, api_name="/set_optimization")  # the same again: nothing to do
+    assert _state(owned)["compiles"] == before + 1
+
+
+def test_a_full_queue_answers_busy(owned):
+    from gradio_client.exceptions import AppError
+    from gradio_client.utils import QueueError
+
+    jobs = [owned.submit(TEXT, "If the file", 200, 0.7, api_name="/generate_text") for _ in range(6)]
+    outcomes = []
+    for job in jobs:
+        try:
+            job.result(timeout=300)
+            outcomes.append("served")
+        except (QueueError, AppError) as exc:
+            outcomes.append(str(exc))
+    refused = [o for o in outcomes if o != "served"]
+    assert refused and all("Queue is full" in o for o in refused), outcomes
+    assert outcomes.count("served") >= 2  # the one running and the ones the queue held

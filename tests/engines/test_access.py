@@ -24,3 +24,14 @@ def test_the_admin_token_works_anywhere_and_a_refusal_says_how_to_get_in():
     with pytest.raises(PermissionError) as refused:
         access.require("mallory", "guess")
     assert "sign in with Hugging Face as alice" in str(refused.value) and "AOTI_ADMIN_TOKEN" in str(refused.value)
+
+
+def test_the_rate_limit_refuses_past_its_count_with_when_to_try_again():
+    from engines.access import RateLimit
+
+    limit = RateLimit(2, 600.0)
+    limit.take()
+    limit.take()
+    with pytest.raises(ValueError, match=r"too many compiles: at most 2 every 600 s; try again in \d+ s"):
+        limit.take()
+    assert RateLimit(1, 0.0).take() is None  # an empty window never fills
