@@ -275,8 +275,12 @@ def load(module: torch.nn.Module, ref: dict[str, Any], *, cache: Cache | None = 
     """
     cache = cache or Cache()
     if "parts" in ref:
-        parts = [(list(names), load(module.get_submodule(names[0]), {"key": key}, cache=cache, exclusive=exclusive))
-                 for names, key in ref["parts"]]
+        parts = []
+        for names, key in ref["parts"]:
+            part = load(module.get_submodule(names[0]), {"key": key}, cache=cache, exclusive=exclusive)
+            for name in names[1:]:  # every block that binds this package is rewritten as it was built
+                prepare(module.get_submodule(name), CompileOptions.from_dict(part.manifest["options"]), module_device(module), exclusive)
+            parts.append((list(names), part))
         status = Status(runtime="eager", reason="regional, from the local cache", cache_hit=True)
         for _, part in parts:
             status.merge(part.status)

@@ -111,3 +111,23 @@ def test_a_module_export_cannot_trace_is_compiled_block_by_block_with_the_reason
     assert status.runtime == "aoti" and status.compiled_calls == 2
     torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-6)
     aoti.restore(model)
+
+
+def test_a_regional_artifact_loads_by_ref_onto_a_fresh_copy(cache):
+    """Another process binds a regional artifact from plain data: every block, not only the first of
+    each group, is rewritten as its package was built, then bound."""
+    model = tiny.flux(num_layers=2, num_single_layers=2)
+    with aoti.capture(model) as call, torch.no_grad():
+        model(**tiny.flux_inputs())
+    ref = aoti.compile(model, call, aoti.CompileOptions(regional=True), cache=cache).ref()
+    fresh = tiny.flux(num_layers=2, num_single_layers=2)
+    loaded = aoti.load(fresh, ref, cache=cache)
+    assert isinstance(loaded, aoti.RegionalArtifact) and loaded.ref() == ref
+    status = aoti.apply(loaded, fresh)
+    inputs = tiny.flux_inputs()
+    with torch.no_grad():
+        compiled = fresh(**inputs)[0]
+    assert status.runtime == "aoti" and status.compiled_calls == 4
+    aoti.restore(fresh)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled, fresh(**inputs)[0], rtol=1e-4, atol=1e-5)
