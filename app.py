@@ -76,16 +76,17 @@ def _messages_cross_the_fork():
 
 
 def _text_task():
-    def text_on_gpu(model_id: str, prompt: str, params: SamplingParams, binding: Binding | None):
+    def text_on_gpu(model_id: str, prompt: str, params: SamplingParams, binding: Binding | None, compare: bool = False):
         with _messages_cross_the_fork():
-            yield from studio.serve_text(model_id, prompt, params, binding)
+            yield from studio.serve_text(model_id, prompt, params, binding, compare)
     return text_on_gpu
 
 
 def _image_task():
-    def image_on_gpu(model_id: str, prompt: str, params: ImageParams, binding: Binding | None, progress: Any = None):
+    def image_on_gpu(model_id: str, prompt: str, params: ImageParams, binding: Binding | None, progress: Any = None,
+                     compare: bool = False):
         with _messages_cross_the_fork():
-            return studio.serve_image(model_id, prompt, params, binding, progress)
+            return studio.serve_image(model_id, prompt, params, binding, progress, compare)
     return image_on_gpu
 
 
@@ -97,10 +98,11 @@ def _compile_task():
 
 
 SIZES = ("large", "xlarge")
-TEXT_ON_GPU = {size: spaces.GPU(_text_task(), duration=lambda m, p, params, b: studio.gpu_seconds_text(m, params), size=size)
-               for size in SIZES}
-IMAGE_ON_GPU = {size: spaces.GPU(_image_task(), duration=lambda m, p, params, b, progress=None: studio.gpu_seconds_image(m, params),
-                                 size=size) for size in SIZES}
+# An A/B comparison runs the request twice: twice the GPU time.
+TEXT_ON_GPU = {size: spaces.GPU(_text_task(), size=size, duration=lambda m, p, params, b, compare=False:
+                                studio.gpu_seconds_text(m, params) * (2 if compare else 1)) for size in SIZES}
+IMAGE_ON_GPU = {size: spaces.GPU(_image_task(), size=size, duration=lambda m, p, params, b, progress=None, compare=False:
+                                 studio.gpu_seconds_image(m, params) * (2 if compare else 1)) for size in SIZES}
 COMPILE_ON_GPU = {size: spaces.GPU(_compile_task(), duration=lambda ids, *a: studio.gpu_seconds_compile(ids), size=size)
                   for size in SIZES}
 
@@ -157,8 +159,19 @@ def _failed(exc: Exception) -> tuple[str, gr.Error]:
     return _message(exc)[:300], gr.Error(f"generation failed: {exc}")
 
 
-def generate_text(model_id: str, prompt: str, max_new_tokens: float, temperature: float):
-    """Stream a continuation of `prompt` from a text model."""
+def _comparison(compared: dict[str, float] | None, unit: str) -> str:
+    """A request's A/B run in words, e.g. "compiled 250 tokens/s, eager 36 tokens/s: speedup 6.94×"."""
+    if not compared:
+        return ""
+    aoti_s, eager_s = compared["aoti"], compared["eager"]
+    if unit == "token":
+        return f"compiled {1 / aoti_s:.0f} tokens/s, eager {1 / eager_s:.0f} tokens/s: speedup {eager_s / aoti_s:.2f}×"
+    return f"compiled {aoti_s * 1e3:.1f} ms a step, eager {eager_s * 1e3:.1f} ms: speedup {eager_s / aoti_s:.2f}×"
+
+
+def generate_text(model_id: str, prompt: str, max_new_tokens: float, temperature: float, compare: bool = False):
+    """Stream a continuation of `prompt` from a text model. ``compare`` runs the request once more on the
+    eager forward and reports both speeds (in `/metrics`), for this request only."""
     params = SamplingParams(max_new_tokens=int(max_new_tokens), temperature=float(temperature), seed=0)
     try:
         studio.check_text(model_id, prompt, params)
@@ -166,7 +179,7 @@ def generate_text(model_id: str, prompt: str, max_new_tokens: float, temperature
         raise gr.Error(str(exc)) from None
     start, last, report = time.perf_counter(), None, None
     try:
-        for item in TEXT_ON_GPU[studio.gpu_size(model_id)](model_id, prompt, params, studio.binding(model_id)):
+        for item in TEXT_ON_GPU[studio.gpu_size(model_id)](model_id, prompt, params, studio.binding(model_id), bool(compare)):
             if isinstance(item, RunReport):
                 report = item
                 continue
@@ -177,13 +190,16 @@ def generate_text(model_id: str, prompt: str, max_new_tokens: float, temperature
         studio.record_text(model_id, time.perf_counter() - start, last, report, error=message)
         raise error from None
     studio.record_text(model_id, time.perf_counter() - start, last, report)
+    if report is not None and (line := _comparison(report.compared, "token")):
+        gr.Info(line)
     if last is None:
         yield ""
 
 
 def generate_image(model_id: str, prompt: str, size: str, steps: float, seed: float, guidance: float,
-                   progress: gr.Progress = gr.Progress()):
-    """Generate one PNG image; returns the image and a line of measurements."""
+                   compare: bool = False, progress: gr.Progress = gr.Progress()):
+    """Generate one PNG image; returns the image and a line of measurements (with ``compare``, the
+    request's step time compiled and eager too)."""
     try:
         width, height = (int(v) for v in str(size).lower().split("x"))
     except ValueError:
@@ -196,7 +212,8 @@ def generate_image(model_id: str, prompt: str, size: str, steps: float, seed: fl
         raise gr.Error(str(exc)) from None
     start = time.perf_counter()
     try:
-        result, report = IMAGE_ON_GPU[studio.gpu_size(model_id)](model_id, prompt, params, studio.binding(model_id), progress)
+        result, report = IMAGE_ON_GPU[studio.gpu_size(model_id)](model_id, prompt, params, studio.binding(model_id), progress,
+                                                                 bool(compare))
     except Exception as exc:  # recorded and reported; the server keeps serving
         message, error = _failed(exc)
         studio.record_image(model_id, None, time.perf_counter() - start, error=message)
@@ -205,6 +222,8 @@ def generate_image(model_id: str, prompt: str, size: str, steps: float, seed: fl
     steps_ms = sorted(result.step_ms)
     info = (f"{result.latency_s:.2f} s · {len(steps_ms)} steps · median step {steps_ms[len(steps_ms) // 2]:.1f} ms · "
             f"{report.runtime}")
+    if line := _comparison(report.compared, "step"):
+        info += f" · {line}"
     return result.image, info
 
 
@@ -303,6 +322,7 @@ def build() -> gr.Blocks:
             with gr.Row():
                 max_tokens = gr.Slider(1, 200, value=60, step=1, label="Max new tokens")
                 temperature = gr.Slider(0, 2, value=0.7, step=0.05, label="Temperature (0 = greedy)")
+            text_compare = gr.Checkbox(value=False, label="Compare with eager (runs it twice; changes nothing for others)")
             text_button = gr.Button("Generate", variant="primary", elem_id="text-generate")
             text_out = gr.Textbox(label="Output", lines=6, buttons=["copy"], elem_id="text-output")
         with gr.Tab("Image"):
@@ -313,6 +333,7 @@ def build() -> gr.Blocks:
                 steps = gr.Slider(1, 50, value=20, step=1, label="Steps")
                 seed = gr.Number(value=0, precision=0, label="Seed")
                 guidance = gr.Slider(0, 10, value=3.5, step=0.5, label="Guidance (models that use it)")
+            image_compare = gr.Checkbox(value=False, label="Compare with eager (runs it twice; changes nothing for others)")
             image_button = gr.Button("Generate", variant="primary", elem_id="image-generate")
             image_out = gr.Image(label="Image", format="png", type="pil", elem_id="image-output", height=320)
             image_info = gr.Markdown()
@@ -337,8 +358,10 @@ def build() -> gr.Blocks:
                                         column_widths=["130px", "70px", "70px", "60px", "60px", "60px", "240px"])
             gr.Timer(1.0).tick(_panel, outputs=[latency_plot, memory_plot, summary, status_table], api_visibility="private", show_progress="hidden")
 
-        text_button.click(generate_text, [text_model, prompt, max_tokens, temperature], text_out, api_name="generate_text", concurrency_id="device")
-        image_button.click(generate_image, [image_model, image_prompt, size, steps, seed, guidance], [image_out, image_info], api_name="generate_image", concurrency_id="device")
+        text_button.click(generate_text, [text_model, prompt, max_tokens, temperature, text_compare], text_out,
+                          api_name="generate_text", concurrency_id="device")
+        image_button.click(generate_image, [image_model, image_prompt, size, steps, seed, guidance, image_compare],
+                           [image_out, image_info], api_name="generate_image", concurrency_id="device")
         image_model.change(_image_sizes, image_model, [size, steps], api_visibility="private")
         opt_button.click(set_optimization, [opt_model, use_aoti, fp8, regional, admin_token], opt_out, api_name="set_optimization")
         hidden = gr.JSON(visible=False)

@@ -12,7 +12,7 @@ from . import lifetimes
 from .apply import CompiledMethod, apply, preload, restore, status_of, verify_loadable
 from .cache import Cache, default_cache_dir
 from .capture import CapturedCall, CapturedCalls, capture
-from .compile import Artifact, RegionalArtifact, compile, load
+from .compile import Artifact, RegionalArtifact, compile, eager, load
 from .hub import HubRefused, HubSource
 from .options import CompileOptions, DimRange
 from .probe import ProbeResult, probe_package
@@ -39,6 +39,7 @@ __all__ = [
     "compile",
     "decide_quantization",
     "default_cache_dir",
+    "eager",
     "ensure_toolchain",
     "find_blocks",
     "lifetimes",

@@ -32,6 +32,8 @@ class CompiledMethod:
     """Installed as ``module.<method>``: runs the first compiled graph whose guard accepts the call,
     otherwise the eager method (counted in ``status.guard_fallbacks``)."""
 
+    swapped_in_by_aoti = True  # what `aoti.eager` looks for
+
     def __init__(self, module: torch.nn.Module, method: str, graphs: list[tuple[Any, ...]], weights: dict[str, torch.Tensor], status: Status) -> None:
         self.method = method
         self.eager = getattr(module, method)

@@ -120,14 +120,24 @@ def _identity(module: torch.nn.Module) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def _eager(module: torch.nn.Module, method: str) -> Iterator[None]:
-    """Export the module's own method even while a compiled one is swapped in."""
-    swapped = module.__dict__.pop(method, None)
+def eager(module: torch.nn.Module, method: str = "forward") -> Iterator[None]:
+    """Run (or export) the module's own method inside the block, even while compiled graphs are
+    swapped in on it or on its blocks (regional); they are back when the block ends. For an A/B
+    comparison of one request, or an export of the eager code. Not thread-safe: hold the lock
+    the module's callers hold.
+
+    Example::
+
+        with aoti.eager(pipe.transformer):
+            reference = pipe("a cat")               # eager, for this call only
+    """
+    swapped = {sub: sub.__dict__.pop(method) for sub in module.modules()
+               if getattr(sub.__dict__.get(method), "swapped_in_by_aoti", False)}
     try:
         yield
     finally:
-        if swapped is not None:
-            module.__dict__[method] = swapped
+        for sub, compiled in swapped.items():
+            sub.__dict__[method] = compiled
 
 
 def _use_decode_kernels(module: torch.nn.Module, enabled: bool) -> None:
@@ -432,7 +442,7 @@ def _build(
         for index, plan in enumerate(plans):
             name = f"graph{index}"
             t0 = time.perf_counter()
-            with (exclusive, _eager(module, options.method), torch.no_grad(), attention.pinned(options.attention),
+            with (exclusive, eager(module, options.method), torch.no_grad(), attention.pinned(options.attention),
                   fp8_rows.used(options.one_pass_rows),
                   norm_rope.fused_flux_attention(module, fused_rope, fp8_attention=options.attention == "fp8")):
                 target = quant.exportable(module)

@@ -11,7 +11,7 @@ import torch
 
 from .cache import Cache
 from .capture import CapturedCall, capture
-from .compile import Artifact, RegionalArtifact, _eager, compile
+from .compile import Artifact, RegionalArtifact, compile, eager
 from .options import CompileOptions
 from .status import Status
 
@@ -72,7 +72,7 @@ def compile_regional(
     representatives = [module.get_submodule(names[0]) for names in groups]
     with exclusive or contextlib.nullcontext(), contextlib.ExitStack() as stack:
         recorders = [stack.enter_context(capture(block, stop=False)) for block in representatives]
-        with _eager(module, "forward"), torch.no_grad():
+        with eager(module), torch.no_grad():
             for call in calls:
                 module(*call.args, **call.kwargs)
     parts: list[tuple[list[str], Artifact]] = []

@@ -16,7 +16,7 @@ from .device import DeviceInfo, discover
 from .distributed import DistributedEngine
 from .image import ImageParams, ImageResult, check_image_request
 from .lightweight import CompileState, LightweightEngine
-from .metrics import Metrics, RequestRecord, memory_mb, reset_peak_memory
+from .metrics import Metrics, RequestRecord, median, memory_mb, reset_peak_memory
 from .select import Decision, choose, estimate_bytes
 from .text import SamplingParams, TextModel, TextStep, check_text_request
 from .workers import Binding, RunReport, count_call, gpu_seconds_compile, gpu_seconds_image, gpu_seconds_text, gpu_size
@@ -249,16 +249,17 @@ class Studio:
     def record_image(self, model_id: str, result: ImageResult | None, latency_s: float, report: RunReport | None = None,
                      error: str | None = None) -> None:
         """Record a finished (or failed) image request with what the worker reported."""
-        steps = sorted(result.step_ms) if result else []
-        median = steps[len(steps) // 2] if steps else None
+        steps = result.step_ms if result else []
+        step_ms = median(steps)
         self._record(RequestRecord(
             model_id, "image", report.runtime if report else self.expected_runtime(model_id), latency_s,
-            steps=len(steps) or None, step_ms=median, ok=error is None, error=error,
-        ), report, median / 1e3 if median else None)
+            steps=len(steps) or None, step_ms=step_ms, ok=error is None, error=error,
+        ), report, step_ms / 1e3 if step_ms else None)
 
     def _record(self, record: RequestRecord, report: RunReport | None, unit_s: float | None) -> None:
         if report is not None:
             record.peak_mem_mb, record.worker_pid, record.bind_s = report.peak_mem_mb, report.worker_pid, report.bind_s
+            record.compared = report.compared
             record.setup_s = round(max(0.0, record.latency_s - report.call_s), 4) if report.call_s else None
             if self.gpu_in_workers:
                 self._from_worker(report, unit_s)
@@ -318,24 +319,39 @@ class Studio:
             rows.append(self._optimize(model_id, fp8, regional, background=False).as_row())
         return rows
 
-    def serve_text(self, model_id: str, prompt: str, params: SamplingParams, binding: Binding | None = None
-                   ) -> Iterator[TextStep | RunReport]:
+    def serve_text(self, model_id: str, prompt: str, params: SamplingParams, binding: Binding | None = None,
+                   compare: bool = False) -> Iterator[TextStep | RunReport]:
         """`generate_text` on this process's copy of the model, bound as ``binding`` says; yields the
-        steps, then one `RunReport`."""
+        steps, then one `RunReport`. With ``compare`` the request runs again on the eager forward and
+        the report holds both speeds (the server's setting is not touched)."""
         start, calls = time.perf_counter(), self.enter_worker()
         bind_s = self.engine.bind(binding) if binding is not None else 0.0
         reset_peak_memory(self.device.torch_device)
-        yield from self.generate_text(model_id, prompt, params)
-        yield self.report(model_id, calls, bind_s, time.perf_counter() - start)
+        last = None
+        for last in self.generate_text(model_id, prompt, params):
+            yield last
+        report = self.report(model_id, calls, bind_s, time.perf_counter() - start)
+        if compare and report.runtime == "aoti" and last is not None and last.decode_tokens_per_s:
+            eager = None
+            for eager in self.engine.generate_text(model_id, prompt, params, eager=True):  # noqa: B007 (the last step)
+                pass
+            if eager is not None and eager.decode_tokens_per_s:
+                report.compared = {"aoti": 1 / last.decode_tokens_per_s, "eager": 1 / eager.decode_tokens_per_s}
+        yield report
 
     def serve_image(self, model_id: str, prompt: str, params: ImageParams, binding: Binding | None = None,
-                    progress=None) -> tuple[ImageResult, RunReport]:
-        """`generate_image` on this process's copy of the model, bound as ``binding`` says."""
+                    progress=None, compare: bool = False) -> tuple[ImageResult, RunReport]:
+        """`generate_image` on this process's copy of the model, bound as ``binding`` says (``compare``
+        as in `serve_text`: seconds per step, compiled and eager)."""
         start, calls = time.perf_counter(), self.enter_worker()
         bind_s = self.engine.bind(binding) if binding is not None else 0.0
         reset_peak_memory(self.device.torch_device)
         result = self.generate_image(model_id, prompt, params, progress)
-        return result, self.report(model_id, calls, bind_s, time.perf_counter() - start)
+        report = self.report(model_id, calls, bind_s, time.perf_counter() - start)
+        if compare and report.runtime == "aoti" and result.step_ms:
+            eager = self.engine.generate_image(model_id, prompt, params, eager=True)
+            report.compared = {"aoti": median(result.step_ms) / 1e3, "eager": median(eager.step_ms) / 1e3}
+        return result, report
 
     def report(self, model_id: str, calls: int = 1, bind_s: float = 0.0, call_s: float = 0.0) -> RunReport:
         """What ran for ``model_id`` in this process, as plain data: the compiled graphs' live record

@@ -7,6 +7,7 @@ forward is swapped in between two requests.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import threading
@@ -262,23 +263,28 @@ class LightweightEngine:
             return "eager"
         return aoti.status_of(model.hot_module).runtime
 
-    def generate_text(self, model_id: str, prompt: str, params: SamplingParams) -> Iterator[TextStep]:
+    def generate_text(self, model_id: str, prompt: str, params: SamplingParams, eager: bool = False) -> Iterator[TextStep]:
+        """Stream text; with ``eager`` on the model's eager forward for this request alone (an A/B
+        comparison: the compiled graphs stay swapped in for everyone else)."""
         model = self.load(registry.get(model_id))
         assert isinstance(model, TextModel), f"{model_id} is not a text model"
-        with self.locks[model_id]:  # generate() validates its inputs before it runs the model
+        with self.locks[model_id], aoti.eager(model.hot_module) if eager else contextlib.nullcontext():
             last = None
-            for step in model.generate(prompt, params):
+            for step in model.generate(prompt, params):  # generate() validates its inputs before it runs
                 last = step
                 yield step
             rate = last.decode_tokens_per_s if last is not None else None
             if rate and self.observe_locally:
-                self.observe(model_id, 1 / rate, self._live(model_id).runtime)  # seconds per decoded token
+                runtime = "eager" if eager else self._live(model_id).runtime
+                self.observe(model_id, 1 / rate, runtime)  # seconds per decoded token
 
-    def generate_image(self, model_id: str, prompt: str, params: ImageParams, progress=None) -> ImageResult:
+    def generate_image(self, model_id: str, prompt: str, params: ImageParams, progress=None, eager: bool = False) -> ImageResult:
+        """One image; ``eager`` as in `generate_text`."""
         model = self.load(registry.get(model_id))
         assert isinstance(model, ImageModel), f"{model_id} is not an image model"
-        with self.locks[model_id]:  # generate() validates its inputs before it runs the model
-            result = model.generate(prompt, params, progress)
+        with self.locks[model_id], aoti.eager(model.hot_module) if eager else contextlib.nullcontext():
+            result = model.generate(prompt, params, progress)  # generate() validates its inputs before it runs
         if result.step_ms and self.observe_locally:
-            self.observe(model_id, sorted(result.step_ms)[len(result.step_ms) // 2] / 1e3, self._live(model_id).runtime)
+            runtime = "eager" if eager else self._live(model_id).runtime
+            self.observe(model_id, sorted(result.step_ms)[len(result.step_ms) // 2] / 1e3, runtime)
         return result

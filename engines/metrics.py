@@ -29,6 +29,7 @@ class RequestRecord:
     worker_pid: int | None = None  # the process that ran it (a ZeroGPU worker, or this one)
     bind_s: float | None = None  # seconds that process spent binding compiled graphs first (a fresh worker)
     setup_s: float | None = None  # latency spent outside the model's process: queue, fork, GPU attach, weights moved
+    compared: dict[str, float] | None = None  # this request's A/B run: seconds per token or step, "aoti" and "eager"
     ok: bool = True
     error: str | None = None
     t: float = field(default_factory=time.time)
@@ -88,15 +89,16 @@ class Metrics:
             "summary": {
                 "count": len(requests),
                 "errors": len(requests) - len(ok),
-                "median_latency_s": _median([r["latency_s"] for r in ok]),
-                "median_ttft_s": _median(ttft),
-                "median_tokens_per_s": _median(tps),
-                "median_step_ms": _median(steps),
+                "median_latency_s": median([r["latency_s"] for r in ok]),
+                "median_ttft_s": median(ttft),
+                "median_tokens_per_s": median(tps),
+                "median_step_ms": median(steps),
             },
         }
 
 
-def _median(values: list[float]) -> float | None:
+def median(values: list[float]) -> float | None:
+    """The middle value (the upper one of an even count); None for no values."""
     if not values:
         return None
     ordered = sorted(values)

@@ -63,6 +63,9 @@ class RunReport:
     layout_copies: int = 0
     cuda_graphs: int = 0
     fallbacks: list[str] = field(default_factory=list)
+    # An A/B comparison of this request: seconds per token (text) or per step (image), compiled and
+    # eager, measured one after the other in this worker; None when not asked for (or nothing compiled).
+    compared: dict[str, float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -91,3 +91,18 @@ def test_switching_aoti_off_and_on(client, compiled_app):
     client.predict("tiny-shapes-unet", "a red square, center", "32x32", 4, 0, 0, api_name="/generate_image")
     rows = {r["model"]: r for r in client.predict(api_name="/compile_status")}
     assert rows["tiny-shapes-unet"]["speedup"] is not None  # both eager and AOTI step times were seen
+
+
+def test_a_visitor_compares_compiled_with_eager_for_one_request_and_changes_nothing(client, compiled_app):
+    states = lambda: {r["model"]: (r["state"], r["compiles"]) for r in client.predict(api_name="/compile_status")}  # noqa: E731
+    before = states()
+    _, info = client.predict("tiny-shapes-unet", "a red circle, top left", "32x32", 4, 0, 0, True, api_name="/generate_image")
+    assert " · compiled " in info and " ms a step, eager " in info and "speedup" in info
+    client.predict("tiny-llama-pydoc", "If the file", 12, 0.0, True, api_name="/generate_text")
+    image, text = client.predict(api_name="/metrics")["requests"][-2:]
+    for record in (image, text):
+        assert record["runtime"] == "aoti" and set(record["compared"]) == {"aoti", "eager"}
+        assert record["compared"]["eager"] > 0 and record["compared"]["aoti"] > 0
+    assert states() == before  # nothing switched, nothing compiled
+    _, info = client.predict("tiny-shapes-unet", "a red circle, top left", "32x32", 4, 0, 0, api_name="/generate_image")
+    assert info.endswith("aoti")  # the next request runs compiled, as before
