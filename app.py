@@ -302,6 +302,15 @@ def _panel():
     return latency, memory, summary, status
 
 
+def _optimization_controls(profile: gr.OAuthProfile | None = None):
+    """The Optimization tab for this visitor: usable by an owner (or by anyone holding the admin token,
+    which only the server can check), read-only with the reason for everyone else."""
+    owner = ACCESS.allows(profile.username if profile is not None else None)
+    usable = owner or bool(ACCESS.admin_token)
+    note = "" if owner else ACCESS.refusal()
+    return (*[gr.update(interactive=usable)] * 4, gr.update(value=note))
+
+
 def _model_choices(task: str) -> list[tuple[str, str]]:
     return [(m["id"] if m["available"] else f"{m['id']} — unavailable: {m['reason']}", m["id"]) for m in MODELS if m["task"] == task]
 
@@ -343,12 +352,11 @@ def build() -> gr.Blocks:
                 use_aoti = gr.Checkbox(value=True, label="AOTI")
                 fp8 = gr.Checkbox(value=False, label="FP8 (compute capability >= 8.9)")
                 regional = gr.Checkbox(value=False, label="Regional compile")
-            if not ACCESS.open:
-                gr.Markdown(ACCESS.refusal())
-                if os.environ.get("OAUTH_CLIENT_ID"):  # a Space with Hugging Face sign-in enabled (hf_oauth)
-                    gr.LoginButton()
+            access_note = gr.Markdown(ACCESS.refusal() if not ACCESS.open else "", elem_id="access-note")
+            if not ACCESS.open and os.environ.get("OAUTH_CLIENT_ID"):  # a Space with Hugging Face sign-in (hf_oauth)
+                gr.LoginButton()
             admin_token = gr.Textbox(value="", type="password", label="Admin token", visible=bool(ACCESS.admin_token))
-            opt_button = gr.Button("Apply")
+            opt_button = gr.Button("Apply", elem_id="opt-apply")
             opt_out = gr.JSON(label="Compile status")
         with gr.Sidebar(position="right", open=True, label="Live", width=480):
             summary = gr.Markdown()
@@ -364,6 +372,7 @@ def build() -> gr.Blocks:
                            [image_out, image_info], api_name="generate_image", concurrency_id="device")
         image_model.change(_image_sizes, image_model, [size, steps], api_visibility="private")
         opt_button.click(set_optimization, [opt_model, use_aoti, fp8, regional, admin_token], opt_out, api_name="set_optimization")
+        demo.load(_optimization_controls, None, [use_aoti, fp8, regional, opt_button, access_note], api_visibility="private")
         hidden = gr.JSON(visible=False)
         gr.Button(visible=False).click(metrics, None, hidden, api_name="metrics")
         gr.Button(visible=False).click(models, None, hidden, api_name="models")

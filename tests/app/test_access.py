@@ -3,9 +3,11 @@ nothing; the admin token works; generating stays open to all; repeated compile r
 full queue says so."""
 
 import time
+from pathlib import Path
 
 import pytest
 
+from tests.app.test_browser import CHROMIUM
 from tests.servers import start_app, stop_app
 
 TOKEN = "s3cret-token"
@@ -79,3 +81,28 @@ def test_a_full_queue_answers_busy(owned):
     refused = [o for o in outcomes if o != "served"]
     assert refused and all("Queue is full" in o for o in refused), outcomes
     assert outcomes.count("served") >= 2  # the one running and the ones the queue held
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium is not installed (scripts/test.sh installs it)")
+def test_a_visitor_sees_the_optimization_controls_read_only_with_the_reason(cache_dir, tmp_path_factory):
+    """An owner-only server (no token): the Apply button and switches are disabled for a visitor, and the
+    tab says who may change the server and how."""
+    from playwright.sync_api import expect, sync_playwright
+
+    from tests.app.test_browser import FLAGS
+
+    folder = tmp_path_factory.mktemp("owners-only")
+    proc, url = start_app(folder / "app.log", cache_dir, {"AOTI_OWNERS": "alice", "AOTI_COMPILE": "0"})
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch_persistent_context(str(folder / "profile"), executable_path=CHROMIUM, args=FLAGS,
+                                                           headless=True, viewport={"width": 1400, "height": 1000})
+            page = browser.new_page()
+            page.goto(url)
+            page.get_by_role("tab", name="Optimization").click()
+            expect(page.locator("#access-note")).to_contain_text("sign in with Hugging Face as alice", timeout=60_000)
+            expect(page.locator("#opt-apply")).to_be_disabled(timeout=30_000)
+            expect(page.get_by_label("AOTI", exact=True)).to_be_disabled()
+            browser.close()
+    finally:
+        stop_app(proc, folder / "app.log")
