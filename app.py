@@ -25,6 +25,7 @@ if ON_ZEROGPU:
 import spaces  # noqa: E402, I001  (before anything initialises CUDA)
 
 from engines import Binding, ImageParams, RunReport, SamplingParams, Studio  # noqa: E402
+import panel  # noqa: E402
 from engines.access import Access  # noqa: E402
 
 logging.basicConfig(level=os.environ.get("LOGLEVEL", "INFO"), format="%(asctime)s %(name)s: %(message)s")
@@ -39,6 +40,7 @@ studio = Studio(gpu_in_workers=ON_ZEROGPU)
 MODELS = studio.models()
 TEXT_MODELS = [m["id"] for m in MODELS if m["task"] == "text"]
 IMAGE_MODELS = [m["id"] for m in MODELS if m["task"] == "image"]
+TASKS = {m["id"]: m["task"] for m in MODELS}
 STARTUP_MODELS = studio.startup_models(os.environ.get("AOTI_STARTUP_MODELS"))  # loaded (and compiled) at startup
 
 
@@ -271,7 +273,7 @@ def set_optimization(model_id: str, use_aoti: bool, fp8: bool, regional: bool, a
 _LATENCY_COLUMNS = {"request": pd.Series(dtype="int"), "latency_s": pd.Series(dtype="float"), "model": pd.Series(dtype="str")}
 _MEMORY_COLUMNS = {"seconds": pd.Series(dtype="float"), "MiB": pd.Series(dtype="float")}
 _START = time.time()
-CSS = "#image-output img { image-rendering: pixelated; width: 100%; height: 100%; object-fit: contain; }"
+CSS = "#image-output img { image-rendering: pixelated; width: 100%; height: 100%; object-fit: contain; }" + panel.CSS
 
 
 def _panel():
@@ -296,10 +298,7 @@ def _panel():
         f"**TTFT** {fmt(s['median_ttft_s'], 's')} · **tokens/s** {fmt(s['median_tokens_per_s'], '')} · "
         f"**step** {fmt(s['median_step_ms'], 'ms')}"
     )
-    status = pd.DataFrame(studio.compile_status())
-    status = status[status["state"] != "not loaded"][["model", "state", "compile_s", "load_s", "cache_hit", "cuda_graphs", "speedup", "reason"]]
-    status = status.rename(columns={"compile_s": "compile s", "load_s": "load s", "cache_hit": "cached", "cuda_graphs": "CUDA graphs"})
-    return latency, memory, summary, status
+    return latency, memory, summary, panel.cards(studio.compile_status(), TASKS)
 
 
 def _optimization_controls(profile: gr.OAuthProfile | None = None):
@@ -331,7 +330,8 @@ def build() -> gr.Blocks:
             with gr.Row():
                 max_tokens = gr.Slider(1, 200, value=60, step=1, label="Max new tokens")
                 temperature = gr.Slider(0, 2, value=0.7, step=0.05, label="Temperature (0 = greedy)")
-            text_compare = gr.Checkbox(value=False, label="Compare with eager (runs it twice; changes nothing for others)")
+            text_compare = gr.Checkbox(value=False, label="Compare with eager (runs it twice; changes nothing for others)",
+                                       elem_id="text-compare")
             text_button = gr.Button("Generate", variant="primary", elem_id="text-generate")
             text_out = gr.Textbox(label="Output", lines=6, buttons=["copy"], elem_id="text-output")
         with gr.Tab("Image"):
@@ -342,10 +342,11 @@ def build() -> gr.Blocks:
                 steps = gr.Slider(1, 50, value=20, step=1, label="Steps")
                 seed = gr.Number(value=0, precision=0, label="Seed")
                 guidance = gr.Slider(0, 10, value=3.5, step=0.5, label="Guidance (models that use it)")
-            image_compare = gr.Checkbox(value=False, label="Compare with eager (runs it twice; changes nothing for others)")
+            image_compare = gr.Checkbox(value=False, label="Compare with eager (runs it twice; changes nothing for others)",
+                                        elem_id="image-compare")
             image_button = gr.Button("Generate", variant="primary", elem_id="image-generate")
             image_out = gr.Image(label="Image", format="png", type="pil", elem_id="image-output", height=320)
-            image_info = gr.Markdown()
+            image_info = gr.Markdown(elem_id="image-info")
         with gr.Tab("Optimization"):
             opt_model = gr.Dropdown([m["id"] for m in MODELS], value=DEFAULT_TEXT, label="Model", allow_custom_value=True)
             with gr.Row():
@@ -362,9 +363,8 @@ def build() -> gr.Blocks:
             summary = gr.Markdown()
             latency_plot = gr.ScatterPlot(x="request", y="latency_s", color="model", title="Latency per request (s)", height=220)
             memory_plot = gr.LinePlot(x="seconds", y="MiB", title="Memory (MiB)", height=200)
-            status_table = gr.Dataframe(label="Compile status", wrap=True, max_chars=80,
-                                        column_widths=["130px", "70px", "70px", "60px", "60px", "60px", "240px"])
-            gr.Timer(1.0).tick(_panel, outputs=[latency_plot, memory_plot, summary, status_table], api_visibility="private", show_progress="hidden")
+            model_cards = gr.HTML(elem_id="model-cards")
+            gr.Timer(1.0).tick(_panel, outputs=[latency_plot, memory_plot, summary, model_cards], api_visibility="private", show_progress="hidden")
 
         text_button.click(generate_text, [text_model, prompt, max_tokens, temperature, text_compare], text_out,
                           api_name="generate_text", concurrency_id="device")

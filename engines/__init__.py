@@ -274,6 +274,8 @@ class Studio:
         state = self.engine.states[report.model_id]
         if unit_s:
             self.engine.observe(report.model_id, unit_s, report.runtime)
+        for runtime, seconds in (report.compared or {}).items():  # a visitor's A/B run measured both
+            self.engine.observe(report.model_id, seconds, runtime)
         state.guard_fallbacks, state.layout_copies, state.cuda_graphs = report.guard_fallbacks, report.layout_copies, report.cuda_graphs
         if report.runtime == "aoti" or report.fallbacks:
             state.fallbacks = list(report.fallbacks)

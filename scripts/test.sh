@@ -9,5 +9,5 @@ if ! command -v chromium >/dev/null 2>&1; then
   $SUDO apt-get install -y -qq chromium >/dev/null
 fi
 bash scripts/setup.sh --dev
-.venv/bin/python -m ruff check aoti engines app.py tests benchmarks assets
+.venv/bin/python -m ruff check aoti engines app.py panel.py tests benchmarks assets
 exec .venv/bin/python -m pytest "$@"

@@ -40,9 +40,25 @@ def test_page_generates_text_and_an_image_and_the_panel_updates(app_url, client,
         expect(page.locator("#image-output img").first).to_be_visible(timeout=60_000)
         assert ".png" in (page.locator("#image-output img").first.get_attribute("src") or "")
 
-        # Side panel: the live summary counts both requests and the compile table shows aoti.
-        expect(page.get_by_text(f"Requests {before + 2} ").first).to_be_visible(timeout=15_000)
-        expect(page.get_by_text("aoti").first).to_be_visible(timeout=15_000)
+        # Once more, compared with eager: the image model's card then has both speeds.
+        page.locator("#image-compare input").check()
+        page.locator("#image-generate").click()
+        expect(page.locator("#image-info")).to_contain_text("speedup", timeout=60_000)
+
+        # Side panel: the live summary counts the requests; each model's card shows it compiled, and the
+        # image model's card how much faster, inside the sidebar with nothing behind a horizontal scroll.
+        expect(page.get_by_text(f"Requests {before + 3} ").first).to_be_visible(timeout=15_000)
+        cards = page.locator("#model-cards")
+        for model in ("tiny-llama-pydoc", "tiny-shapes-unet"):
+            expect(cards.locator(f'[data-model="{model}"] .badge')).to_have_text("compiled", timeout=15_000)
+        image_card = cards.locator('[data-model="tiny-shapes-unet"]')
+        expect(image_card).to_contain_text(re.compile(r"\d+\.\d× faster compiled"), timeout=15_000)
+        expect(image_card).to_contain_text("ms a step")
+        box, card_box = cards.bounding_box(), image_card.bounding_box()
+        assert card_box["x"] >= box["x"] and card_box["x"] + card_box["width"] <= box["x"] + box["width"] + 1
+        assert cards.evaluate("el => el.scrollWidth <= el.clientWidth")
+        sidebar = cards.locator("xpath=ancestor::*[contains(@class, 'sidebar')][1]")
+        assert sidebar.evaluate("el => el.scrollWidth <= el.clientWidth + 1")
         SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(SCREENSHOT), full_page=True)
         browser.close()
