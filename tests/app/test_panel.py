@@ -1,0 +1,32 @@
+"""The side panel's model cards from compile-status rows."""
+
+import panel
+
+
+def _row(**changes):
+    row = {"model": "m", "state": "aoti", "reason": "compiled now", "compile_s": 84.2, "load_s": 0.01, "cache_hit": False,
+           "cuda_graphs": 1, "quantization": "fp8_rowwise", "fallbacks": [], "eager_latency_s": 0.025,
+           "aoti_latency_s": 0.004, "layout_copies": 0, "guard_fallbacks": 0}
+    return {**row, **changes}
+
+
+def test_a_compiled_model_shows_both_speeds_the_speedup_and_its_tags():
+    html = panel.card(_row(), "text")
+    assert 'data-state="aoti"' in html and ">compiled</span>" in html
+    assert "eager 40 tokens/s" in html and "compiled 250 tokens/s" in html and "6.2× faster compiled" in html
+    assert "<span>CUDA graphs</span>" in html and "<span>fp8_rowwise</span>" in html and "compiled in 84 s" in html
+    image = panel.card(_row(eager_latency_s=0.0384, aoti_latency_s=0.0203, cuda_graphs=0, quantization="none"), "image")
+    assert "eager 38.4 ms a step" in image and "compiled 20.3 ms a step" in image and "CUDA graphs" not in image
+
+
+def test_a_fallback_says_why_in_words_and_is_escaped():
+    html = panel.card(_row(state="fallback", reason="AOTI failed, serving eager: <boom>", fallbacks=["aoti -> eager: x < y"],
+                           eager_latency_s=None, aoti_latency_s=None), "text")
+    assert ">fallback</span>" in html and "&lt;boom&gt;" in html and "<li>aoti -&gt; eager: x &lt; y</li>" in html
+    assert "faster" not in html
+
+
+def test_only_loaded_models_get_a_card():
+    html = panel.cards([_row(model="a"), _row(model="b", state="not loaded")], {"a": "text", "b": "image"})
+    assert 'data-model="a"' in html and 'data-model="b"' not in html
+    assert panel.cards([], {}) == "<div>No model loaded yet.</div>"
