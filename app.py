@@ -307,7 +307,8 @@ def _optimization_controls(profile: gr.OAuthProfile | None = None):
     owner = ACCESS.allows(profile.username if profile is not None else None)
     usable = owner or bool(ACCESS.admin_token)
     note = "" if owner else ACCESS.refusal()
-    return (*[gr.update(interactive=usable)] * 4, gr.update(value=note))
+    fp8 = gr.update(interactive=usable and studio.device.fp8)  # disabled where it can't run, the reason in its label
+    return gr.update(interactive=usable), fp8, gr.update(interactive=usable), gr.update(interactive=usable), gr.update(value=note)
 
 
 def _model_choices(task: str) -> list[tuple[str, str]]:
@@ -351,14 +352,16 @@ def build() -> gr.Blocks:
             opt_model = gr.Dropdown([m["id"] for m in MODELS], value=DEFAULT_TEXT, label="Model", allow_custom_value=True)
             with gr.Row():
                 use_aoti = gr.Checkbox(value=True, label="AOTI")
-                fp8 = gr.Checkbox(value=False, label="FP8 (compute capability >= 8.9)")
+                fp8 = gr.Checkbox(value=False, elem_id="opt-fp8", label=(
+                    "FP8" if studio.device.fp8 else f"FP8: not here, needs a GPU of compute capability 8.9+ ({studio.device.label})"))
                 regional = gr.Checkbox(value=False, label="Regional compile")
             access_note = gr.Markdown(ACCESS.refusal() if not ACCESS.open else "", elem_id="access-note")
             if not ACCESS.open and os.environ.get("OAUTH_CLIENT_ID"):  # a Space with Hugging Face sign-in (hf_oauth)
                 gr.LoginButton()
             admin_token = gr.Textbox(value="", type="password", label="Admin token", visible=bool(ACCESS.admin_token))
             opt_button = gr.Button("Apply", elem_id="opt-apply")
-            opt_out = gr.JSON(label="Compile status")
+            opt_out = gr.JSON(visible=False)  # the API's answer; shown as cards
+            opt_cards = gr.HTML(elem_id="opt-cards")
         with gr.Sidebar(position="right", open=True, label="Live", width=480):
             summary = gr.Markdown()
             latency_plot = gr.ScatterPlot(x="request", y="latency_s", color="model", title="Latency per request (s)", height=220)
@@ -371,7 +374,8 @@ def build() -> gr.Blocks:
         image_button.click(generate_image, [image_model, image_prompt, size, steps, seed, guidance, image_compare],
                            [image_out, image_info], api_name="generate_image", concurrency_id="device")
         image_model.change(_image_sizes, image_model, [size, steps], api_visibility="private")
-        opt_button.click(set_optimization, [opt_model, use_aoti, fp8, regional, admin_token], opt_out, api_name="set_optimization")
+        opt_button.click(set_optimization, [opt_model, use_aoti, fp8, regional, admin_token], opt_out, api_name="set_optimization"
+                         ).success(lambda rows: panel.cards(rows, TASKS), opt_out, opt_cards, api_visibility="private")
         demo.load(_optimization_controls, None, [use_aoti, fp8, regional, opt_button, access_note], api_visibility="private")
         hidden = gr.JSON(visible=False)
         gr.Button(visible=False).click(metrics, None, hidden, api_name="metrics")

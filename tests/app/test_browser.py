@@ -59,7 +59,15 @@ def test_page_generates_text_and_an_image_and_the_panel_updates(app_url, client,
         assert cards.evaluate("el => el.scrollWidth <= el.clientWidth")
         sidebar = cards.locator("xpath=ancestor::*[contains(@class, 'sidebar')][1]")
         assert sidebar.evaluate("el => el.scrollWidth <= el.clientWidth + 1")
+
         SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(SCREENSHOT), full_page=True)
+
+        # Optimization tab: FP8 can't run on the CPU: disabled, the reason beside it; applying shows cards.
+        page.get_by_role("tab", name="Optimization").click()
+        expect(page.locator("#opt-fp8 input")).to_be_disabled(timeout=15_000)
+        expect(page.locator("#opt-fp8")).to_contain_text("needs a GPU of compute capability 8.9+")
+        page.locator("#opt-apply").click()
+        expect(page.locator('#opt-cards [data-model="tiny-llama-pydoc"] .badge')).to_be_visible(timeout=30_000)
         browser.close()
     assert SCREENSHOT.stat().st_size > 10_000
