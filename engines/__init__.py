@@ -16,7 +16,7 @@ from .device import DeviceInfo, discover
 from .distributed import DistributedEngine
 from .image import ImageParams, ImageResult, check_image_request
 from .lightweight import CompileState, LightweightEngine
-from .metrics import Metrics, RequestRecord, median, memory_mb, reset_peak_memory
+from .metrics import Metrics, RequestRecord, median, peak_mb, reset_peak_memory
 from .select import Decision, choose, estimate_bytes
 from .text import SamplingParams, TextModel, TextStep, check_text_request
 from .workers import Binding, RunReport, count_call, gpu_seconds_compile, gpu_seconds_image, gpu_seconds_text, gpu_size
@@ -136,10 +136,10 @@ class Studio:
     def set_optimization(self, model_id: str, use_aoti: bool, fp8: bool = False, regional: bool = False) -> CompileState:
         """The per-model switches: AOTI on/off, FP8, regional. FP8 where it can't run is refused. With
         ``gpu_in_workers`` only "off" is done here; compiling is a GPU call (`serve_compile`)."""
-        self.check_optimization(model_id, fp8, regional)
         if not use_aoti:
+            self.check_optimization(model_id, fp8, regional)
             return self.engine.set_eager(model_id)
-        if not self.admit_compile(model_id, fp8, regional):
+        if not self.admit_compile(model_id, fp8, regional):  # checks the switches too
             return self.engine.states[model_id]
         return self._optimize(model_id, fp8, regional)
 
@@ -173,10 +173,12 @@ class Studio:
     def check_image(self, model_id: str, prompt: str, params: ImageParams) -> None:
         """Validate an image request before any GPU time is asked for (with the pipeline's own checks,
         where it is loaded in this process)."""
-        check_image_request(self.check_model(model_id, "image"), prompt, params)
+        spec = self.check_model(model_id, "image")
         model = self.engine.models.get(model_id)
         if model is not None and model.spec.task == "image":
-            model.check_inputs(prompt, params)
+            model.check_inputs(prompt, params)  # `check_image_request` and the pipeline's own checks
+        else:
+            check_image_request(spec, prompt, params)
 
     def binding(self, model_id: str) -> Binding | None:
         """What a GPU worker should run for ``model_id``: the recorded compiled artifact (also while a
@@ -291,8 +293,7 @@ class Studio:
 
     def _memory(self) -> float | None:
         self.metrics.sample_memory(self.device.torch_device)
-        current, peak = memory_mb(self.device.torch_device)
-        return round(peak if peak is not None else current, 1)
+        return peak_mb(self.device.torch_device)
 
     def compile_status(self) -> list[dict[str, Any]]:
         return self.engine.rows()
@@ -326,9 +327,7 @@ class Studio:
         """`generate_text` on this process's copy of the model, bound as ``binding`` says; yields the
         steps, then one `RunReport`. With ``compare`` the request runs again on the eager forward and
         the report holds both speeds (the server's setting is not touched)."""
-        start, calls = time.perf_counter(), self.enter_worker()
-        bind_s = self.engine.bind(binding) if binding is not None else 0.0
-        reset_peak_memory(self.device.torch_device)
+        start, calls, bind_s = self._begin_call(binding)
         last = None
         for last in self.generate_text(model_id, prompt, params):
             yield last
@@ -345,15 +344,21 @@ class Studio:
                     progress=None, compare: bool = False) -> tuple[ImageResult, RunReport]:
         """`generate_image` on this process's copy of the model, bound as ``binding`` says (``compare``
         as in `serve_text`: seconds per step, compiled and eager)."""
-        start, calls = time.perf_counter(), self.enter_worker()
-        bind_s = self.engine.bind(binding) if binding is not None else 0.0
-        reset_peak_memory(self.device.torch_device)
+        start, calls, bind_s = self._begin_call(binding)
         result = self.generate_image(model_id, prompt, params, progress)
         report = self.report(model_id, calls, bind_s, time.perf_counter() - start)
         if compare and report.runtime == "aoti" and result.step_ms:
             eager = self.engine.generate_image(model_id, prompt, params, eager=True)
             report.compared = {"aoti": median(result.step_ms) / 1e3, "eager": median(eager.step_ms) / 1e3}
         return result, report
+
+    def _begin_call(self, binding: Binding | None) -> tuple[float, int, float]:
+        """A GPU call's start: its start time, this process's call count, and the seconds spent
+        binding the model as ``binding`` says; the memory peak starts here."""
+        start, calls = time.perf_counter(), self.enter_worker()
+        bind_s = self.engine.bind(binding) if binding is not None else 0.0
+        reset_peak_memory(self.device.torch_device)
+        return start, calls, bind_s
 
     def report(self, model_id: str, calls: int = 1, bind_s: float = 0.0, call_s: float = 0.0) -> RunReport:
         """What ran for ``model_id`` in this process, as plain data: the compiled graphs' live record
@@ -362,10 +367,9 @@ class Studio:
         live = aoti.status_of(model.hot_module) if model is not None else aoti.Status()
         state = self.engine.states[model_id]
         compiled = live.runtime == "aoti"
-        current, peak = memory_mb(self.device.torch_device)
         return RunReport(
             model_id, self.runtime_of(model_id), live.reason if compiled else state.reason, calls_in_worker=calls,
-            bind_s=round(bind_s, 4), call_s=round(call_s, 4), peak_mem_mb=round(peak if peak is not None else current, 1), device=self.device.label,
+            bind_s=round(bind_s, 4), call_s=round(call_s, 4), peak_mem_mb=peak_mb(self.device.torch_device), device=self.device.label,
             guard_fallbacks=live.guard_fallbacks, layout_copies=live.layout_copies, cuda_graphs=live.cuda_graphs,
             fallbacks=list(live.fallbacks if compiled else state.fallbacks),
         )

@@ -24,7 +24,7 @@ import aoti
 from . import registry
 from .device import DeviceInfo
 from .image import ImageModel, ImageParams, ImageResult
-from .metrics import memory_mb
+from .metrics import median, memory_mb
 from .registry import ModelSpec
 from .text import SamplingParams, TextModel, TextStep
 from .workers import Binding
@@ -286,5 +286,5 @@ class LightweightEngine:
             result = model.generate(prompt, params, progress)  # generate() validates its inputs before it runs
         if result.step_ms and self.observe_locally:
             runtime = "eager" if eager else self._live(model_id).runtime
-            self.observe(model_id, sorted(result.step_ms)[len(result.step_ms) // 2] / 1e3, runtime)
+            self.observe(model_id, median(result.step_ms) / 1e3, runtime)
         return result

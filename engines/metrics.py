@@ -44,6 +44,12 @@ def memory_mb(device: str = "cpu") -> tuple[float, float | None]:
     return psutil.Process(os.getpid()).memory_info().rss / 2**20, None
 
 
+def peak_mb(device: str = "cpu") -> float:
+    """The peak since `reset_peak_memory` on CUDA, this process's RSS on the CPU (MiB, one decimal)."""
+    current, peak = memory_mb(device)
+    return round(peak if peak is not None else current, 1)
+
+
 def reset_peak_memory(device: str = "cpu") -> None:
     """Start a new peak for `memory_mb` (CUDA only: RSS has no peak)."""
     if device != "cpu":
