@@ -2,24 +2,43 @@
 
     with aoti.capture(pipe.transformer) as call:
         pipe("a cat", num_inference_steps=1)
-    artifact = aoti.compile(pipe.transformer, call)   # or a cache hit: no compile
-    aoti.apply(artifact, pipe.transformer)            # forward now runs the compiled graph
-    aoti.load(pipe.transformer, artifact.ref())       # elsewhere: the same package, no capture or build
-    aoti.restore(pipe.transformer)                    # eager again
+    aoti.transform(pipe.transformer, [aoti.Float8Rowwise()])   # optional rewrites, recorded
+    artifact = aoti.compile(pipe.transformer, call)            # or a cache hit: no compile
+    aoti.apply(artifact, pipe.transformer)                     # forward now runs the compiled graph
+    aoti.restore(pipe.transformer)                             # eager and untransformed again
+
+Elsewhere (a ZeroGPU worker, a restart), the same package from plain data, no capture or build:
+
+    aoti.transform(module, aoti.transforms_for(ref))
+    aoti.apply(aoti.load(module, ref), module)
 """
 
 from . import lifetimes
 from .apply import CompiledMethod, apply, preload, restore, status_of, verify_loadable
 from .cache import Cache, default_cache_dir
 from .capture import CapturedCall, CapturedCalls, capture
-from .compile import Artifact, RegionalArtifact, compile, eager, load
+from .compile import Artifact, RegionalArtifact, compile, eager, load, transforms_for
 from .hub import HubRefused, HubSource
 from .options import CompileOptions, DimRange
+from .passes.toolchain import ensure_toolchain
 from .probe import ProbeResult, probe_package
-from .quant import decide as decide_quantization
 from .regional import find_blocks
 from .status import Status
-from .toolchain import ensure_toolchain
+from .transforms import (
+    DecodeAttention,
+    Float8Rowwise,
+    FuseDecoderLayers,
+    FuseFluxNormRope,
+    FuseProjections,
+    Int8WeightOnly,
+    OneRowKernels,
+    TransformConfig,
+    module_device,
+    quantization_of,
+    record_of,
+    transform,
+    transforms_of,
+)
 
 __all__ = [
     "Artifact",
@@ -28,25 +47,38 @@ __all__ = [
     "CapturedCalls",
     "CompileOptions",
     "CompiledMethod",
+    "DecodeAttention",
     "DimRange",
+    "Float8Rowwise",
+    "FuseDecoderLayers",
+    "FuseFluxNormRope",
+    "FuseProjections",
     "HubRefused",
     "HubSource",
+    "Int8WeightOnly",
+    "OneRowKernels",
     "ProbeResult",
     "RegionalArtifact",
     "Status",
+    "TransformConfig",
     "apply",
     "capture",
     "compile",
-    "decide_quantization",
     "default_cache_dir",
     "eager",
     "ensure_toolchain",
     "find_blocks",
     "lifetimes",
     "load",
+    "module_device",
     "preload",
     "probe_package",
+    "quantization_of",
+    "record_of",
     "restore",
     "status_of",
+    "transform",
+    "transforms_for",
+    "transforms_of",
     "verify_loadable",
 ]

@@ -12,15 +12,17 @@ import torch
 from torch.export._tree_utils import reorder_kwargs
 from torch.utils import _pytree as pytree
 
-from . import lifetimes, quant
+from . import lifetimes
 from .cache import MANIFEST_FILE, PROBE_FILE
 from .compile import EXTRA_CONSTANTS_FILE, Artifact, RegionalArtifact, import_op_modules
 from .cuda_graphs import CUDAGraphRunner, is_static
 from .env import fingerprint
+from .passes.toolchain import prepare_inductor
 from .probe import probe_package
 from .shapes import Guard, flatten_call
 from .status import Status
-from .toolchain import prepare_inductor
+from .transforms import undo_transforms
+from .weights import constants_map
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +99,7 @@ def _bind(artifact: Artifact, module: torch.nn.Module, status: Status, cuda_grap
 
     prepare_inductor()  # a fresh process would otherwise re-run Inductor's slow CPU checks here
     import_op_modules(artifact.manifest)
-    available = quant.constants_map(module)
+    available = constants_map(module)
     extra_path = artifact.entry.dir / EXTRA_CONSTANTS_FILE
     extra = torch.load(extra_path, weights_only=True) if extra_path.exists() else {}
     device = torch.device(artifact.manifest["device"])
@@ -158,7 +160,7 @@ def apply(artifact: Artifact | RegionalArtifact, module: torch.nn.Module, *, met
     if cuda_graphs and artifact.manifest["device"] != "cuda":
         status.fallbacks.append(f"cuda graphs -> off: the graphs run on {artifact.manifest['device']}")
         cuda_graphs = False
-    restore(module, method=method)
+    _unswap(module, method)
     lifetimes.release_orphans()  # e.g. the float weights of a model quantized since its last package
     start = time.perf_counter()
     graphs, weights = _bind(artifact, module, status, cuda_graphs)
@@ -190,13 +192,29 @@ def _apply_regional(artifact: RegionalArtifact, module: torch.nn.Module) -> Stat
 
 
 def restore(module: torch.nn.Module, *, method: str = "forward") -> Status:
-    """Bring back the eager method (and every regional block's). Returns the eager status."""
+    """The module as it was before `aoti.transform` and `aoti.apply`: the eager method back (every
+    regional block's too) and every transform undone, float weights included. Returns the eager status.
+
+    Example::
+
+        aoti.transform(model, [aoti.Float8Rowwise()])
+        aoti.apply(aoti.compile(model, calls), model)
+        aoti.restore(model)          # bf16 weights and eager forward again: no reload
+    """
+    _unswap(module, method)
+    undone = undo_transforms(module)
+    if undone:
+        lifetimes.release_orphans()  # weights the graphs of the transformed module were loaded with
+    return Status(runtime="eager", reason="restored")
+
+
+def _unswap(module: torch.nn.Module, method: str) -> None:
+    """The eager method back on the module and on every regional block; transforms stay."""
     for sub in module.modules():
         swapped = sub.__dict__.get(method)
         if isinstance(swapped, CompiledMethod):
             del sub.__dict__[method]
     module.__dict__.pop(REGIONAL_ATTR, None)
-    return Status(runtime="eager", reason="restored")
 
 
 def status_of(module: torch.nn.Module, method: str = "forward") -> Status:

@@ -3,7 +3,7 @@
 Inductor lowers ``F.scaled_dot_product_attention`` to one fused kernel chosen while the graph is
 traced, by the SDPA backend flags active then. ``"auto"`` keeps PyTorch's own choice (FlashAttention-2
 on Hopper); ``"cudnn"`` pins cuDNN's fused attention, usually faster on H100/H200 at diffusion
-sequence lengths. ``"fp8"`` traces the calls `aoti.fp8_attention` serves (no mask, not causal: a
+sequence lengths. ``"fp8"`` traces the calls `aoti.kernels.fp8_attention` serves (no mask, not causal: a
 diffusion transformer's attention) as its FP8 Triton kernel, the others as SDPA; it needs a GPU with
 FP8 tensor cores (compute capability 8.9+), and its tiles were sized on an H200: on a GPU with less
 shared memory (an RTX Pro 6000 Blackwell, sm_120) they run with fewer pipeline stages, said in the
@@ -36,11 +36,12 @@ def decide(backend: str, device: torch.device) -> AttentionDecision:
     if backend == "cudnn" and not torch.backends.cudnn.is_available():
         return AttentionDecision(backend, "auto", "cuDNN is not available in this torch build")
     if backend == "fp8":
-        from . import fp8_attention, quant
+        from .kernels import fp8_attention
+        from .kernels.fp8 import fp8_unsupported
 
         if not fp8_attention.available():
             return AttentionDecision(backend, "auto", "FP8 attention needs Triton, which is not installed")
-        if reason := quant.fp8_unsupported(device):
+        if reason := fp8_unsupported(device):
             return AttentionDecision(backend, "auto", f"FP8 attention {reason}")
         config, reason = fp8_attention.config_for(device.index or 0, 128)
         if config is None:
@@ -58,7 +59,7 @@ def pinned(backend: str) -> Iterator[None]:
         yield
         return
     if backend == "fp8":
-        from . import fp8_attention
+        from .kernels import fp8_attention
 
         original = torch.nn.functional.scaled_dot_product_attention
         torch.nn.functional.scaled_dot_product_attention = fp8_attention.sdpa

@@ -1,4 +1,8 @@
-"""export + AOTInductor, weights kept outside the package, through the content-addressed cache."""
+"""export + AOTInductor, weights kept outside the package, through the content-addressed cache.
+
+`compile` never changes the module it is given: rewrites come first, from `aoti.transform`, and the
+cache key names them. While tracing, only what the options pin (the SDPA backend, the one-pass row
+kernels) is switched, and switched back."""
 
 from __future__ import annotations
 
@@ -15,16 +19,20 @@ from typing import Any
 
 import torch
 
-from . import attention, decode_attention, fp8_rows, fuse, gemv, lifetimes, norm_rope, quant
+from . import attention, lifetimes
 from .cache import PACKAGE_FILE, Cache, Entry, key_of
-from .capture import CapturedCall, CapturedCalls
-from .env import fingerprint, module_device
+from .capture import CapturedCall, CapturedCalls, capture
+from .env import fingerprint
 from .hub import ENV_PUSH_REPO, HubRefused, HubSource, push
 from .hub import pull as hub_pull
+from .kernels import fp8_rows
 from .options import CompileOptions
+from .passes.toolchain import prepare_inductor
+from .regional import find_blocks, group_blocks
 from .shapes import GraphPlan, Guard, export_dynamic_shapes, plan_graphs, shape_signature
 from .status import Status
-from .toolchain import prepare_inductor
+from .transforms import config_from_dict, module_device, quantization_of, record_of, transforms_of
+from .weights import constants_map, exportable
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +60,9 @@ class Artifact:
         return self.entry.manifest
 
     def ref(self) -> dict[str, Any]:
-        """Plain data naming this artifact, for `load` in another process (picklable, JSON-able)."""
-        return {"key": self.key}
+        """Plain data naming this artifact and the transforms its module needs, for `load` in another
+        process (picklable, JSON-able)."""
+        return {"key": self.key, "transforms": self.manifest.get("transforms", [])}
 
     def wrapper_source(self) -> str:
         """The generated C++ of every graph in the package (which extern kernels it calls, for one)."""
@@ -71,8 +80,20 @@ class RegionalArtifact:
     status: Status = field(default_factory=Status)
 
     def ref(self) -> dict[str, Any]:
-        """Plain data naming every part, for `load` in another process."""
-        return {"parts": [[list(names), part.key] for names, part in self.parts]}
+        """Plain data naming every part and the transforms the whole module needs, for `load`."""
+        transforms = self.parts[0][1].manifest.get("transforms", []) if self.parts else []
+        return {"parts": [[list(names), part.key] for names, part in self.parts], "transforms": transforms}
+
+
+def transforms_for(ref: dict[str, Any]) -> list:
+    """The transform configs a module needs before `load` binds the artifact ``ref`` names.
+
+    Example::
+
+        aoti.transform(model, aoti.transforms_for(ref))
+        aoti.apply(aoti.load(model, ref), model)
+    """
+    return [config_from_dict(data) for data in ref.get("transforms", [])]
 
 
 class _MethodAsForward(torch.nn.Module):
@@ -111,7 +132,7 @@ def _config_dict(module: torch.nn.Module) -> Any:
 
 
 def _identity(module: torch.nn.Module) -> dict[str, Any]:
-    tensors = quant.constants_map(module)
+    tensors = constants_map(module)
     return {
         "class": f"{type(module).__module__}.{type(module).__qualname__}",
         "config": _config_dict(module),
@@ -140,19 +161,13 @@ def eager(module: torch.nn.Module, method: str = "forward") -> Iterator[None]:
             sub.__dict__[method] = compiled
 
 
-def _use_decode_kernels(module: torch.nn.Module, enabled: bool) -> None:
-    """Route one-row linear layers to `aoti.gemv` and flag attention modules for
-    `aoti.decode_attention` (``CompileOptions.gemv``), or undo both."""
-    gemv.use_gemv(module, enabled=enabled)
-    decode_attention.use_decode_attention(module, enabled=enabled)
-
-
 def cache_key(module: torch.nn.Module, options: CompileOptions, plans: list[GraphPlan]) -> tuple[str, dict[str, Any]]:
     """The artifact's key and the fields it hashes: model identity, options, environment, graph plans."""
     device = torch.device(options.device) if options.device else module_device(module)
     fields = {
         "model": _identity(module),
         "options": options.to_dict(),
+        "transforms": [config.to_dict() for config in transforms_of(module)],
         "env": fingerprint(device),
         "graphs": [[list(map(str, shape_signature(p.call))), repr(sorted((i, sorted(d)) for i, d in p.dynamic.items()))] for p in plans],
     }
@@ -167,21 +182,30 @@ def compile(
     cache: Cache | None = None,
     exclusive: contextlib.AbstractContextManager | None = None,
     hub: HubSource | None = None,
+    remember_failure: bool = False,
 ) -> Artifact | RegionalArtifact:
     """Compile ``module`` for the captured call(s) with torch.export + AOTInductor, or load it from cache.
 
-    Projection fusion (``options.fuse_projections``) and quantization, if asked for, are applied to
-    ``module`` in place first (a recipe the device can't run falls back to "none", recorded in the
-    status), then the decode kernels are routed (``options.gemv``). Returns an `Artifact` (or a `RegionalArtifact` with
-    ``options.regional``) to pass to `aoti.apply`.
+    The module is compiled as it is (rewrite it first with `aoti.transform`; the key and the manifest
+    name its transforms) and left as it was. Returns an `Artifact` (or a `RegionalArtifact` with
+    ``options.regional``) to pass to `aoti.apply`. An option this device can't run (an attention
+    kernel) falls back, recorded in the status with the transforms' own fallbacks.
 
     ``exclusive`` (e.g. the lock a server holds while a request runs the module) is held only while
-    the module itself is touched — quantization and export trace it with swapped-in fake tensors —
-    and released for the long Inductor build, so the module can keep serving eagerly meanwhile.
+    the module itself is traced, and released for the long Inductor build, so the module can keep
+    serving eagerly meanwhile. ``remember_failure``: a failed build is recorded in the cache and
+    raised again, without building, on later calls (for a caller with a fallback, which should not
+    pay for the failure twice).
 
     Where the artifact comes from, in order: the local cache; ``hub`` (or ``$AOTI_HUB_REPO``), an
     allow-listed repository pinned to a commit, every file checked (a refusal is recorded and we go
     on); a fresh compile, pushed to ``$AOTI_HUB_PUSH_REPO`` when that and a token are set.
+
+    Example::
+
+        with aoti.capture(model) as call:
+            model(x)
+        artifact = aoti.compile(model, call, aoti.CompileOptions(dispatch="dynamic"))
     """
     exclusive = exclusive or contextlib.nullcontext()
     hub = hub or HubSource.from_env()
@@ -190,65 +214,74 @@ def compile(
     calls = _as_calls(call)
     device = torch.device(options.device) if options.device else module_device(module)
 
-    # 1. Fusion, quantization, decode kernels: decide, apply once, and record what really runs.
-    options, fallbacks = prepare(module, options, device, exclusive)
+    # 1. What this device can run of the options; the transforms' fallbacks come first.
+    fallbacks = list(record_of(module).fallbacks)
+    kernel = attention.decide(options.attention, device)
+    if kernel.reason:
+        fallbacks.append(f"{kernel.requested} attention -> {kernel.applied}: {kernel.reason}")
+        log.warning("aoti: %s", fallbacks[-1])
+    options = options.replace(attention=kernel.applied)
 
     # 2. Regional mode compiles the repeated blocks instead of the whole module.
     if options.regional:
-        from .regional import compile_regional
-
-        artifact = compile_regional(module, calls, options.replace(regional=False), cache=cache, exclusive=exclusive, hub=hub)
-        artifact.status.fallbacks[:0] = fallbacks
-        return artifact
+        return _compile_regional(module, calls, options.replace(regional=False), cache, exclusive, hub, fallbacks)
 
     # 3. Whole module: one package with one graph per plan, through the cache. A module whose own code
     #    can't be exported (shapes from a tensor's values, `.numpy()` in forward) is compiled block by
     #    block instead, where it has repeated blocks.
     try:
-        return _compile_whole(module, calls, options, device, cache, hub, exclusive, fallbacks)
+        entry, key, cache_hit, source = _find_or_build(module, calls, options, device, cache, hub, exclusive,
+                                                       fallbacks, remember_failure)
     except ExportFailed as exc:
-        from .regional import compile_regional, find_blocks
-
         try:
             find_blocks(module)
         except ValueError:
             raise exc.__cause__ or exc from None
         fallbacks.append(f"whole module -> regional: {exc}")
         log.warning("aoti: %s", fallbacks[-1])
-        artifact = compile_regional(module, calls, options, cache=cache, exclusive=exclusive, hub=hub)
-        artifact.status.fallbacks[:0] = fallbacks
-        return artifact
+        return _compile_regional(module, calls, options, cache, exclusive, hub, fallbacks)
+    artifact = _artifact(entry, cache, module, fallbacks, cache_hit, source)
+    log.info("aoti: %s %s (%d graphs, key %s)", "loaded" if cache_hit else "compiled", type(module).__name__,
+             artifact.status.graphs, key)
+    return artifact
+
+
+def _compile_regional(module: torch.nn.Module, calls: list[CapturedCall], options: CompileOptions, cache: Cache,
+                      exclusive: contextlib.AbstractContextManager, hub: HubSource | None,
+                      fallbacks: list[str]) -> RegionalArtifact:
+    """One package per distinct block signature: each block's inputs captured by re-running the module
+    on the captured calls, then compiled like a whole module."""
+    start = time.perf_counter()
+    groups = group_blocks(module)
+    representatives = [module.get_submodule(names[0]) for names in groups]
+    with exclusive, contextlib.ExitStack() as stack:
+        recorders = [stack.enter_context(capture(block, stop=False)) for block in representatives]
+        with eager(module), torch.no_grad():
+            for call in calls:
+                module(*call.args, **call.kwargs)
+    parts: list[tuple[list[str], Artifact]] = []
+    status = Status(runtime="eager", reason="regional, not applied yet", cache_hit=None)
+    for names, block, recorded in zip(groups, representatives, recorders):
+        if not recorded.calls:
+            log.warning("regional: block %s was never called; it stays eager", names[0])
+            continue
+        artifact = compile(block, recorded, options, cache=cache, exclusive=exclusive, hub=hub)
+        assert isinstance(artifact, Artifact)
+        parts.append((names, artifact))
+        status.merge(artifact.status)
+    status.key = "+".join(a.key[:8] for _, a in parts)
+    status.quantization = quantization_of(module)
+    status.transforms = record_of(module).notes
+    status.fallbacks[:0] = [f for f in fallbacks if f not in status.fallbacks]
+    log.info("regional: %d packages for %d blocks in %.1f s", len(parts), sum(len(g) for g in groups), time.perf_counter() - start)
+    return RegionalArtifact(parts, status)
 
 
 class ExportFailed(RuntimeError):
     """``torch.export`` could not trace the module's own code (the cause is chained)."""
 
 
-def _compile_whole(module: torch.nn.Module, calls: list[CapturedCall], options: CompileOptions, device: torch.device,
-                   cache: Cache, hub: HubSource | None, exclusive: contextlib.AbstractContextManager,
-                   fallbacks: list[str]) -> Artifact:
-    """The whole module's package. A build that fails with the decode kernels (aoti.gemv,
-    aoti.decode_attention) in its graphs is built again without them (Inductor's C++ wrapper has failed
-    to compile such graphs now and then; see `aoti.inductor_fixes`), and the fallback is recorded."""
-    try:
-        entry, key, cache_hit, source = _find_or_build(module, calls, options, device, cache, hub, exclusive, fallbacks,
-                                                       remember_failure=options.gemv)
-    except Exception as exc:  # an export or a build with the decode kernels: once more without them
-        if not options.gemv:
-            raise
-        fallbacks.append(f"gemv -> off: the build with aoti.gemv failed ({_first_error_line(exc)}); built without it")
-        log.warning("aoti: %s", fallbacks[-1])
-        options = options.replace(gemv=False)
-        with exclusive:
-            _use_decode_kernels(module, False)
-        entry, key, cache_hit, source = _find_or_build(module, calls, options, device, cache, hub, exclusive, fallbacks)
-    artifact = _artifact(entry, cache, options, fallbacks, cache_hit, source)
-    log.info("aoti: %s %s (%d graphs, key %s)", "loaded" if cache_hit else "compiled", type(module).__name__,
-             artifact.status.graphs, key)
-    return artifact
-
-
-def _artifact(entry: Entry, cache: Cache, options: CompileOptions, fallbacks: list[str], cache_hit: bool,
+def _artifact(entry: Entry, cache: Cache, module: torch.nn.Module, fallbacks: list[str], cache_hit: bool,
               source: str) -> Artifact:
     """An artifact for a verified cache entry (found in ``source``, or built now); its status stays
     "eager" until `apply`."""
@@ -261,101 +294,61 @@ def _artifact(entry: Entry, cache: Cache, options: CompileOptions, fallbacks: li
         compile_s=None if cache_hit else manifest["compile_s"],
         artifact_bytes=manifest["package_bytes"],
         graphs=len(manifest["graphs"]),
-        quantization=options.quantization,
+        quantization=quantization_of(module),
+        transforms=record_of(module).notes,
         fallbacks=fallbacks,
     )
     return Artifact(entry, status, cache)
 
 
-def load(module: torch.nn.Module, ref: dict[str, Any], *, cache: Cache | None = None,
-         exclusive: contextlib.AbstractContextManager | None = None) -> Artifact | RegionalArtifact:
+def load(module: torch.nn.Module, ref: dict[str, Any], *, cache: Cache | None = None) -> Artifact | RegionalArtifact:
     """The artifact that ``ref`` (from `Artifact.ref`) names, for ``module``, from the local cache:
     no capture, no export, no build. Pass the result to `aoti.apply`.
 
     This is how another process (a ZeroGPU worker, a restarted server) binds a package that was
-    compiled elsewhere: ``module`` is first rewritten as the package's manifest records (fusion,
-    quantization, decode kernels; see `prepare`), then checked against the model identity the package
-    was built for. Raises ``LookupError`` when the package is not in the cache for this environment
-    (other versions, another GPU generation) and ``ValueError`` when ``module`` is another model.
+    compiled elsewhere. ``module`` must carry the transforms the package was built with
+    (`transforms_for`). Raises ``LookupError`` when the package is not in the cache for this
+    environment (other versions, another GPU generation) and ``ValueError`` when ``module`` is another
+    model or was transformed otherwise.
 
     Example::
 
-        ref = aoti.compile(model, calls).ref()          # in one process: plain data
-        aoti.apply(aoti.load(model, ref), model)        # in another, on its own copy of the weights
+        ref = aoti.compile(model, calls).ref()              # in one process: plain data
+        aoti.transform(model, aoti.transforms_for(ref))      # in another, on its own copy of the weights
+        aoti.apply(aoti.load(model, ref), model)
     """
     cache = cache or Cache()
+    wanted = tuple(transforms_for(ref))
+    if transforms_of(module) != wanted:
+        raise ValueError(f"{type(module).__name__} runs the transforms {list(transforms_of(module))}; the package "
+                         f"was built with {list(wanted)}. Apply `aoti.transforms_for(ref)` first.")
     if "parts" in ref:
-        parts = []
-        for names, key in ref["parts"]:
-            part = load(module.get_submodule(names[0]), {"key": key}, cache=cache, exclusive=exclusive)
-            for name in names[1:]:  # every block that binds this package is rewritten as it was built
-                prepare(module.get_submodule(name), CompileOptions.from_dict(part.manifest["options"]), module_device(module), exclusive)
-            parts.append((list(names), part))
+        parts = [(list(names), load(module.get_submodule(names[0]), {"key": key, "transforms": ref.get("transforms", [])},
+                                    cache=cache)) for names, key in ref["parts"]]
         status = Status(runtime="eager", reason="regional, from the local cache", cache_hit=True)
         for _, part in parts:
             status.merge(part.status)
         status.key = "+".join(part.key[:8] for _, part in parts)
+        status.quantization, status.transforms = quantization_of(module), record_of(module).notes
         return RegionalArtifact(parts, status)  # type: ignore[arg-type]
     key = ref["key"]
     device = module_device(module)
     entry = cache.get(key, fingerprint(device))
     if entry is None:
         raise LookupError(f"package {key} is not in {cache} for this environment ({device.type}); compile it here first.")
-    options, fallbacks = prepare(module, CompileOptions.from_dict(entry.manifest["options"]), device, exclusive)
     identity = json.loads(json.dumps(_identity(module), sort_keys=True, default=str))
     if identity != entry.manifest["key_fields"]["model"]:
         raise ValueError(f"package {key} was built for another model than this {type(module).__name__} "
                          "(its class, config or tensors differ).")
-    return _artifact(entry, cache, options, fallbacks, True, "local cache")
-
-def prepare(module: torch.nn.Module, options: CompileOptions, device: torch.device,
-            exclusive: contextlib.AbstractContextManager | None = None) -> tuple[CompileOptions, list[str]]:
-    """Rewrite ``module`` in place as ``options`` ask before export (projection fusion, quantization,
-    decode-kernel routing), deciding what this device can run. Returns the options as applied and a
-    fallback line for every request that was not (a module already quantized with the requested
-    recipe is left as it is). `compile` and `load` both go through here, so a package is always
-    bound to a module rewritten the way it was when the package was built."""
-    exclusive = exclusive or contextlib.nullcontext()
-    already = quant.applied(module)
-    if already != "none" and already == options.quantization:
-        decision = quant.QuantDecision(already, already)
-    else:
-        decision = quant.decide(options.quantization, device)
-    fallbacks = [f"{decision.requested} -> {decision.applied}: {decision.reason}"] if decision.reason else []
-    if decision.reason:
-        log.warning("aoti: %s", fallbacks[0])
-    options = options.replace(quantization=decision.applied)
-    kernel = attention.decide(options.attention, device)
-    if kernel.reason:
-        fallbacks.append(f"{kernel.requested} attention -> {kernel.applied}: {kernel.reason}")
-        log.warning("aoti: %s", fallbacks[-1])
-    options = options.replace(attention=kernel.applied)
-    if options.fuse_projections and already == "none" and quant.keeps_plain_weights(decision.applied):
-        with exclusive:
-            fuse.fuse_projections(module)
-    options = options.replace(fuse_projections=fuse.fused_groups(module) > 0)
-    if already != decision.applied:
-        with exclusive:
-            quant.quantize(module, decision.applied)
-    wanted = options.gemv if options.gemv is not None else options.preset == "decode"
-    one_row_kernel = wanted and gemv.runs_on(device)
-    if one_row_kernel and not gemv.available():
-        fallbacks.append("gemv -> cuBLAS: Triton is not installed")
-        log.warning("aoti: %s", fallbacks[-1])
-        one_row_kernel = False
-    options = options.replace(gemv=one_row_kernel)
-    with exclusive:
-        _use_decode_kernels(module, one_row_kernel)
-    return options, fallbacks
+    return _artifact(entry, cache, module, list(record_of(module).fallbacks), True, "local cache")
 
 
 def _find_or_build(module: torch.nn.Module, calls: list[CapturedCall], options: CompileOptions, device: torch.device,
                    cache: Cache, hub: HubSource | None, exclusive: contextlib.AbstractContextManager,
                    fallbacks: list[str], remember_failure: bool = False) -> tuple[Entry, str, bool, str]:
     """The package for these calls and options: from the local cache, the Hub, or built now.
-    Returns the entry, its key, whether it was found rather than built, and where it was found.
-    With ``remember_failure`` a failed build is recorded in the cache and raised again, without
-    building, on later calls (the caller has a fallback and should not pay for the failure twice)."""
+    Returns the entry, its key, whether it was found rather than built, and where it was found
+    (``remember_failure``: see `compile`)."""
     plans = plan_graphs(calls, options, module)
     key, fields = cache_key(module, options, plans)
     entry = cache.get(key, fields["env"])
@@ -426,13 +419,12 @@ def _build(
     """Export and compile every planned graph into one package in a staging folder, then publish it."""
     from torch._inductor.package import package_aoti
 
-    from . import reductions  # imports Inductor
+    from .passes import fp8_producers, reductions  # import Inductor
 
     toolchain = prepare_inductor()
     start = time.perf_counter()
-    known = set(quant.constants_map(module))
+    known = set(constants_map(module))
     one_pass = options.one_pass_rows and device.type == "cuda"
-    fused_rope = options.fused_norm_rope and device.type == "cuda"
     with _staging(cache) as staged, lifetimes.forget_build(module):
         files: dict[str, list[str]] = {}
         graphs: list[dict[str, Any]] = []
@@ -443,9 +435,8 @@ def _build(
             name = f"graph{index}"
             t0 = time.perf_counter()
             with (exclusive, eager(module, options.method), torch.no_grad(), attention.pinned(options.attention),
-                  fp8_rows.used(options.one_pass_rows),
-                  norm_rope.fused_flux_attention(module, fused_rope, fp8_attention=options.attention == "fp8")):
-                target = quant.exportable(module)
+                  fp8_rows.used(options.one_pass_rows)):
+                target = exportable(module)
                 prefix = ""
                 if options.method != "forward":
                     target, prefix = _MethodAsForward(target, options.method), "inner."
@@ -466,7 +457,7 @@ def _build(
                   reductions.one_pass_rows(one_pass)):
                 graph_module = ep.module()
                 _constants_as_buffers(graph_module, [n for n, t in ep.constants.items() if isinstance(t, torch.Tensor)])
-                if one_pass and (moved := fp8_rows.fuse_producers(graph_module)):
+                if one_pass and (moved := fp8_producers.fuse_producers(graph_module)):
                     log.info("%s: %d GELU producers moved into the FP8 quantization kernel", name, moved)
                 files[name] = torch._inductor.aot_compile(graph_module, plan.call.args, plan.call.kwargs, options=configs)
                 del graph_module  # binds the model's weights
@@ -490,6 +481,7 @@ def _build(
             "compile_s": round(compile_s, 3),
             "export_s": round(export_s, 3),
             "toolchain": toolchain.note,
+            "transforms": fields["transforms"],
             "module_class": fields["model"]["class"],
             "op_modules": sorted(op_modules),
         }

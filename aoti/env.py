@@ -40,11 +40,3 @@ def fingerprint(device: torch.device) -> dict[str, Any]:
     else:
         fields["cpu_isa"] = _cpu_isa()
     return fields
-
-
-def module_device(module: torch.nn.Module) -> torch.device:
-    for tensor in module.parameters():
-        return tensor.device
-    for tensor in module.buffers():
-        return tensor.device
-    return torch.device("cpu")

@@ -9,19 +9,13 @@ from typing import Any, Literal
 
 from .attention import BACKENDS as ATTENTIONS
 
-OPTIONS_VERSION = 7  # 2: the default preset lowers matmuls (FP8 ones too) to ATen kernels only;
-# 3: `gemv` also runs decode attention on `aoti.decode_attention`; `fuse_projections`;
-# 4: `fuse_projections` also fuses decoder layers' one-token step (`aoti.fuse_layers`);
-# 5: "decode" on CUDA builds combo kernels; fused `gemv` calls get their own launch configs;
-# 6: `one_pass_rows`; 7: `fused_norm_rope`
+OPTIONS_VERSION = 8  # 8: module rewrites (quantization, fusion, decode kernels) are transforms, not options
 
 Dispatch = Literal["static", "dynamic", "buckets"]
 Preset = Literal["default", "tuned", "decode", "max-autotune"]
-Quantization = Literal["none", "int8_weight_only", "fp8_rowwise"]
 
 DISPATCH_MODES: tuple[str, ...] = ("static", "dynamic", "buckets")
 PRESETS: tuple[str, ...] = ("default", "tuned", "decode", "max-autotune")
-QUANTIZATIONS: tuple[str, ...] = ("none", "int8_weight_only", "fp8_rowwise")
 
 # Inductor settings that keep weights outside the package, named like the module's state_dict().
 EXTERNAL_WEIGHTS_CONFIGS: dict[str, Any] = {
@@ -36,20 +30,17 @@ EXTERNAL_WEIGHTS_CONFIGS: dict[str, Any] = {
 # Inductor's own (pointwise and reduction) kernels' launch parameters. "decode" adds it too, with
 # which Inductor turns one-row matmuls (LLM decode) into tuned reductions instead of cuBLAS calls
 # (torch/_inductor/decomposition.py: "Our matrix vector multiplies only achieve peak bandwidth with
-# coordinate descent tuning"); `aoti.compile` routes them to `aoti.gemv` with it. "max-autotune"
-# searches Triton GEMM templates too.
+# coordinate descent tuning"; the `OneRowKernels` transform routes them to `aoti.kernels.gemv`).
+# "max-autotune" searches Triton GEMM templates too.
 PRESET_CONFIGS: dict[str, dict[str, Any]] = {
     "default": {"max_autotune_gemm_backends": "ATEN"},
     "tuned": {"max_autotune_gemm_backends": "ATEN", "coordinate_descent_tuning": True},
     "decode": {"max_autotune_gemm_backends": "ATEN", "coordinate_descent_tuning": True},
     "max-autotune": {"max_autotune": True, "coordinate_descent_tuning": True, "max_autotune_gemm_backends": "ATEN,TRITON"},
 }
-# Added on CUDA devices, unless the decode kernels are off (`gemv=False`: also the build `compile`
-# falls back to when one with them fails, which should then take Inductor's long-standing path).
-# Combo kernels launch independent small Triton kernels as one (Inductor's horizontal fusion): a
-# decode step's rotary embeddings of q and k and its two KV-cache writes ran as four kernels a layer.
-# With them, Qwen2.5-7B's 28-layer step ran 233 kernels instead of 314, and 262.8 tokens/s (87.9 %
-# of the floor) on an H200 (results/gpu_llm_decode_combo_kernels_h200.json).
+# Added on CUDA devices. Combo kernels launch independent small Triton kernels as one (Inductor's
+# horizontal fusion): a decode step's rotary embeddings of q and k and its two KV-cache writes ran as
+# four kernels a layer; with them Qwen2.5-7B's 28-layer step ran 233 kernels instead of 314.
 GPU_PRESET_CONFIGS: dict[str, dict[str, Any]] = {"decode": {"combo_kernels": True}}
 
 
@@ -81,52 +72,36 @@ class CompileOptions:
         dynamic_dims: explicit ranges, ``((input_path, dim_index, DimRange), ...)`` where
             ``input_path`` is a positional index (``"0"``) or keyword name (``"hidden_states"``).
             Implies dispatch="dynamic" for those dims.
-        quantization: "none", "int8_weight_only" (CPU and GPU) or "fp8_rowwise" (CUDA, capability >= 8.9).
         regional: compile one package per repeated block signature instead of the whole module.
         preset: inductor preset: "default" (fast builds, cuBLAS/CUTLASS matmuls), "tuned" (the same,
             with Inductor's fused kernels tuned by coordinate descent: longer builds), "decode" (LLM decode
-            steps: one-row linears on `aoti.gemv`, other reductions tuned by coordinate descent, and
-            on CUDA with the decode kernels, small independent kernels launched as combo kernels) or
-            "max-autotune".
+            steps: reductions tuned by coordinate descent and, on CUDA, small independent kernels
+            launched as combo kernels) or "max-autotune".
         device: "cpu", "cuda" or None (the module's own device).
         method: the module method to compile and swap.
         strict: `torch.export` strict mode (TorchDynamo tracing); needed by transformers' static-cache
             export wrapper, whose cache tensors are reached through a Python object.
         attention: the fused SDPA kernel the graph calls: "auto" (PyTorch's choice), "cudnn", "flash",
-            "efficient", "math", or "fp8" (`aoti.fp8_attention`'s FP8 Triton kernel for unmasked,
+            "efficient", "math", or "fp8" (`aoti.kernels.fp8_attention`'s FP8 Triton kernel for unmasked,
             non-causal calls; GPUs with compute capability 8.9+) (see `aoti.attention`).
-        gemv: on CUDA, the decode kernels: one-row calls of linear layers (LLM decode steps) run
-            `aoti.gemv`'s bandwidth-tuned Triton kernel (FP8 weights too) instead of cuBLAS or
-            Inductor's reductions, and grouped-query attention modules are flagged for
-            `aoti.decode_attention`'s split-KV kernel. None (default): on with the "decode" preset.
-            Never on the CPU.
-        fuse_projections: compute q/k/v and gate/up projections that read the same input as one
-            linear layer each (`aoti.fuse`), in place before quantizing, and run known decoder layers'
-            one-token step with their norms, residual adds and SiLU·mul inside the one-row products
-            (`aoti.fuse_layers`, where `gemv` is on). Recorded as what ran: False for a module without
-            such groups, or with a torchao (int8) recipe.
         one_pass_rows: on CUDA, rows wider than Inductor's one-pass limit (1024 values) are reduced in
-            one pass: the FP8 activation scales of rows 4096-32768 wide on `aoti.fp8_rows`'s kernel,
-            Inductor's own row reductions persistent up to 16384 values (`aoti.reductions`). False:
-            Inductor's own choices.
-        fused_norm_rope: on CUDA, diffusers FLUX attention's query/key RMS norms, text/image
-            concatenation and rotary embedding run as one `aoti.norm_rope` kernel per tensor (writing
-            e4m3 for the FP8 attention kernel with attention="fp8"). False: Inductor's own fused kernels.
+            one pass: the FP8 activation scales of rows 4096-32768 wide on `aoti.kernels.fp8_rows`'s
+            kernel (with GELU producers moved into it), Inductor's own row reductions persistent up to
+            16384 values (`aoti.passes.reductions`). False: Inductor's own choices.
+
+    What the module itself runs (quantized weights, fused projections, decode kernels) is not an
+    option: rewrite the module with `aoti.transform` first; its cache key names the transforms.
     """
 
     dispatch: Dispatch = "static"
     dynamic_dims: tuple[tuple[str, int, DimRange], ...] = ()
-    quantization: Quantization = "none"
     regional: bool = False
     preset: Preset = "default"
     device: str | None = None
     method: str = "forward"
     strict: bool = False
     attention: str = "auto"
-    gemv: bool | None = None
-    fuse_projections: bool = True
     one_pass_rows: bool = True
-    fused_norm_rope: bool = True
     version: int = field(default=OPTIONS_VERSION)
 
     def __post_init__(self) -> None:
@@ -134,8 +109,6 @@ class CompileOptions:
             raise ValueError(f"`dispatch` must be one of {DISPATCH_MODES}, got {self.dispatch!r}.")
         if self.preset not in PRESETS:
             raise ValueError(f"`preset` must be one of {PRESETS}, got {self.preset!r}.")
-        if self.quantization not in QUANTIZATIONS:
-            raise ValueError(f"`quantization` must be one of {QUANTIZATIONS}, got {self.quantization!r}.")
         if self.attention not in ATTENTIONS:
             raise ValueError(f"`attention` must be one of {ATTENTIONS}, got {self.attention!r}.")
 
@@ -161,5 +134,5 @@ class CompileOptions:
     def inductor_configs(self, device_type: str = "cpu") -> dict[str, Any]:
         """Inductor configs for this preset on a device of ``device_type``, always with weights kept
         outside the package."""
-        gpu = GPU_PRESET_CONFIGS.get(self.preset, {}) if device_type == "cuda" and self.gemv is not False else {}
+        gpu = GPU_PRESET_CONFIGS.get(self.preset, {}) if device_type == "cuda" else {}
         return {**PRESET_CONFIGS[self.preset], **gpu, **EXTERNAL_WEIGHTS_CONFIGS}

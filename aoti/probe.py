@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .toolchain import child_env
+from .passes.toolchain import child_env
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ def _run_child(package: str, manifest_path: str, started: float) -> None:
     from torch._inductor.package import load_package
 
     from aoti.compile import import_op_modules
-    from aoti.toolchain import settle_vec_isa
+    from aoti.passes.toolchain import settle_vec_isa
 
     settle_vec_isa()
     manifest = json.loads(Path(manifest_path).read_text())

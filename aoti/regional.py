@@ -1,21 +1,10 @@
-"""Regional compilation: one package per (block class, parameter-shape signature), reused by every
-block with that signature, each bound to its own weights."""
+"""Which blocks a regional compile builds: the repeated blocks of a module, grouped by (block class,
+parameter-shape signature); one package per group, reused by every block in it with its own weights
+(`aoti.compile` with ``regional=True``)."""
 
 from __future__ import annotations
 
-import contextlib
-import logging
-import time
-
 import torch
-
-from .cache import Cache
-from .capture import CapturedCall, capture
-from .compile import Artifact, RegionalArtifact, compile, eager
-from .options import CompileOptions
-from .status import Status
-
-log = logging.getLogger(__name__)
 
 
 def find_blocks(module: torch.nn.Module) -> list[str]:
@@ -59,33 +48,3 @@ def group_blocks(module: torch.nn.Module) -> list[list[str]]:
     for name in find_blocks(module):
         groups.setdefault(block_signature(module.get_submodule(name)), []).append(name)
     return list(groups.values())
-
-
-def compile_regional(
-    module: torch.nn.Module, calls: list[CapturedCall], options: CompileOptions, *, cache: Cache,
-    exclusive: contextlib.AbstractContextManager | None = None, hub: object | None = None,
-) -> RegionalArtifact:
-    """Capture each distinct block's inputs by re-running the module on the captured calls, then
-    compile one package per block signature."""
-    start = time.perf_counter()
-    groups = group_blocks(module)
-    representatives = [module.get_submodule(names[0]) for names in groups]
-    with exclusive or contextlib.nullcontext(), contextlib.ExitStack() as stack:
-        recorders = [stack.enter_context(capture(block, stop=False)) for block in representatives]
-        with eager(module), torch.no_grad():
-            for call in calls:
-                module(*call.args, **call.kwargs)
-    parts: list[tuple[list[str], Artifact]] = []
-    status = Status(runtime="eager", reason="regional, not applied yet", cache_hit=None)
-    for names, block, recorded in zip(groups, representatives, recorders):
-        if not recorded.calls:
-            log.warning("regional: block %s was never called; it stays eager", names[0])
-            continue
-        artifact = compile(block, recorded, options, cache=cache, exclusive=exclusive, hub=hub)
-        assert isinstance(artifact, Artifact)
-        parts.append((names, artifact))
-        status.merge(artifact.status)
-    status.key = "+".join(a.key[:8] for _, a in parts)
-    status.quantization = options.quantization
-    log.info("regional: %d packages for %d blocks in %.1f s", len(parts), sum(len(g) for g in groups), time.perf_counter() - start)
-    return RegionalArtifact(parts, status)

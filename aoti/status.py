@@ -13,7 +13,7 @@ Runtime = Literal["aoti", "torch.compile", "eager"]
 class Status:
     """One step's outcome, plain data for the engines, the UI and the API.
 
-    ``fallbacks`` lists every downgrade with its reason (e.g. "fp8_rowwise -> none: FP8 needs a CUDA GPU").
+    ``fallbacks`` lists every downgrade with its reason (e.g. "Float8Rowwise -> skipped: FP8 needs a CUDA GPU").
     ``guard_fallbacks`` is filled in live by the swapped forward: calls sent to eager by the shape guard.
     """
 
@@ -26,6 +26,7 @@ class Status:
     artifact_bytes: int | None = None
     graphs: int = 0
     quantization: str = "none"
+    transforms: list[str] = field(default_factory=list)  # what `aoti.transform` rewrote, one line each
     cuda_graphs: int = 0  # graphs replayed as CUDA graphs
     fallbacks: list[str] = field(default_factory=list)
     guard_fallbacks: int = 0

@@ -18,6 +18,8 @@ from typing import Any
 
 import torch
 
+ROOT = Path(__file__).resolve().parents[1]
+
 
 def rel_error(out: torch.Tensor, reference: torch.Tensor) -> float:
     """‖out − reference‖ / ‖reference‖ in float32."""
@@ -174,9 +176,10 @@ def memory_bandwidth_gbs(gb: float = 4.0, iters: int = 10) -> float:
 
 
 def json_from_fresh_process(code: str, env: dict[str, str] | None = None, timeout: float = 600) -> dict[str, Any]:
-    """Run ``code`` in a new Python process; its last stdout line is the JSON result (or the error)."""
+    """Run ``code`` in a new Python process (in the repository root, so the packages import); its last
+    stdout line is the JSON result (or the error)."""
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})})
+                          env={**os.environ, **(env or {})}, cwd=ROOT)
     if proc.returncode != 0:
         return {"error": proc.stderr[-2000:]}
     return json.loads(proc.stdout.strip().splitlines()[-1])

@@ -14,11 +14,12 @@ from . import registry
 from .access import RateLimit
 from .device import DeviceInfo, discover
 from .distributed import DistributedEngine
-from .image import ImageParams, ImageResult, check_image_request
+from .image import ImageParams, ImageResult, check_image_request, image_recipe
 from .lightweight import CompileState, LightweightEngine
 from .metrics import Metrics, RequestRecord, median, peak_mb, reset_peak_memory
+from .optimize import Recipe
 from .select import Decision, choose, estimate_bytes
-from .text import SamplingParams, TextModel, TextStep, check_text_request
+from .text import SamplingParams, TextModel, TextStep, check_text_request, text_recipe
 from .workers import Binding, RunReport, count_call, gpu_seconds_compile, gpu_seconds_image, gpu_seconds_text, gpu_size
 
 log = logging.getLogger(__name__)
@@ -113,14 +114,17 @@ class Studio:
         for spec in specs if compile else []:
             self._optimize(spec.id, background=background)
 
-    def options_for(self, model_id: str, fp8: bool = False, regional: bool = False) -> aoti.CompileOptions:
-        """Compile options from the switches and the selection (FP8 when only FP8 weights fit)."""
-        decision = self.decision(model_id, fp8)
-        preset = "default"
-        if decision.preset:
-            text = registry.get(model_id).task == "text"
-            preset = decision.preset.text_inductor if text else decision.preset.inductor
-        return aoti.CompileOptions(quantization=decision.quantization, regional=regional, preset=preset)
+    def recipe_for(self, model_id: str, fp8: bool = False, regional: bool = False) -> Recipe:
+        """The model's recipe (`text_recipe`, `image_recipe`) from the switches and the selection (FP8
+        when only FP8 weights fit; the decode kernels with the GPU preset)."""
+        spec, decision = registry.get(model_id), self.decision(model_id, fp8)
+        fp8 = decision.quantization == "fp8_rowwise"
+        if spec.task == "text":
+            preset = decision.preset.text_inductor if decision.preset else "default"
+            return text_recipe(fp8, decode_kernels=preset == "decode" and self.device.kind != "cpu", preset=preset)
+        preset = decision.preset.inductor if decision.preset else "default"
+        flux = spec.family == "flux" and self.device.kind != "cpu"
+        return image_recipe(fp8, flux_attention=flux, regional=regional, preset=preset)
 
     def check_optimization(self, model_id: str, fp8: bool = False, regional: bool = False) -> None:
         """A ValueError for switches this model or device can't take (FP8 where it can't run)."""
@@ -155,7 +159,7 @@ class Studio:
         return True
 
     def _optimize(self, model_id: str, fp8: bool = False, regional: bool = False, background: bool = True) -> CompileState:
-        state = self.engine.optimize(model_id, self.options_for(model_id, fp8, regional), background=background)
+        state = self.engine.optimize(model_id, self.recipe_for(model_id, fp8, regional), background=background)
         state.requested = {"fp8": fp8, "regional": regional}
         return state
 
@@ -187,7 +191,7 @@ class Studio:
             return None
         state = self.engine.states[model_id]
         if state.ref is not None and state.state in ("aoti", "compiling"):
-            return Binding(model_id, state.ref, state.quantization)
+            return Binding(model_id, state.ref)
         return Binding(model_id)
 
     def expected_runtime(self, model_id: str) -> str:

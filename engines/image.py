@@ -12,9 +12,9 @@ import torch
 from PIL import Image
 
 import aoti
-from aoti.env import module_device
+from aoti import module_device
 
-from .optimize import bind_module, module_storages, optimize_module
+from .optimize import Recipe, bind_module, module_storages, optimize_module
 from .registry import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -47,6 +47,22 @@ def check_image_request(spec: ModelSpec, prompt: str, params: ImageParams) -> No
         raise ValueError(f"size {params.width}x{params.height} is not offered for {spec.id}; choose one of {sizes}.")
     if not 1 <= params.steps <= 100:
         raise ValueError(f"`steps` must be between 1 and 100, got {params.steps}.")
+
+
+def image_recipe(fp8: bool = False, flux_attention: bool = False, regional: bool = False,
+                 preset: str = "default") -> Recipe:
+    """How an image model's denoiser is optimized, in order:
+
+    1. FLUX attention's q/k norms and rotary embedding as one kernel (``flux_attention``: FLUX on a GPU);
+    2. FP8 weights (``fp8``);
+    3. compiled with one static graph per size bucket, or per repeated block (``regional``).
+    """
+    transforms: list[aoti.TransformConfig] = []
+    if flux_attention:
+        transforms.append(aoti.FuseFluxNormRope())
+    if fp8:
+        transforms.append(aoti.Float8Rowwise())
+    return Recipe(tuple(transforms), aoti.CompileOptions(dispatch="buckets", regional=regional, preset=preset))
 
 
 class ImageModel:
@@ -108,14 +124,15 @@ class ImageModel:
     def nbytes(self) -> int:
         return sum(self.storages.values())
 
-    def optimize(self, options: aoti.CompileOptions | None = None, cache: aoti.Cache | None = None,
+    def optimize(self, recipe: Recipe | None = None, cache: aoti.Cache | None = None,
                  exclusive: contextlib.AbstractContextManager | None = None, cuda_graphs: bool | None = None) -> aoti.Status:
-        """Compile (or load) one denoiser graph per size bucket and swap them in (see `TextModel.optimize`).
-        On a GPU each bucket's graph is replayed as a CUDA graph (``cuda_graphs``, default on): a
-        denoising step launches hundreds of kernels, and the host's launch gaps between them add up."""
-        options = (options or aoti.CompileOptions()).replace(dispatch="buckets")
+        """Transform, compile (or load) one denoiser graph per size bucket and swap them in (``recipe``:
+        see `image_recipe`; the rest as `TextModel.optimize`). On a GPU each bucket's graph is replayed
+        as a CUDA graph (``cuda_graphs``, default on): a denoising step launches hundreds of kernels,
+        and the host's launch gaps between them add up."""
+        recipe = recipe or image_recipe()
         graphs = self.device == "cuda" if cuda_graphs is None else cuda_graphs
-        self.status, self.ref = optimize_module(self.denoiser, self.capture_calls, options, cache, exclusive, cuda_graphs=graphs)
+        self.status, self.ref = optimize_module(self.denoiser, self.capture_calls, recipe, cache, exclusive, cuda_graphs=graphs)
         return self.status
 
     def bind(self, ref: dict, cache: aoti.Cache | None = None, cuda_graphs: bool | None = None) -> aoti.Status:

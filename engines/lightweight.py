@@ -25,6 +25,7 @@ from . import registry
 from .device import DeviceInfo
 from .image import ImageModel, ImageParams, ImageResult
 from .metrics import median, memory_mb
+from .optimize import Recipe
 from .registry import ModelSpec
 from .text import SamplingParams, TextModel, TextStep
 from .workers import Binding
@@ -141,14 +142,15 @@ class LightweightEngine:
 
     # --- optimize ----------------------------------------------------------------------------------
 
-    def optimize(self, model_id: str, options: aoti.CompileOptions | None = None, background: bool = True) -> CompileState:
-        """Compile (or load from cache) and swap in the model's AOTI graphs; in a thread by default."""
+    def optimize(self, model_id: str, recipe: Recipe | None = None, background: bool = True) -> CompileState:
+        """Transform, compile (or load from cache) and swap in the model's AOTI graphs with ``recipe``
+        (default: its kind's plain recipe); in a thread by default. A model transformed otherwise
+        before (FP8 on, now off) is given back its own weights first: no reload."""
         spec = registry.get(model_id)
         model = self.load(spec)
         running = self.threads.get(model_id)
         if running is not None and running.is_alive():
             return self.states[model_id]
-        model = self._with_float_weights(model, (options or aoti.CompileOptions()).quantization)
         state = self.states[model_id]
         state.state, state.reason = "compiling", "exporting and compiling the hot module"
         state.compiles += 1
@@ -156,7 +158,7 @@ class LightweightEngine:
         def work() -> None:
             try:
                 with TORCH_STATE:
-                    status = model.optimize(options, cache=self.cache, exclusive=self.locks[model_id])
+                    status = model.optimize(recipe, cache=self.cache, exclusive=self.locks[model_id])
                 state.state = "aoti" if status.runtime == "aoti" else "fallback"
                 state.reason = status.reason
                 state.compile_s, state.load_s, state.cache_hit = status.compile_s, status.load_s, status.cache_hit
@@ -176,24 +178,14 @@ class LightweightEngine:
             work()
         return state
 
-    def _with_float_weights(self, model: TextModel | ImageModel, quantization: str) -> TextModel | ImageModel:
-        """``model``, or a fresh load of it when an earlier compile quantized it in place with another
-        recipe than ``quantization`` (only the source still has its float weights)."""
-        if aoti.quant.applied(model.hot_module) in ("none", quantization):
-            return model
-        log.info("engine: reloading %s for quantization=%s", model.spec.id, quantization)
-        self.unload(model.spec.id)
-        return self.load(model.spec)
-
     def bind(self, binding: Binding) -> float:
         """Make this process's copy of the model run what ``binding`` names (in a ZeroGPU worker: the
         graphs the main process recorded, or eager); returns the seconds it took, 0 when it already did.
         A worker pays this once; the next calls it serves find the graphs bound."""
         model = self.load(registry.get(binding.model_id))
-        if model.ref == binding.ref and aoti.quant.applied(model.hot_module) in ("none", binding.quantization):
+        if model.ref == binding.ref and (binding.ref or not aoti.transforms_of(model.hot_module)):
             return 0.0
         start = time.perf_counter()
-        model = self._with_float_weights(model, binding.quantization if binding.ref else "none")
         state = self.states[binding.model_id]
         with self.locks[binding.model_id]:
             if binding.ref is None:

@@ -1,30 +1,75 @@
-"""The one optimize flow both model kinds share: capture, compile, probe, apply."""
+"""The optimize flow both model kinds share, as one visible sequence: transform, capture, compile,
+probe, apply (and bind, for a package compiled by another process)."""
 
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
 
 import aoti
 
+log = logging.getLogger(__name__)
+
+# Transforms that only route calls to our decode kernels: dropped, visibly, when a build with them fails
+# (Inductor's C++ wrapper has failed to compile such graphs now and then; see `aoti.passes.inductor_fixes`).
+DECODE_KERNELS = (aoti.OneRowKernels, aoti.FuseDecoderLayers, aoti.DecodeAttention)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """What one model is optimized with: the transforms, in order, then the compile options."""
+
+    transforms: tuple[aoti.TransformConfig, ...] = ()
+    options: aoti.CompileOptions = field(default_factory=aoti.CompileOptions)
+
+    def without_decode_kernels(self) -> Recipe:
+        """The recipe with Inductor's own kernels for the decode step (and no combo kernels)."""
+        transforms = tuple(t for t in self.transforms if not isinstance(t, DECODE_KERNELS))
+        preset = "tuned" if self.options.preset == "decode" else self.options.preset
+        return Recipe(transforms, self.options.replace(preset=preset))
+
+
+def transform_module(module: torch.nn.Module, transforms: tuple[aoti.TransformConfig, ...]) -> None:
+    """``module`` rewritten with exactly ``transforms`` (from the loaded model: earlier ones undone, the
+    compiled graphs of another recipe unbound). Hold the model's lock."""
+    if aoti.transforms_of(module) != tuple(transforms):
+        aoti.restore(module)
+        aoti.transform(module, transforms)
+
 
 def optimize_module(
     module: torch.nn.Module,
     capture_calls: Callable[[], aoti.CapturedCalls],
-    options: aoti.CompileOptions,
+    recipe: Recipe,
     cache: aoti.Cache | None,
     exclusive: contextlib.AbstractContextManager | None,
     cuda_graphs: bool = False,
 ) -> tuple[aoti.Status, dict | None]:
-    """Capture the hot module's calls and export it while holding ``exclusive`` (the model's request
-    lock); build and crash-probe without it; swap the graphs in holding it again. Returns the status
-    and the artifact's reference (`aoti.Artifact.ref`) if its graphs now run, else None."""
+    """1. Transform and capture holding ``exclusive`` (the model's request lock); 2. compile and
+    crash-probe without it (requests keep running eagerly); 3. swap the graphs in holding it again.
+    A build that fails with the decode kernels is built again without them, recorded. Returns the
+    status and the artifact's reference (`aoti.Artifact.ref`) if its graphs now run, else None."""
     lock = exclusive or contextlib.nullcontext()
     with lock:
+        transform_module(module, recipe.transforms)
         calls = capture_calls()
-    artifact = aoti.compile(module, calls, options, cache=cache, exclusive=lock)
+    kernels = any(isinstance(t, DECODE_KERNELS) for t in aoti.transforms_of(module))
+    try:
+        artifact = aoti.compile(module, calls, recipe.options, cache=cache, exclusive=lock, remember_failure=kernels)
+    except Exception as exc:
+        if not kernels:
+            raise
+        reason = f"{type(exc).__name__}: {next(iter(str(exc).splitlines()), '')}"[:300]
+        log.warning("optimize: the build with the decode kernels failed (%s); building without them", reason)
+        recipe = recipe.without_decode_kernels()
+        with lock:
+            transform_module(module, recipe.transforms)
+        artifact = aoti.compile(module, calls, recipe.options, cache=cache, exclusive=lock)
+        artifact.status.fallbacks.insert(0, f"decode kernels -> off: the build with them failed ({reason})")
     aoti.verify_loadable(artifact)
     with lock:
         status = aoti.apply(artifact, module, cuda_graphs=cuda_graphs)
@@ -32,8 +77,9 @@ def optimize_module(
 
 
 def bind_module(module: torch.nn.Module, ref: dict, cache: aoti.Cache | None, cuda_graphs: bool = False) -> tuple[aoti.Status, dict | None]:
-    """Swap in the graphs of the artifact ``ref`` names, compiled by another process (`aoti.load`):
-    the module is rewritten as the package records, then bound. Returns what `optimize_module` does."""
+    """Swap in the graphs of the artifact ``ref`` names, compiled by another process: the module is
+    transformed as the package records, then bound (`aoti.load`). Returns what `optimize_module` does."""
+    transform_module(module, tuple(aoti.transforms_for(ref)))
     artifact = aoti.load(module, ref, cache=cache)
     status = aoti.apply(artifact, module, cuda_graphs=cuda_graphs)
     return status, ref if status.runtime == "aoti" else None

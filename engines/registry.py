@@ -33,6 +33,8 @@ class ModelSpec:
         fp8: whether an FP8 preset is offered; regional: whether regional compile is offered.
         pipeline: image models only: "diffusers" (any `DiffusionPipeline`) or "shapes" (the embedded
             label-conditioned `ShapesPipeline`).
+        family: the architecture family where the optimizations know one ("flux": FLUX attention's
+            fused norm + rotary kernel on GPUs).
     """
 
     id: str
@@ -50,6 +52,7 @@ class ModelSpec:
     fp8: bool = True
     regional: bool = False
     pipeline: str = "diffusers"
+    family: str = ""
     description: str = ""
     tags: tuple[str, ...] = field(default_factory=tuple)
 
@@ -125,12 +128,12 @@ CATALOG: tuple[ModelSpec, ...] = (
     ModelSpec(
         id="flux.1-schnell", task="image", source="black-forest-labs/FLUX.1-schnell", params_b=12.0 + 4.9,
         compile_module="transformer", sizes=((1024, 1024), (768, 1344), (1344, 768)), steps=4, guidance=None,
-        regional=True,
+        regional=True, family="flux",
     ),
     ModelSpec(
         id="flux.1-dev", task="image", source="black-forest-labs/FLUX.1-dev", params_b=12.0 + 4.9,
         compile_module="transformer", sizes=((1024, 1024), (768, 1344), (1344, 768)), steps=28, guidance=3.5,
-        regional=True,
+        regional=True, family="flux",
     ),
     ModelSpec(
         id="sd3.5-medium", task="image", source="stabilityai/stable-diffusion-3.5-medium", params_b=2.5 + 5.6,

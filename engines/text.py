@@ -17,10 +17,10 @@ from dataclasses import dataclass
 import torch
 
 import aoti
-from aoti.env import module_device
+from aoti import module_device
+from aoti.integrations.transformers import use_gqa_decode_attention
 
-from .gqa import use_gqa_decode_attention
-from .optimize import bind_module, module_storages, optimize_module
+from .optimize import Recipe, bind_module, module_storages, optimize_module
 from .registry import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -100,6 +100,24 @@ def check_text_request(spec: ModelSpec, prompt: str, params: SamplingParams) -> 
 
 
 PREFILL_BUCKET = 64  # prompts are padded up to a multiple of this many tokens
+
+
+def text_recipe(fp8: bool = False, decode_kernels: bool = False, preset: str = "default") -> Recipe:
+    """How a text model is optimized, in order:
+
+    1. q/k/v and gate/up projections fused (one product each);
+    2. FP8 weights (``fp8``);
+    3. decode kernels (``decode_kernels``, GPUs): one-row linears on `aoti.kernels.gemv`, decoder
+       layers' one-token step fused around them, grouped-query decode attention split over the cache;
+    4. compiled with a dynamic prefill length and a static one-token decode graph, strict export
+       (transformers' static cache is reached through a Python object).
+    """
+    transforms: list[aoti.TransformConfig] = [aoti.FuseProjections()]
+    if fp8:
+        transforms.append(aoti.Float8Rowwise())
+    if decode_kernels:
+        transforms += [aoti.OneRowKernels(), aoti.FuseDecoderLayers(), aoti.DecodeAttention()]
+    return Recipe(tuple(transforms), aoti.CompileOptions(dispatch="dynamic", strict=True, preset=preset))
 
 
 class TextModel:
@@ -205,15 +223,16 @@ class TextModel:
     def nbytes(self) -> int:
         return sum(self.storages.values())
 
-    def optimize(self, options: aoti.CompileOptions | None = None, cache: aoti.Cache | None = None,
+    def optimize(self, recipe: Recipe | None = None, cache: aoti.Cache | None = None,
                  exclusive: contextlib.AbstractContextManager | None = None, cuda_graphs: bool | None = None) -> aoti.Status:
-        """Compile (or load) the prefill + decode graphs and swap them in. ``exclusive`` is held only
-        while the model runs or is traced, so requests keep being served eagerly during the build.
-        On a GPU the one-token decode graph is replayed as a CUDA graph (``cuda_graphs``, default on)."""
+        """Transform, compile (or load) the prefill + decode graphs and swap them in (``recipe``: see
+        `text_recipe`). ``exclusive`` is held only while the model runs or is traced, so requests keep
+        being served eagerly during the build. On a GPU the one-token decode graph is replayed as a
+        CUDA graph (``cuda_graphs``, default on)."""
         self._follow_weights()
-        options = (options or aoti.CompileOptions()).replace(dispatch="dynamic", strict=True)
+        recipe = recipe or text_recipe()
         graphs = self.device == "cuda" if cuda_graphs is None else cuda_graphs
-        self.status, self.ref = optimize_module(self.decoder, self.capture_calls, options, cache, exclusive, cuda_graphs=graphs)
+        self.status, self.ref = optimize_module(self.decoder, self.capture_calls, recipe, cache, exclusive, cuda_graphs=graphs)
         if self.status.runtime == "aoti" and self.pad_prompts:
             with exclusive or contextlib.nullcontext():
                 self.warm_up()

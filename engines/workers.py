@@ -37,12 +37,11 @@ LARGE_BUDGET_BYTES = 42 * GiB
 
 @dataclass(frozen=True)
 class Binding:
-    """What ``model_id``'s hot module should run in the worker: the artifact `ref` (``aoti.Artifact.ref()``),
-    compiled with ``quantization``, or eager (``ref=None``)."""
+    """What ``model_id``'s hot module should run in the worker: the artifact `ref` (``aoti.Artifact.ref()``:
+    its key and the transforms the module needs), or eager (``ref=None``)."""
 
     model_id: str
     ref: dict[str, Any] | None = None
-    quantization: str = "none"
 
 
 @dataclass

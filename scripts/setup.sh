@@ -12,3 +12,5 @@ if [ "${1:-}" = "--dev" ]; then
 else
   .venv/bin/python -m pip install -q -r requirements.txt
 fi
+# The packages themselves (aoti, engines, benchmarks; app.py and panel.py), editable: no sys.path edits.
+.venv/bin/python -m pip install -q --no-deps -e .

@@ -10,4 +10,5 @@ if ! command -v chromium >/dev/null 2>&1; then
 fi
 bash scripts/setup.sh --dev
 .venv/bin/python -m ruff check aoti engines app.py panel.py tests benchmarks assets
+.venv/bin/lint-imports  # the layers in pyproject.toml
 exec .venv/bin/python -m pytest "$@"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from aoti import gemv
+from aoti.kernels import gemv
 
 ROOT = Path(__file__).resolve().parents[1]
 needs_triton = pytest.mark.skipif(not gemv.available(), reason="Triton is not installed")

@@ -49,7 +49,7 @@ def test_unknown_backend_is_refused_with_the_choices():
 
 
 def test_fp8_attention_tiles_shrink_to_a_blackwell_cards_shared_memory():
-    from aoti.fp8_attention import DEFAULT_CONFIG, fit_config, shared_bytes
+    from aoti.kernels.fp8_attention import DEFAULT_CONFIG, fit_config, shared_bytes
 
     assert fit_config(227 * 1024) == (DEFAULT_CONFIG, None)  # H100/H200: the tuned tiles as they are
     blackwell, reason = fit_config(101376)  # RTX Pro 6000 Blackwell (sm_120), per block
@@ -60,7 +60,9 @@ def test_fp8_attention_tiles_shrink_to_a_blackwell_cards_shared_memory():
 
 
 def test_fp8_attention_on_a_gpu_with_less_shared_memory_is_a_recorded_choice(monkeypatch):
-    from aoti import attention, fp8_attention, quant
+    from aoti import attention
+    from aoti.kernels import fp8 as quant
+    from aoti.kernels import fp8_attention
 
     monkeypatch.setattr(fp8_attention, "available", lambda: True)
     monkeypatch.setattr(quant, "fp8_unsupported", lambda device: None)

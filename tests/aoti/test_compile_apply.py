@@ -87,12 +87,14 @@ def test_bucket_dispatch_runs_each_bucket_compiled(cache):
 
 def test_dynamic_dims_over_several_sizes_and_a_size_one_graph(cache):
     model = tiny.llama()
+    aoti.transform(model, [aoti.FuseProjections()])
     with aoti.capture(model, stop=False) as calls, torch.no_grad():
         for seq in (1, 4, 8, 24):
             model(input_ids=tiny.token_ids(seq))
     artifact = aoti.compile(model, calls, aoti.CompileOptions(dispatch="dynamic"), cache=cache)
     assert artifact.status.graphs == 2  # seq 1 static, seq 4..24 dynamic
-    assert artifact.manifest["key_fields"]["options"]["fuse_projections"] and aoti.fuse.fused_groups(model) == 4
+    assert artifact.manifest["key_fields"]["transforms"] == [{"name": "FuseProjections", "version": 1}]
+    assert artifact.status.transforms == ["FuseProjections: 4 projection groups"]
     aoti.apply(artifact, model)
     for seq in (1, 5, 13, 24):
         ids = tiny.token_ids(seq)
@@ -171,7 +173,7 @@ def test_load_by_ref_binds_a_fresh_copy_without_capture_or_build(flux_compiled, 
     """What a ZeroGPU worker does: another copy of the model, the package named by plain data."""
     _, artifact = flux_compiled
     ref = artifact.ref()
-    assert ref == {"key": artifact.key} and pickle.loads(pickle.dumps(ref)) == ref
+    assert ref == {"key": artifact.key, "transforms": []} and pickle.loads(pickle.dumps(ref)) == ref
     fresh = tiny.flux()  # same architecture and seed: the same weights
     with mock.patch("aoti.compile._build", side_effect=AssertionError("load must not build")), \
             mock.patch("aoti.capture", side_effect=AssertionError("load must not capture")):

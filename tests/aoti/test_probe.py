@@ -12,7 +12,7 @@ import torch
 
 import aoti
 from aoti.cache import PACKAGE_FILE, PROBE_FILE, sha256_file
-from aoti.toolchain import links_libstdcxx_dynamically
+from aoti.passes.toolchain import links_libstdcxx_dynamically
 
 _CRASH_ON_LOAD = '#include <signal.h>\n__attribute__((constructor)) static void crash(void) { raise(SIGSEGV); }\n'
 
@@ -71,7 +71,7 @@ def test_toolchain_check_finds_a_dynamic_libstdcxx_here(mlp_artifact):
 _SETTLE = """
 import json
 from torch._inductor import config, cpu_vec_isa
-import aoti.toolchain as toolchain
+import aoti.passes.toolchain as toolchain
 builds, compiles = [], []
 check_build, links = cpu_vec_isa.VecISA.check_build, toolchain._links_statically
 cpu_vec_isa.VecISA.check_build = lambda self, code: builds.append(str(self)) or check_build(self, code)

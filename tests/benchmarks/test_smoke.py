@@ -9,14 +9,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _run(script: str, out: Path, *args: str) -> dict:
-    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu" / script), "--tiny", "--out", str(out), *args],
+def _run(task: str, out: Path, *args: str) -> dict:
+    """``python -m benchmarks TASK --tiny``: the one driver, as on the GPU machine."""
+    subprocess.run([sys.executable, "-m", "benchmarks", task, "--tiny", "--out", str(out), *args],
                    check=True, capture_output=True, text=True, timeout=900, cwd=ROOT)
     return json.loads(out.read_text())
 
 
 def test_flux_step_records_eager_and_aoti(tmp_path):
-    result = _run("flux_step.py", tmp_path / "flux.json", "--double", "1", "--single", "1", "--variants", "eager,aoti,nonsense", "--iters", "3")
+    result = _run("flux-step", tmp_path / "flux.json", "--double", "1", "--single", "1", "--variants", "eager,aoti,nonsense", "--iters", "3")
     variants = result["variants"]
     assert variants["eager"]["median_ms"] > 0 and variants["aoti"]["median_ms"] > 0
     assert variants["aoti"]["runtime"] == "aoti" and variants["aoti"]["rel_error_vs_eager"] < 1e-4
@@ -26,7 +27,7 @@ def test_flux_step_records_eager_and_aoti(tmp_path):
 
 
 def test_llm_decode_records_our_loop_eager_and_aoti(tmp_path):
-    result = _run("llm_decode.py", tmp_path / "llm.json", "--layers", "2", "--prompt-tokens", "24", "--new-tokens", "8",
+    result = _run("llm-decode", tmp_path / "llm.json", "--layers", "2", "--prompt-tokens", "24", "--new-tokens", "8",
                   "--variants", "ours_eager,ours_aoti")
     eager, compiled = result["variants"]["ours_eager"], result["variants"]["ours_aoti"]
     assert eager["tokens"] == compiled["tokens"] == 8  # EOS ignored: always the asked-for length
@@ -38,7 +39,7 @@ def test_llm_decode_records_our_loop_eager_and_aoti(tmp_path):
 
 
 def test_compile_profile_says_where_a_build_spends_its_time(tmp_path):
-    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu" / "compile_profile.py"), "--tiny", "--out-dir", str(tmp_path)],
+    subprocess.run([sys.executable, "-m", "benchmarks", "compile-profile", "--tiny", "--out-dir", str(tmp_path)],
                    check=True, capture_output=True, text=True, timeout=900, cwd=ROOT)
     phases = json.loads((tmp_path / "phases.json").read_text())
     assert phases["phases_s"]["export"] > 0 and phases["phases_s"]["aot_compile"] > phases["phases_s"]["export"]
@@ -47,7 +48,7 @@ def test_compile_profile_says_where_a_build_spends_its_time(tmp_path):
 
 
 def test_quantized_memory_shows_no_copy_of_the_fp8_weights(tmp_path):
-    result = _run("quantized_memory.py", tmp_path / "mem.json", "--layers", "2", "--prompt-tokens", "16", "--new-tokens", "4")
+    result = _run("memory", tmp_path / "mem.json", "--layers", "2", "--prompt-tokens", "16", "--new-tokens", "4")
     stages = result["variants"]
     assert stages["quantized"]["old_weights_alive"] == 0
     assert stages["compiled_applied"]["runtime"] == "aoti"

@@ -61,17 +61,36 @@ def test_wrong_task_is_refused(engine, text_spec):
         engine.generate_image(text_spec.id, "x", ImageParams(32, 32, 4))
 
 
-def test_turning_quantization_off_reloads_the_float_weights(engine, text_spec):
-    """Quantization replaces the weights in place; compiling again without it reloads the model from
-    its source instead of serving quantized weights labelled "none"."""
+def test_quantization_on_off_on_needs_no_reload_and_gives_the_float_outputs_back(engine, text_spec):
+    """Quantization is a transform the engine undoes: on, off and on again on one loaded model, the
+    float recipe gives the float outputs back bit for bit, and both recipes come from the cache the
+    second time."""
     import aoti
+    from engines.optimize import Recipe
 
-    state = engine.optimize(text_spec.id, aoti.CompileOptions(quantization="int8_weight_only"), background=False)
-    assert state.state == "aoti", state.reason
-    assert aoti.quant.applied(engine.models[text_spec.id].hot_module) == "int8_weight_only"
-    state = engine.optimize(text_spec.id, background=False)
-    assert state.state == "aoti", state.reason
-    model = engine.models[text_spec.id]
-    assert aoti.quant.applied(model.hot_module) == "none"
-    assert all(type(p) is torch.nn.Parameter for p in model.hot_module.parameters())  # float weights again
-    assert list(engine.generate_text(text_spec.id, "The socket module", SamplingParams(max_new_tokens=5, temperature=0)))
+    float_recipe = Recipe((), aoti.CompileOptions(dispatch="dynamic", strict=True))
+    int8_recipe = Recipe((aoti.Int8WeightOnly(),), float_recipe.options)  # int8: the CPU's quantization
+    model = engine.load(text_spec)
+    weights: dict[str, torch.Tensor] = {}
+    ids = torch.tensor([[5, 9, 2, 7]])
+
+    def logits() -> torch.Tensor:
+        with torch.no_grad():
+            return model.decoder(input_ids=ids, cache_position=torch.arange(4)).clone()
+
+    outputs = {}
+    for round_, (name, recipe) in enumerate([("float", float_recipe), ("int8", int8_recipe)] * 2):
+        state = engine.optimize(text_spec.id, recipe, background=False)
+        assert state.state == "aoti", state.reason
+        assert engine.models[text_spec.id] is model  # the same loaded model: no reload
+        assert state.quantization == ("int8_weight_only" if name == "int8" else "none")
+        out = logits()
+        if round_ < 2:
+            outputs[name] = out
+        else:
+            assert state.cache_hit and torch.equal(out, outputs[name]), name
+        if name == "float":
+            weights = weights or {n: t.clone() for n, t in model.hot_module.state_dict().items()}
+            assert all(torch.equal(t, weights[n]) for n, t in model.hot_module.state_dict().items())
+    assert not torch.equal(outputs["float"], outputs["int8"])
+

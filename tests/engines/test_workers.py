@@ -18,7 +18,7 @@ from engines.workers import (
 
 
 def test_binding_and_report_survive_pickling():
-    binding = Binding("tiny-llama-pydoc", {"key": "ab" * 16}, "fp8_rowwise")
+    binding = Binding("tiny-llama-pydoc", {"key": "ab" * 16, "transforms": [{"name": "Float8Rowwise", "version": 1, "emulate": False}]})
     report = RunReport("tiny-llama-pydoc", "aoti", bind_s=0.04, fallbacks=["cuda graphs -> off: x"])
     assert pickle.loads(pickle.dumps(binding)) == binding
     assert pickle.loads(pickle.dumps(report)).to_dict() == report.to_dict()

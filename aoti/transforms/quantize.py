@@ -1,0 +1,209 @@
+"""Quantization as transforms: `Float8Rowwise` (ours) and `Int8WeightOnly` (torchao's recipe).
+
+`Float8Rowwise` swaps every linear layer whose sizes are multiples of 16 for a `RowwiseFloat8Linear`:
+plain e4m3 weight and scale tensors and a `torch._scaled_mm` call, which ``torch.export`` (strict and
+non-strict) traces like any other op. torchao's FP8 tensor subclass did not get through export at
+full model width (a 1+1-block FLUX.1-dev transformer segfaulted while exporting on an H200; Dynamo's
+strict export rejected it). Ours runs the same math as torchao's plain-PyTorch FP8 path (per-row
+scales, `_scaled_mm` with fast accumulation), and Inductor fuses the activation quantization into the
+preceding kernel.
+
+Both keep the float weights they replace in host memory (the CPU), so `aoti.restore` gives the module
+its float weights back, bit for bit, without reloading the model; the device holds only the quantized
+ones. Where a recipe can't run (FP8 without FP8 tensor cores, torchao absent) the transform is skipped
+with the reason.
+
+    aoti.transform(model, [aoti.Float8Rowwise()])
+    quantization_of(model)   # "fp8_rowwise"
+"""
+
+from __future__ import annotations
+
+import logging
+import types
+import warnings
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from ..kernels.fp8 import FP8_DTYPE, fp8_unsupported
+from ..kernels.fp8_rows import rowwise_fp8
+from ..kernels.gemv import gemv, one_row
+from ..kernels.support import runs_on
+from .base import NotApplied, TransformConfig, module_device, register_transform, transforms_of
+from .decode import GemvLinear
+from .fuse import fused_groups
+
+log = logging.getLogger(__name__)
+
+
+class RowwiseFloat8Linear(torch.nn.Module):
+    """A linear layer with FP8 (e4m3) weights scaled per output row and activations quantized per
+    token at run time, multiplied by `torch._scaled_mm` (cuBLASLt / CUTLASS FP8 tensor-core kernels on
+    GPUs of compute capability 8.9 and newer).
+
+    The e4m3 weight is kept as its bits, a uint8 parameter without gradient, viewed as e4m3 in
+    `forward` (a free reinterpretation, in compiled graphs too). A parameter because Inductor's AOT
+    compile clones every buffer of the module it compiles, and held on to the clones: with the weight
+    as a buffer, a two-graph build of Qwen2.5-7B geometry left three copies of the FP8 weights on the
+    GPU. Bits because libraries read ``model.dtype`` from the
+    first floating-point parameter (diffusers, transformers) and ``module.to(dtype)`` casts every
+    floating-point tensor: uint8 is neither. The float32 scale stays a (small) buffer for that reason.
+
+    One-row inputs (an LLM decode step, FLUX's timestep modulation) are bound by reading the weight,
+    and cuBLASLt's FP8 kernels tile 128 rows: they read a one-row product's FP8 weight at 1.0-2.4 TB/s
+    on an H200. With ``one_row_kernel`` set (the `OneRowKernels` transform) such calls go through
+    `aoti.kernels.gemv` instead, weight-only (the activation stays bf16)."""
+
+    one_row_kernel = False
+
+    def __init__(self, weight: torch.Tensor, weight_scale: torch.Tensor, bias: torch.Tensor | None) -> None:
+        super().__init__()
+        self.in_features, self.out_features = weight.shape[1], weight.shape[0]
+        self.weight = torch.nn.Parameter(weight.view(torch.uint8), requires_grad=False)  # (out, in), e4m3 bits
+        self.register_buffer("weight_scale", weight_scale)  # (1, out), float32
+        self.bias = torch.nn.Parameter(bias, requires_grad=False) if bias is not None else None
+
+    @property
+    def fp8_weight(self) -> torch.Tensor:
+        """The weight as e4m3, ``(out_features, in_features)``."""
+        return self.weight.view(FP8_DTYPE)
+
+    @classmethod
+    def from_linear(cls, linear: torch.nn.Linear) -> RowwiseFloat8Linear:
+        weight, scale = rowwise_fp8(linear.weight.detach())
+        bias = linear.bias.detach() if linear.bias is not None else None
+        return cls(weight, scale.reshape(1, -1).contiguous(), bias)
+
+    fusion: dict = {}  # extra `gemv` arguments for the kernel path, as `GemvLinear.fusion`
+
+    def kernel_path(self, x: torch.Tensor) -> bool:
+        """Whether a call with ``x`` goes through `aoti.kernels.gemv` (weight-only: any activation dtype)."""
+        return self.one_row_kernel and runs_on(x.device) and one_row(x)
+
+    def kernel_operands(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """The e4m3 weight, per-row scale and bias that `aoti.kernels.gemv.gemv` reads."""
+        return self.fp8_weight, self.weight_scale.reshape(-1), self.bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kernel_path(x):
+            return gemv(x, *self.kernel_operands(), **self.fusion)
+        rows = x.reshape(-1, x.shape[-1])
+        q, scale = rowwise_fp8(rows)
+        out = torch._scaled_mm(q, self.fp8_weight.t(), scale_a=scale, scale_b=self.weight_scale, bias=self.bias,
+                               out_dtype=x.dtype, use_fast_accum=True)
+        return out.reshape(*x.shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, fp8=e4m3 rowwise"
+
+
+def fp8_compatible(linear: torch.nn.Linear) -> bool:
+    """`_scaled_mm` needs both matrix dimensions of the weight to be multiples of 16."""
+    return linear.in_features % 16 == 0 and linear.out_features % 16 == 0
+
+
+@dataclass(frozen=True)
+class Float8Rowwise(TransformConfig):
+    """FP8 (e4m3) weights scaled per output row, activations quantized per token, `torch._scaled_mm`.
+
+    Args:
+        emulate: run where the device has no FP8 tensor cores too (torch's reference `_scaled_mm` on the
+            CPU: slow, for checks of the arithmetic). By default such a device skips the transform.
+    """
+
+    emulate: bool = False
+
+
+@dataclass(frozen=True)
+class Int8WeightOnly(TransformConfig):
+    """torchao's int8 weight-only quantization (`Int8WeightOnlyConfig`) of every linear layer."""
+
+
+def quantization_of(module: torch.nn.Module) -> str:
+    """The recipe ``module`` runs: "fp8_rowwise", "int8_weight_only" or "none"."""
+    for config in transforms_of(module):
+        if isinstance(config, Float8Rowwise):
+            return "fp8_rowwise"
+        if isinstance(config, Int8WeightOnly):
+            return "int8_weight_only"
+    return "none"
+
+
+def _shared(module: torch.nn.Module) -> set[int]:
+    """Ids of parameters that more than one submodule holds (a tied LM head and embedding)."""
+    counts = Counter(id(p) for m in module.modules() for p in m._parameters.values() if p is not None)
+    return {key for key, n in counts.items() if n > 1}
+
+
+class _Stash:
+    """A layer's float parameters kept in host memory while a quantized layer stands in for it; one
+    that another module shares (a tied embedding) is kept as it is, since that module keeps it alive."""
+
+    def __init__(self, layer: torch.nn.Module, shared: set[int]) -> None:
+        self.layer, self.device = layer, module_device(layer)
+        self.saved = {name: (p if id(p) in shared else p.detach().to("cpu"), p.requires_grad)
+                      for name, p in layer._parameters.items() if p is not None}
+
+    def release(self) -> None:
+        """Drop the layer's own handles on its device parameters (the stash holds what comes back)."""
+        for name in self.saved:
+            self.layer._parameters[name] = None
+
+    def put_back(self) -> torch.nn.Module:
+        for name, (tensor, requires_grad) in self.saved.items():
+            if not isinstance(tensor, torch.nn.Parameter):
+                tensor = torch.nn.Parameter(tensor.to(self.device), requires_grad=requires_grad)
+            self.layer._parameters[name] = tensor
+        return self.layer
+
+
+@register_transform(Float8Rowwise)
+def _float8_rowwise(module: torch.nn.Module, config: Float8Rowwise) -> tuple[Callable[[], None], str]:
+    device = module_device(module)
+    if not config.emulate and (reason := fp8_unsupported(device)):
+        raise NotApplied(f"FP8 {reason}")
+    shared, swapped = _shared(module), []
+    with torch.no_grad():
+        for parent in list(module.modules()):
+            for name, child in list(parent._modules.items()):
+                if type(child) in (torch.nn.Linear, GemvLinear) and fp8_compatible(child):
+                    stash = _Stash(child, shared)
+                    parent._modules[name] = RowwiseFloat8Linear.from_linear(child)
+                    stash.release()
+                    swapped.append((parent, name, stash))
+    if not swapped:
+        raise NotApplied("no linear layer whose sizes are multiples of 16")
+
+    def undo() -> None:
+        with torch.no_grad():
+            for parent, name, stash in swapped:
+                parent._modules[name] = stash.put_back()
+
+    return undo, f"{len(swapped)} linear layers in e4m3"
+
+
+@register_transform(Int8WeightOnly)
+def _int8_weight_only(module: torch.nn.Module, config: Int8WeightOnly) -> tuple[Callable[[], None], str]:
+    try:
+        from torchao.quantization import Int8WeightOnlyConfig, quantize_
+    except ImportError:
+        raise NotApplied("torchao is not installed") from None
+    if fused_groups(module):
+        raise ValueError("Int8WeightOnly can't follow FuseProjections: export unwraps torchao's weights on a copy "
+                         "the fused slices don't see. Transform without FuseProjections.")
+    shared = _shared(module)
+    stashes = [_Stash(m, shared) for m in module.modules() if isinstance(m, torch.nn.Linear)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        quantize_(module, Int8WeightOnlyConfig(), filter_fn=lambda m, fqn: isinstance(m, torch.nn.Linear))
+
+    def undo() -> None:
+        for stash in stashes:
+            stash.put_back()
+            if isinstance(stash.layer.__dict__.get("extra_repr"), types.MethodType):
+                del stash.layer.__dict__["extra_repr"]  # torchao's description of the quantized weight
+
+    return undo, f"{len(stashes)} linear layers in int8"

@@ -1,0 +1,49 @@
+"""One driver for every benchmark task: ``python -m benchmarks TASK [--variants a,b,...] [--out FILE] ...``.
+
+Each task writes one JSON file (card, versions, command, one entry per variant) that BENCHMARKS.md's
+tables are read from. ``python -m benchmarks TASK --help`` lists a task's options and variants;
+``--tiny`` runs any model task at toy width on the CPU (the smoke tests do).
+
+    python -m benchmarks flux-step --variants eager,fp8_graphs,fp8_attention_graphs --out results/flux.json
+    python -m benchmarks llm-decode --variants ours_eager,ours_gemv,ours_fp8_gemv --out results/llm.json
+    python -m benchmarks.kernels gemv --out results/gemv.json      # kernel microbenchmarks
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# task -> (module, what it measures)
+TASKS: dict[str, tuple[str, str]] = {
+    "flux-step": ("benchmarks.tasks.flux_step", "one FLUX.1-dev denoising step: eager, torch.compile, AOTI, FP8, CUDA graphs"),
+    "llm-decode": ("benchmarks.tasks.llm_decode", "LLM decode at Qwen2.5-7B geometry: HF, our loop eager, AOTI, decode kernels, FP8"),
+    "prefill": ("benchmarks.tasks.prefill", "time to first token over prompt lengths, with and without prompt buckets"),
+    "memory": ("benchmarks.tasks.memory", "GPU memory through FP8 quantization, build and serving"),
+    "zerogpu": ("benchmarks.tasks.zerogpu", "the app's ZeroGPU path: forked GPU workers bind and run"),
+    "engines": ("benchmarks.tasks.engines", "the engines end to end: optimize, generate, unload"),
+    "compile-profile": ("benchmarks.tasks.compile_profile", "where a build spends its time"),
+    "tp": ("benchmarks.tasks.tp", "tensor parallel over the GPUs of one host"),
+    "cpu": ("benchmarks.tasks.cpu", "the embedded models on the CPU, eager vs AOTI"),
+}
+
+
+def usage() -> str:
+    width = max(map(len, TASKS))
+    rows = "\n".join(f"  {name:<{width}}  {about}" for name, (_, about) in TASKS.items())
+    return f"usage: python -m benchmarks TASK [options]\n\ntasks:\n{rows}\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return
+    task, rest = argv[0], argv[1:]
+    if task not in TASKS:
+        raise SystemExit(f"unknown task {task!r}\n\n{usage()}")
+    importlib.import_module(TASKS[task][0]).main(rest)
+
+
+if __name__ == "__main__":
+    main()
