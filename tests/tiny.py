@@ -5,14 +5,14 @@ from __future__ import annotations
 import torch
 
 
-def flux(num_layers: int = 1, num_single_layers: int = 1) -> torch.nn.Module:
+def flux(num_layers: int = 1, num_single_layers: int = 1, head_dim: int = 16) -> torch.nn.Module:
     from diffusers import FluxTransformer2DModel
 
     torch.manual_seed(0)
     return FluxTransformer2DModel(
         patch_size=1, in_channels=4, num_layers=num_layers, num_single_layers=num_single_layers,
-        attention_head_dim=16, num_attention_heads=2, joint_attention_dim=32,
-        pooled_projection_dim=32, axes_dims_rope=[4, 4, 8],
+        attention_head_dim=head_dim, num_attention_heads=2, joint_attention_dim=32,
+        pooled_projection_dim=32, axes_dims_rope=[head_dim // 4, head_dim // 4, head_dim // 2],
     ).eval()
 
 

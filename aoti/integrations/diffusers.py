@@ -14,7 +14,7 @@ import logging
 
 import torch
 
-from ..kernels.fp8_attention import attend_quantized
+from ..kernels.fp8_attention import attend_quantized, head_dim_ok
 from ..kernels.norm_rope import norm_rope, serves
 from ..kernels.support import available
 
@@ -64,7 +64,7 @@ class FusedFluxAttnProcessor:
         query, key, value, encoder_query, encoder_key, encoder_value = _get_qkv_projections(attn, hidden_states, encoder_hidden_states)
         query, key, value = (t.unflatten(-1, (-1, dim)) for t in (query, key, value))
         cos, sin = image_rotary_emb
-        fp8 = self.fp8_attention and attention_mask is None and query.shape[2] == key.shape[2]
+        fp8 = self.fp8_attention and attention_mask is None and query.shape[2] == key.shape[2] and head_dim_ok(dim)
         if joint:
             encoder_query, encoder_key, encoder_value = (t.unflatten(-1, (-1, dim)) for t in (encoder_query, encoder_key, encoder_value))
             query = norm_rope(query, weights[0], cos, sin, eps, lead=encoder_query, lead_weight=weights[2], fp8=fp8)

@@ -36,6 +36,9 @@ try:
 except ImportError:  # CPU-only installs: the op is absent
     triton = None
 
+# Head sizes the kernel takes: powers of two from 32 (an e4m3 tensor-core dot needs K >= 32; a
+# 16-wide head failed to compile on an H200) to 256.
+MIN_HEAD_DIM, MAX_HEAD_DIM = 32, 256
 LOG2_P_SCALE = 8  # probabilities (<= 1) times 2^8 before their e4m3 cast; e4m3 holds up to 448
 
 
@@ -213,18 +216,23 @@ def attend_quantized(q: torch.Tensor, q_scale: torch.Tensor, k: torch.Tensor, k_
     return torch.ops.aoti_studio.fp8_attention_quantized(q, q_scale, k, k_scale, value, scale)
 
 
+def head_dim_ok(dim: int) -> bool:
+    """Whether the kernel takes heads of ``dim`` values: a power of two from `MIN_HEAD_DIM` to `MAX_HEAD_DIM`."""
+    return MIN_HEAD_DIM <= dim <= MAX_HEAD_DIM and dim & (dim - 1) == 0
+
+
 def supports(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attn_mask: torch.Tensor | None = None,
              dropout_p: float = 0.0, is_causal: bool = False, enable_gqa: bool = False) -> bool:
     """Whether the kernel takes this call: Triton present, an FP8-capable GPU (or the interpreter),
-    bf16/fp16 ``(B, H, S, D)`` tensors of one shape but for the key length, a power-of-two head size
-    of 16 to 256, no mask, no dropout, not causal."""
+    bf16/fp16 ``(B, H, S, D)`` tensors of one shape but for the key length, a head size `head_dim_ok`,
+    no mask, no dropout, not causal."""
     dim = query.shape[-1]
     # The call's own arguments first: a masked or causal call (a decoder's) is refused before the
     # device query, which TorchDynamo (strict export) need not trace.
     return (attn_mask is None and not dropout_p and not is_causal and not enable_gqa
             and query.dtype in (torch.float16, torch.bfloat16) and key.dtype == value.dtype == query.dtype
             and query.dim() == key.dim() == value.dim() == 4 and key.shape == value.shape
-            and query.shape[:2] == key.shape[:2] and key.shape[-1] == dim and 16 <= dim <= 256 and dim & (dim - 1) == 0
+            and query.shape[:2] == key.shape[:2] and key.shape[-1] == dim and head_dim_ok(dim)
             and available() and runs_on(query.device) and (INTERPRETING or fp8_capable(query.device)))
 
 
