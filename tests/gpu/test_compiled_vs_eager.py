@@ -50,12 +50,14 @@ def test_flux_compiled_matches_eager_and_leaves_other_shapes_to_eager(name, cach
     aoti.restore(model)
 
 
-@pytest.mark.parametrize("fp8", [False, True], ids=["bf16", "fp8"])
-def test_llama_dynamic_lengths_match_eager(fp8, cache):
+@pytest.mark.parametrize("fp8,tolerance", [(False, 2e-2), (True, 5e-2)], ids=["bf16", "fp8"])
+def test_llama_dynamic_lengths_match_eager(fp8, tolerance, cache):
+    """(FP8: the activations' per-token e4m3 rounding, fused by Inductor, can land one step away from
+    eager's: 3.2 % measured on the H200.)"""
     model = tiny.llama().cuda().to(torch.bfloat16)
     aoti.transform(model, [aoti.FuseProjections(), *([aoti.Float8Rowwise()] if fp8 else [])])
     with aoti.capture(model, stop=False) as calls, torch.no_grad():
-        for seq in (1, 8, 32, 64):
+        for seq in (1, 4, 32, 64):  # a static one-token graph and a dynamic one over 4..64
             model(input_ids=tiny.token_ids(seq).cuda())
     status = aoti.apply(aoti.compile(model, calls, aoti.CompileOptions(dispatch="dynamic"), cache=cache), model)
     assert status.runtime == "aoti" and status.graphs == 2
@@ -65,5 +67,5 @@ def test_llama_dynamic_lengths_match_eager(fp8, cache):
             compiled = model(input_ids=ids).logits
             with aoti.eager(model):
                 eager = model(input_ids=ids).logits
-        assert rel(compiled, eager) < 2e-2, seq
+        assert rel(compiled, eager) < tolerance, seq
     assert aoti.status_of(model).guard_fallbacks == 0
