@@ -14,7 +14,7 @@ where they are undone:
    storage, so the runtime's leftover reference no longer keeps the memory (which goes when the model
    lets go of it too).
 
-Measured on an H200 (`benchmarks/gpu/quantized_memory.py --layers 4 --bf16-build-first`): after a bf16
+Measured on an H200 (`python -m benchmarks memory --layers 4 --bf16-build-first`): after a bf16
 build, quantizing to FP8 kept all 17 bf16 weights (4.05 GB) alive through (2) and (3).
 """
 

@@ -11,8 +11,7 @@ tables are read from. ``python -m benchmarks TASK --help`` lists a task's option
 
 from __future__ import annotations
 
-import importlib
-import sys
+from benchmarks.common import dispatch
 
 # task -> (module, what it measures)
 TASKS: dict[str, tuple[str, str]] = {
@@ -28,21 +27,8 @@ TASKS: dict[str, tuple[str, str]] = {
 }
 
 
-def usage() -> str:
-    width = max(map(len, TASKS))
-    rows = "\n".join(f"  {name:<{width}}  {about}" for name, (_, about) in TASKS.items())
-    return f"usage: python -m benchmarks TASK [options]\n\ntasks:\n{rows}\n"
-
-
 def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] in ("-h", "--help"):
-        print(usage())
-        return
-    task, rest = argv[0], argv[1:]
-    if task not in TASKS:
-        raise SystemExit(f"unknown task {task!r}\n\n{usage()}")
-    importlib.import_module(TASKS[task][0]).main(rest)
+    dispatch(TASKS, argv, "python -m benchmarks")
 
 
 if __name__ == "__main__":

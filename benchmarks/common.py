@@ -228,3 +228,19 @@ class Recorder:
     def save(self) -> None:
         self.out.parent.mkdir(parents=True, exist_ok=True)
         self.out.write_text(json.dumps({**self.meta, "variants": self.variants}, indent=2, default=str))
+
+
+def dispatch(registry: dict[str, tuple[str, str]], argv: list[str] | None, prog: str) -> None:
+    """Run ``registry[argv[0]]``'s module's ``main(argv[1:])`` (a name -> (module, what it measures)
+    table); without a known name, the list of names."""
+    import importlib
+
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in registry:
+        width = max(map(len, registry))
+        print(f"usage: {prog} NAME [options]  (NAME --help: its options)\n\n"
+              + "\n".join(f"  {name:<{width}}  {about}" for name, (_, about) in registry.items()))
+        if argv and argv[0] not in ("-h", "--help"):
+            raise SystemExit(f"unknown name {argv[0]!r}")
+        return
+    importlib.import_module(registry[argv[0]][0]).main(argv[1:])

@@ -69,7 +69,7 @@ def preset_for(device: DeviceInfo) -> Preset:
     # Images: "default": on the H200 it was on par with torch.compile (BENCHMARKS.md), builds in
     # 1-2 minutes at full size, and a startup compile has to fit a GPU call; "max-autotune" searches
     # Triton GEMM templates for every shape (minutes more) for a gain not yet measured at full size.
-    # Text: "decode" (one-row linears on aoti.gemv, decode attention on aoti.decode_attention, other
+    # Text: "decode" (one-row linears on aoti.kernels.gemv, decode attention on aoti.kernels.decode_attention, other
     # reductions tuned, combo kernels): Qwen2.5-7B geometry on the H200 with CUDA graphs and fused
     # projections and layers, 263.6 tokens/s (88 % of the floor; 211.5 before fusing and the attention
     # kernel, 181.9 with Inductor's reductions on one machine); FP8 weights 379.4, 1.44x (BENCHMARKS.md).

@@ -44,7 +44,7 @@ class FusedFluxAttnProcessor:
     """diffusers' `FluxAttnProcessor` with its query/key norms, concatenation and rotary embedding on
     `norm_rope`; calls the kernel does not take (another norm, no rotary embedding, a CPU tensor)
     go to the processor it stands in for. ``fp8_attention``: the kernel writes the query and key in
-    e4m3 for `aoti.fp8_attention.attend_quantized` (no mask: FLUX's)."""
+    e4m3 for `aoti.kernels.fp8_attention.attend_quantized` (no mask: FLUX's)."""
 
     def __init__(self, original, fp8_attention: bool = False) -> None:
         self.original, self.fp8_attention = original, fp8_attention

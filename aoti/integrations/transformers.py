@@ -80,7 +80,7 @@ def _fusable(layer: torch.nn.Module) -> bool:
             and all(hasattr(mlp, name) for name in ("gate_up_proj", "down_proj"))
             and type(getattr(mlp, "act_fn", None)).__name__ in SILU
             and all(type(norm).__name__ in NORMS and hasattr(norm, "variance_epsilon") for norm in norms)
-            and getattr(mlp.gate_proj, "step", 1) == 2  # interleaved gate/up rows (`aoti.fuse`)
+            and getattr(mlp.gate_proj, "step", 1) == 2  # interleaved gate/up rows (`aoti.transforms.fuse`)
             and mlp.gate_up_proj.out_features == 2 * mlp.down_proj.in_features)
 
 

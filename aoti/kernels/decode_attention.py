@@ -4,13 +4,13 @@ A decode step asks, for each KV head, the attention of its group of query heads 
 over the whole cache: a few rows against hundreds or thousands of keys. The fused SDPA kernels tile
 128 query rows per program and parallelize over heads and query tiles, so such a call runs on as
 many programs as KV heads (4 of an H200's 132 multiprocessors): cuDNN took 18 µs a layer for it,
-more than the step's q/k/v projection (results/gpu_llm_decode_8layers_fused_gqa_h200.json).
+more than the step's q/k/v projection.
 `decode_attention` splits the cache into chunks of `BLOCK_L` keys, one program per (KV head, chunk),
 each keeping the softmax statistics (max, sum, weighted values) of its chunk; a second kernel, one
 program per (KV head, query row), merges the chunks' partial results.
 
 `torch.ops.aoti_studio.decode_attention` is a `torch.library.triton_op`, so `torch.export` traces both
-kernels and AOTInductor compiles them into the package (like `aoti.gemv`).
+kernels and AOTInductor compiles them into the package (like `aoti.kernels.gemv`).
 
     out = decode_attention(query, key, value, mask)   # (B, kv_heads, group, D) over (B, kv_heads, L, D)
 """

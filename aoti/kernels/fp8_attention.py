@@ -3,7 +3,7 @@
 FLUX.1's 1024×1024 step spends 5.5 of its 19.8 ms (FP8 matmuls, CUDA graphs, H200) in bf16 attention:
 torch 2.11 has no FP8 attention and FlashAttention-3 is not on PyPI. This is a flash-attention
 forward in Triton whose two products read e4m3 tiles (Hopper's FP8 tensor cores, twice bf16's rate):
-q is quantized per token, k and v per (batch, head), with float32 scales (`aoti.quant.fp8_scaled`);
+q is quantized per token, k and v per (batch, head), with float32 scales (`aoti.kernels.fp8.fp8_scaled`);
 the scores and the softmax stay float32, and the probabilities are multiplied by 2^8 before their
 e4m3 cast (keeping small ones out of e4m3's subnormal range) and divided back with the row sums. v is
 quantized into a (head dim, sequence) layout, the one the second product reads.
@@ -13,7 +13,7 @@ quantization (Inductor fuses it) and the kernel, and AOTInductor compiles both i
 `sdpa` has `F.scaled_dot_product_attention`'s signature and takes the calls the kernel serves (no
 mask, no dropout, not causal, equal head counts), leaving the others to SDPA; `aoti.attention`'s
 "fp8" backend traces a module with it in place of SDPA. `attend_quantized` takes q and k already
-in e4m3 from their producer: `aoti.norm_rope` writes them in FLUX.1's attention.
+in e4m3 from their producer: `aoti.kernels.norm_rope` writes them in FLUX.1's attention.
 
     out = sdpa(query, key, value)   # (B, H, S, D) bf16/fp16 -> same; FP8 inside on CUDA
 """
@@ -53,7 +53,7 @@ class AttentionConfig:
 
 
 # H200, FLUX.1's attention shape (1×24×4608×128), kernel alone: 0.332 ms against 0.438 for
-# (128, 64, 8, 3) and 0.405 for cuDNN's bf16 kernel (benchmarks/results/gpu_fp8_attention_check_h200.json)
+# (128, 64, 8, 3) and 0.405 for cuDNN's bf16 kernel
 DEFAULT_CONFIG = AttentionConfig(64, 128, 4, 3)
 
 
@@ -210,7 +210,7 @@ if triton is not None:
 def attend_quantized(q: torch.Tensor, q_scale: torch.Tensor, k: torch.Tensor, k_scale: torch.Tensor,
                      value: torch.Tensor, scale: float | None = None) -> torch.Tensor:
     """Attention on operands quantized by their producer: e4m3 ``q``/``k`` ``(B, H, S, D)`` (any layout with
-    contiguous rows) with float32 scales ``(B, H, S)``, one per token (`aoti.norm_rope` writes them); k's
+    contiguous rows) with float32 scales ``(B, H, S)``, one per token (`aoti.kernels.norm_rope` writes them); k's
     must be the same for every token of a head (the kernel reads its first). ``value`` ``(B, H, S_kv, D)``
     in bf16/fp16 is quantized here per head. Returns ``(B, H, S_q, D)`` in ``value``'s dtype."""
     return torch.ops.aoti_studio.fp8_attention_quantized(q, q_scale, k, k_scale, value, scale)

@@ -1,6 +1,6 @@
 """Row-wise FP8 quantization of wide rows in one pass: a Triton kernel that holds each row in registers.
 
-`aoti.quant.rowwise_fp8` scales each row of an activation by its own absolute maximum before an
+`aoti.kernels.fp8_rows.rowwise_fp8` scales each row of an activation by its own absolute maximum before an
 FP8 product. Inductor lowers that to a reduction and a cast; for rows wider than its persistent-
 reduction limit (1024 values) it loops over the row twice (the maximum, then the cast), and on an H200
 the two passes over FLUX.1's 4608 × 15360 single-block `proj_out` input ran at about 1 TB/s, 2.2 ms a
@@ -33,7 +33,7 @@ except ImportError:  # CPU-only installs: the op is absent
     triton = None
 
 MIN_WIDTH = 4096  # narrower rows stay in Inductor's kernels, fused with their producer (FLUX.1's 3072-wide
-# LayerNorm and modulation), which make them one-pass with `aoti.reductions`
+# LayerNorm and modulation), which make them one-pass with `aoti.passes.reductions`
 MAX_WIDTH = 32768  # one row in the registers of one program
 
 
@@ -71,7 +71,7 @@ if triton is not None:
         tl.store(scale_ptr + row, scale)
 
 
-# H200, FLUX.1's rows (benchmarks/results/gpu_row_quant_sweep_h200.json): 8 warps a row ran fastest
+# H200, FLUX.1's rows: 8 warps a row ran fastest
 # at 4608 x (3072 + GELU 12288) (102 us), 4096 x GELU 12288 (70 us) and 4608 x 15360 (54 us, 3.9 TB/s);
 # with the GELU through exp2 98 and 59 us at 8 warps (gpu_row_quant_sweep_gelu_{tanh,sigmoid}_h200.json: one machine)
 NUM_WARPS = 8

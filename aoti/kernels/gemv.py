@@ -7,14 +7,14 @@ kernels (which tile 128 rows) at ~40 %. `gemv` streams the weight in ``(BLOCK_N,
 software pipelining and reads bf16, fp16 or e4m3 weights (FP8 scaled per output row) the same way, so
 an FP8 weight costs half the bytes of a bf16 one. Every program reads the whole input row, so the
 kernel can also take in what surrounds a product in a decoder layer: an RMS norm of its input, a
-residual add and SiLU·mul of interleaved gate/up rows on its output (`aoti.fuse_layers` uses them).
+residual add and SiLU·mul of interleaved gate/up rows on its output (`aoti.integrations.transformers` uses them).
 
 `torch.ops.aoti_studio.gemv` is a `torch.library.triton_op`: `torch.export` traces it to the Triton
 kernel itself, and AOTInductor compiles that kernel into the package. The op is registered only where
 Triton imports; `available()` says whether it is. `use_gemv(module)` routes a module's linear layers
 to it for one-row calls; `aoti.compile` does so with the "decode" preset (`CompileOptions.gemv`).
 
-    aoti.gemv.use_gemv(model)          # nn.Linear -> GemvLinear; FP8 layers switch their one-row path
+    aoti.kernels.gemv.use_gemv(model)          # nn.Linear -> GemvLinear; FP8 layers switch their one-row path
     y = model(x_one_token)             # on CUDA: the kernel; more rows or on the CPU: F.linear
 """
 
@@ -46,7 +46,7 @@ class GemvConfig:
 
 # Launch configs per kind of shape, bf16/fp16 weights and e4m3 weights: the fastest for Qwen2.5-7B's
 # decode step on an H200 with each shape's 28 calls replayed back to back in a CUDA graph, as the text
-# engine runs them (`benchmarks/gpu/gemv_step.py`, results/gpu_gemv_step_sweep2_*_h200.json): many rows
+# engine runs them (`python -m benchmarks.kernels gemv-step`): many rows
 # (fused gate/up, the LM head), a long row (down), and the rest (fused q/k/v, o). Few rows (a separate
 # K or V projection) get one row per program, so that the grid still covers every multiprocessor.
 _CONFIGS = {
@@ -55,10 +55,10 @@ _CONFIGS = {
     1: {"few_rows": GemvConfig(1, 2048, 8, 3), "many_rows": GemvConfig(16, 256, 4, 3),
         "long_rows": GemvConfig(4, 1024, 4, 4), "other": GemvConfig(8, 512, 8, 4)},
 }
-# Where a fused call (`aoti.fuse_layers`) is faster on another config, by (weight bytes, kind, fusion):
+# Where a fused call (`aoti.integrations.transformers`) is faster on another config, by (weight bytes, kind, fusion):
 # the bf16 q/k/v product with the norm prologue took 13.6 µs on 8 warps and 10.2 on 4 (the plain
 # product's 10.2), the FP8 o product with the residual epilogue 7.0 µs and 6.35
-# (results/gpu_gemv_step_fused_{bf16,fp8}_h200.json).
+#.
 _FUSED_CONFIGS = {(2, "other", "norm"): GemvConfig(4, 512, 4, 4), (1, "other", "residual"): GemvConfig(4, 1024, 4, 4)}
 
 

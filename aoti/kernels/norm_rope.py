@@ -4,7 +4,7 @@ FLUX.1's attention normalizes each head of the query and key (`RMSNorm` over the
 joins the text tokens' to the image tokens' (double blocks) and rotates pairs of values by each
 token's position (`apply_rotary_emb`, interleaved pairs). Inductor fuses the lot into one kernel
 that ran at about 1.1 TB/s on an H200: 0.99 ms of a 19.8 ms FP8 step for the 8 single blocks
-(`benchmarks/results/gpu_flux_step_one_pass_rows_run4_h200.json`). This kernel reads each token's
+. This kernel reads each token's
 heads once, a block of heads per program: the squares' mean, the weight, the rotation (the pair
 partners from a split of the row held in registers), one store of the result. The text tokens
 (``lead``, normalized with their own weight) and the image tokens are written into one output, so
@@ -32,7 +32,7 @@ try:
 except ImportError:  # CPU-only installs: the op is absent
     triton = None
 
-# H200, FLUX.1's query and key (benchmarks/results/gpu_norm_rope_sweep_h200.json): 39 us for both
+# H200, FLUX.1's query and key: 39 us for both
 # of a single block (3.1 TB/s), against 113 us for Inductor's fused kernel
 BLOCK_HEADS = 8  # heads per program: FLUX.1's 24 heads take 3 programs a token
 NUM_WARPS = 2
@@ -137,6 +137,6 @@ def norm_rope(x: torch.Tensor, weight: torch.Tensor, cos: torch.Tensor, sin: tor
     """``rope(cat([rms_norm(lead) * lead_weight, rms_norm(x) * weight], dim=1))`` on the kernel (see the
     module): ``x``/``lead`` ``(B, S, H, D)``, interleaved pairs rotated by ``cos``/``sin`` ``(S_total, D)``.
     ``fp8``: the e4m3 values and their ``(B, H, S_total)`` float32 scales, the same for every token (the
-    operands of `aoti.fp8_attention.attend_quantized`; see `launch`)."""
+    operands of `aoti.kernels.fp8_attention.attend_quantized`; see `launch`)."""
     op = torch.ops.aoti_studio.norm_rope_fp8 if fp8 else torch.ops.aoti_studio.norm_rope
     return op(x, weight, cos, sin, eps, lead, lead_weight)

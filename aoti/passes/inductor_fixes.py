@@ -7,7 +7,7 @@ them, and caches each variable by ``id()`` of that buffer's ``writeline``: of th
 in torch 2.11 (a new object at every attribute access, whose id the next one reuses), of the buffer
 in later versions (whose id a new buffer reuses once it is dropped). Either way the cache can hand back
 a variable declared in another place, later in the function or in a dropped buffer, and g++ fails
-with "'int_array_167' was not declared in this scope". Builds of Qwen2.5-7B geometry with `aoti.gemv`
+with "'int_array_167' was not declared in this scope". Builds of Qwen2.5-7B geometry with `aoti.kernels.gemv`
 in the decode graph met that on an H200 (torch 2.11) in about half of the builds (the kernel's
 arguments are views, declared by array). The cache only saves repeated declarations, so the fix
 skips it: every use declares its array where torch's own code writes it.

@@ -29,7 +29,7 @@ class GemvLinear(torch.nn.Linear):
     holds one path or the other, never a branch.
 
     ``fusion`` holds extra `gemv` arguments for the kernel path (a norm, a residual), set around a call
-    by a caller that owns them (`aoti.fuse_layers`); it is empty otherwise."""
+    by a caller that owns them (`aoti.integrations.transformers`); it is empty otherwise."""
 
     one_row_kernel = False
     fusion: dict = {}  # replaced, never changed in place

@@ -3,8 +3,8 @@
 An attention block projects its input three times (q, k, v) and a gated MLP twice (gate, up). At
 batch 1 each projection is a separate pass over its weight; one pass over the concatenated weight
 costs fewer launches and keeps the small (k, v) products from idling most of the GPU: on an H200 a
-Qwen2.5-7B layer's q/k/v took 24.3 µs as three `aoti.gemv` calls and 13.6 µs as one
-(results/gpu_gemv_sweep_h200.json).
+Qwen2.5-7B layer's q/k/v took 24.3 µs as three `aoti.kernels.gemv` calls and 13.6 µs as one
+.
 
 transformers' attention and MLP modules call each projection themselves
 (``self.q_proj(x)``, ``self.k_proj(x)``, ...), so `fuse_projections` keeps those names: the group's
@@ -15,7 +15,7 @@ slice called with an input runs the fused layer and keeps its output until every
 has taken its part of it; a call with a different input runs the fused layer again, so the result is
 always that of the separate layers (an input changed in place between two slices' calls is not
 noticed; transformers' blocks don't do that). Because the fused layer is a plain ``nn.Linear`` registered on
-the parent, FP8 quantization and `aoti.gemv` routing treat it like any other linear layer.
+the parent, FP8 quantization and `aoti.kernels.gemv` routing treat it like any other linear layer.
 
     aoti.transform(model, [aoti.FuseProjections()])     # q/k/v -> qkv_proj, gate/up -> gate_up_proj
     aoti.transform(model, [aoti.FuseDecoderLayers()])   # then known decoder layers' one-token step fused
@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 
 # Names of sibling layers that transformers' decoder blocks (Llama, Qwen2/3, Mistral, Gemma, Phi-3's
 # unfused variants, ...) call on one and the same input, the name of their fused layer, and whether
-# its rows interleave the layers' rows (gate/up: `aoti.gemv`'s ``glu`` reads them as pairs) or stack them.
+# its rows interleave the layers' rows (gate/up: `aoti.kernels.gemv`'s ``glu`` reads them as pairs) or stack them.
 GROUPS: tuple[tuple[tuple[str, ...], str, bool], ...] = (
     (("q_proj", "k_proj", "v_proj"), "qkv_proj", False),
     (("gate_proj", "up_proj"), "gate_up_proj", True),
@@ -94,7 +94,7 @@ class ProjectionSlice(torch.nn.Module):
 
 
 def _fusable(layers: list[torch.nn.Module], interleave: bool) -> bool:
-    """Plain (or `aoti.gemv`-routed) linear layers with plain weights of one dtype, device and input
+    """Plain (or `aoti.kernels.gemv`-routed) linear layers with plain weights of one dtype, device and input
     size (and output size, to interleave), biases alike. The fused layer is a plain ``nn.Linear``;
     routing is applied to it afterwards."""
     from torch.utils._python_dispatch import is_traceable_wrapper_subclass

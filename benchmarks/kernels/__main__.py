@@ -3,8 +3,7 @@ it replaces, on the GPU (GPU time per call, bandwidth or FLOP/s, and the differe
 
 from __future__ import annotations
 
-import importlib
-import sys
+from benchmarks.common import dispatch
 
 KERNELS: dict[str, tuple[str, str]] = {
     "gemv": ("benchmarks.kernels.gemv", "one-row products: cuBLAS, Inductor, _scaled_mm, aoti.kernels.gemv (sweep)"),
@@ -18,15 +17,7 @@ KERNELS: dict[str, tuple[str, str]] = {
 
 
 def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in KERNELS:
-        width = max(map(len, KERNELS))
-        print("usage: python -m benchmarks.kernels NAME [options]\n\nkernels:\n"
-              + "\n".join(f"  {k:<{width}}  {about}" for k, (_, about) in KERNELS.items()))
-        if argv and argv[0] not in ("-h", "--help"):
-            raise SystemExit(f"unknown kernel benchmark {argv[0]!r}")
-        return
-    importlib.import_module(KERNELS[argv[0]][0]).main(argv[1:])
+    dispatch(KERNELS, argv, "python -m benchmarks.kernels")
 
 
 if __name__ == "__main__":

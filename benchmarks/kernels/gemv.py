@@ -17,9 +17,9 @@ import time
 
 import torch
 import torch.nn.functional as F
-from aoti.quant import rowwise_fp8
 
 from aoti.kernels import gemv
+from aoti.kernels.fp8_rows import rowwise_fp8
 from benchmarks.common import Recorder, memory_bandwidth_gbs, rel_error
 
 # (name, out_features, in_features, calls per 28-layer decode step)

@@ -34,8 +34,10 @@ def check(bias: bool, quantization: str, cache: aoti.Cache) -> dict:
     x = torch.randn(1, 1, 256, device="cuda", dtype=torch.bfloat16)
     with aoti.capture(model) as call:
         model(x)
+    transforms = [aoti.Float8Rowwise()] if quantization == "fp8_rowwise" else []
+    aoti.transform(model, [*transforms, aoti.OneRowKernels()])
     try:
-        artifact = aoti.compile(model, call, aoti.CompileOptions(quantization=quantization, gemv=True), cache=cache)
+        artifact = aoti.compile(model, call, cache=cache)
     except Exception as exc:  # keep the compiler's own words
         return error_record(exc)
     fresh = torch.randn(1, 1, 256, device="cuda", dtype=torch.bfloat16)
@@ -53,9 +55,10 @@ def text_engine(cache: aoti.Cache) -> dict:
     the same model eager: greedy text, and the prefill and one decode step's logits."""
     from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2Config
 
+    from aoti.integrations.transformers import fused_layers
     from benchmarks.tasks.llm_decode import prefill_and_step_logits
     from engines.registry import ASSETS, ModelSpec
-    from engines.text import SamplingParams, TextModel
+    from engines.text import SamplingParams, TextModel, text_recipe
 
     config = Qwen2Config(hidden_size=1024, intermediate_size=4096, num_attention_heads=8, num_key_value_heads=2,
                          vocab_size=2048, num_hidden_layers=2, max_position_embeddings=2048, tie_word_embeddings=False)
@@ -72,12 +75,12 @@ def text_engine(cache: aoti.Cache) -> dict:
     eager = text.tokenizer(list(text.generate(prompt, params))[-1].text).input_ids
     eager_logits = prefill_and_step_logits(text, ids)
     try:
-        status = text.optimize(aoti.CompileOptions(preset="decode"), cache)
+        status = text.optimize(text_recipe(decode_kernels=True, preset="decode"), cache)
     except Exception as exc:
         return error_record(exc)
     compiled = text.tokenizer(list(text.generate(prompt, params))[-1].text).input_ids
     logits = prefill_and_step_logits(text, ids)
-    return {"runtime": status.runtime, "fallbacks": status.fallbacks, "fused_layers": aoti.fuse_layers.fused_layers(model),
+    return {"runtime": status.runtime, "fallbacks": status.fallbacks, "fused_layers": fused_layers(model),
             "prefill_logits_rel_error_vs_eager": rel_error(logits[0], eager_logits[0]),
             "decode_step_logits_rel_error_vs_eager": rel_error(logits[1], eager_logits[1]),
             "greedy_tokens_equal": eager == compiled,

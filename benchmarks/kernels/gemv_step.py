@@ -8,7 +8,7 @@ fused gate/up, down; and the LM head), 14.1 GB of bf16 weights, runs with `gemv.
 with the best config of each shape. (results/gpu_gemv_step_sweep*_h200.json also swept split-K, a
 version of the kernel that gained at most 0.5 µs a call and was dropped.)
 
-``--fused`` times the calls as `aoti.fuse_layers` makes them: q/k/v and gate/up read their input
+``--fused`` times the calls as `aoti.integrations.transformers` makes them: q/k/v and gate/up read their input
 RMS-normalized, gate/up applies SiLU·mul to its row pairs, o and down add the residual.
 
     python -m benchmarks.kernels gemv-step --out results.json [--fp8] [--fused]
@@ -21,9 +21,9 @@ import itertools
 import time
 
 import torch
-from aoti.quant import rowwise_fp8
 
 from aoti.kernels import gemv
+from aoti.kernels.fp8_rows import rowwise_fp8
 from benchmarks.common import Recorder, graph_replay_ms, memory_bandwidth_gbs, rel_error
 
 LAYERS = 28

@@ -1,7 +1,7 @@
 """FP8 activation quantization of FLUX.1's rows, with and without one-pass rows, side by side.
 
 Three producers of an FP8 product's input, at FLUX.1-dev's 1024×1024 shapes (bf16), each ending in
-`aoti.quant.rowwise_fp8` (a per-row absolute maximum and the scaled e4m3 cast):
+`aoti.kernels.fp8_rows.rowwise_fp8` (a per-row absolute maximum and the scaled e4m3 cast):
 
 - ``single``: a single block's `proj_out` input, 4608 × 15360: attention output (24 heads × 128)
   beside the tanh-GELU of the MLP projection (12288).
@@ -10,7 +10,7 @@ Three producers of an FP8 product's input, at FLUX.1-dev's 1024×1024 shapes (bf
 
 Variants, each compiled by Inductor (`torch.compile`, the code AOTInductor generates too):
 ``two_pass`` (Inductor's own choices, `one_pass_rows=False`), ``persistent`` (Inductor with
-`aoti.reductions.OnePassRows`), ``kernel`` (the producer by Inductor, the quantization on
+`aoti.passes.reductions.OnePassRows`), ``kernel`` (the producer by Inductor, the quantization on
 `aoti.fp8_rows`), ``both`` (the two together: what `one_pass_rows=True` builds, less the graph
 rewrite that moves a GELU into the kernel, which only `aoti.compile` runs; ``--sweep`` times that).
 Per variant: GPU time of one call in a CUDA graph, the bandwidth that implies for the least traffic
@@ -35,7 +35,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from aoti import fp8_rows, quant, reductions
+from aoti.kernels import fp8_rows
+from aoti.passes import reductions
 from benchmarks.common import Recorder, error_record, graph_replay_ms
 
 TOKENS, TEXT, WIDTH, HEADS, MLP = 4096 + 512, 512, 3072, 24, 12288
@@ -43,16 +44,16 @@ TOKENS, TEXT, WIDTH, HEADS, MLP = 4096 + 512, 512, 3072, 24, 12288
 
 def single(attn: torch.Tensor, mlp: torch.Tensor):
     rows = torch.cat([attn.transpose(1, 2).reshape(1, TOKENS, WIDTH), F.gelu(mlp, approximate="tanh")], dim=-1)
-    return quant.rowwise_fp8(rows.reshape(TOKENS, -1))
+    return fp8_rows.rowwise_fp8(rows.reshape(TOKENS, -1))
 
 
 def double(hidden: torch.Tensor):
-    return quant.rowwise_fp8(F.gelu(hidden, approximate="tanh").reshape(-1, MLP))
+    return fp8_rows.rowwise_fp8(F.gelu(hidden, approximate="tanh").reshape(-1, MLP))
 
 
 def norm(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor):
     normed = F.layer_norm(x, (WIDTH,), eps=1e-6) * (1 + scale) + shift
-    return quant.rowwise_fp8(normed.reshape(TOKENS, WIDTH))
+    return fp8_rows.rowwise_fp8(normed.reshape(TOKENS, WIDTH))
 
 
 def cases(device: str) -> dict:
@@ -97,7 +98,7 @@ def run_case(fn, args: tuple, variant: str) -> tuple[dict, str]:
 
 
 def sweep(rec: Recorder, device: str) -> None:
-    """`aoti.fp8_rows.launch` alone on FLUX.1's rows: GPU time and bandwidth per launch configuration."""
+    """`aoti.kernels.fp8_rows.launch` alone on FLUX.1's rows: GPU time and bandwidth per launch configuration."""
     bf16 = dict(device=device, dtype=torch.bfloat16)
     shapes = {
         "single_lead_gelu": (torch.randn(TOKENS, MLP, **bf16) * 2, torch.randn(TOKENS, WIDTH, **bf16)),

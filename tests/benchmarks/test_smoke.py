@@ -54,3 +54,16 @@ def test_quantized_memory_shows_no_copy_of_the_fp8_weights(tmp_path):
     assert stages["compiled_applied"]["runtime"] == "aoti"
     fp8_bits = [stages[s]["python_reachable_gb"]["uint8"] for s in ("quantized", "compiled_applied", "served_cuda_graphs")]
     assert fp8_bits[0] > 0 and fp8_bits == [fp8_bits[0]] * 3  # compiling and serving add no copy
+
+
+def test_the_drivers_list_their_tasks_and_refuse_unknown_ones():
+    from benchmarks.__main__ import TASKS
+    from benchmarks.kernels.__main__ import KERNELS
+
+    for module, names in (("benchmarks", TASKS), ("benchmarks.kernels", KERNELS)):
+        listing = subprocess.run([sys.executable, "-m", module], capture_output=True, text=True, cwd=ROOT, check=True).stdout
+        assert all(name in listing for name in names)
+        wrong = subprocess.run([sys.executable, "-m", module, "nonsense"], capture_output=True, text=True, cwd=ROOT)
+        assert wrong.returncode != 0 and "unknown name 'nonsense'" in wrong.stderr
+    for module, _ in [*TASKS.values(), *KERNELS.values()]:  # every entry names a module with a main
+        assert callable(__import__(module, fromlist=["main"]).main)

@@ -1,6 +1,6 @@
-"""aoti.decode_attention: the split-KV decode attention kernels (run by Triton's CPU interpreter here)
+"""aoti.kernels.decode_attention: the split-KV decode attention kernels (run by Triton's CPU interpreter here)
 against softmax attention computed in float64, and through a grouped-query model's decode step. On a
-GPU the kernels are compiled into AOTI packages (benchmarks/gpu/llm_decode.py)."""
+GPU the kernels are compiled into AOTI packages ."""
 
 from __future__ import annotations
 

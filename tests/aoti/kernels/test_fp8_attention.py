@@ -1,6 +1,6 @@
 """aoti.fp8_attention: the FP8 flash-attention kernel (run by Triton's CPU interpreter here) against
 softmax attention in float64, and the "fp8" attention backend's routing of SDPA calls. On a GPU the
-kernel is compiled into AOTI packages (benchmarks/gpu/flux_step.py, variant fp8_attention_graphs)."""
+kernel is compiled into AOTI packages ."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """aoti.fp8_rows (the one-pass row-wise FP8 quantization kernel, run by Triton's CPU interpreter here)
 and aoti.reductions (Inductor's one-pass choice for wide rows). On a GPU both are compiled into AOTI
-packages (benchmarks/gpu/flux_step.py, `one_pass_rows`); here the interpreter checks the kernel's
+packages ; here the interpreter checks the kernel's
 arithmetic, before the e4m3 cast that the interpreter gets wrong."""
 
 from __future__ import annotations

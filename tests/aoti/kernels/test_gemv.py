@@ -1,6 +1,6 @@
-"""aoti.gemv: the one-row Triton kernel (run by Triton's CPU interpreter here), the op, and the
+"""aoti.kernels.gemv: the one-row Triton kernel (run by Triton's CPU interpreter here), the op, and the
 routing of linear layers. On a GPU the kernel is compiled into AOTI packages
-(benchmarks/gpu/gemv.py, llm_decode.py); here the interpreter checks its arithmetic."""
+; here the interpreter checks its arithmetic."""
 
 from __future__ import annotations
 

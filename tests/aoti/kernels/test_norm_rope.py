@@ -1,6 +1,6 @@
 """aoti.norm_rope: the query/key RMS norm + rotary embedding kernel (run by Triton's CPU interpreter here)
 against diffusers' own modules, and the FLUX attention processor that puts it (and FP8 attention) into
-an exported graph. On a GPU both are compiled into AOTI packages (benchmarks/gpu/flux_step.py)."""
+an exported graph. On a GPU both are compiled into AOTI packages ."""
 
 from __future__ import annotations
 
