@@ -369,11 +369,17 @@ def _find_or_build(module: torch.nn.Module, calls: list[CapturedCall], options: 
                 try:
                     entry = _build(module, plans, options, device, cache, key, fields, exclusive)
                 except Exception as exc:
-                    if remember_failure:
+                    if remember_failure and not _transient(exc):
                         cache.record_failed_build(key, _first_error_line(exc))
                     raise
                 _maybe_push(cache, key, fallbacks)
     return entry, key, cache_hit, source
+
+
+def _transient(exc: BaseException) -> bool:
+    """A failure the same build may not meet again: out of memory (host or device), a timeout."""
+    text = f"{type(exc).__name__}: {exc}".lower()
+    return isinstance(exc, (MemoryError, TimeoutError, torch.OutOfMemoryError)) or "out of memory" in text or "timed out" in text
 
 
 def _first_error_line(exc: Exception) -> str:
@@ -422,6 +428,8 @@ def _build(
     from .passes import fp8_producers, reductions  # import Inductor
 
     toolchain = prepare_inductor()
+    if toolchain.missing:
+        raise RuntimeError(toolchain.missing)
     start = time.perf_counter()
     known = set(constants_map(module))
     one_pass = options.one_pass_rows and device.type == "cuda"

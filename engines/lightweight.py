@@ -97,10 +97,11 @@ class LightweightEngine:
             with self._guard:
                 if spec.id in self.models:  # loaded by another request while this one waited
                     return self.models[spec.id]
-                for other in [k for k, m in self.models.items() if m.spec.task == spec.task]:
-                    self._unload_locked(other)
+                taken = [self._take(other) for other in [k for k, m in self.models.items() if m.spec.task == spec.task]]
                 while len(self.models) >= self.max_loaded:
-                    self._unload_locked(next(iter(self.models)))
+                    taken.append(self._take(next(iter(self.models))))
+            for old in taken:  # outside the guard: each waits for the request it is serving
+                self._free(*old)
             start = time.perf_counter()
             model = TextModel(spec, self.device.torch_device) if spec.task == "text" else ImageModel(spec, self.device.torch_device)
             with self._guard:
@@ -111,22 +112,28 @@ class LightweightEngine:
         return model
 
     def unload(self, model_id: str) -> float:
-        """Free a model; returns the MiB of memory given back (see `_unload_locked`)."""
+        """Free a model; returns the MiB of memory given back (see `_free`). A request the model is
+        serving finishes first, on the same weights; the panel keeps reading meanwhile."""
         with self._guard:
-            return self._unload_locked(model_id)
+            if model_id not in self.models:
+                return 0.0
+            taken = self._take(model_id)
+        return self._free(*taken)
 
-    def _unload_locked(self, model_id: str) -> float:
-        """On CUDA the allocator's figure before and after; on the CPU the bytes of the model's
+    def _take(self, model_id: str) -> tuple[str, TextModel | ImageModel, threading.Lock | None]:
+        """Remove a model from the loaded set (hold the guard); `_free` frees it."""
+        return model_id, self.models.pop(model_id), self.locks.pop(model_id, None)
+
+    def _free(self, model_id: str, model: TextModel | ImageModel, lock: threading.Lock | None) -> float:
+        """Restore and drop a taken model once its request in flight (if any) is done. Returns the MiB
+        given back: on CUDA the allocator's figure before and after; on the CPU the bytes of the model's
         storages that no live tensor holds any more (RSS rarely shrinks)."""
-        model = self.models.pop(model_id, None)
-        if model is None:
-            return 0.0
         before, _ = memory_mb(self.device.torch_device)
         storages = model.storages
-        model.restore()
+        with lock or contextlib.nullcontext():  # after the request in flight, if any
+            model.restore()
         alive = weakref.ref(model.hot_module)
         del model
-        self.locks.pop(model_id, None)
         gc.collect()
         aoti.lifetimes.release_orphans()  # the weights its compiled graphs were loaded with
         if self.device.torch_device == "cuda":
@@ -226,12 +233,22 @@ class LightweightEngine:
     def rows(self) -> list[dict[str, Any]]:
         """Every model's compile state, with the live guard counters of the loaded ones (when requests
         run in this process)."""
-        for model_id in list(self.models) if self.observe_locally else []:
-            self._live(model_id)
-        return [state.as_row() for state in self.states.values()]
+        with self._guard:
+            loaded = list(self.models.items()) if self.observe_locally else []
+        for model_id, model in loaded:
+            self._live(model_id, model)
+        return [state.as_row() for state in list(self.states.values())]
 
-    def _live(self, model_id: str) -> aoti.Status:
-        live = aoti.status_of(self.models[model_id].hot_module)
+    def _request_lock(self, model_id: str) -> threading.Lock:
+        """The lock a request on ``model_id`` holds; a clear error if the model was switched out between
+        its load and now (another request loaded a model of its task)."""
+        lock = self.locks.get(model_id)
+        if lock is None:
+            raise RuntimeError(f"{model_id} was unloaded for another model of its task while this request started; send it again.")
+        return lock
+
+    def _live(self, model_id: str, model: TextModel | ImageModel) -> aoti.Status:
+        live = aoti.status_of(model.hot_module)
         state = self.states[model_id]
         state.guard_fallbacks, state.layout_copies = live.guard_fallbacks, live.layout_copies
         if live.runtime == "aoti":  # a CUDA-graph capture happens (or fails) at the first call
@@ -260,23 +277,23 @@ class LightweightEngine:
         comparison: the compiled graphs stay swapped in for everyone else)."""
         model = self.load(registry.get(model_id))
         assert isinstance(model, TextModel), f"{model_id} is not a text model"
-        with self.locks[model_id], aoti.eager(model.hot_module) if eager else contextlib.nullcontext():
+        with self._request_lock(model_id), aoti.eager(model.hot_module) if eager else contextlib.nullcontext():
             last = None
             for step in model.generate(prompt, params):  # generate() validates its inputs before it runs
                 last = step
                 yield step
             rate = last.decode_tokens_per_s if last is not None else None
             if rate and self.observe_locally:
-                runtime = "eager" if eager else self._live(model_id).runtime
+                runtime = "eager" if eager else self._live(model_id, model).runtime
                 self.observe(model_id, 1 / rate, runtime)  # seconds per decoded token
 
     def generate_image(self, model_id: str, prompt: str, params: ImageParams, progress=None, eager: bool = False) -> ImageResult:
         """One image; ``eager`` as in `generate_text`."""
         model = self.load(registry.get(model_id))
         assert isinstance(model, ImageModel), f"{model_id} is not an image model"
-        with self.locks[model_id], aoti.eager(model.hot_module) if eager else contextlib.nullcontext():
+        with self._request_lock(model_id), aoti.eager(model.hot_module) if eager else contextlib.nullcontext():
             result = model.generate(prompt, params, progress)  # generate() validates its inputs before it runs
         if result.step_ms and self.observe_locally:
-            runtime = "eager" if eager else self._live(model_id).runtime
+            runtime = "eager" if eager else self._live(model_id, model).runtime
             self.observe(model_id, median(result.step_ms) / 1e3, runtime)
         return result

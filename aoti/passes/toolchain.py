@@ -36,9 +36,12 @@ class Toolchain:
     compiler: str
     static_libstdcxx: bool
     fixed_from: str | None = None  # the compiler we replaced, when the fix applied
+    missing: str | None = None  # why no package can be built here (no working C++ compiler)
 
     @property
     def note(self) -> str:
+        if self.missing:
+            return self.missing
         if self.fixed_from:
             return f"{self.fixed_from} links libstdc++ statically (packages crash at load); using {self.compiler}"
         return f"{self.compiler}"
@@ -93,20 +96,33 @@ def _compiler_identity(compiler: str) -> object:
 
 
 @functools.lru_cache(maxsize=1)
+def configured_compiler() -> str:
+    """The C++ compiler Inductor is set to build with (``torch._inductor.config.cpp.cxx``, else g++)."""
+    from torch._inductor import config
+
+    configured = config.cpp.cxx
+    return next((c for c in (configured if isinstance(configured, tuple) else (configured,)) if c), "g++")
+
+
 def ensure_toolchain() -> Toolchain:
     """Check Inductor's compiler once per machine (the verdict is kept next to Inductor's cache, keyed
     by the compilers' paths, sizes and mtimes); switch it only if it links libstdc++ statically."""
     from torch._inductor import config
 
-    configured = config.cpp.cxx
-    current = next((c for c in (configured if isinstance(configured, tuple) else (configured,)) if c), "g++")
+    current = configured_compiler()
     if not sys.platform.startswith("linux") or os.environ.get(ENV_FIX, "1") == "0":
         return Toolchain(current, static_libstdcxx=False)
     marker = _marker("toolchain", _compiler_identity(current))
     try:
+        if shutil.which(current) is None:
+            raise OSError(f"{current} is not installed")  # whatever an older verdict said
         chain = Toolchain(**json.loads(marker.read_text()))
     except (OSError, ValueError, TypeError):
         chain = _check_toolchain(current)
+    if chain.missing:  # never remembered: installing a compiler must be enough
+        log.error("toolchain: %s", chain.missing)
+        return chain
+    if not marker.exists():
         with contextlib.suppress(OSError):
             marker.parent.mkdir(parents=True, exist_ok=True)
             marker.write_text(json.dumps(dataclasses.asdict(chain)))
@@ -120,7 +136,12 @@ def ensure_toolchain() -> Toolchain:
 
 def _check_toolchain(current: str) -> Toolchain:
     """Build a one-line shared object with ``current`` (and, if it embeds libstdc++, with the fallbacks)."""
-    if not _links_statically(current):
+    static = _links_statically(current)
+    if static is None:
+        return Toolchain(current, static_libstdcxx=False, missing=(
+            f"no working C++ compiler: {current!r} could not build a test library; AOTInductor needs one to "
+            "build packages (install g++, or set CXX). Cached packages still load."))
+    if not static:
         return Toolchain(current, static_libstdcxx=False)
     for candidate in _FALLBACK_COMPILERS:
         resolved = shutil.which(candidate)
@@ -189,6 +210,8 @@ def prepare_inductor() -> Toolchain:
     from .inductor_fixes import apply_fixes
 
     chain = ensure_toolchain()
+    if chain.missing:  # nothing below can run without a compiler; `compile` raises with the reason
+        return chain
     note = settle_vec_isa()
     apply_fixes()
     log.info("toolchain: %s; %s", chain.note, note)

@@ -42,13 +42,15 @@ class TransformConfig:
         return {"name": type(self).__name__, "version": self.version, **dataclasses.asdict(self)}
 
 
-Handler = Callable[[torch.nn.Module, Any], tuple[Callable[[], None], str]]
+# handler(module, config) -> (undo, note) or (undo, note, partial): ``partial`` says what it left as it
+# was (a fallback line), e.g. layers whose sizes the kernel can't take.
+Handler = Callable[[torch.nn.Module, Any], tuple]
 _HANDLERS: dict[type[TransformConfig], Handler] = {}
 _CONFIGS: dict[str, type[TransformConfig]] = {}
 
 
 def register_transform(config_type: type[TransformConfig]) -> Callable[[Handler], Handler]:
-    """Register ``handler(module, config) -> (undo, note)`` for ``config_type``."""
+    """Register ``handler(module, config) -> (undo, note[, partial])`` for ``config_type``."""
 
     def register(handler: Handler) -> Handler:
         _HANDLERS[config_type] = handler
@@ -118,11 +120,14 @@ def transform(module: torch.nn.Module, configs: Iterable[TransformConfig]) -> li
         if any(type(c) is type(config) for c in record.configs):
             raise ValueError(f"{name} is already applied with other settings; `aoti.restore` the module first.")
         try:
-            undo, note = _HANDLERS[type(config)](module, config)
+            undo, note, *partial = _HANDLERS[type(config)](module, config)
         except NotApplied as exc:
             new.append(f"{name} -> skipped: {exc}")
             log.warning("aoti: %s", new[-1])
             continue
+        if partial and partial[0]:
+            new.append(f"{name} -> partly: {partial[0]}")
+            log.warning("aoti: %s", new[-1])
         record.applied.append((config, undo, note))
         log.info("aoti: %s applied to %s (%s)", name, type(module).__name__, note)
     record.fallbacks.extend(new)

@@ -165,11 +165,13 @@ def _float8_rowwise(module: torch.nn.Module, config: Float8Rowwise) -> tuple[Cal
     device = module_device(module)
     if not config.emulate and (reason := fp8_unsupported(device)):
         raise NotApplied(f"FP8 {reason}")
-    shared, swapped = _shared(module), []
+    shared, swapped, left = _shared(module), [], 0
     with torch.no_grad():
         for parent in list(module.modules()):
             for name, child in list(parent._modules.items()):
-                if type(child) in (torch.nn.Linear, GemvLinear) and fp8_compatible(child):
+                if type(child) in (torch.nn.Linear, GemvLinear) and not fp8_compatible(child):
+                    left += 1
+                elif type(child) in (torch.nn.Linear, GemvLinear):
                     stash = _Stash(child, shared)
                     parent._modules[name] = RowwiseFloat8Linear.from_linear(child)
                     stash.release()
@@ -182,7 +184,9 @@ def _float8_rowwise(module: torch.nn.Module, config: Float8Rowwise) -> tuple[Cal
             for parent, name, stash in swapped:
                 parent._modules[name] = stash.put_back()
 
-    return undo, f"{len(swapped)} linear layers in e4m3"
+    total = len(swapped) + left
+    partial = f"{left} of {total} linear layers left unquantized (sizes not multiples of 16)" if left else None
+    return undo, f"{len(swapped)} of {total} linear layers in e4m3", partial
 
 
 @register_transform(Int8WeightOnly)

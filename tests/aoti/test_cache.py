@@ -133,3 +133,23 @@ def test_key_of_a_wrapped_model_follows_its_config_and_attention_implementation(
     assert key() == base
     assert key(rms_norm_eps=1e-3) != base  # same tensors, another model: never the same package
     assert key(_attn_implementation="eager") != base  # another attention, another graph
+
+
+def test_a_transient_build_failure_is_tried_again_and_a_real_one_is_remembered(tmp_path, monkeypatch):
+    """`remember_failure` keeps a failed build from being paid for twice, except when the failure may
+    not happen again (out of memory): that build is tried again next time."""
+    from unittest import mock
+
+    compile_module = sys.modules["aoti.compile"]  # (`aoti.compile` the attribute is the function)
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4))
+    with aoti.capture(model) as call:
+        model(torch.randn(2, 4))
+    cache = aoti.Cache(tmp_path)
+    for error, remembered in ((torch.OutOfMemoryError("CUDA out of memory"), False), (RuntimeError("g++: error: x"), True)):
+        with mock.patch.object(compile_module, "_build", side_effect=error) as build:
+            for _ in range(2):
+                with pytest.raises(RuntimeError):
+                    aoti.compile(model, call, aoti.CompileOptions(preset="tuned" if remembered else "default"),
+                                 cache=cache, remember_failure=True)
+        assert build.call_count == (1 if remembered else 2), error

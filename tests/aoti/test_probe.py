@@ -124,3 +124,22 @@ def test_the_probe_imports_what_registers_a_packages_custom_ops(cache):
     x = torch.randn(2, 8)
     with torch.no_grad():
         torch.testing.assert_close(model(x), model.forward.eager(x))
+
+
+def test_a_missing_compiler_is_a_clear_error_and_never_a_remembered_good_verdict(monkeypatch, tmp_path):
+    """No C++ compiler: a build stops at once with what to install (the engine then serves eager with
+    that reason); nothing is cached, so installing one is enough."""
+    import aoti.passes.toolchain as toolchain
+
+    monkeypatch.setattr(toolchain, "_state_dir", lambda: tmp_path)
+    monkeypatch.setattr(toolchain, "configured_compiler", lambda: "no-such-compiler++")
+    toolchain.prepare_inductor.cache_clear()  # settled once per process: as in a process started without one
+    chain = toolchain.ensure_toolchain()
+    assert chain.missing and "no working C++ compiler" in chain.missing and "install g++" in chain.missing
+    assert not list(tmp_path.rglob("*toolchain*"))  # no verdict written
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4))
+    with aoti.capture(model) as call:
+        model(torch.randn(2, 4))
+    with pytest.raises(RuntimeError, match="no working C\\+\\+ compiler"):
+        aoti.compile(model, call, cache=aoti.Cache(tmp_path / "cache"))
+    toolchain.prepare_inductor.cache_clear()  # (once per process) the real compiler for the tests after

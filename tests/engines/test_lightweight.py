@@ -94,3 +94,24 @@ def test_quantization_on_off_on_needs_no_reload_and_gives_the_float_outputs_back
             assert all(torch.equal(t, weights[n]) for n, t in model.hot_module.state_dict().items())
     assert not torch.equal(outputs["float"], outputs["int8"])
 
+
+
+def test_a_model_switched_out_mid_stream_finishes_the_request_first(engine, text_spec):
+    """The rule: unloading a model (another model of its task loaded, `/set_optimization`'s reloads)
+    waits for the request it is serving; the stream finishes as it began, on the same weights."""
+    import threading
+    import time
+
+    params = SamplingParams(max_new_tokens=12, temperature=0)
+    reference = list(engine.generate_text(text_spec.id, "If the file", params))[-1].text
+    stream = engine.generate_text(text_spec.id, "If the file", params)
+    next(stream)  # the request holds the model now
+    unloaded = threading.Event()
+    switch = threading.Thread(target=lambda: (engine.unload(text_spec.id), unloaded.set()))
+    switch.start()
+    time.sleep(0.5)
+    assert not unloaded.is_set() and engine.rows()  # waiting for the stream; the panel still reads
+    rest = list(stream)
+    switch.join(30)
+    assert unloaded.is_set() and rest[-1].text == reference
+    assert engine.states[text_spec.id].state == "not loaded"

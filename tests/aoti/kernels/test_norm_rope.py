@@ -53,8 +53,8 @@ INTERPRETED = textwrap.dedent("""
             torch.testing.assert_close(values * scale.transpose(1, 2)[..., None], ref.float(), rtol=tol, atol=tol)
 
     # the graphs exported by the test (without the interpreter) against the eager model
-    model, program = tiny.flux(), torch.export.load(sys.argv[1]).module()
-    fp8_model, fp8_program = tiny.flux().to(torch.bfloat16), torch.export.load(sys.argv[2]).module()
+    model, program = tiny.flux(head_dim=32), torch.export.load(sys.argv[1]).module()
+    fp8_model, fp8_program = tiny.flux(head_dim=32).to(torch.bfloat16), torch.export.load(sys.argv[2]).module()
     torch.manual_seed(1)
     inputs = tiny.flux_inputs()
     fp8_inputs = {k: v.bfloat16() if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
@@ -69,7 +69,7 @@ INTERPRETED = textwrap.dedent("""
 def _export(fp8_attention: bool, monkeypatch) -> torch.export.ExportedProgram:
     """The tiny FLUX model exported with the fused processors (the kernel taken as served on the CPU)."""
     monkeypatch.setattr(norm_rope, "serves", lambda x: True)
-    model = tiny.flux().to(torch.bfloat16 if fp8_attention else torch.float32)
+    model = tiny.flux(head_dim=32).to(torch.bfloat16 if fp8_attention else torch.float32)  # FP8 attention: heads >= 32
     inputs = {k: v.to(model.dtype) if isinstance(v, torch.Tensor) else v for k, v in tiny.flux_inputs().items()}
     monkeypatch.setattr(diffusers_integration, "serves", lambda x: True)
     assert diffusers_integration.fuse_flux_attention(model, fp8_attention=fp8_attention) == 2  # a double and a single block

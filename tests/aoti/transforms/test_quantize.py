@@ -87,7 +87,8 @@ def test_fp8_rowwise_models_export_and_compile_like_their_eager_run(cache, stric
     with aoti.capture(model) as call:
         run(model, make())
     status = aoti.apply(aoti.compile(model, call, aoti.CompileOptions(strict=strict), cache=cache), model)
-    assert status.runtime == "aoti" and status.quantization == "fp8_rowwise" and not status.fallbacks, status
+    assert status.runtime == "aoti" and status.quantization == "fp8_rowwise", status
+    assert all(f.startswith("Float8Rowwise -> partly:") for f in status.fallbacks), status.fallbacks  # tiny sizes
     torch.manual_seed(1)
     inputs = make()
     compiled, eager, exact = run(model, inputs), run(model.forward.eager, inputs), run(reference, inputs)
@@ -153,7 +154,7 @@ def test_quantization_on_off_on_gives_the_float_outputs_back_exactly(cache, reci
         model(ids, use_cache=False)
     outputs, keys = [], []
     for _ in range(2):
-        assert aoti.transform(model, transforms) == []
+        assert not [f for f in aoti.transform(model, transforms) if "skipped" in f]
         artifact = aoti.compile(model, call, cache=cache)
         assert aoti.apply(artifact, model).runtime == "aoti"
         outputs.append(logits())
@@ -188,3 +189,13 @@ def test_a_transform_applied_with_other_settings_must_be_restored_first():
     aoti.transform(model, [aoti.Float8Rowwise(emulate=True)])  # the same: nothing to do
     with pytest.raises(ValueError, match="aoti.restore"):
         aoti.transform(model, [aoti.Float8Rowwise()])
+
+
+def test_fp8_counts_the_layers_it_quantized_and_says_which_it_left():
+    """`_scaled_mm` needs sizes that are multiples of 16: a 20-wide layer stays as it is, and the
+    status says so in counts, not "fp8_rowwise" alone."""
+    model = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.ReLU(), torch.nn.Linear(64, 20))
+    fallbacks = aoti.transform(model, [aoti.Float8Rowwise(emulate=True)])
+    assert fallbacks == ["Float8Rowwise -> partly: 1 of 2 linear layers left unquantized (sizes not multiples of 16)"]
+    assert aoti.record_of(model).notes == ["Float8Rowwise: 1 of 2 linear layers in e4m3"]
+    assert type(model[2]) is torch.nn.Linear
