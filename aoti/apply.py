@@ -191,7 +191,7 @@ def _apply_regional(artifact: RegionalArtifact, module: torch.nn.Module) -> Stat
     return status
 
 
-def restore(module: torch.nn.Module, *, method: str = "forward") -> Status:
+def restore(module: torch.nn.Module, *, method: str = "forward", transforms: bool = True) -> Status:
     """The module as it was before `aoti.transform` and `aoti.apply`: the eager method back (every
     regional block's too) and every transform undone, float weights included. Returns the eager status.
 
@@ -200,9 +200,11 @@ def restore(module: torch.nn.Module, *, method: str = "forward") -> Status:
         aoti.transform(model, [aoti.Float8Rowwise()])
         aoti.apply(aoti.compile(model, calls), model)
         aoti.restore(model)          # bf16 weights and eager forward again: no reload
+
+    ``transforms=False`` only unbinds the graphs (for a module about to be dropped: no weights rebuilt).
     """
     _unswap(module, method)
-    undone = undo_transforms(module)
+    undone = undo_transforms(module) if transforms else 0
     if undone:
         lifetimes.release_orphans()  # weights the graphs of the transformed module were loaded with
     return Status(runtime="eager", reason="restored")

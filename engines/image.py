@@ -141,8 +141,9 @@ class ImageModel:
         self.status, self.ref = bind_module(self.denoiser, ref, cache, cuda_graphs=graphs)
         return self.status
 
-    def restore(self) -> None:
-        self.status, self.ref = aoti.restore(self.denoiser), None
+    def restore(self, transforms: bool = True) -> None:
+        """Eager again; ``transforms=False`` leaves the rewrites in place (a model about to be dropped)."""
+        self.status, self.ref = aoti.restore(self.denoiser, transforms=transforms), None
 
     def check_inputs(self, prompt: str, params: ImageParams) -> None:
         check_image_request(self.spec, prompt, params)

@@ -100,8 +100,8 @@ class LightweightEngine:
                 taken = [self._take(other) for other in [k for k, m in self.models.items() if m.spec.task == spec.task]]
                 while len(self.models) >= self.max_loaded:
                     taken.append(self._take(next(iter(self.models))))
-            for old in taken:  # outside the guard: each waits for the request it is serving
-                self._free(*old)
+            while taken:  # outside the guard: each waits for the request it is serving
+                self._free(taken)
             start = time.perf_counter()
             model = TextModel(spec, self.device.torch_device) if spec.task == "text" else ImageModel(spec, self.device.torch_device)
             with self._guard:
@@ -117,21 +117,23 @@ class LightweightEngine:
         with self._guard:
             if model_id not in self.models:
                 return 0.0
-            taken = self._take(model_id)
-        return self._free(*taken)
+            taken = [self._take(model_id)]
+        return self._free(taken)
 
     def _take(self, model_id: str) -> tuple[str, TextModel | ImageModel, threading.Lock | None]:
         """Remove a model from the loaded set (hold the guard); `_free` frees it."""
         return model_id, self.models.pop(model_id), self.locks.pop(model_id, None)
 
-    def _free(self, model_id: str, model: TextModel | ImageModel, lock: threading.Lock | None) -> float:
-        """Restore and drop a taken model once its request in flight (if any) is done. Returns the MiB
+    def _free(self, taken: list[tuple[str, TextModel | ImageModel, threading.Lock | None]]) -> float:
+        """Restore and drop the last model in ``taken`` (popped: no reference is left behind) once its
+        request in flight (if any) is done. Returns the MiB
         given back: on CUDA the allocator's figure before and after; on the CPU the bytes of the model's
         storages that no live tensor holds any more (RSS rarely shrinks)."""
+        model_id, model, lock = taken.pop()
         before, _ = memory_mb(self.device.torch_device)
         storages = model.storages
         with lock or contextlib.nullcontext():  # after the request in flight, if any
-            model.restore()
+            model.restore(transforms=False)  # dropped: nothing to rebuild
         alive = weakref.ref(model.hot_module)
         del model
         gc.collect()

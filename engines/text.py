@@ -271,8 +271,9 @@ class TextModel:
         log.info("%s: warmed %d prefill lengths and the decode step in %.2f s", self.spec.id, len(buckets),
                  time.perf_counter() - start)
 
-    def restore(self) -> None:
-        self.status, self.ref = aoti.restore(self.decoder), None
+    def restore(self, transforms: bool = True) -> None:
+        """Eager again; ``transforms=False`` leaves the rewrites in place (a model about to be dropped)."""
+        self.status, self.ref = aoti.restore(self.decoder, transforms=transforms), None
 
     # --- generate ----------------------------------------------------------------------------------
 
