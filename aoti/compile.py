@@ -263,7 +263,8 @@ def _compile_regional(module: torch.nn.Module, calls: list[CapturedCall], option
     status = Status(runtime="eager", reason="regional, not applied yet", cache_hit=None)
     for names, block, recorded in zip(groups, representatives, recorders):
         if not recorded.calls:
-            log.warning("regional: block %s was never called; it stays eager", names[0])
+            fallbacks.append(f"regional: {len(names)} block(s) like {names[0]} never ran on the captured calls; they stay eager")
+            log.warning("aoti: %s", fallbacks[-1])
             continue
         artifact = compile(block, recorded, options, cache=cache, exclusive=exclusive, hub=hub)
         assert isinstance(artifact, Artifact)

@@ -61,14 +61,19 @@ class ModelSpec:
         return Path(self.source).is_absolute()
 
 
-def _hub_cached(repo_id: str, revision: str | None) -> bool:
+def _hub_cached(repo_id: str, revision: str | None) -> tuple[bool, str | None]:
+    """Whether the model's files are in the local Hugging Face cache; when not, the error that is not
+    a plain cache miss (a permission error, a damaged cache), so it can be said."""
     try:
         from huggingface_hub import snapshot_download
+        from huggingface_hub.errors import LocalEntryNotFoundError
 
         snapshot_download(repo_id, revision=revision, local_files_only=True, allow_patterns=["*.json"])
-        return True
-    except Exception:
-        return False
+        return True, None
+    except LocalEntryNotFoundError:
+        return False, None
+    except Exception as exc:  # reading the cache itself failed: say so rather than "unreachable"
+        return False, f"{type(exc).__name__}: {exc}"[:200]
 
 
 _REACHABLE: dict[str, tuple[float, bool]] = {}
@@ -95,10 +100,13 @@ def availability(spec: ModelSpec) -> tuple[bool, str]:
     """Whether a model can be selected here, and if not, why."""
     if spec.is_local:
         return (Path(spec.source).exists(), "embedded" if Path(spec.source).exists() else f"missing {spec.source}: run its training script")
-    if _hub_cached(spec.source, spec.revision):
+    cached, cache_error = _hub_cached(spec.source, spec.revision)
+    if cached:
         return True, "in the local Hugging Face cache"
     if _hub_reachable():
         return True, "downloads from the Hugging Face Hub on first use"
+    if cache_error:
+        return False, f"the Hugging Face cache could not be read ({cache_error}) and the Hub is unreachable"
     return False, "the Hugging Face Hub is unreachable and the model is not in the local cache"
 
 

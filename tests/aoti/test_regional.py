@@ -131,3 +131,27 @@ def test_a_regional_artifact_loads_by_ref_onto_a_fresh_copy(cache):
     aoti.restore(fresh)
     with torch.no_grad():
         torch.testing.assert_close(compiled, fresh(**inputs)[0], rtol=1e-4, atol=1e-5)
+
+
+class _Blocks(torch.nn.Module):
+    """Two blocks of one width that run, one of another width that this input never reaches."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.blocks = torch.nn.ModuleList([torch.nn.Linear(8, 8), torch.nn.Linear(8, 8), torch.nn.Linear(8, 16)])
+
+    def forward(self, x: torch.Tensor, wide: bool = False) -> torch.Tensor:
+        x = self.blocks[1](self.blocks[0](x))
+        return self.blocks[2](x) if wide else x
+
+
+def test_blocks_that_never_ran_are_a_recorded_fallback(cache):
+    model = _Blocks()
+    with aoti.capture(model) as call, torch.no_grad():
+        model(torch.randn(2, 8))
+    artifact = aoti.compile(model, call, aoti.CompileOptions(regional=True), cache=cache)
+    assert [names for names, _ in artifact.parts] == [["blocks.0", "blocks.1"]]
+    assert "regional: 1 block(s) like blocks.2 never ran on the captured calls; they stay eager" in artifact.status.fallbacks
+    status = aoti.apply(artifact, model)
+    assert any("never ran" in f for f in status.fallbacks)

@@ -108,6 +108,19 @@ def test_hub_models_are_unavailable_offline_with_the_reason(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     available, why = registry.availability(registry.get("flux.1-dev"))
     assert not available and "unreachable" in why
+    assert "could not be read" not in why  # a plain cache miss is not an error
+
+
+def test_a_cache_that_cannot_be_read_is_said_not_called_a_miss(monkeypatch):
+    import huggingface_hub
+
+    def unreadable(*args, **kwargs):
+        raise PermissionError("[Errno 13] Permission denied: '/data/hf/hub'")
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", unreadable)
+    available, why = registry.availability(registry.get("flux.1-dev"))
+    assert not available and "could not be read (PermissionError" in why and "Permission denied" in why
 
 
 def test_cuda_discovery_is_not_claimed_without_a_gpu():
