@@ -371,7 +371,7 @@ def _find_or_build(module: torch.nn.Module, calls: list[CapturedCall], options: 
                     entry = _build(module, plans, options, device, cache, key, fields, exclusive)
                 except Exception as exc:
                     if remember_failure and not _transient(exc):
-                        cache.record_failed_build(key, _first_error_line(exc))
+                        cache.record_failed_build(key, first_error_line(exc))
                     raise
                 _maybe_push(cache, key, fallbacks)
     return entry, key, cache_hit, source
@@ -383,7 +383,7 @@ def _transient(exc: BaseException) -> bool:
     return isinstance(exc, (MemoryError, TimeoutError, torch.OutOfMemoryError)) or "out of memory" in text or "timed out" in text
 
 
-def _first_error_line(exc: Exception) -> str:
+def first_error_line(exc: Exception) -> str:
     """The line of a (long) build error that names the problem: a compiler's "error:" line if any."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     named = next((line for line in lines if "error:" in line), lines[0] if lines else "")
@@ -453,7 +453,7 @@ def _build(
                 try:
                     ep = torch.export.export(target, plan.call.args, plan.call.kwargs, dynamic_shapes=dynamic, strict=options.strict)
                 except Exception as exc:
-                    raise ExportFailed(f"export failed: {_first_error_line(exc)}") from exc
+                    raise ExportFailed(f"export failed: {first_error_line(exc)}") from exc
             export_s += time.perf_counter() - t0
             op_modules.update(custom_op_modules(ep.graph))
             constants = _constant_specs(ep, prefix)

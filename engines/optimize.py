@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import torch
 
 import aoti
+from aoti.compile import first_error_line
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ def optimize_module(
     except Exception as exc:
         if not kernels:
             raise
-        reason = f"{type(exc).__name__}: {next(iter(str(exc).splitlines()), '')}"[:300]
+        reason = first_error_line(exc)  # the compiler's own "error:" line where there is one
         log.warning("optimize: the build with the decode kernels failed (%s); building without them", reason)
         recipe = recipe.without_decode_kernels()
         with lock:
