@@ -171,10 +171,50 @@ def _comparison(compared: dict[str, float] | None, unit: str) -> str:
     return f"compiled {aoti_s * 1e3:.1f} ms a step, eager {eager_s * 1e3:.1f} ms: speedup {eager_s / aoti_s:.2f}×"
 
 
+def _text_params(max_new_tokens: float, temperature: float) -> SamplingParams:
+    return SamplingParams(max_new_tokens=int(max_new_tokens), temperature=float(temperature), seed=0)
+
+
+def _image_params(model_id: str, size: str, steps: float, seed: float, guidance: float) -> ImageParams:
+    try:
+        width, height = (int(v) for v in str(size).lower().split("x"))
+    except ValueError:
+        raise ValueError(f"size must look like 32x32, got {size!r}") from None
+    spec_guidance = next((m["guidance"] for m in MODELS if m["id"] == model_id), None)
+    return ImageParams(height, width, int(steps), int(seed), float(guidance) if spec_guidance is not None else None)
+
+
+def _verdict(check, names: list[str]) -> list[dict[str, Any]]:
+    """`gr.validate` for each input: the request's check, its message on the input it names ("`steps`",
+    "the prompt", "size ..."), else on the model."""
+    try:
+        check()
+    except ValueError as exc:
+        message = str(exc)
+        at = next((i for i, n in enumerate(names) if f"`{n}`" in message or f"the {n} " in message or message.startswith(f"{n} ")), 0)
+        return [gr.validate(i != at, message if i == at else "") for i in range(len(names))]
+    return [gr.validate(True, "")] * len(names)
+
+
+# Validators run when a request arrives, before it queues for the device (Gradio's ``validator=``): bad
+# input is refused at once, with its message, however long the queue. The handlers check again (the
+# same `Studio.check_*`), for callers that reach them another way.
+
+
+def validate_text(model_id: str, prompt: str, max_new_tokens: float, temperature: float, compare: bool = False):
+    return _verdict(lambda: studio.check_text(model_id, prompt, _text_params(max_new_tokens, temperature)),
+                    ["model_id", "prompt", "max_new_tokens", "temperature", "compare"])
+
+
+def validate_image(model_id: str, prompt: str, size: str, steps: float, seed: float, guidance: float, compare: bool = False):
+    return _verdict(lambda: studio.check_image(model_id, prompt, _image_params(model_id, size, steps, seed, guidance)),
+                    ["model_id", "prompt", "size", "steps", "seed", "guidance", "compare"])
+
+
 def generate_text(model_id: str, prompt: str, max_new_tokens: float, temperature: float, compare: bool = False):
     """Stream a continuation of `prompt` from a text model. ``compare`` runs the request once more on the
     eager forward and reports both speeds (in `/metrics`), for this request only."""
-    params = SamplingParams(max_new_tokens=int(max_new_tokens), temperature=float(temperature), seed=0)
+    params = _text_params(max_new_tokens, temperature)
     try:
         studio.check_text(model_id, prompt, params)
     except ValueError as exc:
@@ -203,12 +243,7 @@ def generate_image(model_id: str, prompt: str, size: str, steps: float, seed: fl
     """Generate one PNG image; returns the image and a line of measurements (with ``compare``, the
     request's step time compiled and eager too)."""
     try:
-        width, height = (int(v) for v in str(size).lower().split("x"))
-    except ValueError:
-        raise gr.Error(f"size must look like 32x32, got {size!r}") from None
-    spec_guidance = next((m["guidance"] for m in MODELS if m["id"] == model_id), None)
-    params = ImageParams(height, width, int(steps), int(seed), float(guidance) if spec_guidance is not None else None)
-    try:
+        params = _image_params(model_id, size, steps, seed, guidance)
         studio.check_image(model_id, prompt, params)
     except ValueError as exc:
         raise gr.Error(str(exc)) from None
@@ -370,9 +405,10 @@ def build() -> gr.Blocks:
             gr.Timer(1.0).tick(_panel, outputs=[latency_plot, memory_plot, summary, model_cards], api_visibility="private", show_progress="hidden")
 
         text_button.click(generate_text, [text_model, prompt, max_tokens, temperature, text_compare], text_out,
-                          api_name="generate_text", concurrency_id="device")
+                          api_name="generate_text", concurrency_id="device", validator=validate_text)
         image_button.click(generate_image, [image_model, image_prompt, size, steps, seed, guidance, image_compare],
-                           [image_out, image_info], api_name="generate_image", concurrency_id="device")
+                           [image_out, image_info], api_name="generate_image", concurrency_id="device",
+                           validator=validate_image)
         image_model.change(_image_sizes, image_model, [size, steps], api_visibility="private")
         opt_button.click(set_optimization, [opt_model, use_aoti, fp8, regional, admin_token], opt_out, api_name="set_optimization"
                          ).success(lambda rows: panel.cards(rows, TASKS), opt_out, opt_cards, api_visibility="private")

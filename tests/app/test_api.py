@@ -1,7 +1,10 @@
 """gradio_client against a launched app: every endpoint, streaming, errors, metrics."""
 
+import time
+
+import httpx
 import pytest
-from gradio_client.exceptions import AppError
+from gradio_client.exceptions import AppError, ValidationError
 from PIL import Image
 
 
@@ -31,28 +34,64 @@ def test_generate_image_returns_a_png(client, compiled_app):
     assert image.size == (32, 32) and "10 steps" in info and "aoti" in info
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (("tiny-llama-pydoc", "", 10, 0.5), "empty"),
-    (("tiny-llama-pydoc", "hello " * 300, 10, 0.5), "at most"),
-    (("no-such-model", "hello", 10, 0.5), "unknown model"),
-    (("tiny-shapes-unet", "hello", 10, 0.5), "image model"),
-    (("flux.1-dev", "hello", 10, 0.5), "text model"),
-    (("qwen2.5-7b-instruct", "hello", 10, 0.5), "not available"),
+@pytest.mark.parametrize(("args", "field", "message"), [
+    (("tiny-llama-pydoc", "", 10, 0.5), "prompt", "empty"),
+    (("tiny-llama-pydoc", "hello " * 300, 10, 0.5), "prompt", "at most"),
+    (("no-such-model", "hello", 10, 0.5), "model_id", "unknown model"),
+    (("tiny-shapes-unet", "hello", 10, 0.5), "model_id", "image model"),
+    (("flux.1-dev", "hello", 10, 0.5), "model_id", "text model"),
+    (("qwen2.5-7b-instruct", "hello", 10, 0.5), "model_id", "not available"),
 ])
-def test_text_errors_arrive_as_app_errors(client, args, message):
-    with pytest.raises(AppError, match=message):
+def test_bad_text_requests_are_refused_at_the_door_with_their_message(client, args, field, message):
+    """Refused when they arrive (Gradio's validator, before the device queue): a `ValidationError`
+    naming the input, never an error from the queued handler."""
+    with pytest.raises(ValidationError, match=rf"- {field}: .*{message}"):
         client.predict(*args, api_name="/generate_text")
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (("tiny-shapes-unet", "a red circle", "64x64", 10, 0, 0), "not offered"),
-    (("tiny-shapes-unet", "a red circle", "32x32", 500, 0, 0), "greater than maximum value 50"),
-    (("tiny-shapes-unet", "a violet blob", "32x32", 10, 0, 0), "colour"),
-    (("tiny-shapes-unet", "a red circle", "big", 10, 0, 0), "size must look like"),
+@pytest.mark.parametrize(("args", "field", "message"), [
+    (("tiny-shapes-unet", "a red circle", "64x64", 10, 0, 0), "size", "not offered"),
+    (("tiny-shapes-unet", "a violet blob", "32x32", 10, 0, 0), "prompt", "colour"),
+    (("tiny-shapes-unet", "a red circle", "big", 10, 0, 0), "size", "size must look like"),
 ])
-def test_image_errors_arrive_as_app_errors(client, args, message):
-    with pytest.raises(AppError, match=message):
+def test_bad_image_requests_are_refused_at_the_door_with_their_message(client, args, field, message):
+    with pytest.raises(ValidationError, match=rf"- {field}: .*{message}"):
         client.predict(*args, api_name="/generate_image")
+
+
+@pytest.mark.parametrize(("api_name", "args", "message"), [
+    ("/generate_image", ("tiny-shapes-unet", "a red circle", "32x32", 500, 0, 0), "greater than maximum value 50"),
+    ("/generate_text", ("tiny-llama-pydoc", "hello", 10, 2.5), "greater than maximum value 2"),
+])
+def test_a_value_outside_a_slider_is_refused_with_its_message(client, api_name, args, message):
+    """The slider's own bound check runs at the door too (Gradio preprocesses the inputs for the
+    validator): the queue answers 400 with the value and the bound as its detail."""
+    with pytest.raises(httpx.HTTPStatusError) as refused:
+        client.predict(*args, api_name=api_name)
+    assert refused.value.response.status_code == 400
+    assert message in refused.value.response.json()["detail"]
+
+
+def test_a_bad_request_does_not_wait_for_the_device(client, compiled_app):
+    """While the device serves a long request, a bad one is refused at once, not after it."""
+    from gradio_client import Client
+
+    busy = Client(client.src, verbose=False)  # a second visitor
+    job = busy.submit("tiny-llama-pydoc", "Return the number of", 200, 0.7, api_name="/generate_text")
+    for _ in range(200):  # until it streams: it holds the device
+        if job.status().code.name == "ITERATING":
+            break
+        time.sleep(0.05)
+    refused_at = None
+    with pytest.raises(ValidationError, match="empty"):
+        try:
+            client.predict("tiny-llama-pydoc", "", 10, 0.5, api_name="/generate_text")
+        finally:
+            refused_at = time.monotonic()
+    still_running = not job.done()
+    job.result()
+    assert still_running, "the bad request was only refused after the device was free"
+    assert refused_at is not None
 
 
 def test_fp8_where_it_cannot_run_is_refused(client):
@@ -62,7 +101,7 @@ def test_fp8_where_it_cannot_run_is_refused(client):
 
 def test_server_keeps_serving_after_errors_and_metrics_reflect_requests(client, compiled_app):
     before = client.predict(api_name="/metrics")["summary"]["count"]
-    with pytest.raises(AppError):
+    with pytest.raises(ValidationError):
         client.predict("tiny-llama-pydoc", "", 10, 0.5, api_name="/generate_text")
     client.predict("tiny-llama-pydoc", "The file", 8, 0.0, api_name="/generate_text")
     client.predict("tiny-shapes-unet", "a green circle, center", "32x32", 5, 0, 0, api_name="/generate_image")
@@ -84,8 +123,6 @@ def test_switching_aoti_off_and_on(client, compiled_app):
         rows = {r["model"]: r for r in client.predict(api_name="/compile_status")}
         if rows["tiny-shapes-unet"]["state"] != "compiling":
             break
-        import time
-
         time.sleep(0.5)
     assert rows["tiny-shapes-unet"]["state"] == "aoti" and rows["tiny-shapes-unet"]["cache_hit"] is True
     client.predict("tiny-shapes-unet", "a red square, center", "32x32", 4, 0, 0, api_name="/generate_image")

@@ -33,6 +33,12 @@ def test_page_generates_text_and_an_image_and_the_panel_updates(app_url, client,
         output = page.locator("#text-output textarea")
         expect(output).to_have_value(re.compile(r"(\S+\s+){3,}"), timeout=60_000)  # streamed words
 
+        # An empty prompt is refused at the door, its message shown to the person.
+        page.locator("#text-prompt textarea").fill("")
+        page.locator("#text-generate").click()
+        expect(page.get_by_text("`prompt` is empty").first).to_be_visible(timeout=15_000)
+        page.locator("#text-prompt textarea").fill("Return the number of")
+
         # Image tab: generate and see a PNG.
         page.get_by_role("tab", name="Image").click()
         page.locator("#image-prompt textarea").fill("a blue circle, bottom left")

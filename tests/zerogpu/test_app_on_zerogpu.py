@@ -105,14 +105,14 @@ def test_requests_bind_the_compiled_graphs_in_their_workers(space):
 
 
 def test_bad_requests_are_refused_with_their_messages_before_any_gpu_call(space):
-    from gradio_client.exceptions import AppError
+    from gradio_client.exceptions import ValidationError
 
     scheduled = len(space.api.scheduled())
-    with pytest.raises(AppError, match="`prompt` is empty"):
+    with pytest.raises(ValidationError, match="`prompt` is empty"):
         space.client.predict(TEXT, "", 10, 0.5, api_name="/generate_text")
-    with pytest.raises(AppError, match="size 64x64 is not offered for tiny-shapes-unet"):
+    with pytest.raises(ValidationError, match="size 64x64 is not offered for tiny-shapes-unet"):
         space.client.predict(IMAGE, "a red circle", "64x64", 4, 0, 0, api_name="/generate_image")
-    with pytest.raises(AppError, match="the prompt names no shape"):
+    with pytest.raises(ValidationError, match="the prompt names no shape"):
         space.client.predict(IMAGE, "something red", "32x32", 4, 0, 0, api_name="/generate_image")
     assert len(space.api.scheduled()) == scheduled  # no GPU time was asked for
     space.client.predict(TEXT, "The file", 6, 0.0, api_name="/generate_text")
