@@ -444,7 +444,7 @@ def _build(
             name = f"graph{index}"
             t0 = time.perf_counter()
             with (exclusive, eager(module, options.method), torch.no_grad(), attention.pinned(options.attention),
-                  fp8_rows.used(options.one_pass_rows)):
+                  fp8_rows.used(one_pass)):
                 target = exportable(module)
                 prefix = ""
                 if options.method != "forward":
@@ -485,7 +485,7 @@ def _build(
         manifest = {
             "key_fields": fields,
             "device": device.type,
-            "options": options.to_dict(),
+            "options": options.replace(one_pass_rows=one_pass).to_dict(),  # what the build did: a CUDA-only pass is off elsewhere
             "graphs": graphs,
             "compile_s": round(compile_s, 3),
             "export_s": round(export_s, 3),

@@ -142,6 +142,13 @@ def test_cuda_graphs_on_a_cpu_package_are_off_visibly(mlp_artifact):
     aoti.restore(model)
 
 
+def test_the_manifest_says_what_the_build_did_not_what_was_asked(mlp_artifact):
+    """`one_pass_rows` (a CUDA-only Inductor pass, on by default) did not run in a CPU build."""
+    _, artifact = mlp_artifact
+    assert aoti.CompileOptions().one_pass_rows is True
+    assert artifact.manifest["device"] == "cpu" and artifact.manifest["options"]["one_pass_rows"] is False
+
+
 @pytest.mark.parametrize("strict", [False, True])
 def test_a_compiled_model_is_freed_once_dropped(tmp_path, strict):
     """Nothing in the build keeps the model alive: torch's record of the last trace and Dynamo's
