@@ -15,7 +15,7 @@ Elsewhere (a ZeroGPU worker, a restart), the same package from plain data, no ca
 
 from . import lifetimes
 from .apply import CompiledMethod, apply, preload, restore, status_of, verify_loadable
-from .cache import Cache, default_cache_dir
+from .cache import Cache, CacheUnwritable, default_cache_dir
 from .capture import CapturedCall, CapturedCalls, capture
 from .compile import Artifact, RegionalArtifact, compile, eager, load, transforms_for
 from .hub import HubRefused, HubSource
@@ -43,6 +43,7 @@ from .transforms import (
 __all__ = [
     "Artifact",
     "Cache",
+    "CacheUnwritable",
     "CapturedCall",
     "CapturedCalls",
     "CompileOptions",

@@ -89,7 +89,10 @@ def verify_loadable(artifact: Artifact | RegionalArtifact) -> tuple[bool, str]:
     if verdict is None or verdict.get("env") != env:
         result = probe_package(artifact.package, artifact.entry.dir / MANIFEST_FILE)
         verdict = {**result.to_dict(), "env": env}
-        artifact.cache.write_json(artifact.key, PROBE_FILE, verdict)
+        try:
+            artifact.cache.write_json(artifact.key, PROBE_FILE, verdict)
+        except OSError as exc:  # a read-only cache: the verdict holds for this process only
+            log.warning("aoti: could not keep the probe verdict of %s (%s)", artifact.key, exc)
         log.info("aoti: probe of %s: %s", artifact.key, result.reason)
     return bool(verdict["ok"]), str(verdict["reason"])
 

@@ -17,6 +17,7 @@ environment or checksum does not match is treated as absent and the entry is reb
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import logging
@@ -45,6 +46,30 @@ LOCKS_DIR = "locks"
 ENV_CACHE_DIR = "AOTI_CACHE_DIR"
 ENV_CACHE_MAX_BYTES = "AOTI_CACHE_MAX_BYTES"
 DEFAULT_MAX_BYTES = 50 * 1024**3
+
+
+class CacheUnwritable(RuntimeError):
+    """The cache folder cannot take a package (read-only, no permission, no room): nothing was built.
+    A condition of the machine, not of the model: it is never remembered as a failed build."""
+
+
+# errno values and the texts a compiler or a wrapped exception carries for them: a folder that can't be written
+_STORAGE_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+_STORAGE_TEXTS = ("no space left on device", "file too large", "file size limit exceeded", "disk quota exceeded", "read-only file system",
+                  "permission denied")
+
+
+def storage_fault(exc: BaseException | None) -> str | None:
+    """What the file system refused, if ``exc`` (or its cause) is a refused write rather than a build
+    error: the `OSError`, or the line of a tool's output that says so; else None."""
+    while exc is not None:
+        if isinstance(exc, OSError) and exc.errno in _STORAGE_ERRNOS:
+            return f"{type(exc).__name__}: {exc}"
+        for line in str(exc).splitlines():
+            if any(text in line.lower() for text in _STORAGE_TEXTS):
+                return line.strip()[:300]
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def default_cache_dir() -> Path:
@@ -89,8 +114,16 @@ class Cache:
         self.root = Path(root) if root is not None else default_cache_dir()
         env_max = os.environ.get(ENV_CACHE_MAX_BYTES)
         self.max_bytes = max_bytes if max_bytes is not None else int(env_max) if env_max else DEFAULT_MAX_BYTES
-        for sub in (ARTIFACTS_DIR, STAGING_DIR, LOCKS_DIR):
-            (self.root / sub).mkdir(parents=True, exist_ok=True)
+        try:
+            for sub in (ARTIFACTS_DIR, STAGING_DIR, LOCKS_DIR):
+                (self.root / sub).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # a read-only cache still serves what it holds; compiles say why they can't
+            log.warning("cache: %s is not writable (%s): packages can be loaded from it, not built into it", self.root, exc)
+
+    def unwritable(self, refused: str) -> CacheUnwritable:
+        """The error a build that the file system refused (`storage_fault`) raises, with what to do."""
+        return CacheUnwritable(f"the compiled package could not be written ({refused}); the AOTI cache is {self.root}: "
+                               f"make it writable, free space, or set {ENV_CACHE_DIR} to another folder")
 
     def __repr__(self) -> str:
         return f"Cache({str(self.root)!r})"
@@ -143,11 +176,14 @@ class Cache:
             self.remove(key)
             return None
         directory = self.entry_dir(key)
-        (directory / LAST_USED_FILE).touch()
+        with contextlib.suppress(OSError):  # a read-only cache: no LRU stamp
+            (directory / LAST_USED_FILE).touch()
         return Entry(key, directory, json.loads((directory / MANIFEST_FILE).read_text()))
 
     def entries(self) -> list[Entry]:
         found = []
+        if not (self.root / ARTIFACTS_DIR).is_dir():
+            return found
         for directory in sorted((self.root / ARTIFACTS_DIR).iterdir()):
             try:
                 manifest = json.loads((directory / MANIFEST_FILE).read_text())
@@ -166,10 +202,23 @@ class Cache:
     # --- writing -----------------------------------------------------------------------------------
 
     def staging(self) -> Path:
-        """A fresh private folder to build an artifact in before `publish`."""
+        """A fresh private folder to build an artifact in before `publish` (the folders of builds whose
+        process died, killed mid-compile, are removed first: never published, never loaded)."""
+        self.sweep_staging()
         path = self.root / STAGING_DIR / f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
         path.mkdir(parents=True)
         return path
+
+    def sweep_staging(self) -> list[str]:
+        """Remove the staging folders of processes on this machine that are gone; returns their names."""
+        removed = []
+        for folder in (self.root / STAGING_DIR).glob("*-*"):
+            pid = folder.name.split("-", 1)[0]
+            if pid.isdigit() and not _alive(int(pid)):
+                shutil.rmtree(folder, ignore_errors=True)
+                removed.append(folder.name)
+                log.info("cache: removed %s, left by a build whose process died", folder.name)
+        return removed
 
     def publish(self, key: str, staged: Path, manifest: dict[str, Any]) -> Entry:
         """Complete ``manifest`` (sizes, checksum), write it, and move the staged folder into place
@@ -212,8 +261,11 @@ class Cache:
     def record_failed_build(self, key: str, error: str) -> None:
         """Remember that building ``key`` failed (a caller that has a fallback skips it next time)."""
         path = self.root / FAILED_DIR / f"{key}.json"
-        path.parent.mkdir(exist_ok=True)
-        _write_json_atomically(path, {"key": key, "error": error})
+        try:
+            path.parent.mkdir(exist_ok=True)
+            _write_json_atomically(path, {"key": key, "error": error})
+        except OSError as exc:
+            log.warning("cache: could not remember the failed build of %s (%s)", key, exc)
 
     def failed_build(self, key: str) -> str | None:
         """The error of an earlier failed build of ``key``, or None."""
@@ -249,6 +301,16 @@ class Cache:
         shutil.rmtree(self.root / FAILED_DIR, ignore_errors=True)
         (self.root / STAGING_DIR).mkdir(exist_ok=True)
         return len(entries)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def _write_json_atomically(path: Path, data: dict[str, Any]) -> None:

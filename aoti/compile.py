@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from . import attention, lifetimes
-from .cache import PACKAGE_FILE, Cache, Entry, key_of
+from .cache import PACKAGE_FILE, Cache, Entry, key_of, storage_fault
 from .capture import CapturedCall, CapturedCalls, capture
 from .env import fingerprint
 from .hub import ENV_PUSH_REPO, HubRefused, HubSource, push
@@ -363,17 +363,22 @@ def _find_or_build(module: torch.nn.Module, calls: list[CapturedCall], options: 
     if entry is None and remember_failure and (earlier := cache.failed_build(key)) is not None:
         raise RuntimeError(f"an earlier build of package {key} failed: {earlier}")
     if entry is None:
-        with cache.lock(key):
-            entry = cache.get(key, fields["env"])
-            cache_hit = entry is not None
-            if entry is None:
-                try:
-                    entry = _build(module, plans, options, device, cache, key, fields, exclusive)
-                except Exception as exc:
-                    if remember_failure and not _transient(exc):
-                        cache.record_failed_build(key, first_error_line(exc))
-                    raise
-                _maybe_push(cache, key, fallbacks)
+        try:
+            with cache.lock(key):
+                entry = cache.get(key, fields["env"])
+                cache_hit = entry is not None
+                if entry is None:
+                    try:
+                        entry = _build(module, plans, options, device, cache, key, fields, exclusive)
+                    except Exception as exc:
+                        if remember_failure and not _transient(exc) and not storage_fault(exc):
+                            cache.record_failed_build(key, first_error_line(exc))
+                        raise
+                    _maybe_push(cache, key, fallbacks)
+        except Exception as exc:
+            if refused := storage_fault(exc):  # read-only, no permission, no room: say where and what to do
+                raise cache.unwritable(refused) from exc
+            raise
     return entry, key, cache_hit, source
 
 

@@ -52,11 +52,11 @@ def links_libstdcxx_dynamically(shared_object: str | os.PathLike) -> bool:
     return b"libstdc++.so" in Path(shared_object).read_bytes()
 
 
-def _links_statically(compiler: str) -> bool | None:
-    """Build a tiny C++ shared object; None if the compiler could not build it."""
+def _links_statically(compiler: str) -> bool | str:
+    """Build a tiny C++ shared object: whether it embeds libstdc++, or why it could not be built."""
     resolved = shutil.which(compiler)
     if resolved is None:
-        return None
+        return f"{compiler} is not installed"
     with tempfile.TemporaryDirectory(prefix="aoti-toolchain-") as tmp:
         src, out = Path(tmp) / "probe.cpp", Path(tmp) / "probe.so"
         src.write_text(_PROBE_SOURCE)
@@ -66,7 +66,8 @@ def _links_statically(compiler: str) -> bool | None:
         )
         if result.returncode != 0 or not out.exists():
             log.debug("toolchain: %s could not build the probe: %s", compiler, result.stderr[-400:])
-            return None
+            lines = [line.strip() for line in result.stderr.splitlines() if line.strip()]
+            return next((line for line in lines if "error" in line.lower()), lines[-1] if lines else "no output")[:200]
         return not links_libstdcxx_dynamically(out)
 
 
@@ -137,10 +138,10 @@ def ensure_toolchain() -> Toolchain:
 def _check_toolchain(current: str) -> Toolchain:
     """Build a one-line shared object with ``current`` (and, if it embeds libstdc++, with the fallbacks)."""
     static = _links_statically(current)
-    if static is None:
+    if isinstance(static, str):
         return Toolchain(current, static_libstdcxx=False, missing=(
-            f"no working C++ compiler: {current!r} could not build a test library; AOTInductor needs one to "
-            "build packages (install g++, or set CXX). Cached packages still load."))
+            f"no working C++ compiler: {current!r} could not build a test library ({static}); AOTInductor needs "
+            "one to build packages (install g++, or set CXX; a full disk fails this way too). Cached packages still load."))
     if not static:
         return Toolchain(current, static_libstdcxx=False)
     for candidate in _FALLBACK_COMPILERS:
@@ -204,17 +205,24 @@ def settle_vec_isa(state_dir: str | None = None) -> str:
     return f"vector ISAs {names} checked now"
 
 
-@functools.lru_cache(maxsize=1)
+_prepared: Toolchain | None = None
+
+
 def prepare_inductor() -> Toolchain:
-    """Everything Inductor needs before building or loading a package in this process (once)."""
+    """Everything Inductor needs before building or loading a package in this process (once it
+    succeeds: a missing compiler, or a full disk that failed the check, is checked again next time)."""
+    global _prepared
     from .inductor_fixes import apply_fixes
 
+    if _prepared is not None:
+        return _prepared
     chain = ensure_toolchain()
     if chain.missing:  # nothing below can run without a compiler; `compile` raises with the reason
         return chain
     note = settle_vec_isa()
     apply_fixes()
     log.info("toolchain: %s; %s", chain.note, note)
+    _prepared = chain
     return chain
 
 

@@ -133,7 +133,7 @@ def test_a_missing_compiler_is_a_clear_error_and_never_a_remembered_good_verdict
 
     monkeypatch.setattr(toolchain, "_state_dir", lambda: tmp_path)
     monkeypatch.setattr(toolchain, "configured_compiler", lambda: "no-such-compiler++")
-    toolchain.prepare_inductor.cache_clear()  # settled once per process: as in a process started without one
+    monkeypatch.setattr(toolchain, "_prepared", None)  # settled once per process: as in a process started without one
     chain = toolchain.ensure_toolchain()
     assert chain.missing and "no working C++ compiler" in chain.missing and "install g++" in chain.missing
     assert not list(tmp_path.rglob("*toolchain*"))  # no verdict written
@@ -142,4 +142,4 @@ def test_a_missing_compiler_is_a_clear_error_and_never_a_remembered_good_verdict
         model(torch.randn(2, 4))
     with pytest.raises(RuntimeError, match="no working C\\+\\+ compiler"):
         aoti.compile(model, call, cache=aoti.Cache(tmp_path / "cache"))
-    toolchain.prepare_inductor.cache_clear()  # (once per process) the real compiler for the tests after
+    assert toolchain._prepared is None  # a missing compiler is never kept: checked again next time
