@@ -40,7 +40,9 @@ class Studio:
 
     def __init__(self, device: DeviceInfo | None = None, cache: aoti.Cache | None = None, gpu_in_workers: bool = False) -> None:
         self.device = device or discover()
-        self.engine = LightweightEngine(self.device, cache)
+        # Models held at once (one per task at most): 1 on a device that fits one (an MIG slice), where a
+        # request for the other task's model switches, unloading the one held.
+        self.engine = LightweightEngine(self.device, cache, max_loaded=int(os.environ.get("AOTI_MAX_LOADED", "2")))
         self.engine.observe_locally = not gpu_in_workers
         self.gpu_in_workers = gpu_in_workers
         self.distributed: dict[str, DistributedEngine] = {}

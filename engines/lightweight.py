@@ -78,6 +78,7 @@ class LightweightEngine:
         self.states: dict[str, CompileState] = {s.id: CompileState(s.id) for s in registry.CATALOG}
         self.locks: dict[str, threading.Lock] = {}
         self.threads: dict[str, threading.Thread] = {}
+        self.recipes: dict[str, Recipe | None] = {}  # what each model was last optimized with, until AOTI is switched off
         self._guard = threading.Lock()
         # Where a request's runtime and speed are recorded: here, as it runs (locally), or by the main
         # process from the GPU worker's `RunReport` (ZeroGPU: see `Studio.record_text`).
@@ -85,10 +86,12 @@ class LightweightEngine:
 
     # --- lifecycle ---------------------------------------------------------------------------------
 
-    def load(self, spec: ModelSpec) -> TextModel | ImageModel:
+    def load(self, spec: ModelSpec, rebind: bool = True) -> TextModel | ImageModel:
         """The loaded model, loading it (and unloading the least recent one of its task) if needed.
         Building a model waits for a running compile (see `TORCH_STATE`); requests for models
-        already loaded never wait for either."""
+        already loaded never wait for either. A model switched back in gets the graphs it ran before
+        (``rebind``: in the background, from the cache, served eager meanwhile) unless AOTI was
+        switched off for it."""
         with self._guard:
             if spec.id in self.models:
                 self.models[spec.id] = self.models.pop(spec.id)  # most recently used last
@@ -107,8 +110,12 @@ class LightweightEngine:
             with self._guard:
                 self.models[spec.id] = model
                 self.locks[spec.id] = threading.Lock()
-                self.states[spec.id] = CompileState(spec.id, "eager", f"loaded in {time.perf_counter() - start:.1f} s")
+                before = self.states[spec.id]
+                self.states[spec.id] = CompileState(spec.id, "eager", f"loaded in {time.perf_counter() - start:.1f} s",
+                                                    requested=before.requested, compiles=before.compiles)
         log.info("engine: loaded %s on %s", spec.id, self.device.label)
+        if rebind and spec.id in self.recipes and self.observe_locally:  # switched back in: its graphs again, from the cache
+            self.optimize(spec.id, self.recipes[spec.id], background=True)
         return model
 
     def unload(self, model_id: str) -> float:
@@ -145,7 +152,9 @@ class LightweightEngine:
             freed = (sum(storages.values()) - aoti.lifetimes.bytes_still_held(storages)) / 2**20
         if alive() is not None:
             log.warning("engine: %s is still referenced after unload; its memory was not freed", model_id)
-        self.states[model_id] = CompileState(model_id, "not loaded", f"unloaded, freed {freed:.1f} MiB")
+        before = self.states[model_id]
+        self.states[model_id] = CompileState(model_id, "not loaded", f"unloaded, freed {freed:.1f} MiB",
+                                             requested=before.requested, compiles=before.compiles)
         log.info("engine: unloaded %s (%.1f MiB freed)", model_id, freed)
         return freed
 
@@ -156,13 +165,14 @@ class LightweightEngine:
         (default: its kind's plain recipe); in a thread by default. A model transformed otherwise
         before (FP8 on, now off) is given back its own weights first: no reload."""
         spec = registry.get(model_id)
-        model = self.load(spec)
+        model = self.load(spec, rebind=False)
         running = self.threads.get(model_id)
         if running is not None and running.is_alive():
             return self.states[model_id]
         state = self.states[model_id]
         state.state, state.reason = "compiling", "exporting and compiling the hot module"
         state.compiles += 1
+        self.recipes[model_id] = recipe
 
         def work() -> None:
             try:
@@ -224,6 +234,7 @@ class LightweightEngine:
     def set_eager(self, model_id: str) -> CompileState:
         """Turn AOTI off for a model (A/B): back to its eager forward."""
         model = self.models.get(model_id)
+        self.recipes.pop(model_id, None)
         if model is not None:
             with self.locks[model_id]:
                 model.restore()

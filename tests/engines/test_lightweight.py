@@ -115,3 +115,18 @@ def test_a_model_switched_out_mid_stream_finishes_the_request_first(engine, text
     switch.join(30)
     assert unloaded.is_set() and rest[-1].text == reference
     assert engine.states[text_spec.id].state == "not loaded"
+
+
+def test_a_model_switched_back_in_gets_its_compiled_graphs_again(engine, text_spec, image_spec):
+    """Unloaded by a switch, loaded again by a request: it runs its graphs again (from the cache, in
+    the background) without anyone asking; a model whose AOTI was switched off stays eager."""
+    engine.optimize(text_spec.id, background=False)
+    engine.unload(text_spec.id)
+    list(engine.generate_text(text_spec.id, "If the file", SamplingParams(max_new_tokens=3, temperature=0)))
+    state = engine.wait(text_spec.id, timeout=120)
+    assert state.state == "aoti" and state.cache_hit is True, state
+    engine.set_eager(text_spec.id)
+    engine.unload(text_spec.id)
+    list(engine.generate_text(text_spec.id, "If the file", SamplingParams(max_new_tokens=3, temperature=0)))
+    assert engine.wait(text_spec.id, timeout=5).state == "eager" and text_spec.id not in engine.recipes
+    engine.optimize(text_spec.id, background=False)  # as the session found it
