@@ -47,6 +47,10 @@ def check_image_request(spec: ModelSpec, prompt: str, params: ImageParams) -> No
         raise ValueError(f"size {params.width}x{params.height} is not offered for {spec.id}; choose one of {sizes}.")
     if not 1 <= params.steps <= 100:
         raise ValueError(f"`steps` must be between 1 and 100, got {params.steps}.")
+    if spec.pipeline == "shapes":  # its vocabulary is known without loading it: refused at the door, loaded or not
+        from .pipelines.shapes import label_for, labels_at
+
+        label_for(prompt, labels_at(spec.source))
 
 
 def image_recipe(fp8: bool = False, flux_attention: bool = False, regional: bool = False,

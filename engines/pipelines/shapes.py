@@ -6,6 +6,7 @@ wording onto the trained labels and says which words it knows when it can't.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Callable
@@ -18,14 +19,40 @@ from PIL import Image
 StepCallback = Callable[[int, int], None]
 
 
+@functools.lru_cache(maxsize=8)
+def _meta(path: str | Path) -> dict:
+    return json.loads((Path(path) / "labels.json").read_text())
+
+
+def labels_at(path: str | Path) -> list[str]:
+    """The trained labels of the model saved at ``path`` ("a red circle, top left", ...), without its weights."""
+    return list(_meta(path)["labels"])
+
+
+def label_for(prompt: str, labels: list[str]) -> int:
+    """The label id ``prompt`` names (free wording: a colour, a shape, a position, center by default);
+    a ValueError that lists the known words otherwise."""
+    colors = sorted({label.split()[1] for label in labels})
+    shapes = sorted({label.split()[2].rstrip(",") for label in labels})
+    positions = sorted({label.split(", ")[1] for label in labels})
+    text = " ".join(re.findall(r"[a-z]+", prompt.lower()))
+    color = next((c for c in colors if re.search(rf"\b{c}\b", text)), None)
+    shape = next((s for s in shapes if re.search(rf"\b{s}\b", text)), None)
+    position = next((p for p in sorted(positions, key=len, reverse=True) if p in text), None)
+    missing = [name for name, value in (("colour", color), ("shape", shape)) if value is None]
+    if missing:
+        raise ValueError(
+            f"this model draws a colour ({', '.join(colors)}) and a shape ({', '.join(shapes)}) "
+            f"at a position ({', '.join(positions)}); the prompt names no {' and no '.join(missing)}."
+        )
+    return labels.index(f"a {color} {shape}, {position or 'center'}")
+
+
 class ShapesPipeline:
     """``ShapesPipeline.from_pretrained(path)`` then ``pipe(prompt, num_inference_steps=20)``."""
 
     def __init__(self, unet: torch.nn.Module, scheduler: object, labels: list[str], size: int) -> None:
         self.unet, self.scheduler, self.labels, self.size = unet, scheduler, labels, size
-        self.colors = sorted({label.split()[1] for label in labels})
-        self.shapes = sorted({label.split()[2].rstrip(",") for label in labels})
-        self.positions = sorted({label.split(", ")[1] for label in labels})
 
     @classmethod
     def from_pretrained(cls, path: str | Path, torch_dtype: torch.dtype = torch.float32) -> ShapesPipeline:
@@ -34,7 +61,7 @@ class ShapesPipeline:
         path = Path(path)
         unet = UNet2DModel.from_pretrained(path / "unet", torch_dtype=torch_dtype).eval()
         scheduler = DDIMScheduler.from_pretrained(path / "scheduler")
-        meta = json.loads((path / "labels.json").read_text())
+        meta = _meta(path)
         return cls(unet, scheduler, meta["labels"], meta["size"])
 
     def to(self, device: str) -> ShapesPipeline:
@@ -47,17 +74,7 @@ class ShapesPipeline:
 
     def check_inputs(self, prompt: str) -> int:
         """The label id for ``prompt``; a ValueError that lists the known words otherwise."""
-        text = " ".join(re.findall(r"[a-z]+", prompt.lower()))
-        color = next((c for c in self.colors if re.search(rf"\b{c}\b", text)), None)
-        shape = next((s for s in self.shapes if re.search(rf"\b{s}\b", text)), None)
-        position = next((p for p in sorted(self.positions, key=len, reverse=True) if p in text), None)
-        missing = [name for name, value in (("colour", color), ("shape", shape)) if value is None]
-        if missing:
-            raise ValueError(
-                f"this model draws a colour ({', '.join(self.colors)}) and a shape ({', '.join(self.shapes)}) "
-                f"at a position ({', '.join(self.positions)}); the prompt names no {' and no '.join(missing)}."
-            )
-        return self.labels.index(f"a {color} {shape}, {position or 'center'}")
+        return label_for(prompt, self.labels)
 
     @torch.no_grad()
     def __call__(

@@ -48,3 +48,15 @@ def test_aoti_image_matches_eager_for_a_fixed_seed(engine, image_model, image_sp
 def test_bad_inputs_raise_clear_errors(image_model, prompt, params, message):
     with pytest.raises(ValueError, match=message):
         image_model.generate(prompt, params)
+
+
+def test_the_embedded_vocabulary_is_checked_without_loading_the_model():
+    """A prompt the shapes model can't draw is refused by the spec alone (at the door, before a switch
+    loads the model); one it can passes."""
+    from engines import registry
+    from engines.image import ImageParams, check_image_request
+
+    spec = registry.get("tiny-shapes-unet")
+    with pytest.raises(ValueError, match="names no colour"):
+        check_image_request(spec, "a violet square", ImageParams(32, 32, 4))
+    check_image_request(spec, "A Blue Triangle, bottom right", ImageParams(32, 32, 4))
