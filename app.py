@@ -6,6 +6,7 @@ UI only: layout, events, named API endpoints. All model work goes through `engin
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -420,8 +421,23 @@ def build() -> gr.Blocks:
     return demo
 
 
+def _admit_one_at_a_time(queue) -> None:
+    """Make the queue's bound hold for requests that arrive together. Gradio checks ``max_size`` before it
+    awaits the validator and enqueues after it, so a burst of N requests all pass the check and all
+    queue (gradio 6.31: six at once into a queue of two). Pushes taken one at a time check the size
+    with the previous request already in it; validators take microseconds, so nobody waits on this."""
+    push, lock = queue.push, asyncio.Lock()
+
+    async def push_in_turn(*args, **kwargs):
+        async with lock:
+            return await push(*args, **kwargs)
+
+    queue.push = push_in_turn
+
+
 demo = build()
 demo.queue(default_concurrency_limit=1, max_size=QUEUE_MAX)
+_admit_one_at_a_time(demo._queue)
 startup()
 
 if __name__ == "__main__":
