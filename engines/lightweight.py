@@ -66,6 +66,11 @@ class CompileState:
     def as_row(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
+    def renewed(self, state: str, reason: str) -> CompileState:
+        """A fresh state for this model (loaded, unloaded) that keeps what outlives a load: the switches
+        last asked for and the count of compiles."""
+        return CompileState(self.model, state, reason, requested=self.requested, compiles=self.compiles)
+
 
 class LightweightEngine:
     """Holds at most one model per task on the device; swaps models and their compiled graphs."""
@@ -110,9 +115,7 @@ class LightweightEngine:
             with self._guard:
                 self.models[spec.id] = model
                 self.locks[spec.id] = threading.Lock()
-                before = self.states[spec.id]
-                self.states[spec.id] = CompileState(spec.id, "eager", f"loaded in {time.perf_counter() - start:.1f} s",
-                                                    requested=before.requested, compiles=before.compiles)
+                self.states[spec.id] = self.states[spec.id].renewed("eager", f"loaded in {time.perf_counter() - start:.1f} s")
         log.info("engine: loaded %s on %s", spec.id, self.device.label)
         if rebind and spec.id in self.recipes and self.observe_locally:  # switched back in: its graphs again, from the cache
             self.optimize(spec.id, self.recipes[spec.id], background=True)
@@ -152,9 +155,7 @@ class LightweightEngine:
             freed = (sum(storages.values()) - aoti.lifetimes.bytes_still_held(storages)) / 2**20
         if alive() is not None:
             log.warning("engine: %s is still referenced after unload; its memory was not freed", model_id)
-        before = self.states[model_id]
-        self.states[model_id] = CompileState(model_id, "not loaded", f"unloaded, freed {freed:.1f} MiB",
-                                             requested=before.requested, compiles=before.compiles)
+        self.states[model_id] = self.states[model_id].renewed("not loaded", f"unloaded, freed {freed:.1f} MiB")
         log.info("engine: unloaded %s (%.1f MiB freed)", model_id, freed)
         return freed
 

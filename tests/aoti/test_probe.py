@@ -3,43 +3,21 @@ is caught by the probe in a child process; the serving process stays alive and e
 
 import os
 import shutil
-import subprocess
 import zipfile
-from pathlib import Path
 
 import pytest
 import torch
 
 import aoti
-from aoti.cache import PACKAGE_FILE, PROBE_FILE, sha256_file
+from aoti.cache import PROBE_FILE
 from aoti.passes.toolchain import links_libstdcxx_dynamically
-
-_CRASH_ON_LOAD = '#include <signal.h>\n__attribute__((constructor)) static void crash(void) { raise(SIGSEGV); }\n'
-
-
-def _crashing_copy(artifact: aoti.Artifact, root: Path) -> aoti.Artifact:
-    """A copy of ``artifact`` in a new cache whose wrapper.so raises SIGSEGV when it is loaded."""
-    src = root / "crash.c"
-    src.write_text(_CRASH_ON_LOAD)
-    so = root / "crash.so"
-    subprocess.run(["gcc", "-shared", "-fPIC", str(src), "-o", str(so)], check=True)
-    cache = aoti.Cache(root / "cache")
-    staged = cache.staging()
-    with zipfile.ZipFile(artifact.package) as zin, zipfile.ZipFile(staged / PACKAGE_FILE, "w") as zout:
-        for item in zin.infolist():
-            data = so.read_bytes() if item.filename.endswith(".so") else zin.read(item.filename)
-            zout.writestr(item, data)
-    manifest = {k: v for k, v in artifact.manifest.items() if k not in ("package_bytes", "package_sha256")}
-    with cache.lock(artifact.key):
-        entry = cache.publish(artifact.key, staged, manifest)
-    assert entry.manifest["package_sha256"] == sha256_file(entry.package)
-    return aoti.Artifact(entry, artifact.status, cache)
+from tests.crash import crashing_copy
 
 
 @pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc to build the crashing library")
 def test_crashing_package_is_reported_and_the_module_stays_eager(mlp_artifact, tmp_path):
     model, artifact = mlp_artifact
-    crashing = _crashing_copy(artifact, tmp_path)
+    crashing = crashing_copy(artifact, tmp_path)
 
     verdict = aoti.probe_package(crashing.package, crashing.entry.dir / "manifest.json")
     assert not verdict.ok and "SIGSEGV" in verdict.reason

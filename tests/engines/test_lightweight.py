@@ -130,3 +130,27 @@ def test_a_model_switched_back_in_gets_its_compiled_graphs_again(engine, text_sp
     list(engine.generate_text(text_spec.id, "If the file", SamplingParams(max_new_tokens=3, temperature=0)))
     assert engine.wait(text_spec.id, timeout=5).state == "eager" and text_spec.id not in engine.recipes
     engine.optimize(text_spec.id, background=False)  # as the session found it
+
+
+@pytest.mark.skipif(__import__("shutil").which("gcc") is None, reason="needs gcc to build the crashing library")
+def test_a_package_that_crashes_when_loaded_leaves_the_engine_serving_eager(engine, text_spec, cache, tmp_path):
+    """The text model's package, rebuilt to segfault when loaded, in a cache of its own: an engine on that
+    cache finds it (a cache hit), the probe child dies of SIGSEGV, and the engine serves eager with the
+    crash as its reason; this process lives on."""
+    import aoti
+    from engines.device import discover
+    from engines.lightweight import LightweightEngine
+    from tests.crash import crashing_copy
+
+    state = engine.optimize(text_spec.id, background=False)
+    assert state.state == "aoti" and state.ref is not None
+    crashing = crashing_copy(aoti.load(engine.models[text_spec.id].hot_module, state.ref, cache=cache), tmp_path)
+    other = LightweightEngine(discover(), crashing.cache)
+    try:
+        state = other.optimize(text_spec.id, background=False)
+        assert state.state == "fallback" and "crashed" in state.reason and "SIGSEGV" in state.reason, state
+        assert state.cache_hit is True  # it found the package; nothing was rebuilt
+        text = list(other.generate_text(text_spec.id, "The file", SamplingParams(max_new_tokens=4, temperature=0)))
+        assert text and other.runtime_of(text_spec.id) == "eager"
+    finally:
+        other.unload(text_spec.id)
