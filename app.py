@@ -310,31 +310,68 @@ _LATENCY_COLUMNS = {"request": pd.Series(dtype="int"), "latency_s": pd.Series(dt
 _MEMORY_COLUMNS = {"seconds": pd.Series(dtype="float"), "MiB": pd.Series(dtype="float")}
 _START = time.time()
 CSS = "#image-output img { image-rendering: pixelated; width: 100%; height: 100%; object-fit: contain; }" + panel.CSS
+_PALETTE = ["#2563eb", "#15803d", "#b45309", "#9333ea", "#dc2626", "#0891b2", "#4d7c0f", "#be185d"]
+
+
+def _latency_plot(requests: list[dict[str, Any]]) -> gr.ScatterPlot:
+    """Latency per request: whole request numbers from the first one, seconds from zero, and a legend of
+    the models that have requests (every model is a category from the start, as a NaN row, so a series
+    added later still draws: the chart's spec is fixed by its first value)."""
+    rows = [{"request": r["number"], "latency_s": r["latency_s"], "model": r["model"]} for r in requests]
+    seeds = pd.DataFrame({"request": np.nan, "latency_s": np.nan, "model": TEXT_MODELS + IMAGE_MODELS})
+    data = pd.concat([seeds, pd.DataFrame(rows) if rows else pd.DataFrame(_LATENCY_COLUMNS)], ignore_index=True)
+    first = rows[0]["request"] if rows else 1
+    last = rows[-1]["request"] if rows else 1
+    shown = list(dict.fromkeys(r["model"] for r in rows))
+    top = max((r["latency_s"] for r in rows), default=1.0) * 1.15  # room above the slowest point
+    return gr.ScatterPlot(data, x_lim=[first - 0.5, max(last, first + 9) + 0.5], y_lim=[0, top],  # 10+ wide: whole ticks
+                          colors_in_legend=shown)
+
+
+def _memory_plot(samples: list[dict[str, float]]) -> gr.LinePlot:
+    """Memory used over the last samples, from zero; its budget is in the title and the summary."""
+    if not samples:
+        return gr.LinePlot(pd.DataFrame(_MEMORY_COLUMNS))
+    data = pd.DataFrame([{"seconds": round(m["t"] - _START, 1), "MiB": round(m["mb"], 1)} for m in samples])
+    first, last = data["seconds"].iloc[0], data["seconds"].iloc[-1]
+    return gr.LinePlot(data, x_lim=[first, max(last, first + 10)], y_lim=[0, data["MiB"].max() * 1.15])  # 10+ s: whole ticks
+
+
+def _memory_line(samples: list[dict[str, float]]) -> str:
+    """Memory used now against the device's budget, in the unit that reads best."""
+    budget_mib = studio.device.budget_bytes / 2**20
+    used = samples[-1]["mb"] if samples else 0.0
+
+    def size(mib: float) -> str:
+        return f"{mib / 1024:.1f} GiB" if mib >= 1024 else f"{mib:.0f} MiB"
+
+    return f"**Memory** {size(used)} of {size(budget_mib)} ({100 * used / budget_mib:.0f} %)"
 
 
 def _panel():
     studio.sample_memory()
     snap = studio.metrics.snapshot()
-    latency = pd.DataFrame(_LATENCY_COLUMNS)
-    if snap["requests"]:
-        latency = pd.DataFrame([{"request": i + 1, "latency_s": r["latency_s"], "model": r["model"]} for i, r in enumerate(snap["requests"])])
-    # Seed every model as a category (a NaN row each) so series added later still draw: the Vega spec
-    # is fixed by the first value.
-    seeds = pd.DataFrame({"request": np.nan, "latency_s": np.nan, "model": TEXT_MODELS + IMAGE_MODELS})
-    latency = pd.concat([seeds, latency], ignore_index=True)
-    memory = pd.DataFrame([{"seconds": round(m["t"] - _START, 1), "MiB": round(m["mb"], 1)} for m in snap["memory"]]) if snap["memory"] else pd.DataFrame(_MEMORY_COLUMNS)
     s = snap["summary"]
 
     def fmt(value: float | None, unit: str) -> str:
-        return "–" if value is None else f"{value:.3g} {unit}"
+        return "–" if value is None else f"{value:.3g} {unit}".strip()
 
     summary = (
         f"**Device** {studio.device.label}  \n"
         f"**Requests** {s['count']} ({s['errors']} errors) · **latency** {fmt(s['median_latency_s'], 's')}  \n"
         f"**TTFT** {fmt(s['median_ttft_s'], 's')} · **tokens/s** {fmt(s['median_tokens_per_s'], '')} · "
-        f"**step** {fmt(s['median_step_ms'], 'ms')}"
+        f"**step** {fmt(s['median_step_ms'], 'ms')}  \n"
+        f"{_memory_line(snap['memory'])}"
     )
-    return latency, memory, summary, panel.cards(studio.compile_status(), TASKS)
+    return _latency_plot(snap["requests"]), _memory_plot(snap["memory"]), summary, panel.cards(studio.compile_status(), TASKS)
+
+
+PHONE_WIDTH = 700  # px: below this the sidebar would cover the page, so it starts closed
+
+
+def _sidebar_for(width: float | None) -> gr.Sidebar:
+    """The live panel open beside the page on a screen that has room for both, closed on a phone."""
+    return gr.Sidebar(open=not width or width >= PHONE_WIDTH)
 
 
 def _optimization_controls(profile: gr.OAuthProfile | None = None):
@@ -398,11 +435,15 @@ def build() -> gr.Blocks:
             opt_button = gr.Button("Apply", elem_id="opt-apply")
             opt_out = gr.JSON(visible=False)  # the API's answer; shown as cards
             opt_cards = gr.HTML(elem_id="opt-cards")
-        with gr.Sidebar(position="right", open=True, label="Live", width=480):
+        with gr.Sidebar(position="right", open=True, label="Live", width=480) as sidebar:
             summary = gr.Markdown()
-            latency_plot = gr.ScatterPlot(x="request", y="latency_s", color="model", title="Latency per request (s)", height=220)
-            memory_plot = gr.LinePlot(x="seconds", y="MiB", title="Memory (MiB)", height=200)
             model_cards = gr.HTML(elem_id="model-cards")
+            colors = {m: _PALETTE[i % len(_PALETTE)] for i, m in enumerate(TEXT_MODELS + IMAGE_MODELS)}
+            latency_plot = gr.ScatterPlot(x="request", y="latency_s", color="model", title="Latency per request",
+                                          x_title="request", y_title="seconds", x_axis_format="d", y_axis_format="~g",
+                                          y_lim=[0, None], color_map=colors, color_title="", height=220, elem_id="latency-plot")
+            memory_plot = gr.LinePlot(x="seconds", y="MiB", title="Memory used", x_title="seconds since start", y_title="MiB",
+                                      x_axis_format="d", y_axis_format="~s", y_lim=[0, None], height=200, elem_id="memory-plot")
             gr.Timer(1.0).tick(_panel, outputs=[latency_plot, memory_plot, summary, model_cards], api_visibility="private", show_progress="hidden")
 
         text_button.click(generate_text, [text_model, prompt, max_tokens, temperature, text_compare], text_out,
@@ -413,6 +454,8 @@ def build() -> gr.Blocks:
         image_model.change(_image_sizes, image_model, [size, steps], api_visibility="private")
         opt_button.click(set_optimization, [opt_model, use_aoti, fp8, regional, admin_token], opt_out, api_name="set_optimization"
                          ).success(lambda rows: panel.cards(rows, TASKS), opt_out, opt_cards, api_visibility="private")
+        width = gr.Number(visible=False)
+        demo.load(_sidebar_for, width, sidebar, js="() => window.innerWidth", api_visibility="private")
         demo.load(_optimization_controls, None, [use_aoti, fp8, regional, opt_button, access_note], api_visibility="private")
         hidden = gr.JSON(visible=False)
         gr.Button(visible=False).click(metrics, None, hidden, api_name="metrics")

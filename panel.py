@@ -4,6 +4,7 @@ HTML that reads in a second (state badge, eager and compiled speed as bars, tags
 from __future__ import annotations
 
 import html
+import time
 from typing import Any
 
 BADGES = {"aoti": "compiled", "compiling": "compiling", "fallback": "fallback", "eager": "eager", "distributed": "distributed"}
@@ -17,7 +18,8 @@ CSS = """
 .badge-aoti { background: #15803d; } .badge-compiling { background: #b45309; } .badge-fallback { background: #b91c1c; }
 .badge-eager, .badge-distributed { background: #4b5563; }
 .model-card .bar { height: 8px; border-radius: 4px; margin: 2px 0 4px; }
-.bar-eager { background: #9ca3af; } .bar-aoti { background: #15803d; }
+.bar-eager { background: #9ca3af; } .bar-aoti { background: #15803d; } .bar-compiling { background: #b45309; }
+.model-card .stage { color: var(--body-text-color-subdued); }
 .model-card .speedup { font-weight: 600; }
 .model-card .tags span { border: 1px solid var(--border-color-primary); border-radius: 6px; padding: 0 5px; margin-right: 4px; font-size: 11px; }
 .model-card ul { margin: 4px 0 0 16px; padding: 0; }
@@ -29,8 +31,21 @@ def _speed(seconds: float, task: str) -> str:
     return f"{1 / seconds:,.0f} tokens/s" if task == "text" else f"{seconds * 1e3:.1f} ms a step"
 
 
-def card(row: dict[str, Any], task: str) -> str:
-    """One model's card from its compile-status row (`CompileState.as_row`)."""
+def _compiling(row: dict[str, Any], now: float) -> str:
+    """A running compile: its stage, the time it has taken so far and, where the last such build was
+    timed, that time as an estimate with a bar."""
+    elapsed = max(0.0, now - row["started"])
+    line = f'<div class="stage">{html.escape(row.get("stage") or "compiling")} · {elapsed:.0f} s so far'
+    estimate = row.get("estimate_s")
+    if not estimate:
+        return line + " (no earlier build to estimate from)</div>"
+    line += f", the last such build took {estimate:.0f} s</div>"
+    return line + f'<div class="bar bar-compiling" style="width:{max(3.0, min(100.0, 100 * elapsed / estimate)):.0f}%"></div>'
+
+
+def card(row: dict[str, Any], task: str, now: float | None = None) -> str:
+    """One model's card from its compile-status row (`CompileState.as_row`); ``now`` (time.time()) for
+    a running compile's elapsed time."""
     e = html.escape
     state = row["state"]
     parts = [f'<div class="model-card" data-model="{e(row["model"])}" data-state="{e(state)}">',
@@ -51,11 +66,13 @@ def card(row: dict[str, Any], task: str) -> str:
     shown = [f"<span>{e(str(name))}</span>" for name, on in tags if on]
     if shown:
         parts.append(f'<div class="tags">{"".join(shown)}</div>')
+    if state == "compiling" and row.get("started"):
+        parts.append(_compiling(row, time.time() if now is None else now))
     if state == "aoti" and row.get("compile_s"):
         parts.append(f"<div>compiled in {row['compile_s']:.0f} s</div>")
     elif state == "aoti" and row.get("load_s") is not None:
         parts.append(f"<div>loaded from cache in {row['load_s']:.2f} s</div>")
-    elif row.get("reason"):
+    elif row.get("reason") and state != "compiling":  # a running compile says what it does above
         parts.append(f"<div>{e(row['reason'])}</div>")
     if row.get("fallbacks"):
         parts.append("<ul>" + "".join(f"<li>{e(f)}</li>" for f in row["fallbacks"]) + "</ul>")

@@ -17,7 +17,7 @@ from . import lifetimes
 from .apply import CompiledMethod, apply, preload, restore, status_of, verify_loadable
 from .cache import Cache, CacheUnwritable, default_cache_dir
 from .capture import CapturedCall, CapturedCalls, capture
-from .compile import Artifact, RegionalArtifact, compile, eager, load, transforms_for
+from .compile import Artifact, OnStage, RegionalArtifact, compile, eager, load, transforms_for
 from .hub import HubRefused, HubSource
 from .options import CompileOptions, DimRange
 from .passes.toolchain import ensure_toolchain
@@ -57,6 +57,7 @@ __all__ = [
     "HubRefused",
     "HubSource",
     "Int8WeightOnly",
+    "OnStage",
     "OneRowKernels",
     "ProbeResult",
     "RegionalArtifact",

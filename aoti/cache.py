@@ -42,6 +42,7 @@ LAST_USED_FILE = "last_used"
 ARTIFACTS_DIR = "artifacts"
 STAGING_DIR = "staging"
 FAILED_DIR = "failed"  # builds that failed, by key, so that a fallback does not retry them every start
+BUILDS_DIR = "builds"  # how long builds took, by key and by similar key: a running build's estimate
 LOCKS_DIR = "locks"
 ENV_CACHE_DIR = "AOTI_CACHE_DIR"
 ENV_CACHE_MAX_BYTES = "AOTI_CACHE_MAX_BYTES"
@@ -272,6 +273,23 @@ class Cache:
         try:
             return json.loads((self.root / FAILED_DIR / f"{key}.json").read_text())["error"]
         except (OSError, ValueError, KeyError):
+            return None
+
+    def record_build_time(self, names: list[str], seconds: float) -> None:
+        """Remember how long a build took under each of ``names`` (its key, a key of similar builds);
+        outlives the package, so a rebuild after eviction or a version change has an estimate."""
+        try:
+            (self.root / BUILDS_DIR).mkdir(exist_ok=True)
+            for name in names:
+                _write_json_atomically(self.root / BUILDS_DIR / f"{name}.json", {"seconds": round(seconds, 3), "at": time.time()})
+        except OSError as exc:
+            log.warning("cache: could not record the build time (%s)", exc)
+
+    def build_time(self, name: str) -> float | None:
+        """The seconds the last build recorded under ``name`` took, or None."""
+        try:
+            return float(json.loads((self.root / BUILDS_DIR / f"{name}.json").read_text())["seconds"])
+        except (OSError, ValueError, KeyError, TypeError):
             return None
 
     def remove(self, key: str) -> None:

@@ -7,12 +7,13 @@ kernels) is switched, and switched back."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -174,6 +175,23 @@ def cache_key(module: torch.nn.Module, options: CompileOptions, plans: list[Grap
     return key_of(fields), fields
 
 
+def similar_key(fields: dict[str, Any]) -> str:
+    """A key shared by builds of the same model, options and shapes on the same kind of device, whatever
+    the versions: where a build's time estimate comes from when this exact package was never built."""
+    kind = {k: fields["env"].get(k) for k in ("device", "capability", "machine")}
+    return "similar-" + key_of({**{k: fields[k] for k in ("model", "options", "transforms", "graphs")}, "env": kind})
+
+
+OnStage = Callable[[str, "float | None"], None]
+"""Told each stage a compile enters, ``on_stage(stage, estimate_s)``: "export graph 1 of 2", "build
+graph 1 of 2" (Inductor's C++), "download from <repo>"; ``estimate_s`` is how long the last build of this
+package (or a similar one) took, None when none was recorded or nothing is built."""
+
+
+def _no_stage(stage: str, estimate_s: float | None) -> None:
+    return None
+
+
 def compile(
     module: torch.nn.Module,
     call: CapturedCalls | CapturedCall | list[CapturedCall],
@@ -183,6 +201,7 @@ def compile(
     exclusive: contextlib.AbstractContextManager | None = None,
     hub: HubSource | None = None,
     remember_failure: bool = False,
+    on_stage: OnStage | None = None,
 ) -> Artifact | RegionalArtifact:
     """Compile ``module`` for the captured call(s) with torch.export + AOTInductor, or load it from cache.
 
@@ -195,7 +214,7 @@ def compile(
     the module itself is traced, and released for the long Inductor build, so the module can keep
     serving eagerly meanwhile. ``remember_failure``: a failed build is recorded in the cache and
     raised again, without building, on later calls (for a caller with a fallback, which should not
-    pay for the failure twice).
+    pay for the failure twice). ``on_stage`` follows a build (for a progress display; see `OnStage`).
 
     Where the artifact comes from, in order: the local cache; ``hub`` (or ``$AOTI_HUB_REPO``), an
     allow-listed repository pinned to a commit, every file checked (a refusal is recorded and we go
@@ -211,6 +230,7 @@ def compile(
     hub = hub or HubSource.from_env()
     options = options or CompileOptions()
     cache = cache or Cache()
+    on_stage = on_stage or _no_stage
     calls = _as_calls(call)
     device = torch.device(options.device) if options.device else module_device(module)
 
@@ -224,14 +244,14 @@ def compile(
 
     # 2. Regional mode compiles the repeated blocks instead of the whole module.
     if options.regional:
-        return _compile_regional(module, calls, options.replace(regional=False), cache, exclusive, hub, fallbacks)
+        return _compile_regional(module, calls, options.replace(regional=False), cache, exclusive, hub, fallbacks, on_stage)
 
     # 3. Whole module: one package with one graph per plan, through the cache. A module whose own code
     #    can't be exported (shapes from a tensor's values, `.numpy()` in forward) is compiled block by
     #    block instead, where it has repeated blocks.
     try:
         entry, key, cache_hit, source = _find_or_build(module, calls, options, device, cache, hub, exclusive,
-                                                       fallbacks, remember_failure)
+                                                       fallbacks, remember_failure, on_stage)
     except ExportFailed as exc:
         try:
             find_blocks(module)
@@ -239,7 +259,7 @@ def compile(
             raise exc.__cause__ or exc from None
         fallbacks.append(f"whole module -> regional: {exc}")
         log.warning("aoti: %s", fallbacks[-1])
-        return _compile_regional(module, calls, options, cache, exclusive, hub, fallbacks)
+        return _compile_regional(module, calls, options, cache, exclusive, hub, fallbacks, on_stage)
     artifact = _artifact(entry, cache, module, fallbacks, cache_hit, source)
     log.info("aoti: %s %s (%d graphs, key %s)", "loaded" if cache_hit else "compiled", type(module).__name__,
              artifact.status.graphs, key)
@@ -248,7 +268,7 @@ def compile(
 
 def _compile_regional(module: torch.nn.Module, calls: list[CapturedCall], options: CompileOptions, cache: Cache,
                       exclusive: contextlib.AbstractContextManager, hub: HubSource | None,
-                      fallbacks: list[str]) -> RegionalArtifact:
+                      fallbacks: list[str], on_stage: OnStage) -> RegionalArtifact:
     """One package per distinct block signature: each block's inputs captured by re-running the module
     on the captured calls, then compiled like a whole module."""
     start = time.perf_counter()
@@ -261,12 +281,13 @@ def _compile_regional(module: torch.nn.Module, calls: list[CapturedCall], option
                 module(*call.args, **call.kwargs)
     parts: list[tuple[list[str], Artifact]] = []
     status = Status(runtime="eager", reason="regional, not applied yet", cache_hit=None)
-    for names, block, recorded in zip(groups, representatives, recorders):
+    for index, (names, block, recorded) in enumerate(zip(groups, representatives, recorders)):
         if not recorded.calls:
             fallbacks.append(f"regional: {len(names)} block(s) like {names[0]} never ran on the captured calls; they stay eager")
             log.warning("aoti: %s", fallbacks[-1])
             continue
-        artifact = compile(block, recorded, options, cache=cache, exclusive=exclusive, hub=hub)
+        block_stage = functools.partial(_in_block, on_stage, f"block kind {index + 1} of {len(groups)}")
+        artifact = compile(block, recorded, options, cache=cache, exclusive=exclusive, hub=hub, on_stage=block_stage)
         assert isinstance(artifact, Artifact)
         parts.append((names, artifact))
         status.merge(artifact.status)
@@ -276,6 +297,10 @@ def _compile_regional(module: torch.nn.Module, calls: list[CapturedCall], option
     status.fallbacks[:0] = [f for f in fallbacks if f not in status.fallbacks]
     log.info("regional: %d packages for %d blocks in %.1f s", len(parts), sum(len(g) for g in groups), time.perf_counter() - start)
     return RegionalArtifact(parts, status)
+
+
+def _in_block(on_stage: OnStage, block: str, stage: str, estimate_s: float | None) -> None:
+    on_stage(f"{block}: {stage}", estimate_s)
 
 
 class ExportFailed(RuntimeError):
@@ -346,7 +371,8 @@ def load(module: torch.nn.Module, ref: dict[str, Any], *, cache: Cache | None = 
 
 def _find_or_build(module: torch.nn.Module, calls: list[CapturedCall], options: CompileOptions, device: torch.device,
                    cache: Cache, hub: HubSource | None, exclusive: contextlib.AbstractContextManager,
-                   fallbacks: list[str], remember_failure: bool = False) -> tuple[Entry, str, bool, str]:
+                   fallbacks: list[str], remember_failure: bool = False,
+                   on_stage: OnStage = _no_stage) -> tuple[Entry, str, bool, str]:
     """The package for these calls and options: from the local cache, the Hub, or built now.
     Returns the entry, its key, whether it was found rather than built, and where it was found
     (``remember_failure``: see `compile`)."""
@@ -355,6 +381,7 @@ def _find_or_build(module: torch.nn.Module, calls: list[CapturedCall], options: 
     entry = cache.get(key, fields["env"])
     cache_hit, source = entry is not None, "local cache"
     if entry is None and hub is not None:
+        on_stage(f"download from {hub.repo_id}", None)
         try:
             entry, cache_hit, source = hub_pull(hub, key, cache, fields["env"]), True, f"hub {hub.repo_id}"
         except HubRefused as exc:
@@ -369,7 +396,10 @@ def _find_or_build(module: torch.nn.Module, calls: list[CapturedCall], options: 
                 cache_hit = entry is not None
                 if entry is None:
                     try:
-                        entry = _build(module, plans, options, device, cache, key, fields, exclusive)
+                        estimate = cache.build_time(key) or cache.build_time(similar_key(fields))
+                        entry = _build(module, plans, options, device, cache, key, fields, exclusive,
+                                       functools.partial(_with_estimate, on_stage, estimate))
+                        cache.record_build_time([key, similar_key(fields)], entry.manifest["compile_s"])
                     except Exception as exc:
                         if remember_failure and not _transient(exc) and not storage_fault(exc):
                             cache.record_failed_build(key, first_error_line(exc))
@@ -380,6 +410,10 @@ def _find_or_build(module: torch.nn.Module, calls: list[CapturedCall], options: 
                 raise cache.unwritable(refused) from exc
             raise
     return entry, key, cache_hit, source
+
+
+def _with_estimate(on_stage: OnStage, estimate_s: float | None, stage: str, _: float | None = None) -> None:
+    on_stage(stage, estimate_s)
 
 
 def _transient(exc: BaseException) -> bool:
@@ -427,6 +461,7 @@ def _build(
     key: str,
     fields: dict[str, Any],
     exclusive: contextlib.AbstractContextManager,
+    on_stage: OnStage = _no_stage,
 ) -> Entry:
     """Export and compile every planned graph into one package in a staging folder, then publish it."""
     from torch._inductor.package import package_aoti
@@ -447,6 +482,8 @@ def _build(
         export_s = 0.0
         for index, plan in enumerate(plans):
             name = f"graph{index}"
+            of = f"graph {index + 1} of {len(plans)}"
+            on_stage(f"export {of}", None)
             t0 = time.perf_counter()
             with (exclusive, eager(module, options.method), torch.no_grad(), attention.pinned(options.attention),
                   fp8_rows.used(one_pass)):
@@ -467,6 +504,7 @@ def _build(
                 if isinstance(tensor, torch.Tensor) and clean not in known:
                     extra_constants[f"{name}/{clean}"] = tensor.detach().cpu()
             configs = {**options.inductor_configs(device.type), "aot_inductor.package": True}
+            on_stage(f"build {of} (Inductor, C++)", None)
             with (attention.pinned("auto" if options.attention == "fp8" else options.attention),  # fp8: in the graph already
                   reductions.one_pass_rows(one_pass)):
                 graph_module = ep.module()

@@ -226,6 +226,7 @@ class Studio:
             state = self.engine.states[model_id]
             state.state, state.reason = "compiling", "compiling in a GPU worker"
             state.requested, state.compiles = {"fp8": fp8, "regional": regional}, state.compiles + 1
+            state.stage, state.started, state.estimate_s = "in a GPU worker", time.time(), state.compile_s
 
     def compile_failed(self, model_ids: list[str], reason: str) -> None:
         """Record a compile GPU call that failed or was refused: the models serve eager, visibly."""
@@ -233,6 +234,7 @@ class Studio:
             state = self.engine.states[model_id]
             state.state, state.reason, state.ref = "fallback", reason[:500], None
             state.fallbacks = [f"aoti -> eager: {reason[:200]}"]
+            state.stage, state.started, state.estimate_s = "", None, None
 
     def record_compiles(self, rows: list[dict[str, Any]]) -> None:
         """Record the compile states a GPU worker returned (`serve_compile`); later requests bind them."""

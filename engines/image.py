@@ -129,14 +129,16 @@ class ImageModel:
         return sum(self.storages.values())
 
     def optimize(self, recipe: Recipe | None = None, cache: aoti.Cache | None = None,
-                 exclusive: contextlib.AbstractContextManager | None = None, cuda_graphs: bool | None = None) -> aoti.Status:
+                 exclusive: contextlib.AbstractContextManager | None = None, cuda_graphs: bool | None = None,
+                 on_stage: aoti.OnStage | None = None) -> aoti.Status:
         """Transform, compile (or load) one denoiser graph per size bucket and swap them in (``recipe``:
         see `image_recipe`; the rest as `TextModel.optimize`). On a GPU each bucket's graph is replayed
         as a CUDA graph (``cuda_graphs``, default on): a denoising step launches hundreds of kernels,
         and the host's launch gaps between them add up."""
         recipe = recipe or image_recipe()
         graphs = self.device == "cuda" if cuda_graphs is None else cuda_graphs
-        self.status, self.ref = optimize_module(self.denoiser, self.capture_calls, recipe, cache, exclusive, cuda_graphs=graphs)
+        self.status, self.ref = optimize_module(self.denoiser, self.capture_calls, recipe, cache, exclusive, cuda_graphs=graphs,
+                                                   on_stage=on_stage)
         return self.status
 
     def bind(self, ref: dict, cache: aoti.Cache | None = None, cuda_graphs: bool | None = None) -> aoti.Status:

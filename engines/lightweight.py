@@ -62,6 +62,9 @@ class CompileState:
     ref: dict[str, Any] | None = None  # the compiled artifact (`aoti.Artifact.ref`) GPU workers bind
     requested: dict[str, bool] | None = None  # the switches of the last compile asked for: {"fp8", "regional"}
     compiles: int = 0  # compiles started since the model loaded
+    stage: str = ""  # while compiling: what it is doing now (`aoti.OnStage`)
+    started: float | None = None  # while compiling: when it started (time.time())
+    estimate_s: float | None = None  # while compiling: how long the last such build took, if recorded
 
     def as_row(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -172,13 +175,19 @@ class LightweightEngine:
             return self.states[model_id]
         state = self.states[model_id]
         state.state, state.reason = "compiling", "exporting and compiling the hot module"
+        state.stage, state.started, state.estimate_s = "waiting for another load or compile to finish", time.time(), None
         state.compiles += 1
         self.recipes[model_id] = recipe
+
+        def on_stage(stage: str, estimate_s: float | None) -> None:
+            state.stage = stage
+            if estimate_s is not None:
+                state.estimate_s = estimate_s
 
         def work() -> None:
             try:
                 with TORCH_STATE:
-                    status = model.optimize(recipe, cache=self.cache, exclusive=self.locks[model_id])
+                    status = model.optimize(recipe, cache=self.cache, exclusive=self.locks[model_id], on_stage=on_stage)
                 state.state = "aoti" if status.runtime == "aoti" else "fallback"
                 state.reason = status.reason
                 state.compile_s, state.load_s, state.cache_hit = status.compile_s, status.load_s, status.cache_hit
@@ -189,6 +198,8 @@ class LightweightEngine:
                 model.restore()
                 state.state, state.reason = "fallback", f"AOTI failed, serving eager: {type(exc).__name__}: {exc}"[:500]
                 state.fallbacks = [f"aoti -> eager: {type(exc).__name__}"]
+            finally:
+                state.stage, state.started, state.estimate_s = "", None, None
 
         if background:
             thread = threading.Thread(target=work, name=f"aoti-compile-{model_id}", daemon=True)

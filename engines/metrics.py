@@ -33,6 +33,7 @@ class RequestRecord:
     ok: bool = True
     error: str | None = None
     t: float = field(default_factory=time.time)
+    number: int = 0  # its place among all requests this server recorded (1, 2, ...), set by `Metrics.record`
 
 
 def memory_mb(device: str = "cpu") -> tuple[float, float | None]:
@@ -65,9 +66,12 @@ class Metrics:
         self.requests: deque[RequestRecord] = deque(maxlen=capacity)
         self.memory: deque[tuple[float, float]] = deque(maxlen=capacity)
         self._lock = threading.Lock()
+        self._recorded = 0
 
     def record(self, record: RequestRecord) -> None:
         with self._lock:
+            self._recorded += 1
+            record.number = self._recorded
             self.requests.append(record)
 
     def sample_memory(self, device: str = "cpu") -> float:

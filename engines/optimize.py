@@ -49,18 +49,23 @@ def optimize_module(
     cache: aoti.Cache | None,
     exclusive: contextlib.AbstractContextManager | None,
     cuda_graphs: bool = False,
+    on_stage: aoti.OnStage | None = None,
 ) -> tuple[aoti.Status, dict | None]:
     """1. Transform and capture holding ``exclusive`` (the model's request lock); 2. compile and
     crash-probe without it (requests keep running eagerly); 3. swap the graphs in holding it again.
     A build that fails with the decode kernels is built again without them, recorded. Returns the
-    status and the artifact's reference (`aoti.Artifact.ref`) if its graphs now run, else None."""
+    status and the artifact's reference (`aoti.Artifact.ref`) if its graphs now run, else None.
+    ``on_stage`` is told each stage as it starts (`aoti.OnStage`)."""
     lock = exclusive or contextlib.nullcontext()
+    stage = on_stage or (lambda name, estimate_s: None)
+    stage("transform and capture", None)
     with lock:
         transform_module(module, recipe.transforms)
         calls = capture_calls()
     kernels = any(isinstance(t, DECODE_KERNELS) for t in aoti.transforms_of(module))
     try:
-        artifact = aoti.compile(module, calls, recipe.options, cache=cache, exclusive=lock, remember_failure=kernels)
+        artifact = aoti.compile(module, calls, recipe.options, cache=cache, exclusive=lock, remember_failure=kernels,
+                                on_stage=stage)
     except Exception as exc:
         if not kernels:
             raise
@@ -69,9 +74,11 @@ def optimize_module(
         recipe = recipe.without_decode_kernels()
         with lock:
             transform_module(module, recipe.transforms)
-        artifact = aoti.compile(module, calls, recipe.options, cache=cache, exclusive=lock)
+        artifact = aoti.compile(module, calls, recipe.options, cache=cache, exclusive=lock, on_stage=stage)
         artifact.status.fallbacks.insert(0, f"decode kernels -> off: the build with them failed ({reason})")
+    stage("crash probe (the package loads and runs in a child process)", None)
     aoti.verify_loadable(artifact)
+    stage("swap in", None)
     with lock:
         status = aoti.apply(artifact, module, cuda_graphs=cuda_graphs)
     return status, artifact.ref() if status.runtime == "aoti" else None

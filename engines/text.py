@@ -224,7 +224,8 @@ class TextModel:
         return sum(self.storages.values())
 
     def optimize(self, recipe: Recipe | None = None, cache: aoti.Cache | None = None,
-                 exclusive: contextlib.AbstractContextManager | None = None, cuda_graphs: bool | None = None) -> aoti.Status:
+                 exclusive: contextlib.AbstractContextManager | None = None, cuda_graphs: bool | None = None,
+                 on_stage: aoti.OnStage | None = None) -> aoti.Status:
         """Transform, compile (or load) the prefill + decode graphs and swap them in (``recipe``: see
         `text_recipe`). ``exclusive`` is held only while the model runs or is traced, so requests keep
         being served eagerly during the build. On a GPU the one-token decode graph is replayed as a
@@ -232,7 +233,8 @@ class TextModel:
         self._follow_weights()
         recipe = recipe or text_recipe()
         graphs = self.device == "cuda" if cuda_graphs is None else cuda_graphs
-        self.status, self.ref = optimize_module(self.decoder, self.capture_calls, recipe, cache, exclusive, cuda_graphs=graphs)
+        self.status, self.ref = optimize_module(self.decoder, self.capture_calls, recipe, cache, exclusive, cuda_graphs=graphs,
+                                                   on_stage=on_stage)
         if self.status.runtime == "aoti" and self.pad_prompts:
             with exclusive or contextlib.nullcontext():
                 self.warm_up()

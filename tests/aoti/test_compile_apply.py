@@ -246,3 +246,22 @@ def test_plain_tensor_attributes_load_like_buffers(cache):
     with torch.no_grad():
         torch.testing.assert_close(model(x), model.forward.eager(x))
     assert aoti.status_of(model).compiled_calls == 1
+
+
+def test_a_build_tells_its_stages_and_a_rebuild_has_the_last_builds_time(tmp_path):
+    """`on_stage` hears export then build for each graph; a cache hit hears nothing; the same package
+    built again (evicted meanwhile) comes with the first build's time as its estimate."""
+    cache = aoti.Cache(tmp_path)
+    model = tiny.MLP()
+    with aoti.capture(model) as call:
+        model(torch.randn(4, 32))
+    heard: list[tuple[str, float | None]] = []
+    first = aoti.compile(model, call, cache=cache, on_stage=lambda stage, estimate: heard.append((stage, estimate)))
+    assert heard == [("export graph 1 of 1", None), ("build graph 1 of 1 (Inductor, C++)", None)]
+    heard.clear()
+    aoti.compile(model, call, cache=cache, on_stage=lambda stage, estimate: heard.append((stage, estimate)))
+    assert heard == []  # found in the cache: nothing to build
+    cache.remove(first.key)
+    aoti.compile(model, call, cache=cache, on_stage=lambda stage, estimate: heard.append((stage, estimate)))
+    assert [stage for stage, _ in heard] == ["export graph 1 of 1", "build graph 1 of 1 (Inductor, C++)"]
+    assert {estimate for _, estimate in heard} == {first.manifest["compile_s"]}

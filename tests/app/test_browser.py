@@ -33,6 +33,8 @@ def test_page_generates_text_and_an_image_and_the_panel_updates(app_url, client,
         output = page.locator("#text-output textarea")
         expect(output).to_have_value(re.compile(r"(\S+\s+){3,}"), timeout=60_000)  # streamed words
 
+        expect(page.get_by_text(f"Requests {before + 1} ").first).to_be_visible(timeout=60_000)  # done streaming
+
         # An empty prompt is refused at the door, its message shown to the person.
         page.locator("#text-prompt textarea").fill("")
         page.locator("#text-generate").click()
@@ -60,14 +62,24 @@ def test_page_generates_text_and_an_image_and_the_panel_updates(app_url, client,
         image_card = cards.locator('[data-model="tiny-shapes-unet"]')
         expect(image_card).to_contain_text(re.compile(r"\d+\.\d× faster compiled"), timeout=15_000)
         expect(image_card).to_contain_text("ms a step")
-        box, card_box = cards.bounding_box(), image_card.bounding_box()
-        assert card_box["x"] >= box["x"] and card_box["x"] + card_box["width"] <= box["x"] + box["width"] + 1
-        assert cards.evaluate("el => el.scrollWidth <= el.clientWidth")
-        sidebar = cards.locator("xpath=ancestor::*[contains(@class, 'sidebar')][1]")
-        assert sidebar.evaluate("el => el.scrollWidth <= el.clientWidth + 1")
+        _assert_inside_the_sidebar(cards, image_card)
+
+        # The latency plot counts requests in whole numbers and lists only the models that have requests.
+        plot_text = page.locator("#latency-plot svg text")
+        expect(plot_text.first).to_be_attached(timeout=15_000)
+        labels = plot_text.all_text_contents()
+        x_ticks = labels[:labels.index("request")]
+        assert x_ticks and all(t.isdigit() for t in x_ticks), labels
+        assert "tiny-llama-pydoc" in labels and "tiny-shapes-unet" in labels and "qwen2.5-7b-instruct" not in labels, labels
 
         SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(SCREENSHOT), full_page=True)
+
+        # 1024 px wide: the page and the panel side by side, the cards still whole inside the sidebar.
+        page.set_viewport_size({"width": 1024, "height": 800})
+        expect(image_card).to_contain_text(re.compile(r"\d+\.\d× faster compiled"))
+        _assert_inside_the_sidebar(cards, image_card)
+        assert page.evaluate("document.documentElement.scrollWidth <= document.documentElement.clientWidth")
 
         # Optimization tab: FP8 can't run on the CPU: disabled, the reason beside it; applying shows cards.
         page.get_by_role("tab", name="Optimization").click()
@@ -75,5 +87,69 @@ def test_page_generates_text_and_an_image_and_the_panel_updates(app_url, client,
         expect(page.locator("#opt-fp8")).to_contain_text("needs a GPU of compute capability 8.9+")
         page.locator("#opt-apply").click()
         expect(page.locator('#opt-cards [data-model="tiny-llama-pydoc"] .badge')).to_be_visible(timeout=30_000)
+
+        # A phone, 390 px wide: the panel starts closed so the page is usable; opened, it fits the width.
+        phone = browser.new_page()
+        phone.set_viewport_size({"width": 390, "height": 844})
+        phone.goto(app_url)
+        generate = phone.locator("#text-generate")
+        expect(generate).to_be_visible(timeout=60_000)
+        sidebar = phone.locator(".sidebar").first
+        expect(sidebar).not_to_have_class(re.compile(r"\bopen\b"), timeout=15_000)
+        phone.locator("#text-prompt textarea").fill("If the file")
+        generate.click()  # not covered by the panel
+        expect(phone.locator("#text-output textarea")).to_have_value(re.compile(r"\S"), timeout=60_000)
+        phone.locator(".sidebar .toggle-button").first.click()
+        expect(sidebar).to_have_class(re.compile(r"\bopen\b"))
+        phone_cards = phone.locator("#model-cards")
+        expect(phone_cards.locator('[data-model="tiny-llama-pydoc"] .badge')).to_have_text("compiled", timeout=15_000)
+        _assert_inside_the_sidebar(phone_cards, phone_cards.locator('[data-model="tiny-llama-pydoc"]'))
+        assert phone.evaluate("document.documentElement.scrollWidth <= document.documentElement.clientWidth")
         browser.close()
     assert SCREENSHOT.stat().st_size > 10_000
+
+
+def _assert_inside_the_sidebar(cards, card) -> None:
+    """``card`` lies within the cards' box, and neither the cards nor the sidebar scroll sideways."""
+    box, card_box = cards.bounding_box(), card.bounding_box()
+    assert card_box["x"] >= box["x"] and card_box["x"] + card_box["width"] <= box["x"] + box["width"] + 1
+    assert cards.evaluate("el => el.scrollWidth <= el.clientWidth")
+    sidebar = cards.locator("xpath=ancestor::*[contains(@class, 'sidebar')][1]")
+    assert sidebar.evaluate("el => el.scrollWidth <= el.clientWidth + 1")
+
+
+@pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc to build the crashing library")
+def test_a_fallback_shows_its_reason_in_the_panel(compiled_app, cache_dir, tmp_path):
+    """A server whose cache holds only the text model's package, rebuilt to segfault when loaded:
+    compiling from the Optimization tab finds it, the crash probe's child dies, and the sidebar's card
+    says "fallback" and why, in plain view; the server keeps serving."""
+    from playwright.sync_api import expect, sync_playwright
+
+    import aoti
+    from tests.crash import crashing_copy
+    from tests.servers import start_app, stop_app
+
+    cache = aoti.Cache(cache_dir)
+    entry = cache.get(compiled_app["tiny-llama-pydoc"]["ref"]["key"])
+    crashing_copy(aoti.Artifact(entry, aoti.Status(), cache), tmp_path)
+    proc, url = start_app(tmp_path / "app.log", tmp_path / "cache", {"AOTI_COMPILE": "0"})
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(url)
+            card = page.locator('#model-cards [data-model="tiny-llama-pydoc"]')
+            expect(card.locator(".badge")).to_have_text("eager", timeout=120_000)
+            page.get_by_role("tab", name="Optimization").click()
+            page.locator("#opt-apply").click()
+            expect(card.locator(".badge")).to_have_text("fallback", timeout=120_000)
+            expect(card).to_contain_text("crashed")
+            expect(card).to_contain_text("SIGSEGV")
+            expect(card).to_be_in_viewport()
+            _assert_inside_the_sidebar(page.locator("#model-cards"), card)
+            page.get_by_role("tab", name="Text").click()
+            page.locator("#text-generate").click()  # served eager
+            expect(page.locator("#text-output textarea")).to_have_value(re.compile(r"\S"), timeout=60_000)
+            browser.close()
+    finally:
+        stop_app(proc, tmp_path / "app.log")

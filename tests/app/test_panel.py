@@ -26,6 +26,17 @@ def test_a_fallback_says_why_in_words_and_is_escaped():
     assert "faster" not in html
 
 
+def test_a_running_compile_shows_its_stage_its_time_so_far_and_the_last_builds_time():
+    row = _row(state="compiling", reason="exporting and compiling the hot module", stage="build graph 1 of 2 (Inductor, C++)",
+               started=1000.0, estimate_s=84.0, eager_latency_s=None, aoti_latency_s=None, compile_s=None)
+    html = panel.card(row, "text", now=1042.0)
+    assert ">compiling</span>" in html and "build graph 1 of 2 (Inductor, C++) · 42 s so far, the last such build took 84 s" in html
+    assert 'class="bar bar-compiling" style="width:50%"' in html
+    first = panel.card({**row, "estimate_s": None}, "text", now=1003.0)
+    assert "3 s so far (no earlier build to estimate from)" in first and "bar-compiling" not in first
+    assert 'style="width:100%"' in panel.card(row, "text", now=2000.0)  # past the estimate: full, never beyond
+
+
 def test_only_loaded_models_get_a_card():
     html = panel.cards([_row(model="a"), _row(model="b", state="not loaded")], {"a": "text", "b": "image"})
     assert 'data-model="a"' in html and 'data-model="b"' not in html

@@ -25,10 +25,11 @@ def test_background_compile_serves_eagerly_meanwhile(engine, image_spec):
 
     engine.unload(image_spec.id)
     state = engine.optimize(image_spec.id, background=True)
-    assert state.state == "compiling"
+    assert state.state == "compiling" and state.stage and state.started is not None  # the panel shows the stage and time
     result = engine.generate_image(image_spec.id, "a green triangle, center", ImageParams(32, 32, 4))
     assert result.image.size == (32, 32)
-    assert engine.wait(image_spec.id, timeout=600).state == "aoti"
+    done = engine.wait(image_spec.id, timeout=600)
+    assert done.state == "aoti" and (done.stage, done.started, done.estimate_s) == ("", None, None)
 
 
 def test_loads_and_compiles_take_turns_and_loaded_models_keep_serving(engine, text_spec, image_spec):
