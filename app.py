@@ -172,8 +172,8 @@ def _comparison(compared: dict[str, float] | None, unit: str) -> str:
     return f"compiled {aoti_s * 1e3:.1f} ms a step, eager {eager_s * 1e3:.1f} ms: speedup {eager_s / aoti_s:.2f}×"
 
 
-def _text_params(max_new_tokens: float, temperature: float) -> SamplingParams:
-    return SamplingParams(max_new_tokens=int(max_new_tokens), temperature=float(temperature), seed=0)
+def _text_params(max_new_tokens: float, temperature: float, speculative: bool = False) -> SamplingParams:
+    return SamplingParams(max_new_tokens=int(max_new_tokens), temperature=float(temperature), seed=0, speculative=bool(speculative))
 
 
 def _image_params(model_id: str, size: str, steps: float, seed: float, guidance: float) -> ImageParams:
@@ -202,9 +202,10 @@ def _verdict(check, names: list[str]) -> list[dict[str, Any]]:
 # same `Studio.check_*`), for callers that reach them another way.
 
 
-def validate_text(model_id: str, prompt: str, max_new_tokens: float, temperature: float, compare: bool = False):
-    return _verdict(lambda: studio.check_text(model_id, prompt, _text_params(max_new_tokens, temperature)),
-                    ["model_id", "prompt", "max_new_tokens", "temperature", "compare"])
+def validate_text(model_id: str, prompt: str, max_new_tokens: float, temperature: float, compare: bool = False,
+                  speculative: bool = False):
+    return _verdict(lambda: studio.check_text(model_id, prompt, _text_params(max_new_tokens, temperature, speculative)),
+                    ["model_id", "prompt", "max_new_tokens", "temperature", "compare", "speculative"])
 
 
 def validate_image(model_id: str, prompt: str, size: str, steps: float, seed: float, guidance: float, compare: bool = False):
@@ -212,10 +213,12 @@ def validate_image(model_id: str, prompt: str, size: str, steps: float, seed: fl
                     ["model_id", "prompt", "size", "steps", "seed", "guidance", "compare"])
 
 
-def generate_text(model_id: str, prompt: str, max_new_tokens: float, temperature: float, compare: bool = False):
+def generate_text(model_id: str, prompt: str, max_new_tokens: float, temperature: float, compare: bool = False,
+                  speculative: bool = False):
     """Stream a continuation of `prompt` from a text model. ``compare`` runs the request once more on the
-    eager forward and reports both speeds (in `/metrics`), for this request only."""
-    params = _text_params(max_new_tokens, temperature)
+    eager forward and reports both speeds (in `/metrics`), for this request only. ``speculative`` decodes
+    with the model's draft model (`engines.speculative`); refused for a model that has none."""
+    params = _text_params(max_new_tokens, temperature, speculative)
     try:
         studio.check_text(model_id, prompt, params)
     except ValueError as exc:
@@ -360,7 +363,8 @@ def _panel():
         f"**Device** {studio.device.label}  \n"
         f"**Requests** {s['count']} ({s['errors']} errors) · **latency** {fmt(s['median_latency_s'], 's')}  \n"
         f"**TTFT** {fmt(s['median_ttft_s'], 's')} · **tokens/s** {fmt(s['median_tokens_per_s'], '')} · "
-        f"**step** {fmt(s['median_step_ms'], 'ms')}  \n"
+        f"**step** {fmt(s['median_step_ms'], 'ms')}"
+        + (f" · **drafts kept** {100 * s['median_acceptance']:.0f} %" if s.get("median_acceptance") is not None else "") + "  \n"
         f"{_memory_line(snap['memory'])}"
     )
     return _latency_plot(snap["requests"]), _memory_plot(snap["memory"]), summary, panel.cards(studio.compile_status(), TASKS)
@@ -406,6 +410,9 @@ def build() -> gr.Blocks:
                 temperature = gr.Slider(0, 2, value=0.7, step=0.05, label="Temperature (0 = greedy)")
             text_compare = gr.Checkbox(value=False, label="Compare with eager (runs it twice; changes nothing for others)",
                                        elem_id="text-compare")
+            speculative = gr.Checkbox(value=False, elem_id="text-speculative", label=(
+                "Speculative decoding: a small draft model proposes tokens, this model checks them in one step "
+                "(the same greedy text; the same sampling distribution)"))
             text_button = gr.Button("Generate", variant="primary", elem_id="text-generate")
             text_out = gr.Textbox(label="Output", lines=6, buttons=["copy"], elem_id="text-output")
         with gr.Tab("Image"):
@@ -446,7 +453,7 @@ def build() -> gr.Blocks:
                                       x_axis_format="d", y_axis_format="~s", y_lim=[0, None], height=200, elem_id="memory-plot")
             gr.Timer(1.0).tick(_panel, outputs=[latency_plot, memory_plot, summary, model_cards], api_visibility="private", show_progress="hidden")
 
-        text_button.click(generate_text, [text_model, prompt, max_tokens, temperature, text_compare], text_out,
+        text_button.click(generate_text, [text_model, prompt, max_tokens, temperature, text_compare, speculative], text_out,
                           api_name="generate_text", concurrency_id="device", validator=validate_text)
         image_button.click(generate_image, [image_model, image_prompt, size, steps, seed, guidance, image_compare],
                            [image_out, image_info], api_name="generate_image", concurrency_id="device",

@@ -60,6 +60,9 @@ def card(row: dict[str, Any], task: str, now: float | None = None) -> str:
     elif aoti_s or eager_s:
         label, seconds = ("compiled", aoti_s) if aoti_s else ("eager", eager_s)
         parts.append(f"<div>{label} {_speed(seconds, task)} · the other not measured yet (tick \"Compare with eager\")</div>")
+    if row.get("speculative_tokens_per_s"):
+        parts.append(f'<div class="speculative">speculative {_speed(1 / row["speculative_tokens_per_s"], task)} · '
+                     f'{100 * row["acceptance"]:.0f} % of drafted tokens kept</div>')
     tags = [("CUDA graphs", row.get("cuda_graphs")), (f"{row.get('quantization')}", row.get("quantization") not in (None, "none")),
             ("from cache", row.get("cache_hit")), (f"{row.get('layout_copies')} layout copies", row.get("layout_copies")),
             (f"{row.get('guard_fallbacks')} calls eager (shape)", row.get("guard_fallbacks"))]

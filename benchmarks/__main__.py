@@ -17,6 +17,7 @@ from benchmarks.common import dispatch
 TASKS: dict[str, tuple[str, str]] = {
     "flux-step": ("benchmarks.tasks.flux_step", "one FLUX.1-dev denoising step: eager, torch.compile, AOTI, FP8, CUDA graphs"),
     "llm-decode": ("benchmarks.tasks.llm_decode", "LLM decode at Qwen2.5-7B geometry: HF, our loop eager, AOTI, decode kernels, FP8"),
+    "speculative": ("benchmarks.tasks.speculative", "speculative decoding's step costs at 7B with a 0.5B draft, and the speed they give"),
     "prefill": ("benchmarks.tasks.prefill", "time to first token over prompt lengths, with and without prompt buckets"),
     "memory": ("benchmarks.tasks.memory", "GPU memory through FP8 quantization, build and serving"),
     "zerogpu": ("benchmarks.tasks.zerogpu", "the app's ZeroGPU path: forked GPU workers bind and run"),

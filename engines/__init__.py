@@ -250,11 +250,15 @@ class Studio:
                     error: str | None = None) -> None:
         """Record a finished (or failed) text request with what the worker reported."""
         rate = last.decode_tokens_per_s if last else None  # timed where the model ran (the worker's clock)
+        acceptance = round(last.accepted / last.drafted, 3) if last and last.drafted else None
+        if acceptance is not None and rate:  # speculative: shown as such, kept out of the compiled-vs-eager speeds
+            state = self.engine.states[model_id]
+            state.speculative_tokens_per_s, state.acceptance = round(rate, 2), acceptance
         self._record(RequestRecord(
             model_id, "text", report.runtime if report else self.expected_runtime(model_id), latency_s,
             ttft_s=last.ttft_s if last else None, tokens=last.tokens if last else 0,
-            tokens_per_s=round(rate, 2) if rate else None, ok=error is None, error=error,
-        ), report, 1 / rate if rate else None)
+            tokens_per_s=round(rate, 2) if rate else None, ok=error is None, error=error, acceptance=acceptance,
+        ), report, 1 / rate if rate and acceptance is None else None)
 
     def record_image(self, model_id: str, result: ImageResult | None, latency_s: float, report: RunReport | None = None,
                      error: str | None = None) -> None:

@@ -65,6 +65,8 @@ class CompileState:
     stage: str = ""  # while compiling: what it is doing now (`aoti.OnStage`)
     started: float | None = None  # while compiling: when it started (time.time())
     estimate_s: float | None = None  # while compiling: how long the last such build took, if recorded
+    speculative_tokens_per_s: float | None = None  # the last speculative request's decode speed,
+    acceptance: float | None = None  # and the share of its drafted tokens kept
 
     def as_row(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -308,7 +310,7 @@ class LightweightEngine:
                 last = step
                 yield step
             rate = last.decode_tokens_per_s if last is not None else None
-            if rate and self.observe_locally:
+            if rate and self.observe_locally and not params.speculative:  # the compile's speedup, not speculation's
                 runtime = "eager" if eager else self._live(model_id, model).runtime
                 self.observe(model_id, 1 / rate, runtime)  # seconds per decoded token
 

@@ -30,6 +30,7 @@ class RequestRecord:
     bind_s: float | None = None  # seconds that process spent binding compiled graphs first (a fresh worker)
     setup_s: float | None = None  # latency spent outside the model's process: queue, fork, GPU attach, weights moved
     compared: dict[str, float] | None = None  # this request's A/B run: seconds per token or step, "aoti" and "eager"
+    acceptance: float | None = None  # speculative decoding: the share of drafted tokens the model kept (None: not used)
     ok: bool = True
     error: str | None = None
     t: float = field(default_factory=time.time)
@@ -93,6 +94,7 @@ class Metrics:
         tps = [r["tokens_per_s"] for r in ok if r["tokens_per_s"]]
         steps = [r["step_ms"] for r in ok if r["step_ms"]]
         ttft = [r["ttft_s"] for r in ok if r["ttft_s"] is not None]
+        kept = [r["acceptance"] for r in ok if r["acceptance"] is not None]
         return {
             "requests": requests,
             "memory": [{"t": t, "mb": mb} for t, mb in memory],
@@ -103,6 +105,7 @@ class Metrics:
                 "median_ttft_s": median(ttft),
                 "median_tokens_per_s": median(tps),
                 "median_step_ms": median(steps),
+                "median_acceptance": median(kept),
             },
         }
 

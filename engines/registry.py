@@ -35,6 +35,8 @@ class ModelSpec:
             label-conditioned `ShapesPipeline`).
         family: the architecture family where the optimizations know one ("flux": FLUX attention's
             fused norm + rotary kernel on GPUs).
+        draft: text models only: the id of a smaller model with the same tokenizer that drafts tokens
+            for speculative decoding (`engines.speculative`); "" for none. draft_tokens: drafted per round.
     """
 
     id: str
@@ -53,6 +55,8 @@ class ModelSpec:
     regional: bool = False
     pipeline: str = "diffusers"
     family: str = ""
+    draft: str = ""
+    draft_tokens: int = 4
     description: str = ""
     tags: tuple[str, ...] = field(default_factory=tuple)
 
@@ -113,7 +117,7 @@ def availability(spec: ModelSpec) -> tuple[bool, str]:
 CATALOG: tuple[ModelSpec, ...] = (
     ModelSpec(
         id="tiny-llama-pydoc", task="text", source=str(ASSETS / "tiny-llama-pydoc"), params_b=0.002,
-        compile_module="decoder", max_new_tokens=200, max_prompt_tokens=128, fp8=False,
+        compile_module="decoder", max_new_tokens=200, max_prompt_tokens=128, fp8=False, draft="tiny-llama-pydoc-draft",
         description="Embedded 2M-parameter Llama trained on Python docstrings (assets/train_text_model.py).",
     ),
     ModelSpec(
@@ -127,7 +131,7 @@ CATALOG: tuple[ModelSpec, ...] = (
     ),
     ModelSpec(
         id="qwen2.5-7b-instruct", task="text", source="Qwen/Qwen2.5-7B-Instruct", params_b=7.6,
-        compile_module="decoder", max_new_tokens=512, max_prompt_tokens=1024,
+        compile_module="decoder", max_new_tokens=512, max_prompt_tokens=1024, draft="qwen2.5-0.5b-instruct",
     ),
     ModelSpec(
         id="llama-3.1-8b-instruct", task="text", source="meta-llama/Llama-3.1-8B-Instruct", params_b=8.0,
@@ -150,9 +154,19 @@ CATALOG: tuple[ModelSpec, ...] = (
 )
 
 
+# Draft models for speculative decoding: loaded with the model they draft for, never offered on their own.
+DRAFTS: tuple[ModelSpec, ...] = (
+    ModelSpec(
+        id="tiny-llama-pydoc-draft", task="text", source=str(ASSETS / "tiny-llama-pydoc-draft"), params_b=0.0003,
+        compile_module="decoder", max_new_tokens=200, max_prompt_tokens=128, fp8=False,
+        description="Embedded 0.3M-parameter draft of tiny-llama-pydoc (assets/train_text_model.py --draft).",
+    ),
+)
+
+
 def get(model_id: str) -> ModelSpec:
-    """The spec for ``model_id``; a clear error listing the known ids otherwise."""
-    for spec in CATALOG:
+    """The spec for ``model_id`` (a catalog model or a draft); a clear error listing the known ids otherwise."""
+    for spec in (*CATALOG, *DRAFTS):
         if spec.id == model_id:
             return spec
     raise KeyError(f"unknown model {model_id!r}; known models: {', '.join(s.id for s in CATALOG)}")

@@ -20,8 +20,10 @@ import aoti
 from aoti import module_device
 from aoti.integrations.transformers import use_gqa_decode_attention
 
+from . import registry, speculative
 from .optimize import Recipe, bind_module, module_storages, optimize_module
 from .registry import ModelSpec
+from .speculative import Speculation
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +36,7 @@ class SamplingParams:
     top_k: int = 50
     seed: int | None = None
     ignore_eos: bool = False  # always generate max_new_tokens (benchmarks)
+    speculative: bool = False  # draft tokens with the model's draft and verify them (`engines.speculative`)
 
 
 @dataclass
@@ -44,6 +47,8 @@ class TextStep:
     tokens: int
     ttft_s: float | None
     elapsed_s: float
+    drafted: int = 0  # speculative decoding: tokens the draft proposed so far,
+    accepted: int = 0  # and how many of them the target kept
 
     @property
     def decode_tokens_per_s(self) -> float | None:
@@ -56,6 +61,11 @@ def sample_next(logits: torch.Tensor, params: SamplingParams, generator: torch.G
     """Greedy for temperature 0, else temperature + top-k + top-p sampling. ``logits``: (vocab,)."""
     if params.temperature <= 0:
         return logits.argmax(-1, keepdim=True)
+    return torch.multinomial(token_probabilities(logits, params), 1, generator=generator)
+
+
+def token_probabilities(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+    """The distribution a token is sampled from: ``logits`` (vocab,) through temperature, top-k and top-p."""
     logits = logits.float() / params.temperature
     if params.top_k > 0:
         kth = torch.topk(logits, min(params.top_k, logits.shape[-1])).values[-1]
@@ -66,7 +76,8 @@ def sample_next(logits: torch.Tensor, params: SamplingParams, generator: torch.G
         drop = sorted_probs.cumsum(-1) - sorted_probs > params.top_p
         sorted_probs[drop] = 0
         probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
-    return torch.multinomial(probs, 1, generator=generator)
+        probs = probs / probs.sum()
+    return probs
 
 
 def read_later(token: torch.Tensor) -> Callable[[], int]:
@@ -97,6 +108,8 @@ def check_text_request(spec: ModelSpec, prompt: str, params: SamplingParams) -> 
         raise ValueError(f"`temperature` must be between 0 and 2, got {params.temperature}.")
     if not 0 < params.top_p <= 1:
         raise ValueError(f"`top_p` must be in (0, 1], got {params.top_p}.")
+    if params.speculative and not spec.draft:
+        raise ValueError(f"`speculative` decoding needs a draft model; {spec.id} has none.")
 
 
 PREFILL_BUCKET = 64  # prompts are padded up to a multiple of this many tokens
@@ -132,11 +145,13 @@ class TextModel:
     token is sampled from the last real position, and decode steps overwrite the pads' cache slots
     before any query can see them."""
 
-    def __init__(self, spec: ModelSpec, device: str = "cpu", model: torch.nn.Module | None = None, tokenizer=None) -> None:
+    def __init__(self, spec: ModelSpec, device: str = "cpu", model: torch.nn.Module | None = None, tokenizer=None,
+                 draft: TextModel | None = None) -> None:
         """Load ``spec.source``, or wrap an already built ``model`` and ``tokenizer`` (e.g. random
-        weights of a real architecture, for benchmarks)."""
+        weights of a real architecture, for benchmarks), with ``draft`` as its speculative draft."""
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        loaded = model
         self.spec = spec
         dtype = torch.float32 if device == "cpu" else getattr(torch, spec.dtype)
         kwargs = {} if spec.is_local else {"revision": spec.revision}
@@ -151,9 +166,26 @@ class TextModel:
         self.model = model
         self.decoder = self._export_wrapper(device)
         self.status = aoti.Status(runtime="eager", reason="not compiled yet")
-        self.ref: dict | None = None  # the artifact bound now (`aoti.Artifact.ref`), None when eager
+        self.ref: dict | None = None  # the artifact bound now (`aoti.Artifact.ref`, with "draft": its draft's), None when eager
+        # Speculative decoding's draft (`spec.draft`): given, or loaded with a model loaded from its source;
+        # optimized, bound and restored with it. Where it can't be had, speculative requests say why.
+        self.draft, self.no_draft = draft, "" if draft is not None or spec.draft else f"{spec.id} has no draft model"
+        if draft is None and spec.draft:
+            self.draft, self.no_draft = self._load_draft(spec.draft, device, built=loaded is not None)
         self._queue_ahead: bool | None = None
         self._pad_prompts: bool | None = None
+
+    @staticmethod
+    def _load_draft(draft_id: str, device: str, built: bool) -> tuple[TextModel | None, str]:
+        """The draft model ``draft_id`` and "", or None and why not (the model serves without it)."""
+        if built:
+            return None, f"no draft given for a model built in code (draft {draft_id} not loaded)"
+        spec = registry.get(draft_id)
+        available, why = registry.availability(spec)
+        if not available:
+            log.warning("draft %s not loaded: %s", draft_id, why)
+            return None, f"its draft {draft_id} is unavailable: {why}"
+        return TextModel(spec, device), ""
 
     @property
     def device(self) -> str:
@@ -216,8 +248,8 @@ class TextModel:
 
     @property
     def storages(self) -> dict[int, int]:
-        """Weights and KV cache: storage address -> bytes."""
-        return module_storages(self.decoder)
+        """Weights and KV cache, the draft's too: storage address -> bytes."""
+        return {**module_storages(self.decoder), **(self.draft.storages if self.draft is not None else {})}
 
     @property
     def nbytes(self) -> int:
@@ -235,17 +267,36 @@ class TextModel:
         graphs = self.device == "cuda" if cuda_graphs is None else cuda_graphs
         self.status, self.ref = optimize_module(self.decoder, self.capture_calls, recipe, cache, exclusive, cuda_graphs=graphs,
                                                    on_stage=on_stage)
+        if self.draft is not None:
+            draft_stage = None if on_stage is None else (lambda stage, estimate_s: on_stage(f"draft: {stage}", estimate_s))
+            self._with_draft(self.draft.optimize(recipe, cache, exclusive, cuda_graphs, on_stage=draft_stage))
         if self.status.runtime == "aoti" and self.pad_prompts:
             with exclusive or contextlib.nullcontext():
                 self.warm_up()
         return self.status
+
+    def _with_draft(self, draft_status: aoti.Status) -> None:
+        """Fold the draft's outcome into this model's status and reference: compiled with it, or a
+        fallback line saying the draft runs eager and why."""
+        assert self.draft is not None
+        if draft_status.runtime == "aoti":
+            if self.ref is not None:
+                self.ref = {**self.ref, "draft": self.draft.ref}
+        else:
+            self.status.fallbacks.append(f"draft {self.draft.spec.id} -> eager: {draft_status.reason}")
 
     def bind(self, ref: dict, cache: aoti.Cache | None = None, cuda_graphs: bool | None = None) -> aoti.Status:
         """Swap in the graphs of an artifact compiled elsewhere (`aoti.load`): no capture, no build.
         The decode step's CUDA graph is captured at its first call."""
         self._follow_weights()
         graphs = self.device == "cuda" if cuda_graphs is None else cuda_graphs
-        self.status, self.ref = bind_module(self.decoder, ref, cache, cuda_graphs=graphs)
+        self.status, self.ref = bind_module(self.decoder, {k: v for k, v in ref.items() if k != "draft"}, cache, cuda_graphs=graphs)
+        if self.draft is not None and ref.get("draft"):
+            self._with_draft(self.draft.bind(ref["draft"], cache, cuda_graphs))
+        elif self.draft is not None:
+            self.draft.restore()
+        if self.ref is not None:
+            self.ref = ref
         return self.status
 
     def prefill_buckets(self) -> list[int]:
@@ -268,6 +319,9 @@ class TextModel:
         for length in buckets:
             self._feed_zeros(length)
         self._feed_zeros(1, start=buckets[-1])
+        if self.draft is not None:
+            self._feed_zeros(self.spec.draft_tokens + 1, start=buckets[-1])  # the verify step's length
+            self.draft.warm_up()
         if self.device == "cuda":
             torch.cuda.synchronize()
         log.info("%s: warmed %d prefill lengths and the decode step in %.2f s", self.spec.id, len(buckets),
@@ -276,6 +330,8 @@ class TextModel:
     def restore(self, transforms: bool = True) -> None:
         """Eager again; ``transforms=False`` leaves the rewrites in place (a model about to be dropped)."""
         self.status, self.ref = aoti.restore(self.decoder, transforms=transforms), None
+        if self.draft is not None:
+            self.draft.restore(transforms)
 
     # --- generate ----------------------------------------------------------------------------------
 
@@ -298,13 +354,29 @@ class TextModel:
         start = time.perf_counter()
         generated: list[int] = []
         ttft = None
-        for token in self.decode_tokens(ids, params):
+        stats = Speculation()
+        tokens = self.decode_speculative(ids, params, stats) if params.speculative else self.decode_tokens(ids, params)
+        for token in tokens:
             if token == eos:
                 break
             generated.append(token)
             if ttft is None:
                 ttft = time.perf_counter() - start
-            yield TextStep(self.tokenizer.decode(generated, skip_special_tokens=True), len(generated), ttft, time.perf_counter() - start)
+            yield TextStep(self.tokenizer.decode(generated, skip_special_tokens=True), len(generated), ttft,
+                           time.perf_counter() - start, stats.drafted, stats.accepted)
+
+    def decode_speculative(self, ids: torch.Tensor, params: SamplingParams, stats: Speculation) -> Iterator[int]:
+        """Like `decode_tokens`, with the draft proposing ``spec.draft_tokens`` tokens a round and this
+        model verifying them in one step (`engines.speculative`): the same greedy text, the same
+        sampling distribution. ``stats`` counts drafted and kept tokens."""
+        if self.draft is None:
+            raise ValueError(f"`speculative` decoding is not available for {self.spec.id}: {self.no_draft}.")
+        self._follow_weights()
+        self.draft._follow_weights()
+        generator = torch.Generator(self.device).manual_seed(params.seed) if params.seed is not None else None
+        distribution = None if params.temperature <= 0 else (lambda logits: token_probabilities(logits, params))
+        return speculative.decode(self, self.draft, ids, params.max_new_tokens, self.spec.draft_tokens, distribution,
+                                  generator, stats)
 
     def decode_tokens(self, ids: torch.Tensor, params: SamplingParams) -> Iterator[int]:
         """Prefill ``ids`` (padded to its bucket on a GPU), then yield up to ``params.max_new_tokens`` sampled

@@ -1,0 +1,93 @@
+"""Speculative decoding: the acceptance rule keeps the target's distribution exactly; greedy text is
+the target's own, eager and compiled; a model drafting for itself has every draft kept."""
+
+import pytest
+import torch
+
+from engines import registry
+from engines.speculative import Speculation, accept
+from engines.text import SamplingParams, TextModel
+
+
+def _distribution(vocab: int, generator: torch.Generator) -> torch.Tensor:
+    return torch.softmax(torch.randn(vocab, generator=generator) * 2, -1)
+
+
+def test_the_first_token_kept_or_resampled_follows_the_targets_distribution():
+    """Drafts drawn from q, judged against p: the first token emitted is distributed as p[0], however
+    far q is from it (20 000 draws, total variation under 0.02; q itself is 0.3+ away)."""
+    g = torch.Generator().manual_seed(0)
+    vocab, k, trials = 6, 3, 20_000
+    p = torch.stack([_distribution(vocab, g) for _ in range(k + 1)])
+    q = torch.stack([_distribution(vocab, g) for _ in range(k)])
+    assert 0.5 * (p[0] - q[0]).abs().sum() > 0.3
+    counts = torch.zeros(vocab)
+    kept_total = 0
+    for _ in range(trials):
+        drafts = torch.stack([torch.multinomial(q[i], 1, generator=g)[0] for i in range(k)])
+        kept, following = accept(drafts, p, q, g, greedy=False)
+        first = int(drafts[0]) if kept > 0 else following
+        counts[first] += 1
+        kept_total += kept
+    assert 0.5 * (counts / trials - p[0]).abs().sum() < 0.02
+    assert 0 < kept_total < trials * k  # some kept, some rejected: both branches ran
+
+
+def test_greedy_acceptance_keeps_drafts_while_they_are_the_targets_argmax():
+    p = torch.eye(5)[[1, 2, 3, 4]]  # the target's argmax: 1, 2, 3, then 4
+    assert accept(torch.tensor([1, 2, 0]), p, torch.zeros(3, 5), None, greedy=True) == (2, 3)
+    assert accept(torch.tensor([1, 2, 3]), p, torch.zeros(3, 5), None, greedy=True) == (3, 4)  # all kept + bonus
+    assert accept(torch.tensor([0, 2, 3]), p, torch.zeros(3, 5), None, greedy=True) == (0, 1)
+
+
+@pytest.fixture(scope="module")
+def target():
+    return TextModel(registry.get("tiny-llama-pydoc"))
+
+
+def _ids(model: TextModel, params: SamplingParams, prompt: str = "Return the number of") -> list[int]:
+    ids = model.check_inputs(prompt, params)
+    stream = model.decode_speculative(ids, params, Speculation()) if params.speculative else model.decode_tokens(ids, params)
+    with torch.no_grad():
+        return list(stream)
+
+
+def test_greedy_speculative_text_is_the_targets_own_eager_and_compiled(target, cache):
+    """The embedded model with its embedded draft: greedy token ids equal decoding without a draft, for
+    several prompts and the whole length, eager and with both models compiled."""
+    assert target.draft is not None and target.draft.spec.id == "tiny-llama-pydoc-draft"
+    plain, fast = SamplingParams(max_new_tokens=60, temperature=0), SamplingParams(max_new_tokens=60, temperature=0, speculative=True)
+    prompts = ["Return the number of", "If the file", "The socket module"]
+    expected = [_ids(target, plain, p) for p in prompts]
+    assert [_ids(target, fast, p) for p in prompts] == expected
+    status = target.optimize(cache=cache)
+    assert status.runtime == "aoti" and aoti_status(target.draft) == "aoti" and "draft" in target.ref
+    assert [_ids(target, fast, p) for p in prompts] == expected
+    stats = Speculation()
+    with torch.no_grad():
+        list(target.decode_speculative(target.check_inputs(prompts[0], fast), fast, stats))
+    assert stats.drafted > 0 and 0 < stats.accepted <= stats.drafted
+
+
+def aoti_status(model: TextModel) -> str:
+    import aoti
+
+    return aoti.status_of(model.hot_module).runtime
+
+
+def test_a_model_drafting_for_itself_has_every_draft_kept_when_sampling():
+    """Draft == target: p == q, so every draft is kept (the sampling path end to end); the text streams
+    through `generate` with the counts."""
+    spec = registry.get("tiny-llama-pydoc")
+    model = TextModel(spec, draft=TextModel(spec))
+    params = SamplingParams(max_new_tokens=40, temperature=0.8, top_k=0, top_p=1.0, seed=3, ignore_eos=True, speculative=True)
+    steps = list(model.generate("If the file", params))
+    last = steps[-1]
+    assert last.tokens == 40 and last.drafted >= 30 and last.accepted == last.drafted
+
+
+def test_speculative_decoding_is_refused_for_a_model_without_a_draft():
+    from engines.text import check_text_request
+
+    with pytest.raises(ValueError, match="needs a draft model"):
+        check_text_request(registry.get("qwen2.5-0.5b-instruct"), "hi", SamplingParams(speculative=True))
