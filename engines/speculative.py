@@ -55,9 +55,7 @@ def accept(drafts: torch.Tensor, p: torch.Tensor, q: torch.Tensor, generator: to
     k = drafts.shape[0]
     if greedy:
         best = p.argmax(-1)
-        kept = 0
-        while kept < k and int(drafts[kept]) == int(best[kept]):
-            kept += 1
+        kept = int((drafts == best[:k]).cumprod(0).sum())  # the agreeing prefix's length
         return kept, int(best[kept])
     rows = torch.arange(k, device=p.device)
     ratio = p[rows, drafts] / q[rows, drafts].clamp_min(1e-20)
@@ -102,20 +100,23 @@ def decode(target: StaticCacheLM, draft: StaticCacheLM, ids: torch.Tensor, max_n
         span = max(0, min(k, count - made, target.max_cache_len - 1 - pos))  # 0 at the cache's end: a plain step
         if behind is not None:  # the last round kept every draft: the draft model catches up first
             draft.decoder(input_ids=torch.tensor([[behind]], device=device), cache_position=positions[pos - 1 : pos])
-        drafts, q_rows, last = [], [], token
+        # The drafts stay on the device until the target has judged them: no read-back per drafted token.
+        last = torch.tensor([token], device=device)
+        drafted, q_rows = [last], []
         for j in range(span):
-            logits = draft.decoder(input_ids=torch.tensor([[last]], device=device), cache_position=positions[pos + j : pos + j + 1])
+            logits = draft.decoder(input_ids=last.view(1, 1), cache_position=positions[pos + j : pos + j + 1])
             q = probs(logits[0, -1])
-            last = int(q.argmax()) if greedy else int(torch.multinomial(q, 1, generator=generator))
-            drafts.append(last)
+            last = q.argmax(-1, keepdim=True) if greedy else torch.multinomial(q, 1, generator=generator)
+            drafted.append(last)
             q_rows.append(q)
-        block = torch.tensor([[token, *drafts]], device=device)
+        block = torch.cat(drafted).view(1, -1)  # the token, then the drafts
         logits = target.decoder(input_ids=block, cache_position=positions[pos : pos + span + 1])
         p = torch.stack([probs(row) for row in logits[0]])
         q = torch.stack(q_rows) if q_rows else p[:0]
         if q.shape[-1] < p.shape[-1]:  # the draft's vocabulary may stop short of the target's padded one
             q = torch.nn.functional.pad(q, (0, p.shape[-1] - q.shape[-1]))
-        kept, following = accept(torch.tensor(drafts, dtype=torch.long, device=device), p, q, generator, greedy)
+        kept, following = accept(block[0, 1:], p, q, generator, greedy)
+        drafts = block[0, 1:].tolist()
         stats.drafted, stats.accepted, stats.rounds = stats.drafted + span, stats.accepted + kept, stats.rounds + 1
         for emitted in [*drafts[:kept], following]:
             if made >= count:

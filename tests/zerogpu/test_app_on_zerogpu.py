@@ -104,6 +104,20 @@ def test_requests_bind_the_compiled_graphs_in_their_workers(space):
     assert rows[TEXT]["aoti_latency_s"] and rows[IMAGE]["aoti_latency_s"]  # measured in the workers
 
 
+def test_a_speculative_request_runs_the_compiled_draft_in_its_worker(space):
+    """The draft is compiled with its model in the startup GPU call and bound with it in the worker:
+    greedy speculative text equals plain text, and the worker's acceptance reaches /metrics and the card."""
+    rows = wait_compiled(space.client)
+    assert rows[TEXT]["ref"]["draft"]["key"]
+    plain = space.client.predict(TEXT, "If the file", 24, 0.0, False, False, api_name="/generate_text")
+    fast = space.client.predict(TEXT, "If the file", 24, 0.0, False, True, api_name="/generate_text")
+    assert fast == plain and fast.strip()
+    record = last_requests(space.client, 1)[0]
+    assert record["runtime"] == "aoti" and record["acceptance"] is not None and record["worker_pid"] != os.getpid()
+    row = states(space.client)[TEXT]
+    assert row["acceptance"] == record["acceptance"] and not [f for f in row["fallbacks"] if "draft" in f]
+
+
 def test_bad_requests_are_refused_with_their_messages_before_any_gpu_call(space):
     from gradio_client.exceptions import ValidationError
 
