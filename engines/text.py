@@ -172,6 +172,9 @@ class TextModel:
         self.draft, self.no_draft = draft, "" if draft is not None or spec.draft else f"{spec.id} has no draft model"
         if draft is None and spec.draft:
             self.draft, self.no_draft = self._load_draft(spec.draft, device, built=loaded is not None)
+        if self.draft is not None and self.draft.max_cache_len < self.max_cache_len:
+            raise ValueError(f"the draft {self.draft.spec.id} holds {self.draft.max_cache_len} positions, fewer than "
+                             f"{spec.id}'s {self.max_cache_len}: give it max_prompt_tokens and max_new_tokens at least as large")
         self._queue_ahead: bool | None = None
         self._pad_prompts: bool | None = None
 
