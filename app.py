@@ -378,14 +378,35 @@ def _sidebar_for(width: float | None) -> gr.Sidebar:
     return gr.Sidebar(open=not width or width >= PHONE_WIDTH)
 
 
-def _optimization_controls(profile: gr.OAuthProfile | None = None):
-    """The Optimization tab for this visitor: usable by an owner (or by anyone holding the admin token,
-    which only the server can check), read-only with the reason for everyone else."""
+def _usable(profile: gr.OAuthProfile | None) -> tuple[bool, bool]:
+    """(whether this visitor owns the server, whether the controls take input: an owner, or anyone
+    holding the admin token, which only the server can check)."""
     owner = ACCESS.allows(profile.username if profile is not None else None)
-    usable = owner or bool(ACCESS.admin_token)
+    return owner, owner or bool(ACCESS.admin_token)
+
+
+def _switches_for(model_id: str, profile: gr.OAuthProfile | None = None):
+    """FP8 and regional for the chosen model: enabled where they apply, else disabled with why in the label."""
+    _, usable = _usable(profile)
+    spec = next((m for m in MODELS if m["id"] == model_id), None)
+    if not studio.device.fp8:
+        fp8_label = f"FP8: not here, needs a GPU of compute capability 8.9+ ({studio.device.label})"
+    else:
+        fp8_label = "FP8" if spec is None or spec["fp8"] else f"FP8: not offered for {model_id}"
+    offered = ", ".join(m["id"] for m in MODELS if m["regional"]) or "none"
+    regional_label = ("Regional compile" if spec is None or spec["regional"] else
+                      f"Regional compile: not offered for {model_id} (offered for: {offered})")
+    return (gr.update(interactive=usable and (spec is None or bool(spec["fp8"])) and studio.device.fp8, label=fp8_label),
+            gr.update(interactive=usable and (spec is None or bool(spec["regional"])), label=regional_label))
+
+
+def _optimization_controls(model_id: str, profile: gr.OAuthProfile | None = None):
+    """The Optimization tab for this visitor: usable by an owner (or the admin token's holder), read-only
+    with the reason for everyone else; the switches as `_switches_for` the chosen model."""
+    owner, usable = _usable(profile)
     note = "" if owner else ACCESS.refusal()
-    fp8 = gr.update(interactive=usable and studio.device.fp8)  # disabled where it can't run, the reason in its label
-    return gr.update(interactive=usable), fp8, gr.update(interactive=usable), gr.update(interactive=usable), gr.update(value=note)
+    fp8, regional = _switches_for(model_id, profile)
+    return gr.update(interactive=usable), fp8, regional, gr.update(interactive=usable), gr.update(value=note)
 
 
 def _model_choices(task: str) -> list[tuple[str, str]]:
@@ -434,7 +455,7 @@ def build() -> gr.Blocks:
                 use_aoti = gr.Checkbox(value=True, label="AOTI")
                 fp8 = gr.Checkbox(value=False, elem_id="opt-fp8", label=(
                     "FP8" if studio.device.fp8 else f"FP8: not here, needs a GPU of compute capability 8.9+ ({studio.device.label})"))
-                regional = gr.Checkbox(value=False, label="Regional compile")
+                regional = gr.Checkbox(value=False, label="Regional compile", elem_id="opt-regional")
             access_note = gr.Markdown(ACCESS.refusal() if not ACCESS.open else "", elem_id="access-note")
             if not ACCESS.open and os.environ.get("OAUTH_CLIENT_ID"):  # a Space with Hugging Face sign-in (hf_oauth)
                 gr.LoginButton()
@@ -463,7 +484,8 @@ def build() -> gr.Blocks:
                          ).success(lambda rows: panel.cards(rows, TASKS), opt_out, opt_cards, api_visibility="private")
         width = gr.Number(visible=False)
         demo.load(_sidebar_for, width, sidebar, js="() => window.innerWidth", api_visibility="private")
-        demo.load(_optimization_controls, None, [use_aoti, fp8, regional, opt_button, access_note], api_visibility="private")
+        demo.load(_optimization_controls, opt_model, [use_aoti, fp8, regional, opt_button, access_note], api_visibility="private")
+        opt_model.change(_switches_for, opt_model, [fp8, regional], api_visibility="private")
         hidden = gr.JSON(visible=False)
         gr.Button(visible=False).click(metrics, None, hidden, api_name="metrics")
         gr.Button(visible=False).click(models, None, hidden, api_name="models")

@@ -85,6 +85,8 @@ def test_page_generates_text_and_an_image_and_the_panel_updates(app_url, client,
         page.get_by_role("tab", name="Optimization").click()
         expect(page.locator("#opt-fp8 input")).to_be_disabled(timeout=15_000)
         expect(page.locator("#opt-fp8")).to_contain_text("needs a GPU of compute capability 8.9+")
+        expect(page.locator("#opt-regional input")).to_be_disabled()  # the text model has no repeated blocks to compile alone
+        expect(page.locator("#opt-regional")).to_contain_text("not offered for tiny-llama-pydoc")
         page.locator("#opt-apply").click()
         expect(page.locator('#opt-cards [data-model="tiny-llama-pydoc"] .badge')).to_be_visible(timeout=30_000)
 
