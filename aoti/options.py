@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from .attention import BACKENDS as ATTENTIONS
 
-OPTIONS_VERSION = 8  # 8: module rewrites (quantization, fusion, decode kernels) are transforms, not options
+OPTIONS_VERSION = 9  # 9: static_sizes (8: module rewrites are transforms, not options)
 
 Dispatch = Literal["static", "dynamic", "buckets"]
 Preset = Literal["default", "tuned", "decode", "max-autotune"]
@@ -72,6 +72,9 @@ class CompileOptions:
         dynamic_dims: explicit ranges, ``((input_path, dim_index, DimRange), ...)`` where
             ``input_path`` is a positional index (``"0"``) or keyword name (``"hidden_states"``).
             Implies dispatch="dynamic" for those dims.
+        static_sizes: with dispatch="dynamic", sizes of a varying dim that get a static graph of their own,
+            as size 1 always does (a static graph is replayed as a CUDA graph): a speculative verify
+            step's ``k + 1`` tokens.
         regional: compile one package per repeated block signature instead of the whole module.
         preset: inductor preset: "default" (fast builds, cuBLAS/CUTLASS matmuls), "tuned" (the same,
             with Inductor's fused kernels tuned by coordinate descent: longer builds), "decode" (LLM decode
@@ -95,6 +98,7 @@ class CompileOptions:
 
     dispatch: Dispatch = "static"
     dynamic_dims: tuple[tuple[str, int, DimRange], ...] = ()
+    static_sizes: tuple[int, ...] = ()
     regional: bool = False
     preset: Preset = "default"
     device: str | None = None
@@ -126,6 +130,7 @@ class CompileOptions:
         data["dynamic_dims"] = tuple(
             (str(p), int(d), DimRange(int(r[0]), int(r[1]))) for p, d, r in data.get("dynamic_dims", ())
         )
+        data["static_sizes"] = tuple(int(n) for n in data.get("static_sizes", ()))
         return cls(**data)
 
     def to_json(self) -> str:

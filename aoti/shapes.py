@@ -60,7 +60,7 @@ def plan_graphs(calls: Sequence[CapturedCall], options: CompileOptions, module: 
         return [GraphPlan(calls[0], {})]
     if options.dispatch == "buckets":
         return [GraphPlan(call, {}) for call in unique]
-    return _dynamic_plans(unique)
+    return _dynamic_plans(unique, {1, *options.static_sizes})
 
 
 def _explicit_dims(call: CapturedCall, options: CompileOptions, module: torch.nn.Module) -> dict[int, dict[int, Any]]:
@@ -102,8 +102,9 @@ def _argument_names(module: torch.nn.Module, method: str, call: CapturedCall) ->
     return names
 
 
-def _dynamic_plans(calls: list[CapturedCall]) -> list[GraphPlan]:
-    """Dims that vary across calls become dynamic; calls where a varying dim is 1 get a static graph."""
+def _dynamic_plans(calls: list[CapturedCall], static_sizes: set[int]) -> list[GraphPlan]:
+    """Dims that vary across calls become dynamic; calls where a varying dim is 1 (or another of
+    ``static_sizes``) get a static graph each, tried before the dynamic one."""
     by_structure: dict[str, list[CapturedCall]] = {}
     for call in calls:
         by_structure.setdefault(shape_signature(call)[0], []).append(call)
@@ -119,9 +120,9 @@ def _dynamic_plans(calls: list[CapturedCall]) -> list[GraphPlan]:
         if not varying:
             plans.append(GraphPlan(group[0], {}))
             continue
-        ones = [c for c, f in zip(group, flat) if any(f[i].shape[d] == 1 for i, d in varying)]
-        rest = [(c, f) for c, f in zip(group, flat) if not any(f[i].shape[d] == 1 for i, d in varying)]
-        plans.extend(GraphPlan(c, {}) for c in ones)
+        static = [any(f[i].shape[d] in static_sizes for i, d in varying) for f in flat]
+        rest = [(c, f) for c, f, s in zip(group, flat, static) if not s]
+        plans.extend(GraphPlan(c, {}) for c, s in zip(group, static) if s)
         if len(rest) == 1:
             plans.append(GraphPlan(rest[0][0], {}))
         elif rest:

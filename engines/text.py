@@ -12,7 +12,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -230,13 +230,32 @@ class TextModel:
 
     # --- compile -----------------------------------------------------------------------------------
 
+    @property
+    def verify_length(self) -> int | None:
+        """Tokens the model reads in one speculative verify step (its draft's ``k`` and the token before
+        them); None without a draft."""
+        return self.spec.draft_tokens + 1 if self.draft is not None else None
+
     def capture_calls(self) -> aoti.CapturedCalls:
-        """The decoder's calls for a decode step, a 2-token prefill and a full-length prefill, so the
-        planner builds one static decode graph and one prefill graph over lengths 2..max_prompt."""
+        """The decoder's calls for a decode step, two prefill lengths (the shortest and the longest) and,
+        with a draft, the verify step, so the planner builds a static graph for one token and for the
+        verify length and one prefill graph over the other lengths (`with_verify_graph`)."""
+        lengths = [1, self.spec.max_prompt_tokens]
+        lengths.insert(1, next(n for n in range(2, self.spec.max_prompt_tokens) if n != self.verify_length))
+        if self.verify_length is not None:
+            lengths.insert(1, self.verify_length)
         with aoti.capture(self.decoder, stop=False) as calls:
-            for length in (1, 2, self.spec.max_prompt_tokens):
+            for length in lengths:
                 self._feed_zeros(length)
         return calls
+
+    def with_verify_graph(self, recipe: Recipe) -> Recipe:
+        """``recipe`` with, when this model has a draft, a static graph of its own for the verify length
+        (on a GPU, replayed as a CUDA graph like the one-token step), rather than a call of the
+        dynamic prefill graph."""
+        if self.verify_length is None:
+            return recipe
+        return replace(recipe, options=recipe.options.replace(static_sizes=(self.verify_length,)))
 
     @torch.no_grad()
     def _feed_zeros(self, length: int, start: int = 0) -> None:
@@ -268,8 +287,8 @@ class TextModel:
         self._follow_weights()
         recipe = recipe or text_recipe()
         graphs = self.device == "cuda" if cuda_graphs is None else cuda_graphs
-        self.status, self.ref = optimize_module(self.decoder, self.capture_calls, recipe, cache, exclusive, cuda_graphs=graphs,
-                                                   on_stage=on_stage)
+        self.status, self.ref = optimize_module(self.decoder, self.capture_calls, self.with_verify_graph(recipe), cache,
+                                                exclusive, cuda_graphs=graphs, on_stage=on_stage)
         if self.draft is not None:
             draft_stage = None if on_stage is None else (lambda stage, estimate_s: on_stage(f"draft: {stage}", estimate_s))
             self._with_draft(self.draft.optimize(recipe, cache, exclusive, cuda_graphs, on_stage=draft_stage))

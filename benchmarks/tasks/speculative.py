@@ -57,14 +57,17 @@ def modeled(decode_ms: float, verify_ms: float, draft_ms: float, k: int) -> dict
 
 
 def step_costs(text: TextModel, position: int, k: int, device: str) -> dict[str, float]:
-    """Median ms of the target's decode step and (k + 1)-token verify step, and the draft's step, at ``position``."""
+    """Median ms at ``position`` of the target's decode step, its (k + 1)-token verify step (a static graph of
+    its own), k + 2 tokens through the prefill graph (what a verify step cost before it had its own graph),
+    and the draft's step."""
     assert text.draft is not None
     one = torch.zeros(1, 1, dtype=torch.long, device=device)
-    block = torch.zeros(1, k + 1, dtype=torch.long, device=device)
-    at = torch.arange(position, position + k + 1, device=device)
+    block, longer = (torch.zeros(1, n, dtype=torch.long, device=device) for n in (k + 1, k + 2))
+    at = torch.arange(position, position + k + 2, device=device)
     return {
         "decode_ms": measure(lambda: text.decoder(input_ids=one, cache_position=at[:1]), device, iters=30)["median_ms"],
-        "verify_ms": measure(lambda: text.decoder(input_ids=block, cache_position=at), device, iters=30)["median_ms"],
+        "verify_ms": measure(lambda: text.decoder(input_ids=block, cache_position=at[:-1]), device, iters=30)["median_ms"],
+        "prefill_graph_k2_ms": measure(lambda: text.decoder(input_ids=longer, cache_position=at), device, iters=30)["median_ms"],
         "draft_ms": measure(lambda: text.draft.decoder(input_ids=one, cache_position=at[:1]), device, iters=30)["median_ms"],
     }
 
@@ -74,6 +77,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", required=True)
     parser.add_argument("--variants", default="bf16,fp8", help="weight formats: bf16, fp8")
     parser.add_argument("--layers", type=int, default=28, help="the target's depth (28 = Qwen2.5-7B)")
+    parser.add_argument("--draft-layers", type=int, default=None, help="the draft's depth (default 24 = Qwen2.5-0.5B)")
     parser.add_argument("--draft-tokens", type=int, default=4)
     parser.add_argument("--prompt-tokens", type=int, default=512)
     parser.add_argument("--new-tokens", type=int, default=256)
@@ -94,7 +98,7 @@ def main(argv: list[str] | None = None) -> None:
     n = tokenizer(prompt, return_tensors="pt").input_ids.shape[1]
     rec = Recorder(args.out, device)
     rec.meta.update(geometry={"target": "tiny" if args.tiny else "Qwen2.5-7B", "target_layers": args.layers,
-                              "draft": "tiny" if args.tiny else "Qwen2.5-0.5B", "draft_tokens": args.draft_tokens,
+                              "draft": "tiny" if args.tiny else "Qwen2.5-0.5B", "draft_layers": args.draft_layers, "draft_tokens": args.draft_tokens,
                               "prompt_tokens": n, "new_tokens": args.new_tokens})
     rec.save()
     k, cache = args.draft_tokens, aoti.Cache(args.cache)
@@ -107,7 +111,7 @@ def main(argv: list[str] | None = None) -> None:
 
     def run_one(name: str) -> None:
         target = build(TINY if args.tiny else QWEN25_7B, args.layers, device, dtype)
-        draft = build(TINY_DRAFT if args.tiny else QWEN25_05B, None, device, dtype)
+        draft = build(TINY_DRAFT if args.tiny else QWEN25_05B, args.draft_layers, device, dtype)
         draft_text = TextModel(dataclasses.replace(spec("draft", 0.5), draft=""), device, model=draft, tokenizer=tokenizer)
         text = TextModel(spec("target", 7.6), device, model=target, tokenizer=tokenizer, draft=draft_text)
         recipe = text_recipe(fp8=name == "fp8", decode_kernels=device == "cuda", preset="decode" if device == "cuda" else "default")
@@ -120,6 +124,7 @@ def main(argv: list[str] | None = None) -> None:
         last = fast_steps[-1]
         rec.variant(name, {
             **costs, "verify_over_decode": round(costs["verify_ms"] / costs["decode_ms"], 2),
+            "graphs": text.status.graphs, "cuda_graphs": text.status.cuda_graphs,
             "draft_over_decode": round(costs["draft_ms"] / costs["decode_ms"], 3),
             "modeled": modeled(costs["decode_ms"], costs["verify_ms"], costs["draft_ms"], k),
             "plain_tokens_per_s": round(plain_steps[-1].decode_tokens_per_s, 1),

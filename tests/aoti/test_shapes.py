@@ -21,6 +21,16 @@ def test_dynamic_plan_gives_size_one_its_own_static_graph():
     assert (hint.min, hint.max) == (4, 12)
 
 
+def test_static_sizes_get_a_static_graph_each_before_the_dynamic_one():
+    """A speculative verify length among the prefill lengths: its own static graph (a CUDA graph on a
+    GPU), listed before the dynamic graph, which still spans the other lengths."""
+    plans = plan_graphs(_calls(1, 2, 5, 12), CompileOptions(dispatch="dynamic", static_sizes=(5,)), tiny.MLP())
+    assert [(p.call.args[0].shape[1], bool(p.dynamic)) for p in plans] == [(1, False), (5, False), (2, True)]
+    hint = plans[-1].dynamic[0][1]
+    assert (hint.min, hint.max) == (2, 12)
+    assert CompileOptions.from_dict(CompileOptions(static_sizes=(5,)).to_dict()).static_sizes == (5,)
+
+
 def test_bucket_plan_has_one_graph_per_distinct_shape():
     plans = plan_graphs(_calls(4, 8, 4, 12), CompileOptions(dispatch="buckets"), tiny.MLP())
     assert [p.call.args[0].shape[1] for p in plans] == [4, 8, 12]

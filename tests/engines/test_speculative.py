@@ -4,6 +4,7 @@ the target's own, eager and compiled; a model drafting for itself has every draf
 import pytest
 import torch
 
+import aoti
 from engines import registry
 from engines.speculative import Speculation, accept
 from engines.text import SamplingParams, TextModel
@@ -62,7 +63,10 @@ def test_greedy_speculative_text_is_the_targets_own_eager_and_compiled(target, c
     assert [_ids(target, fast, p) for p in prompts] == expected
     status = target.optimize(cache=cache)
     assert status.runtime == "aoti" and aoti_status(target.draft) == "aoti" and "draft" in target.ref
+    # the verify step has a static graph of its own (a CUDA graph on a GPU): one token, k + 1, and the prefill range
+    assert target.verify_length == target.spec.draft_tokens + 1 and status.graphs == 3
     assert [_ids(target, fast, p) for p in prompts] == expected
+    assert aoti.status_of(target.hot_module).guard_fallbacks == 0
     stats = Speculation()
     with torch.no_grad():
         list(target.decode_speculative(target.check_inputs(prompts[0], fast), fast, stats))
@@ -70,8 +74,6 @@ def test_greedy_speculative_text_is_the_targets_own_eager_and_compiled(target, c
 
 
 def aoti_status(model: TextModel) -> str:
-    import aoti
-
     return aoti.status_of(model.hot_module).runtime
 
 
