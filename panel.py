@@ -77,8 +77,9 @@ def card(row: dict[str, Any], task: str, now: float | None = None) -> str:
         parts.append(f"<div>loaded from cache in {row['load_s']:.2f} s</div>")
     elif row.get("reason") and state != "compiling":  # a running compile says what it does above
         parts.append(f"<div>{e(row['reason'])}</div>")
-    if row.get("fallbacks"):
-        parts.append("<ul>" + "".join(f"<li>{e(f)}</li>" for f in row["fallbacks"]) + "</ul>")
+    notes = ([row["placement"]] if row.get("placement") else []) + list(row.get("fallbacks") or [])
+    if notes:
+        parts.append("<ul>" + "".join(f"<li>{e(f)}</li>" for f in notes) + "</ul>")
     parts.append("</div>")
     return "".join(parts)
 

@@ -267,7 +267,8 @@ class Studio:
         step_ms = median(steps)
         self._record(RequestRecord(
             model_id, "image", report.runtime if report else self.expected_runtime(model_id), latency_s,
-            steps=len(steps) or None, step_ms=step_ms, ok=error is None, error=error,
+            steps=len(steps) or None, step_ms=step_ms, stages_s=result.stages_s if result else None, ok=error is None,
+            error=error,
         ), report, step_ms / 1e3 if step_ms else None)
 
     def _record(self, record: RequestRecord, report: RunReport | None, unit_s: float | None) -> None:

@@ -34,6 +34,59 @@ class ImageResult:
     image: Image.Image
     latency_s: float
     step_ms: list[float] = field(default_factory=list)
+    stages_s: dict[str, float] = field(default_factory=dict)  # seconds per stage: `STAGES`, those the pipeline has
+
+
+TEXT_ENCODERS = ("text_encoder", "text_encoder_2", "text_encoder_3")
+STAGES = ("text encoding", "denoising", "VAE decode")
+
+
+class StageClock:
+    """Where an image's time goes, timed by forward hooks on the pipeline's own modules: the text
+    encoders ("text encoding"), the denoiser from its first call to the last step's end ("denoising",
+    with each step's time) and the VAE's decoder ("VAE decode"). On a GPU each mark synchronizes, so
+    a stage's time is the GPU's as well as the host's (a few synchronizations an image)."""
+
+    def __init__(self, pipe, denoiser: torch.nn.Module, sync: bool) -> None:
+        self.sync = sync
+        self.stages_s: dict[str, float] = {}
+        self.marks: list[float] = []  # the denoiser's first call, then the end of each step
+        self._started: dict[str, float] = {}
+        timed = [(getattr(pipe, name, None), "text encoding") for name in TEXT_ENCODERS]
+        timed.append((getattr(getattr(pipe, "vae", None), "decoder", None), "VAE decode"))
+        self._handles = []
+        for module, stage in timed:
+            if isinstance(module, torch.nn.Module):
+                self._handles.append(module.register_forward_pre_hook(lambda m, a, stage=stage: self._start(stage)))
+                self._handles.append(module.register_forward_hook(lambda m, a, out, stage=stage: self._stop(stage)))
+        self._handles.append(denoiser.register_forward_pre_hook(lambda m, a: self._first_step()))
+
+    def now(self) -> float:
+        if self.sync:
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+    def _start(self, stage: str) -> None:
+        self._started[stage] = self.now()
+
+    def _stop(self, stage: str) -> None:
+        self.stages_s[stage] = self.stages_s.get(stage, 0.0) + self.now() - self._started.pop(stage)
+
+    def _first_step(self) -> None:
+        if not self.marks:
+            self.marks.append(self.now())
+
+    def step_done(self) -> None:
+        self.marks.append(self.now())
+
+    def close(self) -> tuple[list[float], dict[str, float]]:
+        """Remove the hooks; (each step's ms, seconds per stage in `STAGES` order)."""
+        for handle in self._handles:
+            handle.remove()
+        steps = [round((b - a) * 1e3, 3) for a, b in zip(self.marks, self.marks[1:])]
+        if steps:
+            self.stages_s["denoising"] = sum(steps) / 1e3
+        return steps, {stage: round(self.stages_s[stage], 4) for stage in STAGES if stage in self.stages_s}
 
 
 def check_image_request(spec: ModelSpec, prompt: str, params: ImageParams) -> None:
@@ -69,24 +122,67 @@ def image_recipe(fp8: bool = False, flux_attention: bool = False, regional: bool
     return Recipe(tuple(transforms), aoti.CompileOptions(dispatch="buckets", regional=regional, preset=preset))
 
 
-class ImageModel:
-    """A loaded diffusion pipeline; `optimize` compiles its denoiser per size bucket."""
+def keep_in_host_memory(module: torch.nn.Module, device: str) -> list[torch.utils.hooks.RemovableHandle]:
+    """``module``'s weights wait in host memory; each call runs on a copy on ``device``, dropped when
+    the call returns (the host copy is still the weights: nothing is copied back)."""
+    host = {name: t.data for name, t in [*module.named_parameters(), *module.named_buffers()]}
 
-    def __init__(self, spec: ModelSpec, device: str = "cpu") -> None:
+    def tensors():
+        return [*module.named_parameters(), *module.named_buffers()]
+
+    def move_in(mod, args):
+        for name, tensor in tensors():
+            tensor.data = host[name].to(device, non_blocking=True)
+
+    def move_out(mod, args, output):
+        for name, tensor in tensors():
+            tensor.data = host[name]
+
+    return [module.register_forward_pre_hook(move_in), module.register_forward_hook(move_out)]
+
+
+class ImageModel:
+    """A loaded diffusion pipeline; `optimize` compiles its denoiser per size bucket. With
+    ``offload_encoders`` (`engines.select.choose` decides it where the pipeline does not fit with them)
+    the text encoders stay in host memory and move to the device for each prompt's encoding."""
+
+    def __init__(self, spec: ModelSpec, device: str = "cpu", offload_encoders: bool = False) -> None:
         self.spec = spec
         self.shapes = spec.pipeline == "shapes"
         dtype = torch.float32 if device == "cpu" else getattr(torch, spec.dtype)
         if self.shapes:
             from .pipelines import ShapesPipeline
 
-            self.pipe = ShapesPipeline.from_pretrained(spec.source, torch_dtype=dtype).to(device)
+            self.pipe = ShapesPipeline.from_pretrained(spec.source, torch_dtype=dtype)
         else:
             from diffusers import DiffusionPipeline
 
-            self.pipe = DiffusionPipeline.from_pretrained(spec.source, revision=spec.revision, torch_dtype=dtype).to(device)
+            self.pipe = DiffusionPipeline.from_pretrained(spec.source, revision=spec.revision, torch_dtype=dtype)
+        self.in_host: dict[str, int] = {}  # components kept in host memory, moved in per call: name -> bytes
+        if offload_encoders and not self.shapes:  # (the embedded pipeline has no text encoders)
+            for name in TEXT_ENCODERS:
+                encoder = getattr(self.pipe, name, None)
+                if isinstance(encoder, torch.nn.Module):
+                    keep_in_host_memory(encoder, device)
+                    self.in_host[name] = sum(module_storages(encoder).values())
+            modules = [m for m in self.pipe.components.values() if isinstance(m, torch.nn.Module)]
+            for module in modules:
+                if not any(module is getattr(self.pipe, name, None) for name in self.in_host):
+                    module.to(device)
+        else:
+            self.pipe = self.pipe.to(device)
         self.denoiser: torch.nn.Module = getattr(self.pipe, spec.compile_module)
         self.status = aoti.Status(runtime="eager", reason="not compiled yet")
         self.ref: dict | None = None  # the artifact bound now (`aoti.Artifact.ref`), None when eager
+
+    @property
+    def placement(self) -> str:
+        """What is not on the device, in words ("" when everything is)."""
+        if not self.in_host:
+            return ""
+        size = sum(self.in_host.values()) / 1024**3
+        return (f"{', '.join(self.in_host)} in host memory ({size:.1f} GiB), moved to the {'GPU' if self.device == 'cuda' else self.device} for each "
+                "prompt's encoding: the pipeline does not fit the device with them")
 
     @property
     def device(self) -> str:
@@ -158,19 +254,18 @@ class ImageModel:
 
     @torch.no_grad()
     def generate(self, prompt: str, params: ImageParams, progress=None) -> ImageResult:
-        """Generate one image; per-step times are measured from the step callbacks."""
+        """Generate one image; each step's time and each stage's (`StageClock`) are measured."""
         self.check_inputs(prompt, params)
-        marks: list[float] = []
+        clock = StageClock(self.pipe, self.denoiser, sync=self.device != "cpu")
 
         def on_step(i: int, total: int) -> None:
-            if self.device != "cpu":
-                torch.cuda.synchronize()
-            marks.append(time.perf_counter())
+            clock.step_done()
             if progress is not None:
                 progress((i + 1) / total, desc=f"denoising {i + 1}/{total}")
 
-        start = time.perf_counter()
-        image = self._run(prompt, params, on_step)
-        latency = time.perf_counter() - start
-        stamps = [start, *marks]
-        return ImageResult(image, latency, [round((b - a) * 1e3, 3) for a, b in zip(stamps, stamps[1:])])
+        start = clock.now()
+        try:
+            image = self._run(prompt, params, on_step)
+        finally:
+            steps, stages = clock.close()
+        return ImageResult(image, clock.now() - start, steps, stages)

@@ -27,6 +27,7 @@ from .image import ImageModel, ImageParams, ImageResult
 from .metrics import median, memory_mb
 from .optimize import Recipe
 from .registry import ModelSpec
+from .select import choose
 from .text import SamplingParams, TextModel, TextStep
 from .workers import Binding
 
@@ -65,6 +66,7 @@ class CompileState:
     stage: str = ""  # while compiling: what it is doing now (`aoti.OnStage`)
     started: float | None = None  # while compiling: when it started (time.time())
     estimate_s: float | None = None  # while compiling: how long the last such build took, if recorded
+    placement: str = ""  # what of the loaded model is not on the device, and why ("": all of it is)
     speculative_tokens_per_s: float | None = None  # the last speculative request's decode speed,
     acceptance: float | None = None  # and the share of its drafted tokens kept
 
@@ -116,11 +118,15 @@ class LightweightEngine:
             while taken:  # outside the guard: each waits for the request it is serving
                 self._free(taken)
             start = time.perf_counter()
-            model = TextModel(spec, self.device.torch_device) if spec.task == "text" else ImageModel(spec, self.device.torch_device)
+            if spec.task == "text":
+                model = TextModel(spec, self.device.torch_device)
+            else:  # text encoders in host memory where the pipeline does not fit with them (`select.choose`)
+                model = ImageModel(spec, self.device.torch_device, offload_encoders=choose(spec, self.device).offload_encoders)
             with self._guard:
                 self.models[spec.id] = model
                 self.locks[spec.id] = threading.Lock()
                 self.states[spec.id] = self.states[spec.id].renewed("eager", f"loaded in {time.perf_counter() - start:.1f} s")
+                self.states[spec.id].placement = model.placement if isinstance(model, ImageModel) else ""
         log.info("engine: loaded %s on %s", spec.id, self.device.label)
         if rebind and spec.id in self.recipes and self.observe_locally:  # switched back in: its graphs again, from the cache
             self.optimize(spec.id, self.recipes[spec.id], background=True)

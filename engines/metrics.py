@@ -25,6 +25,7 @@ class RequestRecord:
     tokens_per_s: float | None = None
     steps: int | None = None
     step_ms: float | None = None
+    stages_s: dict[str, float] | None = None  # an image's seconds per stage (text encoding, denoising, VAE decode)
     peak_mem_mb: float | None = None
     worker_pid: int | None = None  # the process that ran it (a ZeroGPU worker, or this one)
     bind_s: float | None = None  # seconds that process spent binding compiled graphs first (a fresh worker)

@@ -26,6 +26,8 @@ class ModelSpec:
         source: a local folder, or a Hub repo id.
         revision: Hub commit or tag (None for local folders).
         params_b: parameter count in billions (memory estimates before loading).
+        encoders_b: image pipelines: the billions of those parameters in text encoders, which stay in
+            their dtype under FP8 (only the denoiser is quantized) and can wait in host memory.
         dtype: weights dtype on GPU ("bfloat16") — CPU runs float32.
         compile_module: the submodule compiled with AOTI ("decoder", "transformer", "unet").
         max_new_tokens / max_prompt_tokens: text limits; sizes: image (height, width) buckets.
@@ -44,6 +46,7 @@ class ModelSpec:
     source: str
     revision: str | None = None
     params_b: float = 0.0
+    encoders_b: float = 0.0
     dtype: str = "bfloat16"
     compile_module: str = ""
     max_new_tokens: int = 256
@@ -138,17 +141,17 @@ CATALOG: tuple[ModelSpec, ...] = (
         compile_module="decoder", max_new_tokens=512, max_prompt_tokens=1024,
     ),
     ModelSpec(
-        id="flux.1-schnell", task="image", source="black-forest-labs/FLUX.1-schnell", params_b=12.0 + 4.9,
+        id="flux.1-schnell", task="image", source="black-forest-labs/FLUX.1-schnell", params_b=12.0 + 4.9, encoders_b=4.9,
         compile_module="transformer", sizes=((1024, 1024), (768, 1344), (1344, 768)), steps=4, guidance=None,
         regional=True, family="flux",
     ),
     ModelSpec(
-        id="flux.1-dev", task="image", source="black-forest-labs/FLUX.1-dev", params_b=12.0 + 4.9,
+        id="flux.1-dev", task="image", source="black-forest-labs/FLUX.1-dev", params_b=12.0 + 4.9, encoders_b=4.9,
         compile_module="transformer", sizes=((1024, 1024), (768, 1344), (1344, 768)), steps=28, guidance=3.5,
         regional=True, family="flux",
     ),
     ModelSpec(
-        id="sd3.5-medium", task="image", source="stabilityai/stable-diffusion-3.5-medium", params_b=2.5 + 5.6,
+        id="sd3.5-medium", task="image", source="stabilityai/stable-diffusion-3.5-medium", params_b=2.5 + 5.6, encoders_b=5.6,
         compile_module="transformer", sizes=((1024, 1024),), steps=28, guidance=4.5, regional=True,
     ),
 )

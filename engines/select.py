@@ -34,18 +34,22 @@ class Decision:
     budget_bytes: int
     quantization: str
     preset: Preset | None
+    offload_encoders: bool = False  # image pipelines: text encoders wait in host memory, moved in for each prompt
 
 
 def runtime_dtype(spec: ModelSpec, device: DeviceInfo) -> str:
     return "float32" if device.kind == "cpu" else spec.dtype
 
 
-def estimate_parts(spec: ModelSpec, device: DeviceInfo, quantization: str = "none") -> tuple[float, float]:
-    """(weights, working memory) in bytes, before headroom: weights at their runtime dtype (or
-    quantized); working memory is the KV cache (text) or activations at the largest size (image)."""
+def estimate_parts(spec: ModelSpec, device: DeviceInfo, quantization: str = "none",
+                   offload_encoders: bool = False) -> tuple[float, float]:
+    """(weights, working memory) in bytes on the device, before headroom: the compiled module's weights
+    at their runtime dtype (or quantized), an image pipeline's text encoders at their dtype (none with
+    ``offload_encoders``); working memory is the KV cache (text) or activations at the largest size (image)."""
     dtype = runtime_dtype(spec, device)
     weight_bytes = BYTES_PER_PARAM[quantization if quantization != "none" else dtype]
-    weights = spec.params_b * 1e9 * weight_bytes
+    encoders = 0.0 if offload_encoders else spec.encoders_b * 1e9 * BYTES_PER_PARAM[dtype]
+    weights = (spec.params_b - spec.encoders_b) * 1e9 * weight_bytes + encoders
     if spec.task == "text":
         # KV cache: about 0.1 MB per token per billion parameters at bf16 (GQA models are below this).
         tokens = spec.max_prompt_tokens + spec.max_new_tokens
@@ -56,9 +60,9 @@ def estimate_parts(spec: ModelSpec, device: DeviceInfo, quantization: str = "non
     return weights, working
 
 
-def estimate_bytes(spec: ModelSpec, device: DeviceInfo, quantization: str = "none") -> int:
+def estimate_bytes(spec: ModelSpec, device: DeviceInfo, quantization: str = "none", offload_encoders: bool = False) -> int:
     """Weights + working memory, with headroom: what one device must hold."""
-    return int(sum(estimate_parts(spec, device, quantization)) * HEADROOM)
+    return int(sum(estimate_parts(spec, device, quantization, offload_encoders)) * HEADROOM)
 
 
 def preset_for(device: DeviceInfo) -> Preset:
@@ -78,16 +82,20 @@ def preset_for(device: DeviceInfo) -> Preset:
 
 
 def choose(spec: ModelSpec, device: DeviceInfo, quantization: str = "none") -> Decision:
-    """Lightweight if the model fits the device budget; distributed if it fits several GPUs of the
+    """Where the model runs, tried in order: one device as it is; with FP8 weights (models that offer
+    them, GPUs that run them); an image pipeline with its text encoders in host memory, moved to the
+    GPU for each prompt's encoding (with FP8 weights too where they are offered); several GPUs of the
     host; otherwise a refusal that names the numbers."""
     need = estimate_bytes(spec, device, quantization)
     budget = device.budget_bytes
     numbers = f"needs about {need / GiB:.1f} GiB, {device.label}"
     if need <= budget:
         return Decision("lightweight", f"fits one device: {numbers}", need, budget, quantization, preset_for(device))
-    if spec.fp8 and quantization == "none" and device.fp8 and estimate_bytes(spec, device, "fp8_rowwise") <= budget:
+    fp8 = spec.fp8 and quantization == "none" and device.fp8
+    if fp8 and estimate_bytes(spec, device, "fp8_rowwise") <= budget:
         return Decision("lightweight", f"fits with FP8 weights: {numbers}", estimate_bytes(spec, device, "fp8_rowwise"),
                         budget, "fp8_rowwise", preset_for(device))
+    why_not = ""  # what else was tried, for a refusal
     if device.kind != "cpu" and device.count > 1:
         n = device.count
         if spec.task == "text" and need <= budget * n * 0.9:
@@ -99,7 +107,17 @@ def choose(spec: ModelSpec, device: DeviceInfo, quantization: str = "none") -> D
             return Decision("distributed", f"too large for one GPU; context parallel over {n} "
                             f"(about {per_gpu / GiB:.1f} GiB each): {numbers}", per_gpu, budget, quantization, preset_for(device))
         if spec.task == "image":
-            return Decision("refused", f"does not fit: {numbers} x{n} GPU(s); context parallelism splits the "
-                            f"activations, not the {weights * HEADROOM / GiB:.1f} GiB of weights", need, budget, quantization, None)
+            why_not = (f"; context parallelism over {n} splits the activations, not the {weights * HEADROOM / GiB:.1f} GiB "
+                       "of weights")
+    if spec.encoders_b and device.kind != "cpu":
+        quant = "fp8_rowwise" if fp8 else quantization
+        offloaded = estimate_bytes(spec, device, quant, offload_encoders=True)
+        how = f"{'FP8 weights and ' if quant == 'fp8_rowwise' else ''}its text encoders"
+        if offloaded <= budget:
+            encoders = spec.encoders_b * 1e9 * BYTES_PER_PARAM[runtime_dtype(spec, device)] / GiB
+            return Decision("lightweight", f"fits with {how} ({encoders:.1f} GiB) in host memory, moved to the GPU for "
+                            f"each prompt: about {offloaded / GiB:.1f} GiB on the device ({numbers} with them)",
+                            offloaded, budget, quant, preset_for(device), offload_encoders=True)
+        why_not += f"; about {offloaded / GiB:.1f} GiB even with {how} in host memory"
     more = "" if device.kind == "cpu" else f" x{device.count} GPU(s)"
-    return Decision("refused", f"does not fit: {numbers}{more}", need, budget, quantization, None)
+    return Decision("refused", f"does not fit: {numbers}{more}{why_not}", need, budget, quantization, None)

@@ -26,6 +26,12 @@ def test_a_fallback_says_why_in_words_and_is_escaped():
     assert "faster" not in html
 
 
+def test_weights_kept_off_the_device_are_said_first():
+    html = panel.card(_row(placement="text_encoder, text_encoder_2 in host memory (9.1 GiB), moved to the GPU for each "
+                                     "prompt's encoding", fallbacks=["Float8Rowwise -> partly: 2 of 500 left"]), "image")
+    assert html.index("text_encoder, text_encoder_2 in host memory (9.1 GiB)") < html.index("Float8Rowwise -&gt; partly")
+
+
 def test_a_running_compile_shows_its_stage_its_time_so_far_and_the_last_builds_time():
     row = _row(state="compiling", reason="exporting and compiling the hot module", stage="build graph 1 of 2 (Inductor, C++)",
                started=1000.0, estimate_s=84.0, eager_latency_s=None, aoti_latency_s=None, compile_s=None)

@@ -6,7 +6,7 @@ import torch
 from engines import device as dev
 from engines import registry
 from engines.device import DeviceInfo
-from engines.select import choose, estimate_bytes
+from engines.select import choose, estimate_bytes, estimate_parts
 
 GiB = 1024**3
 
@@ -69,7 +69,7 @@ A100_CAPPED_X2 = _gpu("NVIDIA A100-SXM4-80GB", 43, capability=(8, 0), count=2)  
         ("llama-3.1-8b-instruct", T4_X2, "distributed", "none"),
         ("flux.1-dev", H200_MIG, "lightweight", "none"),
         ("flux.1-dev", H100, "lightweight", "none"),
-        ("flux.1-dev", L4_X2, "refused", "none"),  # 31 GiB of weights on each 24 GiB GPU
+        ("flux.1-dev", L4_X2, "lightweight", "fp8_rowwise"),  # FP8 and the text encoders in host memory: 21 GiB
         ("flux.1-dev", A100_CAPPED_X2, "distributed", "none"),  # context parallel: activations split
         ("flux.1-dev", A10G, "refused", "none"),
     ],
@@ -84,8 +84,38 @@ def test_selection_table(model, device, engine, quant):
 
 def test_image_models_across_gpus_name_the_parallelism_or_why_not():
     assert "context parallel over 2" in choose(registry.get("flux.1-dev"), A100_CAPPED_X2).reason
-    assert choose(registry.get("flux.1-dev"), A100_CAPPED_X2.__class__(**{**A100_CAPPED_X2.__dict__, "count": 1})).engine == "refused"
-    assert "not the 3" in choose(registry.get("flux.1-dev"), L4_X2).reason  # the weights don't fit any one GPU
+    one = choose(registry.get("flux.1-dev"), A100_CAPPED_X2.__class__(**{**A100_CAPPED_X2.__dict__, "count": 1}))
+    assert one.engine == "lightweight" and one.offload_encoders and one.quantization == "none"  # no FP8 on an A100
+    refused = choose(registry.get("flux.1-dev"), T4_X2)
+    assert refused.engine == "refused" and "not the 3" in refused.reason and "even with its text encoders in host memory" in refused.reason
+
+
+@pytest.mark.parametrize(("cap_gb", "fp8", "offload"), [(70, False, False), (48, False, False), (24, True, True), (16, None, None)])
+def test_flux_dev_placement_under_a_memory_cap(monkeypatch, cap_gb, fp8, offload):
+    """FLUX.1-dev (12 B transformer, 4.9 B of text encoders) on an H200 capped as a MIG slice or a
+    ZeroGPU size: all of it on the device at 70 and 48 GB; at 24 GB FP8 weights and the text encoders
+    in host memory; at 16 GB a refusal with the smallest footprint tried."""
+    _zerogpu_card(monkeypatch, "NVIDIA H200")
+    monkeypatch.setenv(dev.ENV_MEMORY_CAP_GB, str(cap_gb))
+    info = dev.discover(apply_cap=False)
+    assert info.budget_bytes == min(cap_gb * GiB, info.total_bytes)  # spaces' H200 stand-in is 69.5 GiB
+    decision = choose(registry.get("flux.1-dev"), info)
+    if fp8 is None:
+        assert decision.engine == "refused"
+        assert "does not fit: needs about 44.6 GiB" in decision.reason
+        assert "about 21.2 GiB even with FP8 weights and its text encoders in host memory" in decision.reason
+        return
+    assert decision.engine == "lightweight" and decision.need_bytes <= info.budget_bytes
+    assert (decision.quantization == "fp8_rowwise", decision.offload_encoders) == (fp8, offload)
+    if offload:
+        assert "text encoders (9.1 GiB) in host memory" in decision.reason
+
+
+def test_fp8_quantizes_the_denoiser_and_leaves_the_text_encoders_in_their_dtype():
+    flux = registry.get("flux.1-dev")
+    weights = {q: estimate_parts(flux, H100, q)[0] for q in ("none", "fp8_rowwise")}
+    assert weights["none"] - weights["fp8_rowwise"] == pytest.approx((flux.params_b - flux.encoders_b) * 1e9)
+    assert estimate_parts(flux, H100, offload_encoders=True)[0] == pytest.approx(weights["none"] - flux.encoders_b * 2e9)
 
 
 def test_fp8_weights_are_only_chosen_for_models_that_offer_them():

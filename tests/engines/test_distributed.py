@@ -59,15 +59,6 @@ def test_clean_shutdown_leaves_no_processes(text_spec):
 
 # --- image: diffusers context parallelism -------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def flux_spec(tmp_path_factory):
-    from tests import tiny
-
-    source = tiny.flux_pipeline_dir(tmp_path_factory.mktemp("tiny-flux"))
-    return registry.ModelSpec(id="tiny-flux", task="image", source=source, params_b=0.001, compile_module="transformer",
-                              sizes=((32, 32),), steps=3, fp8=False)
-
-
 def test_context_parallel_image_equals_single_process(flux_spec):
     import numpy as np
 
