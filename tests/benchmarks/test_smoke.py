@@ -26,6 +26,18 @@ def test_flux_step_records_eager_and_aoti(tmp_path):
     assert result["flops"]["total_tflop"] > 0 and result["total_s"] > 0
 
 
+def test_the_whole_flux_image_is_timed_by_stage_compiled_and_warm_started(tmp_path):
+    """A toy FLUX.1-dev written into a Hugging Face cache, found by the registry's id, served eager,
+    compiled (regional) and warm-started in a fresh process from the cache."""
+    result = _run("flux-image", tmp_path / "flux_image.json", "--steps", "2", "--repeats", "1", "--variants", "eager,ours,warm",
+                  "--hf-home", str(tmp_path / "hf"), "--cache", str(tmp_path / "aoti"))
+    eager, ours, warm = (result["variants"][v] for v in ("eager", "ours", "warm"))
+    assert list(eager["stages_s"]) == ["text encoding", "denoising", "VAE decode"]
+    assert ours["runtime"] == "aoti" and ours["build_s"] > 0 and ours["vs_eager"]["max_pixel_diff"] <= 2
+    assert warm["cache_hit"] and warm["runtime"] == "aoti" and 0 < warm["bound_s"] < warm["first_step_done_s"] <= warm["image_s"]
+    assert result["placement"].startswith("fits one device") and result["speedup_end_to_end"] > 0
+
+
 def test_llm_decode_records_our_loop_eager_and_aoti(tmp_path):
     result = _run("llm-decode", tmp_path / "llm.json", "--layers", "2", "--prompt-tokens", "24", "--new-tokens", "8",
                   "--variants", "ours_eager,ours_aoti")

@@ -1,0 +1,282 @@
+"""The whole FLUX.1-dev image through the product: every component at its real size with random
+weights (CLIP-L and T5-XXL text encoders, the 19 + 38 block transformer, the VAE), saved into a local
+Hugging Face cache as the Hub would leave it, found there by the registry's ``flux.1-dev``, loaded by
+`engines.ImageModel` with the placement `engines.select.choose` makes for this device, optimized with
+the recipe the app uses here (`engines.Studio.recipe_for`: FP8 weights, FLUX's fused norm + rotary
+kernel, regional compile, CUDA graphs on a GPU) and timed end to end, stage by stage.
+
+Variants, in this order, on the one loaded pipeline:
+  eager  bf16 end to end
+  ours   the app's recipe: the cold build (an empty cache) timed, then the image
+  warm   a fresh process with the cache warm: process start to the first denoising step and to the image
+  peer   torchao FP8 (dynamic row-wise) + diffusers' `compile_repeated_blocks` (torch.compile per block),
+         where torchao is installed; it rewrites the transformer, so it runs last
+
+Each image is compared with eager's (same prompt and seed): the largest pixel difference and PSNR.
+
+    python -m benchmarks flux-image --out results/flux_image_h200.json          # GPU: ~34 GB into --hf-home
+    python -m benchmarks flux-image --tiny --out /tmp/flux_image.json            # CPU smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from benchmarks.common import Recorder, json_from_fresh_process
+
+REPO = "black-forest-labs/FLUX.1-dev"
+REVISION = "0" * 40
+PROMPT = "a photo of a red fox in the snow, golden hour"
+
+# FLUX.1-dev's components (their configs on the Hub), and a toy of each for the CPU smoke run.
+FULL = {
+    "transformer": dict(patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
+                        num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768, guidance_embeds=True,
+                        axes_dims_rope=(16, 56, 56)),
+    "clip": dict(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                 max_position_embeddings=77, projection_dim=768, hidden_act="quick_gelu", eos_token_id=2),
+    "t5": dict(vocab_size=32128, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
+               feed_forward_proj="gated-gelu", relative_attention_num_buckets=32),
+    "vae": dict(in_channels=3, out_channels=3, latent_channels=16, block_out_channels=(128, 256, 512, 512), layers_per_block=2,
+                down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, norm_num_groups=32,
+                sample_size=1024, scaling_factor=0.3611, shift_factor=0.1159, use_quant_conv=False, use_post_quant_conv=False),
+    "t5_tokens": 512,
+}
+TINY = {
+    "transformer": dict(patch_size=1, in_channels=16, num_layers=1, num_single_layers=2, attention_head_dim=16,
+                        num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32, guidance_embeds=True,
+                        axes_dims_rope=(4, 6, 6)),
+    "clip": dict(vocab_size=2048, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                 max_position_embeddings=77, projection_dim=32, eos_token_id=2),
+    "t5": dict(vocab_size=2048, d_model=32, d_kv=16, d_ff=64, num_layers=1, num_heads=2),
+    "vae": dict(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16), layers_per_block=1,
+                down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2, norm_num_groups=4,
+                scaling_factor=0.3611, shift_factor=0.1159),
+    "t5_tokens": 64,
+}
+
+
+def snapshot_dir(hf_home: Path) -> Path:
+    return hf_home / "hub" / f"models--{REPO.replace('/', '--')}" / "snapshots" / REVISION
+
+
+def write_pipeline(hf_home: Path, geometry: dict[str, Any], device: str) -> float:
+    """FLUX.1-dev's pipeline with random weights in ``hf_home``'s Hub cache (built on ``device``:
+    initializing 17 B parameters on a CPU takes long). The tokenizers are the embedded text model's
+    (none can be downloaded here; its ids are below both vocabularies; CLIP's eos_token_id=2 takes the
+    pooled output at the last real token, as CLIP's own tokenizer gives it). Returns the seconds it took."""
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import AutoTokenizer, CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+
+    from engines.registry import ASSETS
+
+    start = time.perf_counter()
+    snapshot = snapshot_dir(hf_home)
+    snapshot.mkdir(parents=True, exist_ok=True)
+    (snapshot.parents[1] / "refs").mkdir(exist_ok=True)
+    (snapshot.parents[1] / "refs" / "main").write_text(REVISION)
+    torch.manual_seed(0)
+    with torch.device("meta"):
+        modules = {
+            "transformer": FluxTransformer2DModel(**geometry["transformer"]),
+            "text_encoder": CLIPTextModel(CLIPTextConfig(**geometry["clip"])),
+            "text_encoder_2": T5EncoderModel(T5Config(**geometry["t5"])),
+            "vae": AutoencoderKL(**geometry["vae"]),
+        }
+    for name, module in modules.items():
+        module = modules[name] = module.to_empty(device=device).to(torch.bfloat16)
+        with torch.no_grad():
+            for pname, p in [*module.named_parameters(), *module.named_buffers()]:
+                if pname.endswith("bias"):
+                    p.zero_()
+                elif p.dim() == 1 and p.is_floating_point():  # norms' scales
+                    p.fill_(1.0)
+                elif p.is_floating_point():
+                    p.normal_(0, 0.02)
+            for bname, buffer in module.named_buffers():  # position ids: a buffer to_empty left unset
+                if bname.endswith("position_ids"):
+                    buffer.copy_(torch.arange(buffer.shape[-1]).expand_as(buffer))
+    tokenizers = []
+    for length in (geometry["clip"]["max_position_embeddings"], geometry["t5_tokens"]):
+        tokenizer = AutoTokenizer.from_pretrained(ASSETS / "tiny-llama-pydoc")
+        tokenizer.pad_token, tokenizer.model_max_length = tokenizer.eos_token, length
+        tokenizers.append(tokenizer)
+    scheduler = FlowMatchEulerDiscreteScheduler(base_image_seq_len=256, base_shift=0.5, max_image_seq_len=4096, max_shift=1.15,
+                                                shift=3.0, use_dynamic_shifting=True)
+    pipe = FluxPipeline(scheduler=scheduler, tokenizer=tokenizers[0], tokenizer_2=tokenizers[1], **modules)
+    pipe.save_pretrained(str(snapshot))
+    del pipe, modules
+    if device == "cuda":
+        torch.cuda.empty_cache()
+    return time.perf_counter() - start
+
+
+def spec_for(size: int, steps: int, tiny: bool = False):
+    """The registry's FLUX.1-dev at one size (a build per size bucket: the benchmark times one); with
+    ``tiny``, the toy's parameter counts (the memory placement is decided from them)."""
+    from engines import registry
+
+    spec = dataclasses.replace(registry.get("flux.1-dev"), sizes=((size, size),), steps=steps)
+    return dataclasses.replace(spec, params_b=0.001, encoders_b=0.0005) if tiny else spec
+
+
+def image_numbers(result, reference: np.ndarray | None) -> dict[str, Any]:
+    """Seconds per image, stage by stage, and the difference from eager's image."""
+    pixels = np.asarray(result.image, dtype=np.float64)
+    out: dict[str, Any] = {"image_s": round(result.latency_s, 3), "stages_s": result.stages_s,
+                           "median_step_ms": round(float(np.median(result.step_ms)), 2)}
+    if reference is not None:
+        mse = float(((pixels - reference) ** 2).mean())
+        out["vs_eager"] = {"max_pixel_diff": int(np.abs(pixels - reference).max()),
+                           "psnr_db": round(10 * math.log10(255**2 / mse), 1) if mse else math.inf}
+    return out
+
+
+def generate(model, params, device: str, repeats: int):
+    """The image of the median of ``repeats`` runs (after one warm-up), with the peak memory."""
+    from engines.metrics import peak_mb, reset_peak_memory
+
+    model.generate(PROMPT, dataclasses.replace(params, steps=2))  # first calls at these shapes
+    reset_peak_memory(device)
+    runs = sorted((model.generate(PROMPT, params) for _ in range(repeats)), key=lambda r: r.latency_s)
+    return runs[len(runs) // 2], peak_mb(device)
+
+
+def warm_start(size: int, steps: int, cache_dir: str, tiny: bool) -> dict[str, Any]:
+    """In this (fresh) process: imports, the pipeline's load, the compiled graphs bound from the cache,
+    and one image, each timed from the process's start."""
+    import psutil
+
+    t0 = psutil.Process().create_time()
+    marks = {"torch_imported_s": time.time() - t0}
+    import aoti
+    from engines import Studio
+    from engines.image import ImageModel, ImageParams
+    from engines.select import choose
+
+    marks["engines_imported_s"] = time.time() - t0
+    studio = Studio(cache=aoti.Cache(cache_dir))
+    spec = spec_for(size, steps, tiny)
+    model = ImageModel(spec, studio.device.torch_device, offload_encoders=choose(spec, studio.device).offload_encoders)
+    marks["loaded_s"] = time.time() - t0
+    status = model.optimize(studio.recipe_for(spec.id, fp8=studio.device.fp8, regional=True), studio.engine.cache)
+    marks["bound_s"] = time.time() - t0
+    first: list[float] = []
+    result = model.generate(PROMPT, ImageParams(size, size, steps, seed=0, guidance=spec.guidance),
+                            progress=lambda *a, **k: first.append(time.time() - t0) if not first else None)
+    marks["first_step_done_s"] = first[0]
+    marks["image_s"] = time.time() - t0
+    return {**{k: round(v, 2) for k, v in marks.items()}, "cache_hit": status.cache_hit, "runtime": status.runtime,
+            "load_s": status.load_s, "image_alone_s": round(result.latency_s, 3)}
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--variants", default="eager,ours,warm,peer")
+    parser.add_argument("--size", type=int, default=None, help="image side (1024; 64 with --tiny)")
+    parser.add_argument("--steps", type=int, default=28)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--tiny", action="store_true")
+    parser.add_argument("--hf-home", default="/tmp/flux-hf", help="the Hugging Face cache the pipeline is written to")
+    parser.add_argument("--cache", default="/tmp/aoti-flux-image", help="the AOTI cache (emptied first: the build is cold)")
+    parser.add_argument("--warm-start", action="store_true", help=argparse.SUPPRESS)  # the fresh process's side
+    parser.add_argument("--budget-s", type=float, default=1e9)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse(argv)
+    size = args.size or (64 if args.tiny else 1024)
+    os.environ.update(HF_HOME=args.hf_home, HF_HUB_OFFLINE="1", AOTI_HUB_ALLOW="0")  # before huggingface_hub is imported
+    if args.warm_start:
+        print(json.dumps(warm_start(size, args.steps, args.cache, args.tiny)))
+        return
+    import shutil
+
+    import huggingface_hub.constants
+
+    assert huggingface_hub.constants.HF_HUB_CACHE == str(Path(args.hf_home) / "hub"), "huggingface_hub was imported too early"
+    import aoti
+    from engines import Studio
+    from engines.image import ImageModel, ImageParams
+    from engines.select import choose
+
+    device = "cuda" if torch.cuda.is_available() and not args.tiny else "cpu"
+    rec = Recorder(args.out, device)
+    shutil.rmtree(args.cache, ignore_errors=True)
+    if not snapshot_dir(Path(args.hf_home)).joinpath("model_index.json").exists():
+        rec.meta["write_s"] = round(write_pipeline(Path(args.hf_home), TINY if args.tiny else FULL, device), 1)
+    studio = Studio(cache=aoti.Cache(args.cache))
+    spec = spec_for(size, args.steps, args.tiny)
+    decision = choose(spec, studio.device)
+    start = time.perf_counter()
+    model = ImageModel(spec, studio.device.torch_device, offload_encoders=decision.offload_encoders)
+    rec.meta.update(geometry={"model": "tiny FLUX" if args.tiny else "FLUX.1-dev (19 + 38 blocks, CLIP-L, T5-XXL)",
+                              "size": size, "steps": args.steps, "prompt": PROMPT},
+                    placement=decision.reason, load_s=round(time.perf_counter() - start, 1))
+    params = ImageParams(size, size, args.steps, seed=0, guidance=spec.guidance)
+    reference: dict[str, np.ndarray] = {}
+
+    def run_one(name: str) -> None:
+        if name == "eager":
+            result, peak = generate(model, params, device, args.repeats)
+            reference["image"] = np.asarray(result.image, dtype=np.float64)
+            rec.variant(name, {**image_numbers(result, None), "peak_mb": peak})
+        elif name == "ours":
+            recipe = studio.recipe_for(spec.id, fp8=studio.device.fp8, regional=True)
+            status = model.optimize(recipe, studio.engine.cache)
+            result, peak = generate(model, params, device, args.repeats)
+            rec.variant(name, {**image_numbers(result, reference.get("image")), "peak_mb": peak},
+                        build_s=status.compile_s, runtime=status.runtime, transforms=status.transforms,
+                        cuda_graphs=status.cuda_graphs, fallbacks=status.fallbacks)
+            model.restore()
+        elif name == "warm":
+            command = ["--warm-start", "--size", str(size), "--steps", str(args.steps), "--hf-home", args.hf_home,
+                       "--cache", args.cache, "--out", "-"] + (["--tiny"] if args.tiny else [])
+            code = f"import sys; from benchmarks.tasks.flux_image import main; main({command!r})"
+            rec.variant(name, json_from_fresh_process(code, timeout=1800))
+        elif name == "peer":
+            rec.variant(name, peer(model, params, device, args, reference.get("image")))
+
+    rec.run(args.variants.split(","), run_one, args.budget_s)
+    if {"eager", "ours"} <= rec.variants.keys() and "image_s" in rec.variants["ours"]:
+        eager, ours = rec.variants["eager"], rec.variants["ours"]
+        rec.meta["speedup_end_to_end"] = round(eager["image_s"] / ours["image_s"], 2)
+        rec.meta["speedup_step"] = round(eager["median_step_ms"] / ours["median_step_ms"], 2)
+        rec.save()
+    print(json.dumps({k: rec.meta.get(k) for k in ("speedup_end_to_end", "speedup_step")}), file=sys.stderr)
+
+
+def peer(model, params, device: str, args: argparse.Namespace, reference: np.ndarray | None) -> dict[str, Any]:
+    """torchao FP8 (dynamic activations, row-wise) on the transformer's linears, then torch.compile of
+    each repeated block (`ModelMixin.compile_repeated_blocks`): diffusers' and torchao's own recipe."""
+    try:
+        from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
+    except ImportError as exc:
+        return {"skipped": f"torchao is not installed ({exc})"}
+    if device != "cuda" or torch.cuda.get_device_capability() < (8, 9):
+        return {"skipped": "torchao's FP8 needs a GPU with FP8 tensor cores"}
+    transformer = model.denoiser
+    start = time.perf_counter()
+    quantize_(transformer, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()))
+    transformer.compile_repeated_blocks(fullgraph=True)
+    model.generate(PROMPT, dataclasses.replace(params, steps=2))  # torch.compile builds at the first call
+    build_s = time.perf_counter() - start
+    result, peak = generate(model, params, device, args.repeats)
+    return {**image_numbers(result, reference), "peak_mb": peak, "build_s": round(build_s, 1)}
+
+
+if __name__ == "__main__":
+    main()
