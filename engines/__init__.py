@@ -172,6 +172,8 @@ class Studio:
         model's tokenizer is loaded in this process)."""
         spec = self.check_model(model_id, "text")
         check_text_request(spec, prompt, params)
+        if params.speculative and not (decision := self.decision(model_id)).draft:
+            raise ValueError(f"`speculative` decoding is not available for {model_id} here: it {decision.reason}.")
         model = self.engine.models.get(model_id)
         if isinstance(model, TextModel):
             model.prompt_ids(prompt)

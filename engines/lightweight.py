@@ -118,15 +118,18 @@ class LightweightEngine:
             while taken:  # outside the guard: each waits for the request it is serving
                 self._free(taken)
             start = time.perf_counter()
+            decision = choose(spec, self.device)  # what fits: a text model's draft, an image pipeline's text encoders
             if spec.task == "text":
-                model = TextModel(spec, self.device.torch_device)
-            else:  # text encoders in host memory where the pipeline does not fit with them (`select.choose`)
-                model = ImageModel(spec, self.device.torch_device, offload_encoders=choose(spec, self.device).offload_encoders)
+                model = TextModel(spec, self.device.torch_device, without_draft="" if decision.draft else decision.reason)
+                placement = "" if decision.draft else model.no_draft
+            else:
+                model = ImageModel(spec, self.device.torch_device, offload_encoders=decision.offload_encoders)
+                placement = model.placement
             with self._guard:
                 self.models[spec.id] = model
                 self.locks[spec.id] = threading.Lock()
                 self.states[spec.id] = self.states[spec.id].renewed("eager", f"loaded in {time.perf_counter() - start:.1f} s")
-                self.states[spec.id].placement = model.placement if isinstance(model, ImageModel) else ""
+                self.states[spec.id].placement = placement
         log.info("engine: loaded %s on %s", spec.id, self.device.label)
         if rebind and spec.id in self.recipes and self.observe_locally:  # switched back in: its graphs again, from the cache
             self.optimize(spec.id, self.recipes[spec.id], background=True)

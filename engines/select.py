@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from .device import DeviceInfo
-from .registry import ModelSpec
+from .registry import ModelSpec, get
 
 GiB = 1024**3
 Engine = Literal["lightweight", "distributed", "refused"]
@@ -35,6 +35,7 @@ class Decision:
     quantization: str
     preset: Preset | None
     offload_encoders: bool = False  # image pipelines: text encoders wait in host memory, moved in for each prompt
+    draft: bool = True  # text models with a draft (`ModelSpec.draft`): load it (False: it does not fit beside the model)
 
 
 def runtime_dtype(spec: ModelSpec, device: DeviceInfo) -> str:
@@ -42,10 +43,11 @@ def runtime_dtype(spec: ModelSpec, device: DeviceInfo) -> str:
 
 
 def estimate_parts(spec: ModelSpec, device: DeviceInfo, quantization: str = "none",
-                   offload_encoders: bool = False) -> tuple[float, float]:
+                   offload_encoders: bool = False, draft: bool = True) -> tuple[float, float]:
     """(weights, working memory) in bytes on the device, before headroom: the compiled module's weights
     at their runtime dtype (or quantized), an image pipeline's text encoders at their dtype (none with
-    ``offload_encoders``); working memory is the KV cache (text) or activations at the largest size (image)."""
+    ``offload_encoders``), a text model's draft (``draft``: quantized like the model, with its own
+    cache); working memory is the KV cache (text) or activations at the largest size (image)."""
     dtype = runtime_dtype(spec, device)
     weight_bytes = BYTES_PER_PARAM[quantization if quantization != "none" else dtype]
     encoders = 0.0 if offload_encoders else spec.encoders_b * 1e9 * BYTES_PER_PARAM[dtype]
@@ -53,16 +55,19 @@ def estimate_parts(spec: ModelSpec, device: DeviceInfo, quantization: str = "non
     if spec.task == "text":
         # KV cache: about 0.1 MB per token per billion parameters at bf16 (GQA models are below this).
         tokens = spec.max_prompt_tokens + spec.max_new_tokens
-        working = spec.params_b * 1e9 * 2 * 0.02 + tokens * spec.params_b * 0.1e6
+        params_b = spec.params_b + (get(spec.draft).params_b if spec.draft and draft else 0.0)
+        weights = params_b * 1e9 * weight_bytes
+        working = params_b * 1e9 * 2 * 0.02 + tokens * params_b * 0.1e6
     else:
         side = max((max(s) for s in spec.sizes), default=1024)
         working = (side / 1024) ** 2 * 3 * GiB * max(1.0, spec.params_b / 12)
     return weights, working
 
 
-def estimate_bytes(spec: ModelSpec, device: DeviceInfo, quantization: str = "none", offload_encoders: bool = False) -> int:
+def estimate_bytes(spec: ModelSpec, device: DeviceInfo, quantization: str = "none", offload_encoders: bool = False,
+                   draft: bool = True) -> int:
     """Weights + working memory, with headroom: what one device must hold."""
-    return int(sum(estimate_parts(spec, device, quantization, offload_encoders)) * HEADROOM)
+    return int(sum(estimate_parts(spec, device, quantization, offload_encoders, draft)) * HEADROOM)
 
 
 def preset_for(device: DeviceInfo) -> Preset:
@@ -96,18 +101,27 @@ def choose(spec: ModelSpec, device: DeviceInfo, quantization: str = "none") -> D
         return Decision("lightweight", f"fits with FP8 weights: {numbers}", estimate_bytes(spec, device, "fp8_rowwise"),
                         budget, "fp8_rowwise", preset_for(device))
     why_not = ""  # what else was tried, for a refusal
+    if spec.draft:  # the model alone, without speculative decoding
+        for quant in (quantization, "fp8_rowwise") if fp8 else (quantization,):
+            alone = estimate_bytes(spec, device, quant, draft=False)
+            how = f"{' with FP8 weights and' if quant != quantization else ''} without its draft {spec.draft}"
+            if alone <= budget:
+                return Decision("lightweight", f"fits{how} (speculative decoding off): about {alone / GiB:.1f} GiB "
+                                f"({numbers} with it)", alone, budget, quant, preset_for(device), draft=False)
+        why_not = f"; about {alone / GiB:.1f} GiB even{how}"
     if device.kind != "cpu" and device.count > 1:
         n = device.count
-        if spec.task == "text" and need <= budget * n * 0.9:
-            return Decision("distributed", f"too large for one GPU; tensor parallel over {n}: {numbers}", need,
-                            budget * n, quantization, preset_for(device))
+        alone = estimate_bytes(spec, device, quantization, draft=False)  # tensor parallel runs no draft
+        if spec.task == "text" and alone <= budget * n * 0.9:
+            return Decision("distributed", f"too large for one GPU; tensor parallel over {n}: {numbers}", alone,
+                            budget * n, quantization, preset_for(device), draft=False)
         weights, working = estimate_parts(spec, device, quantization)
         per_gpu = int((weights + working / n) * HEADROOM)  # context parallel: weights on every GPU, activations split
         if spec.task == "image" and per_gpu <= budget:
             return Decision("distributed", f"too large for one GPU; context parallel over {n} "
                             f"(about {per_gpu / GiB:.1f} GiB each): {numbers}", per_gpu, budget, quantization, preset_for(device))
         if spec.task == "image":
-            why_not = (f"; context parallelism over {n} splits the activations, not the {weights * HEADROOM / GiB:.1f} GiB "
+            why_not += (f"; context parallelism over {n} splits the activations, not the {weights * HEADROOM / GiB:.1f} GiB "
                        "of weights")
     if spec.encoders_b and device.kind != "cpu":
         quant = "fp8_rowwise" if fp8 else quantization

@@ -146,9 +146,10 @@ class TextModel:
     before any query can see them."""
 
     def __init__(self, spec: ModelSpec, device: str = "cpu", model: torch.nn.Module | None = None, tokenizer=None,
-                 draft: TextModel | None = None) -> None:
+                 draft: TextModel | None = None, without_draft: str = "") -> None:
         """Load ``spec.source``, or wrap an already built ``model`` and ``tokenizer`` (e.g. random
-        weights of a real architecture, for benchmarks), with ``draft`` as its speculative draft."""
+        weights of a real architecture, for benchmarks), with ``draft`` as its speculative draft;
+        ``without_draft``: why the spec's draft is not loaded (it does not fit beside the model)."""
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         loaded = model
@@ -170,7 +171,9 @@ class TextModel:
         # Speculative decoding's draft (`spec.draft`): given, or loaded with a model loaded from its source;
         # optimized, bound and restored with it. Where it can't be had, speculative requests say why.
         self.draft, self.no_draft = draft, "" if draft is not None or spec.draft else f"{spec.id} has no draft model"
-        if draft is None and spec.draft:
+        if draft is None and spec.draft and without_draft:
+            self.no_draft = f"its draft {spec.draft} is not loaded: {without_draft}"
+        elif draft is None and spec.draft:
             self.draft, self.no_draft = self._load_draft(spec.draft, device, built=loaded is not None)
         if self.draft is not None and self.draft.max_cache_len < self.max_cache_len:
             raise ValueError(f"the draft {self.draft.spec.id} holds {self.draft.max_cache_len} positions, fewer than "

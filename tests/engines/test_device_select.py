@@ -111,6 +111,19 @@ def test_flux_dev_placement_under_a_memory_cap(monkeypatch, cap_gb, fp8, offload
         assert "text encoders (9.1 GiB) in host memory" in decision.reason
 
 
+def test_a_draft_is_counted_and_left_out_where_the_model_fits_only_alone():
+    """Qwen2.5-7B with its Qwen2.5-0.5B draft: FP8 with the draft at 16 GiB; at 10 GiB only the model
+    fits (FP8, no draft: speculative decoding off, said); at 8 GiB a refusal naming the smallest try."""
+    qwen = registry.get("qwen2.5-7b-instruct")
+    assert estimate_bytes(qwen, H100) > estimate_bytes(qwen, H100, draft=False)
+    assert choose(qwen, _gpu("NVIDIA H100 80GB HBM3", 16)).draft
+    alone = choose(qwen, H100_MIG_SMALL)
+    assert (alone.engine, alone.quantization, alone.draft) == ("lightweight", "fp8_rowwise", False)
+    assert "without its draft qwen2.5-0.5b-instruct (speculative decoding off)" in alone.reason
+    refused = choose(qwen, _gpu("NVIDIA H100 80GB HBM3", 8))
+    assert refused.engine == "refused" and "even with FP8 weights and without its draft" in refused.reason
+
+
 def test_fp8_quantizes_the_denoiser_and_leaves_the_text_encoders_in_their_dtype():
     flux = registry.get("flux.1-dev")
     weights = {q: estimate_parts(flux, H100, q)[0] for q in ("none", "fp8_rowwise")}

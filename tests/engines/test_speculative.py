@@ -88,6 +88,13 @@ def test_a_model_drafting_for_itself_has_every_draft_kept_when_sampling():
     assert last.tokens == 40 and last.drafted >= 30 and last.accepted == last.drafted
 
 
+def test_a_draft_left_out_for_memory_is_said_when_speculation_is_asked_for():
+    model = TextModel(registry.get("tiny-llama-pydoc"), without_draft="fits without its draft (speculative decoding off)")
+    assert model.draft is None
+    with pytest.raises(ValueError, match="its draft tiny-llama-pydoc-draft is not loaded: fits without its draft"):
+        list(model.generate("If the file", SamplingParams(max_new_tokens=4, temperature=0, speculative=True)))
+
+
 def test_speculative_decoding_is_refused_for_a_model_without_a_draft():
     from engines.text import check_text_request
 
