@@ -13,6 +13,7 @@ decision. A backend the device can't run falls back to "auto" with the reason.
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -53,16 +54,22 @@ def decide(backend: str, device: torch.device) -> AttentionDecision:
 @contextlib.contextmanager
 def pinned(backend: str) -> Iterator[None]:
     """Trace under this SDPA backend (a no-op for "auto"). For "fp8", `F.scaled_dot_product_attention`
-    is `aoti.fp8_attention.sdpa` inside the block: hold it only while tracing, with the module's other
-    users kept out (`aoti.compile` holds it around `torch.export`, under its ``exclusive`` lock)."""
+    is `aoti.fp8_attention.sdpa` inside the block for this thread only: other threads (requests for
+    other models, served eagerly meanwhile) keep PyTorch's own SDPA. `aoti.compile` holds it around
+    `torch.export`."""
     if backend == "auto":
         yield
         return
     if backend == "fp8":
         from .kernels import fp8_attention
 
-        original = torch.nn.functional.scaled_dot_product_attention
-        torch.nn.functional.scaled_dot_product_attention = fp8_attention.sdpa
+        original, tracer = torch.nn.functional.scaled_dot_product_attention, threading.get_ident()
+
+        def this_thread_only(*args, **kwargs):  # (Dynamo, in a strict export, traces in the tracing thread)
+            chosen = fp8_attention.sdpa if torch.compiler.is_compiling() or threading.get_ident() == tracer else original
+            return chosen(*args, **kwargs)
+
+        torch.nn.functional.scaled_dot_product_attention = this_thread_only
         try:
             yield
         finally:

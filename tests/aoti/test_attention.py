@@ -72,3 +72,35 @@ def test_fp8_attention_on_a_gpu_with_less_shared_memory_is_a_recorded_choice(mon
     monkeypatch.setattr(fp8_attention, "config_for", lambda index, dim: fp8_attention.fit_config(16 * 1024, dim))
     decision = attention.decide("fp8", torch.device("cuda"))
     assert decision.applied == "auto" and "16 KiB" in decision.reason
+
+
+def test_fp8_attention_is_pinned_for_the_tracing_thread_only(monkeypatch):
+    """While a compile traces with `attention="fp8"`, a request for another model served eagerly in
+    another thread keeps PyTorch's SDPA (it got the FP8 router, unasked, before); the tracing thread,
+    strict (Dynamo) or not, goes through the router."""
+    import threading
+
+    from aoti import attention
+    from aoti.kernels import fp8_attention
+
+    routed: list[str] = []
+    real = fp8_attention.sdpa
+
+    def spy(*args, **kwargs):
+        routed.append("traced" if torch.compiler.is_compiling() else threading.current_thread().name)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(fp8_attention, "sdpa", spy)
+    q = torch.randn(1, 2, 8, 16)
+    expected = torch.nn.functional.scaled_dot_product_attention(q, q, q)
+    other: list[torch.Tensor] = []
+    with attention.pinned("fp8"):
+        torch.nn.functional.scaled_dot_product_attention(q, q, q)
+        worker = threading.Thread(target=lambda: other.append(torch.nn.functional.scaled_dot_product_attention(q, q, q)),
+                                  name="request")
+        worker.start()
+        worker.join()
+        torch.export.export(SelfAttention().eval(), (torch.randn(1, 8, 32),), strict=True)  # Dynamo traces the router
+    assert routed[0] == threading.main_thread().name and "request" not in routed and torch.equal(other[0], expected)
+    assert torch.nn.functional.scaled_dot_product_attention is not None and "this_thread_only" not in repr(
+        torch.nn.functional.scaled_dot_product_attention)  # put back
