@@ -75,8 +75,9 @@ class CompileState:
 
     def renewed(self, state: str, reason: str) -> CompileState:
         """A fresh state for this model (loaded, unloaded) that keeps what outlives a load: the switches
-        last asked for and the count of compiles."""
-        return CompileState(self.model, state, reason, requested=self.requested, compiles=self.compiles)
+        last asked for, the count of compiles and the compiled artifact's reference (GPU workers bind it
+        again when the model is loaded back)."""
+        return CompileState(self.model, state, reason, requested=self.requested, compiles=self.compiles, ref=self.ref)
 
 
 class LightweightEngine:
@@ -128,8 +129,12 @@ class LightweightEngine:
             with self._guard:
                 self.models[spec.id] = model
                 self.locks[spec.id] = threading.Lock()
-                self.states[spec.id] = self.states[spec.id].renewed("eager", f"loaded in {time.perf_counter() - start:.1f} s")
-                self.states[spec.id].placement = placement
+                state = self.states[spec.id] = self.states[spec.id].renewed("eager", f"loaded in {time.perf_counter() - start:.1f} s")
+                state.placement = placement
+                if state.ref is not None and not self.observe_locally:  # switched back in: workers bind its graphs again
+                    state.state, state.reason = "aoti", "bound in each GPU worker from the cache, as before it was switched out"
+                else:  # (in this process: rebound below, which records its reference again)
+                    state.ref = None
         log.info("engine: loaded %s on %s", spec.id, self.device.label)
         if rebind and spec.id in self.recipes and self.observe_locally:  # switched back in: its graphs again, from the cache
             self.optimize(spec.id, self.recipes[spec.id], background=True)
@@ -262,6 +267,7 @@ class LightweightEngine:
             with self.locks[model_id]:
                 model.restore()
             self.states[model_id].state, self.states[model_id].reason = "eager", "AOTI switched off"
+        self.states[model_id].ref = None  # (a model switched out and back in stays eager)
         return self.states[model_id]
 
     # --- generate ----------------------------------------------------------------------------------

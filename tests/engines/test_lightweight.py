@@ -134,6 +134,28 @@ def test_a_model_switched_back_in_gets_its_compiled_graphs_again(engine, text_sp
     engine.optimize(text_spec.id, background=False)  # as the session found it
 
 
+def test_on_zerogpu_a_model_switched_back_in_is_bound_by_the_workers_again(cache, text_spec):
+    """With requests in GPU workers (ZeroGPU), this process never rebinds: a model loaded back after a
+    switch keeps its compiled artifact's reference, so the next request's workers bind it from the cache
+    (it served eager, silently, before); one whose AOTI was switched off stays eager."""
+    from engines.device import discover
+    from engines.lightweight import LightweightEngine
+
+    workers = LightweightEngine(discover(), cache)
+    workers.observe_locally = False
+    ref = workers.optimize(text_spec.id, background=False).ref
+    assert ref is not None
+    workers.unload(text_spec.id)
+    workers.load(text_spec)
+    state = workers.states[text_spec.id]
+    assert (state.state, state.ref) == ("aoti", ref) and "as before it was switched out" in state.reason
+    workers.set_eager(text_spec.id)
+    workers.unload(text_spec.id)
+    workers.load(text_spec)
+    assert (workers.states[text_spec.id].state, workers.states[text_spec.id].ref) == ("eager", None)
+    workers.unload(text_spec.id)
+
+
 @pytest.mark.skipif(__import__("shutil").which("gcc") is None, reason="needs gcc to build the crashing library")
 def test_a_package_that_crashes_when_loaded_leaves_the_engine_serving_eager(engine, text_spec, cache, tmp_path):
     """The text model's package, rebuilt to segfault when loaded, in a cache of its own: an engine on that
