@@ -19,10 +19,10 @@ import torch
 
 import aoti
 from benchmarks.common import ROOT
+from benchmarks.tasks.flux_step import build, make_inputs
 from engines import registry
 from engines.image import ImageModel, ImageParams
 from engines.text import SamplingParams, TextModel
-from tests import tiny
 
 
 def text_bench(cache: aoti.Cache, tokens: int) -> dict:
@@ -70,10 +70,11 @@ def image_bench(cache: aoti.Cache) -> dict:
 
 
 def regional_bench(cache: aoti.Cache, layers: int) -> dict:
-    model = tiny.flux(num_layers=layers, num_single_layers=layers)
+    geometry = argparse.Namespace(tiny=True, double=layers, single=layers, image_tokens=16, text_tokens=8)
+    model = build(geometry, "cpu", torch.float32)
     with aoti.capture(model) as call, torch.no_grad():
-        model(**tiny.flux_inputs())
-    inputs = tiny.flux_inputs()
+        model(**make_inputs(model, geometry, 0))
+    inputs = make_inputs(model, geometry, 1)
     with torch.no_grad():
         eager = model(**inputs)[0]
     results = {"model": f"tiny FLUX {layers}+{layers} blocks"}
@@ -93,6 +94,7 @@ import json, sys, time
 t0 = time.perf_counter()
 import aoti
 from benchmarks.common import ROOT
+from benchmarks.tasks.flux_step import build, make_inputs
 from engines import registry
 from engines.text import SamplingParams, TextModel
 model = TextModel(registry.get("tiny-llama-pydoc"))

@@ -26,7 +26,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
-from tests.servers import start_app, stop_app
+from benchmarks.harness.servers import start_app, stop_app
 
 TEXT, IMAGE = "tiny-llama-pydoc", "tiny-shapes-unet"
 

@@ -3,7 +3,7 @@ moved by spaces, the package loaded and bound, the first call) against a reused 
 
 Everything is spaces 0.51's code on the real GPU (its patched torch in the main process, the pack to
 disk at launch, a worker's `init` and `move` onto the GPU, the fork per call); only the device API is
-a server on 127.0.0.1 (`tests/zerogpu/device_api.py`) that hands out this machine's GPU. The
+a server on 127.0.0.1 (`benchmarks/harness/zerogpu_api.py`) that hands out this machine's GPU. The
 scheduler first reports the GPU idle (spaces reuses each function's worker), then busy (a new fork
 per call).
 
@@ -20,8 +20,8 @@ import subprocess
 import time
 from pathlib import Path
 
-from tests.servers import start_app, stop_app
-from tests.zerogpu.device_api import DeviceAPI
+from benchmarks.harness.servers import start_app, stop_app
+from benchmarks.harness.zerogpu_api import DeviceAPI
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from tests.servers import start_app, stop_app
+from benchmarks.harness.servers import start_app, stop_app
 
 
 @pytest.fixture(scope="session")

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.harness.servers import start_app, stop_app
 from tests.app.test_browser import CHROMIUM
-from tests.servers import start_app, stop_app
 
 TOKEN = "s3cret-token"
 TEXT = "tiny-llama-pydoc"

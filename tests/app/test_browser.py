@@ -128,8 +128,8 @@ def test_a_fallback_shows_its_reason_in_the_panel(compiled_app, cache_dir, tmp_p
     from playwright.sync_api import expect, sync_playwright
 
     import aoti
+    from benchmarks.harness.servers import start_app, stop_app
     from tests.crash import crashing_copy
-    from tests.servers import start_app, stop_app
 
     cache = aoti.Cache(cache_dir)
     entry = cache.get(compiled_app["tiny-llama-pydoc"]["ref"]["key"])

@@ -3,7 +3,7 @@
 spaces 0.51.3 runs as on a Space: its patched torch in the main process, the fork of a worker per GPU
 call (reused while the scheduler reports the GPU idle, a new one for every call while it reports it
 busy), the pickled argument and result queues, the device API calls. Two things stand in: the device
-API (`device_api.DeviceAPI`, a server on 127.0.0.1) and the GPU itself (`standin/sitecustomize.py`:
+API (`benchmarks.harness.zerogpu_api.DeviceAPI`, a server on 127.0.0.1) and the GPU itself (`standin/sitecustomize.py`:
 the CPU, with a worker's two CUDA steps done on it). Nothing of the app is patched.
 """
 
@@ -18,8 +18,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from tests.servers import ROOT, start_app, stop_app
-from tests.zerogpu.device_api import DeviceAPI
+from benchmarks.harness.servers import ROOT, start_app, stop_app
+from benchmarks.harness.zerogpu_api import DeviceAPI
 
 STANDIN = Path(__file__).resolve().parent / "standin"
 TEXT, IMAGE = "tiny-llama-pydoc", "tiny-shapes-unet"
