@@ -18,6 +18,7 @@ TASKS: dict[str, tuple[str, str]] = {
     "flux-step": ("benchmarks.tasks.flux_step", "one FLUX.1-dev denoising step: eager, torch.compile, AOTI, FP8, CUDA graphs"),
     "flux-image": ("benchmarks.tasks.flux_image", "the whole FLUX.1-dev image through the product: stages, build, warm start, peer"),
     "llm-decode": ("benchmarks.tasks.llm_decode", "LLM decode at Qwen2.5-7B geometry: HF, our loop eager, AOTI, decode kernels, FP8"),
+    "text-start": ("benchmarks.tasks.text_start", "a text model from a Hub cache through the product: cold build and warm start by stage"),
     "speculative": ("benchmarks.tasks.speculative", "speculative decoding's step costs at 7B with a 0.5B draft, and the speed they give"),
     "prefill": ("benchmarks.tasks.prefill", "time to first token over prompt lengths, with and without prompt buckets"),
     "memory": ("benchmarks.tasks.memory", "GPU memory through FP8 quantization, build and serving"),

@@ -34,9 +34,9 @@ import numpy as np
 import torch
 
 from benchmarks.common import Recorder, json_from_fresh_process
+from benchmarks.harness.hub_cache import TOKENIZER, new_snapshot, snapshot_dir
 
 REPO = "black-forest-labs/FLUX.1-dev"
-REVISION = "0" * 40
 PROMPT = "a photo of a red fox in the snow, golden hour"
 
 # FLUX.1-dev's components (their configs on the Hub), and a toy of each for the CPU smoke run.
@@ -67,10 +67,6 @@ TINY = {
 }
 
 
-def snapshot_dir(hf_home: Path) -> Path:
-    return hf_home / "hub" / f"models--{REPO.replace('/', '--')}" / "snapshots" / REVISION
-
-
 def write_pipeline(hf_home: Path, geometry: dict[str, Any], device: str) -> float:
     """FLUX.1-dev's pipeline with random weights in ``hf_home``'s Hub cache (built on ``device``:
     initializing 17 B parameters on a CPU takes long). The tokenizers are the embedded text model's
@@ -79,13 +75,8 @@ def write_pipeline(hf_home: Path, geometry: dict[str, Any], device: str) -> floa
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
     from transformers import AutoTokenizer, CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
-    from engines.registry import ASSETS
-
     start = time.perf_counter()
-    snapshot = snapshot_dir(hf_home)
-    snapshot.mkdir(parents=True, exist_ok=True)
-    (snapshot.parents[1] / "refs").mkdir(exist_ok=True)
-    (snapshot.parents[1] / "refs" / "main").write_text(REVISION)
+    snapshot = new_snapshot(hf_home, REPO)
     torch.manual_seed(0)
     with torch.device("meta"):
         modules = {
@@ -109,7 +100,7 @@ def write_pipeline(hf_home: Path, geometry: dict[str, Any], device: str) -> floa
                     buffer.copy_(torch.arange(buffer.shape[-1]).expand_as(buffer))
     tokenizers = []
     for length in (geometry["clip"]["max_position_embeddings"], geometry["t5_tokens"]):
-        tokenizer = AutoTokenizer.from_pretrained(ASSETS / "tiny-llama-pydoc")
+        tokenizer = AutoTokenizer.from_pretrained(TOKENIZER)
         tokenizer.pad_token, tokenizer.model_max_length = tokenizer.eos_token, length
         tokenizers.append(tokenizer)
     scheduler = FlowMatchEulerDiscreteScheduler(base_image_seq_len=256, base_shift=0.5, max_image_seq_len=4096, max_shift=1.15,
@@ -216,7 +207,7 @@ def main(argv: list[str] | None = None) -> None:
     device = "cuda" if torch.cuda.is_available() and not args.tiny else "cpu"
     rec = Recorder(args.out, device)
     shutil.rmtree(args.cache, ignore_errors=True)
-    if not snapshot_dir(Path(args.hf_home)).joinpath("model_index.json").exists():
+    if not snapshot_dir(Path(args.hf_home), REPO).joinpath("model_index.json").exists():
         rec.meta["write_s"] = round(write_pipeline(Path(args.hf_home), TINY if args.tiny else FULL, device), 1)
     studio = Studio(cache=aoti.Cache(args.cache))
     spec = spec_for(size, args.steps, args.tiny)

@@ -20,38 +20,9 @@ import subprocess
 import time
 from pathlib import Path
 
+from benchmarks.harness.hub_cache import write_qwen_7b
 from benchmarks.harness.servers import start_app, stop_app
 from benchmarks.harness.zerogpu_api import DeviceAPI
-
-ROOT = Path(__file__).resolve().parents[2]
-
-QWEN_7B = dict(vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
-               num_key_value_heads=4, max_position_embeddings=32768, rope_theta=1e6, rms_norm_eps=1e-6, tie_word_embeddings=False,
-               torch_dtype="bfloat16")
-
-
-def write_qwen_7b(hf_home: Path) -> float:
-    """Qwen2.5-7B-Instruct's geometry with random weights, in a Hugging Face cache laid out as the Hub
-    would leave it (the embedded model's tokenizer: its ids are all below Qwen's vocabulary size)."""
-    import torch
-    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
-
-    start = time.perf_counter()
-    snapshot = hf_home / "hub" / "models--Qwen--Qwen2.5-7B-Instruct" / "snapshots" / ("0" * 40)
-    snapshot.mkdir(parents=True, exist_ok=True)
-    (snapshot.parents[1] / "refs").mkdir(exist_ok=True)
-    (snapshot.parents[1] / "refs" / "main").write_text("0" * 40)
-    with torch.device("meta"):
-        model = Qwen2ForCausalLM(Qwen2Config(**QWEN_7B)).to(torch.bfloat16)
-    model = model.to_empty(device="cuda")
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0, 0.02)
-    model.save_pretrained(snapshot)
-    AutoTokenizer.from_pretrained(ROOT / "assets" / "tiny-llama-pydoc").save_pretrained(snapshot)
-    del model
-    torch.cuda.empty_cache()
-    return time.perf_counter() - start
 
 
 def gpu_uuid() -> str:
