@@ -38,6 +38,18 @@ def test_the_whole_flux_image_is_timed_by_stage_compiled_and_warm_started(tmp_pa
     assert result["placement"].startswith("fits one device") and result["speedup_end_to_end"] > 0
 
 
+def test_a_text_models_warm_start_is_timed_from_the_process_start(tmp_path, cache_dir):
+    """The embedded text model's warm start in a fresh process, from the session's cache (the app's
+    recipe: what the app server's startup builds): each mark in order, the graphs from the cache."""
+    result = _run("text-start", tmp_path / "text_start.json", "--variants", "warm", "--cache", str(cache_dir),
+                  "--prompt-tokens", "16", "--new-tokens", "8")
+    warm = result["variants"]["warm"]
+    assert warm["runtime"] == "aoti" and warm["graphs"] == 3 and not warm["fallbacks"], warm
+    marks = warm["marks_s"]
+    assert 0 < marks["torch_imported"] < marks["imported"] < marks["loaded"] < marks["optimized"] <= marks["first_token"]
+    assert warm["decode_tokens_per_s"] > 0
+
+
 def test_llm_decode_records_our_loop_eager_and_aoti(tmp_path):
     result = _run("llm-decode", tmp_path / "llm.json", "--layers", "2", "--prompt-tokens", "24", "--new-tokens", "8",
                   "--variants", "ours_eager,ours_aoti")
