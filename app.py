@@ -18,9 +18,10 @@ import gradio as gr
 import numpy as np
 import pandas as pd
 
+from engines.device import on_zerogpu
 from engines.workers import prepare_torch_for_spaces
 
-ON_ZEROGPU = os.environ.get("SPACES_ZERO_GPU", "").lower() in ("1", "t", "true")
+ON_ZEROGPU = on_zerogpu()
 if ON_ZEROGPU:
     prepare_torch_for_spaces()
 import spaces  # noqa: E402, I001  (before anything initialises CUDA)

@@ -14,6 +14,7 @@ from PIL import Image
 import aoti
 from aoti import module_device
 
+from .device import on_zerogpu
 from .optimize import Recipe, bind_module, module_storages, optimize_module
 from .registry import ModelSpec
 
@@ -157,7 +158,9 @@ class ImageModel:
         else:
             from diffusers import DiffusionPipeline
 
-            self.pipe = DiffusionPipeline.from_pretrained(spec.source, revision=spec.revision, torch_dtype=dtype)
+            # Straight onto the GPU where everything goes there: no host copy of the weights first.
+            direct = {"device_map": device} if device == "cuda" and not offload_encoders and not on_zerogpu() else {}
+            self.pipe = DiffusionPipeline.from_pretrained(spec.source, revision=spec.revision, torch_dtype=dtype, **direct)
         self.in_host: dict[str, int] = {}  # components kept in host memory, moved in per call: name -> bytes
         if offload_encoders and not self.shapes:  # (the embedded pipeline has no text encoders)
             for name in TEXT_ENCODERS:

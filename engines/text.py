@@ -21,6 +21,7 @@ from aoti import module_device
 from aoti.integrations.transformers import use_gqa_decode_attention
 
 from . import registry, speculative
+from .device import on_zerogpu
 from .optimize import Recipe, bind_module, module_storages, optimize_module
 from .registry import ModelSpec
 from .speculative import Speculation
@@ -158,6 +159,8 @@ class TextModel:
         kwargs = {} if spec.is_local else {"revision": spec.revision}
         self.tokenizer = tokenizer or AutoTokenizer.from_pretrained(spec.source, **kwargs)
         if model is None:
+            if device == "cuda" and not on_zerogpu():  # the weights straight onto the GPU: no host copy first
+                kwargs["device_map"] = device
             model = AutoModelForCausalLM.from_pretrained(spec.source, dtype=dtype, **kwargs)
         model = model.to(device).eval()
         use_gqa_decode_attention(model)  # decode steps attend on the KV heads: no seven-fold cache copy
