@@ -3,6 +3,7 @@
 import os
 import re
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -113,7 +114,13 @@ def test_page_generates_text_and_an_image_and_the_panel_updates(app_url, client,
 
 def _assert_inside_the_sidebar(cards, card) -> None:
     """``card`` lies within the cards' box, and neither the cards nor the sidebar scroll sideways."""
-    box, card_box = cards.bounding_box(), card.bounding_box()
+    deadline = time.time() + 5  # the sidebar slides in: the two boxes agree once it has stopped
+    while True:
+        box, card_box = cards.bounding_box(), card.bounding_box()
+        inside = card_box["x"] >= box["x"] and card_box["x"] + card_box["width"] <= box["x"] + box["width"] + 1
+        if inside or time.time() > deadline:
+            break
+        time.sleep(0.1)
     assert card_box["x"] >= box["x"] and card_box["x"] + card_box["width"] <= box["x"] + box["width"] + 1
     assert cards.evaluate("el => el.scrollWidth <= el.clientWidth")
     sidebar = cards.locator("xpath=ancestor::*[contains(@class, 'sidebar')][1]")
