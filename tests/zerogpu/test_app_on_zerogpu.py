@@ -153,12 +153,16 @@ def test_a_worker_that_cannot_bind_serves_eager_and_says_why(space, cache_dir):
     key = wait_compiled(space.client)[IMAGE]["ref"]["key"]
     package = cache_dir / "artifacts" / key / "package.pt2"
     intact = package.read_bytes() if package.exists() else None
+    package.parent.mkdir(parents=True, exist_ok=True)
     package.write_bytes(b"damaged")  # the next fresh worker finds the package damaged
     try:
         _, info = space.client.predict(IMAGE, "a blue square, center", "32x32", 3, 0, 0, api_name="/generate_image")
     finally:
-        if intact is not None:
-            package.write_bytes(intact)  # the shared cache as it was: a server started later loads, not rebuilds
+        if intact is not None:  # the shared cache as it was (the worker may have swept the damaged entry)
+            package.parent.mkdir(parents=True, exist_ok=True)
+            package.write_bytes(intact)
+        else:
+            package.unlink(missing_ok=True)
     assert info.endswith("eager")
     record = last_requests(space.client, 1)[0]
     assert record["ok"] and record["runtime"] == "eager"
