@@ -16,6 +16,8 @@ def on_zerogpu() -> bool:
     """A ZeroGPU Space: the main process has no GPU (spaces stands in for it and moves the weights into
     each GPU worker itself)."""
     return os.environ.get("SPACES_ZERO_GPU", "").lower() in ("1", "t", "true")
+
+
 _MIG_NAME = re.compile(r"MIG\s+(?P<gi>\d+)g\.(?P<mem>\d+)gb", re.IGNORECASE)
 _SMI_GPU = re.compile(r"^GPU (?P<index>\d+): (?P<name>.+?) \(UUID: (?P<uuid>[^)]+)\)")
 _SMI_MIG = re.compile(r"^\s+MIG (?P<profile>\S+)\s+Device\s+(?P<index>\d+): \(UUID: (?P<uuid>[^)]+)\)")

@@ -10,6 +10,7 @@ the CPU, with a worker's two CUDA steps done on it). Nothing of the app is patch
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -147,22 +148,22 @@ def test_switching_aoti_off_and_on_is_what_the_next_request_runs(space):
     assert last_requests(space.client, 1)[0]["runtime"] == "aoti"
 
 
-def test_a_worker_that_cannot_bind_serves_eager_and_says_why(space, cache_dir):
+def test_a_worker_that_cannot_bind_serves_eager_and_says_why(space, cache_dir, tmp_path):
     if space.mode != "busy":
         pytest.skip("needs a fresh worker for the next call (busy mode)")
     key = wait_compiled(space.client)[IMAGE]["ref"]["key"]
-    package = cache_dir / "artifacts" / key / "package.pt2"
-    intact = package.read_bytes() if package.exists() else None
-    package.parent.mkdir(parents=True, exist_ok=True)
-    package.write_bytes(b"damaged")  # the next fresh worker finds the package damaged
+    entry = cache_dir / "artifacts" / key
+    intact = tmp_path / "entry"  # the whole entry: the worker removes a damaged one, manifest and all
+    if entry.is_dir():
+        shutil.copytree(entry, intact)
+    entry.mkdir(parents=True, exist_ok=True)
+    (entry / "package.pt2").write_bytes(b"damaged")  # the next fresh worker finds the package damaged
     try:
         _, info = space.client.predict(IMAGE, "a blue square, center", "32x32", 3, 0, 0, api_name="/generate_image")
-    finally:
-        if intact is not None:  # the shared cache as it was (the worker may have swept the damaged entry)
-            package.parent.mkdir(parents=True, exist_ok=True)
-            package.write_bytes(intact)
-        else:
-            package.unlink(missing_ok=True)
+    finally:  # the shared cache as it was: a server started later loads the entry rather than rebuild it
+        shutil.rmtree(entry, ignore_errors=True)
+        if intact.is_dir():
+            shutil.copytree(intact, entry)
     assert info.endswith("eager")
     record = last_requests(space.client, 1)[0]
     assert record["ok"] and record["runtime"] == "eager"
