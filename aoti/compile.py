@@ -272,6 +272,7 @@ def _compile_regional(module: torch.nn.Module, calls: list[CapturedCall], option
     """One package per distinct block signature: each block's inputs captured by re-running the module
     on the captured calls, then compiled like a whole module."""
     start = time.perf_counter()
+    on_stage("capture each block kind's inputs", None)
     groups = group_blocks(module)
     representatives = [module.get_submodule(names[0]) for names in groups]
     with exclusive, contextlib.ExitStack() as stack:
@@ -376,6 +377,7 @@ def _find_or_build(module: torch.nn.Module, calls: list[CapturedCall], options: 
     """The package for these calls and options: from the local cache, the Hub, or built now.
     Returns the entry, its key, whether it was found rather than built, and where it was found
     (``remember_failure``: see `compile`)."""
+    on_stage("plan the graphs and look up the cache", None)
     plans = plan_graphs(calls, options, module)
     key, fields = cache_key(module, options, plans)
     entry = cache.get(key, fields["env"])

@@ -58,9 +58,10 @@ def optimize_module(
     ``on_stage`` is told each stage as it starts (`aoti.OnStage`)."""
     lock = exclusive or contextlib.nullcontext()
     stage = on_stage or (lambda name, estimate_s: None)
-    stage("transform and capture", None)
     with lock:
+        stage("transform", None)
         transform_module(module, recipe.transforms)
+        stage("capture", None)
         calls = capture_calls()
     kernels = any(isinstance(t, DECODE_KERNELS) for t in aoti.transforms_of(module))
     try:

@@ -138,13 +138,23 @@ def _shared(module: torch.nn.Module) -> set[int]:
     return {key for key, n in counts.items() if n > 1}
 
 
+def _to_host(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` in host memory (itself if it is there). The copy's pages are touched first by
+    `torch.zeros`'s threads: a plain ``.to("cpu")`` faults them in one thread inside the copy (the 24 GB of
+    FLUX.1-dev's transformer on an H100 host: 17.3 s against 3.5 s)."""
+    if tensor.device.type == "cpu":
+        return tensor
+    host = torch.zeros(tensor.shape, dtype=tensor.dtype)
+    return host.copy_(tensor)
+
+
 class _Stash:
     """A layer's float parameters kept in host memory while a quantized layer stands in for it; one
     that another module shares (a tied embedding) is kept as it is, since that module keeps it alive."""
 
     def __init__(self, layer: torch.nn.Module, shared: set[int]) -> None:
         self.layer, self.device = layer, module_device(layer)
-        self.saved = {name: (p if id(p) in shared else p.detach().to("cpu"), p.requires_grad)
+        self.saved = {name: (p if id(p) in shared else _to_host(p.detach()), p.requires_grad)
                       for name, p in layer._parameters.items() if p is not None}
 
     def release(self) -> None:

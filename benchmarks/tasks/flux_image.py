@@ -9,8 +9,9 @@ Variants, in this order, on the one loaded pipeline:
   eager  bf16 end to end
   ours   the app's recipe: the cold build (an empty cache) timed, then the image
   warm   a fresh process with the cache warm: process start to the first denoising step and to the image
-  peer   torchao FP8 (dynamic row-wise) + diffusers' `compile_repeated_blocks` (torch.compile per block),
-         where torchao is installed; it rewrites the transformer, so it runs last
+  peer_bf16  diffusers' `compile_repeated_blocks` (torch.compile per block), bf16
+  peer   torchao FP8 (dynamic row-wise) + `compile_repeated_blocks`, where torchao is installed; the
+         peers rewrite the transformer, so they run last
 
 Each image is compared with eager's (same prompt and seed): the largest pixel difference and PSNR.
 
@@ -122,6 +123,24 @@ def spec_for(size: int, steps: int, tiny: bool = False):
     return dataclasses.replace(spec, params_b=0.001, encoders_b=0.0005) if tiny else spec
 
 
+def placements(spec, caps_gb: list[float]) -> dict[str, dict[str, Any]]:
+    """What `engines.select.choose` decides for ``spec`` on this device with its memory capped at each
+    of ``caps_gb`` (the emulation of a smaller slice the app uses: ``AOTI_MEMORY_CAP_GB``)."""
+    from engines.device import ENV_MEMORY_CAP_GB, discover
+    from engines.select import choose
+
+    before, out = os.environ.get(ENV_MEMORY_CAP_GB), {}
+    try:
+        for cap in caps_gb:
+            os.environ[ENV_MEMORY_CAP_GB] = str(cap)
+            decision = choose(spec, discover(apply_cap=False))
+            out[f"{cap:g} GiB"] = {"engine": decision.engine, "quantization": decision.quantization,
+                                   "offload_encoders": decision.offload_encoders, "reason": decision.reason}
+    finally:
+        os.environ.pop(ENV_MEMORY_CAP_GB, None) if before is None else os.environ.update({ENV_MEMORY_CAP_GB: before})
+    return out
+
+
 def image_numbers(result, reference: np.ndarray | None) -> dict[str, Any]:
     """Seconds per image, stage by stage, and the difference from eager's image."""
     pixels = np.asarray(result.image, dtype=np.float64)
@@ -145,37 +164,38 @@ def generate(model, params, device: str, repeats: int):
 
 
 def warm_start(size: int, steps: int, cache_dir: str, tiny: bool) -> dict[str, Any]:
-    """In this (fresh) process: imports, the pipeline's load, the compiled graphs bound from the cache,
-    and one image, each timed from the process's start."""
+    """In this (fresh) process: imports, the pipeline's load, each stage of binding the compiled graphs
+    from the cache (`aoti.OnStage`), the first denoising step and the image, each from the process's start."""
     import psutil
 
-    t0 = psutil.Process().create_time()
-    marks = {"torch_imported_s": time.time() - t0}
+    from benchmarks.tasks.text_start import Marks
+
+    marks = Marks(psutil.Process().create_time())
+    marks("torch_imported")
     import aoti
     from engines import Studio
     from engines.image import ImageModel, ImageParams
     from engines.select import choose
 
-    marks["engines_imported_s"] = time.time() - t0
+    marks("engines_imported")
     studio = Studio(cache=aoti.Cache(cache_dir))
     spec = spec_for(size, steps, tiny)
     model = ImageModel(spec, studio.device.torch_device, offload_encoders=choose(spec, studio.device).offload_encoders)
-    marks["loaded_s"] = time.time() - t0
-    status = model.optimize(studio.recipe_for(spec.id, fp8=studio.device.fp8, regional=True), studio.engine.cache)
-    marks["bound_s"] = time.time() - t0
-    first: list[float] = []
+    marks("loaded")
+    status = model.optimize(studio.recipe_for(spec.id, fp8=studio.device.fp8, regional=True), studio.engine.cache,
+                            on_stage=marks.stage)
+    marks("bound")
     result = model.generate(PROMPT, ImageParams(size, size, steps, seed=0, guidance=spec.guidance),
-                            progress=lambda *a, **k: first.append(time.time() - t0) if not first else None)
-    marks["first_step_done_s"] = first[0]
-    marks["image_s"] = time.time() - t0
-    return {**{k: round(v, 2) for k, v in marks.items()}, "cache_hit": status.cache_hit, "runtime": status.runtime,
-            "load_s": status.load_s, "image_alone_s": round(result.latency_s, 3)}
+                            progress=lambda *a, **k: marks("first_step_done"))
+    marks("image")
+    return {"marks_s": marks.seconds, "cache_hit": status.cache_hit, "runtime": status.runtime, "load_s": status.load_s,
+            "cuda_graphs": status.cuda_graphs, "fallbacks": status.fallbacks, "image_alone_s": round(result.latency_s, 3)}
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True)
-    parser.add_argument("--variants", default="eager,ours,warm,peer")
+    parser.add_argument("--variants", default="eager,ours,warm,peer_bf16,peer")
     parser.add_argument("--size", type=int, default=None, help="image side (1024; 64 with --tiny)")
     parser.add_argument("--steps", type=int, default=28)
     parser.add_argument("--repeats", type=int, default=3)
@@ -183,6 +203,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--hf-home", default="/tmp/flux-hf", help="the Hugging Face cache the pipeline is written to")
     parser.add_argument("--cache", default="/tmp/aoti-flux-image", help="the AOTI cache (emptied first: the build is cold)")
     parser.add_argument("--warm-start", action="store_true", help=argparse.SUPPRESS)  # the fresh process's side
+    parser.add_argument("--caps", default="70,48,24,16", help="memory caps (GiB) whose placement is recorded")
     parser.add_argument("--budget-s", type=float, default=1e9)
     return parser.parse_args(argv)
 
@@ -216,7 +237,8 @@ def main(argv: list[str] | None = None) -> None:
     model = ImageModel(spec, studio.device.torch_device, offload_encoders=decision.offload_encoders)
     rec.meta.update(geometry={"model": "tiny FLUX" if args.tiny else "FLUX.1-dev (19 + 38 blocks, CLIP-L, T5-XXL)",
                               "size": size, "steps": args.steps, "prompt": PROMPT},
-                    placement=decision.reason, load_s=round(time.perf_counter() - start, 1))
+                    placement=decision.reason, load_s=round(time.perf_counter() - start, 1),
+                    placements_under_caps=placements(spec_for(size, args.steps), [float(c) for c in args.caps.split(",") if c]))
     params = ImageParams(size, size, args.steps, seed=0, guidance=spec.guidance)
     reference: dict[str, np.ndarray] = {}
 
@@ -238,8 +260,10 @@ def main(argv: list[str] | None = None) -> None:
                        "--cache", args.cache, "--out", "-"] + (["--tiny"] if args.tiny else [])
             code = f"import sys; from benchmarks.tasks.flux_image import main; main({command!r})"
             rec.variant(name, json_from_fresh_process(code, timeout=1800))
-        elif name == "peer":
-            rec.variant(name, peer(model, params, device, args, reference.get("image")))
+        elif name in ("peer", "peer_bf16"):
+            rec.variant(name, peer(model, params, device, args, reference.get("image"), fp8=name == "peer"))
+        else:
+            raise ValueError(f"unknown variant {name}")
 
     rec.run(args.variants.split(","), run_one, args.budget_s)
     if {"eager", "ours"} <= rec.variants.keys() and "image_s" in rec.variants["ours"]:
@@ -250,18 +274,24 @@ def main(argv: list[str] | None = None) -> None:
     print(json.dumps({k: rec.meta.get(k) for k in ("speedup_end_to_end", "speedup_step")}), file=sys.stderr)
 
 
-def peer(model, params, device: str, args: argparse.Namespace, reference: np.ndarray | None) -> dict[str, Any]:
-    """torchao FP8 (dynamic activations, row-wise) on the transformer's linears, then torch.compile of
-    each repeated block (`ModelMixin.compile_repeated_blocks`): diffusers' and torchao's own recipe."""
-    try:
-        from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
-    except ImportError as exc:
-        return {"skipped": f"torchao is not installed ({exc})"}
-    if device != "cuda" or torch.cuda.get_device_capability() < (8, 9):
-        return {"skipped": "torchao's FP8 needs a GPU with FP8 tensor cores"}
+def peer(model, params, device: str, args: argparse.Namespace, reference: np.ndarray | None, fp8: bool = True) -> dict[str, Any]:
+    """diffusers' and torchao's own recipe: torch.compile of each repeated block
+    (`ModelMixin.compile_repeated_blocks`), after torchao FP8 (dynamic activations, row-wise) on the
+    transformer's linears with ``fp8``."""
+    if device != "cuda":
+        return {"skipped": "the peer recipes are measured on a GPU"}
+    if fp8:
+        try:
+            from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
+        except ImportError as exc:
+            return {"skipped": f"torchao is not installed ({exc})"}
+        if torch.cuda.get_device_capability() < (8, 9):
+            return {"skipped": "torchao's FP8 needs a GPU with FP8 tensor cores"}
     transformer = model.denoiser
+    torch._dynamo.reset()  # nothing carried over from an earlier peer
     start = time.perf_counter()
-    quantize_(transformer, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()))
+    if fp8:
+        quantize_(transformer, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()))
     transformer.compile_repeated_blocks(fullgraph=True)
     model.generate(PROMPT, dataclasses.replace(params, steps=2))  # torch.compile builds at the first call
     build_s = time.perf_counter() - start

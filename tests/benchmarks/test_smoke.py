@@ -34,7 +34,9 @@ def test_the_whole_flux_image_is_timed_by_stage_compiled_and_warm_started(tmp_pa
     eager, ours, warm = (result["variants"][v] for v in ("eager", "ours", "warm"))
     assert list(eager["stages_s"]) == ["text encoding", "denoising", "VAE decode"]
     assert ours["runtime"] == "aoti" and ours["build_s"] > 0 and ours["vs_eager"]["max_pixel_diff"] <= 2
-    assert warm["cache_hit"] and warm["runtime"] == "aoti" and 0 < warm["bound_s"] < warm["first_step_done_s"] <= warm["image_s"]
+    marks = warm["marks_s"]
+    assert warm["cache_hit"] and warm["runtime"] == "aoti" and 0 < marks["bound"] < marks["first_step_done"] <= marks["image"]
+    assert marks["loaded"] <= marks["stage: transform"] <= marks["stage: capture"] <= marks["stage: swap in"] <= marks["bound"]
     assert result["placement"].startswith("fits one device") and result["speedup_end_to_end"] > 0
 
 
