@@ -152,15 +152,15 @@ def apply(artifact: Artifact | RegionalArtifact, module: torch.nn.Module, *, met
     """
     if isinstance(artifact, RegionalArtifact):
         return _apply_regional(artifact, module)
-    _unswap(module, method or artifact.manifest["options"].get("method", "forward"))
+    method = method or artifact.manifest["options"].get("method", "forward")
+    _unswap(module, method)
     lifetimes.release_orphans()  # e.g. the float weights of a model quantized since its last package
     return _apply_one(artifact, module, method, cuda_graphs)
 
 
-def _apply_one(artifact: Artifact, module: torch.nn.Module, method: str | None, cuda_graphs: bool) -> Status:
+def _apply_one(artifact: Artifact, module: torch.nn.Module, method: str, cuda_graphs: bool) -> Status:
     """`apply` of one package to a module whose method is eager (no garbage collection here: a regional
     apply binds dozens of blocks, and a full collection per block cost 12 s on FLUX.1-dev)."""
-    method = method or artifact.manifest["options"].get("method", "forward")
     status = copy.deepcopy(artifact.status)
     ok, reason = verify_loadable(artifact)
     if not ok:
@@ -188,7 +188,7 @@ def _apply_regional(artifact: RegionalArtifact, module: torch.nn.Module) -> Stat
     for names, part in artifact.parts:
         for name in names:
             block = module.get_submodule(name)
-            part_status = _apply_one(part, block, None, cuda_graphs=False)
+            part_status = _apply_one(part, block, part.manifest["options"].get("method", "forward"), cuda_graphs=False)
             if part_status.runtime != "aoti":
                 rejected.append(part_status.reason)
                 continue

@@ -137,7 +137,10 @@ def placements(spec, caps_gb: list[float]) -> dict[str, dict[str, Any]]:
             out[f"{cap:g} GiB"] = {"engine": decision.engine, "quantization": decision.quantization,
                                    "offload_encoders": decision.offload_encoders, "reason": decision.reason}
     finally:
-        os.environ.pop(ENV_MEMORY_CAP_GB, None) if before is None else os.environ.update({ENV_MEMORY_CAP_GB: before})
+        if before is None:
+            os.environ.pop(ENV_MEMORY_CAP_GB, None)
+        else:
+            os.environ[ENV_MEMORY_CAP_GB] = before
     return out
 
 

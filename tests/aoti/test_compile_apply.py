@@ -250,8 +250,8 @@ def test_plain_tensor_attributes_load_like_buffers(cache):
 
 def test_a_build_tells_its_stages_and_a_rebuild_has_the_last_builds_time(tmp_path):
     """`on_stage` hears the lookup, then export and build for each graph; a cache hit hears only the
-    lookup; the same package
-    built again (evicted meanwhile) comes with the first build's time as its estimate."""
+    lookup; the same package built again (evicted meanwhile) comes with the first build's time as its
+    estimate."""
     cache = aoti.Cache(tmp_path)
     model = tiny.MLP()
     with aoti.capture(model) as call:
