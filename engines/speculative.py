@@ -7,6 +7,10 @@ exactly (Leviathan et al. 2023, "Fast Inference from Transformers via Speculativ
 - at the first rejection the token is drawn from ``max(0, p - q)`` renormalized;
 - when every draft is kept, one more token is drawn from the target's next distribution ("bonus").
 
+The target's vocabulary may be padded wider than the draft's (Qwen2.5-7B: 152064 rows, its 0.5B draft:
+151936). A target token the draft cannot read goes into the draft's cache as token 0: its proposals
+get worse for a while, the output does not change (the target judges every draft).
+
 Both models keep static KV caches. A rejected draft's cache slots need no undo: every later step
 writes its own positions and attends only up to them (the causal mask), so stale slots are never read.
 """
@@ -25,6 +29,9 @@ class StaticCacheLM(Protocol):
 
     decoder: torch.nn.Module  # (input_ids, cache_position) -> logits, on a static KV cache
     max_cache_len: int
+
+    @property
+    def vocab_size(self) -> int: ...  # the rows of its embedding: the token ids it can read
 
     @property
     def device(self) -> str: ...
@@ -80,6 +87,7 @@ def decode(target: StaticCacheLM, draft: StaticCacheLM, ids: torch.Tensor, max_n
     counts as it goes."""
     device = target.device
     greedy = distribution is None
+    readable = draft.vocab_size  # target tokens at or past it reach the draft as token 0
     length = ids.shape[1]
     positions = torch.arange(target.max_cache_len, device=device)
 
@@ -101,8 +109,8 @@ def decode(target: StaticCacheLM, draft: StaticCacheLM, ids: torch.Tensor, max_n
         if behind is not None:  # the last round kept every draft: the draft model catches up first
             draft.decoder(input_ids=torch.tensor([[behind]], device=device), cache_position=positions[pos - 1 : pos])
         # The drafts stay on the device until the target has judged them: no read-back per drafted token.
-        last = torch.tensor([token], device=device)
-        drafted, q_rows = [last], []
+        drafted, q_rows = [torch.tensor([token], device=device)], []
+        last = drafted[0] if token < readable else torch.zeros(1, dtype=torch.long, device=device)
         for j in range(span):
             logits = draft.decoder(input_ids=last.view(1, 1), cache_position=positions[pos + j : pos + j + 1])
             q = probs(logits[0, -1])

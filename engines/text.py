@@ -197,6 +197,11 @@ class TextModel:
         return TextModel(spec, device), ""
 
     @property
+    def vocab_size(self) -> int:
+        """The token ids the model reads: its input embedding's rows (may exceed the tokenizer's, padded)."""
+        return self.model.get_input_embeddings().num_embeddings
+
+    @property
     def device(self) -> str:
         """Where the weights are now: "cuda" or "cpu" (in a ZeroGPU worker, wherever spaces moved them)."""
         return module_device(self.model).type

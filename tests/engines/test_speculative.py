@@ -1,6 +1,8 @@
 """Speculative decoding: the acceptance rule keeps the target's distribution exactly; greedy text is
 the target's own, eager and compiled; a model drafting for itself has every draft kept."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -110,3 +112,39 @@ def test_every_draft_in_the_catalog_is_a_text_model_that_holds_its_models_cache(
         assert draft.task == spec.task == "text" and not draft.draft
         assert draft.max_prompt_tokens >= spec.max_prompt_tokens and draft.max_new_tokens >= spec.max_new_tokens
     assert not {d.id for d in registry.DRAFTS} & {s.id for s in registry.CATALOG}  # drafts are not offered on their own
+
+
+def test_a_target_token_past_the_drafts_vocabulary_does_not_stop_decoding():
+    """Qwen2.5-7B pads its vocabulary to 152064 rows, its 0.5B draft has 151936: a target token the draft
+    cannot read (here every token: the target's head only scores ids past the draft's vocabulary) must
+    not reach the draft's embedding, and the text stays the target's own."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2Config
+
+    from engines.registry import ASSETS, ModelSpec
+
+    def build(vocab: int) -> torch.nn.Module:
+        config = Qwen2Config(hidden_size=32, intermediate_size=64, num_attention_heads=2, num_key_value_heads=1,
+                             num_hidden_layers=1, vocab_size=vocab, max_position_embeddings=256, tie_word_embeddings=False)
+        return AutoModelForCausalLM.from_config(config).eval().requires_grad_(False)
+
+    torch.manual_seed(0)
+    target_model, draft_model = build(2048 + 64), build(2048)
+    target_model.model.norm.weight.zero_()[0] = 1  # the last hidden state keeps one coordinate
+    target_model.lm_head.weight.zero_()[2050, 0], target_model.lm_head.weight[2051, 0] = 1, -1  # argmax: 2050 or 2051
+    tokenizer = AutoTokenizer.from_pretrained(ASSETS / "tiny-llama-pydoc")
+
+    def spec(name: str, draft: str = "") -> ModelSpec:
+        return ModelSpec(id=name, task="text", source="random-weights", params_b=0, dtype="float32", compile_module="decoder",
+                         max_new_tokens=24, max_prompt_tokens=32, draft=draft, draft_tokens=3)
+
+    draft = TextModel(spec("draft"), model=draft_model, tokenizer=tokenizer)
+    target = TextModel(spec("target", "draft"), model=target_model, tokenizer=tokenizer, draft=draft)
+    assert target.vocab_size == 2112 and draft.vocab_size == 2048
+    params = SamplingParams(max_new_tokens=24, temperature=0, ignore_eos=True)
+    plain = _ids(target, params)
+    assert set(plain) <= {2050, 2051}
+    stats = Speculation()
+    fast = dataclasses.replace(params, speculative=True)
+    with torch.no_grad():
+        assert list(target.decode_speculative(target.check_inputs("Return the number of", fast), fast, stats)) == plain
+    assert stats.rounds > 0
