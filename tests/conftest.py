@@ -29,9 +29,19 @@ def cache(cache_dir):
     return aoti.Cache(cache_dir)
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(items):
     """Groups for pytest-xdist (``--dist=loadgroup`` in pytest.ini): a module's tests share a worker, so
     its module-scoped builds happen once; the app's modules share one, so one server starts."""
     for item in items:
         group = "app" if item.path.parent.name == "app" else str(item.path.relative_to(item.config.rootpath))
         item.add_marker(pytest.mark.xdist_group(group))
+
+
+@pytest.hookimpl(optionalhook=True)  # a pytest-xdist hook: absent without it
+def pytest_xdist_node_collection_finished(node, ids):
+    """Refuse to run ungrouped: a group split over workers starts its servers and builds once per worker
+    (pytest 9.2 with pytest-xdist 3.8 silently stopped grouping, and the run took minutes longer)."""
+    if node.config.getvalue("dist") == "loadgroup" and ids and not any("@" in i for i in ids):
+        raise pytest.UsageError("pytest-xdist did not group the tests (--dist=loadgroup): check the pytest and "
+                                "pytest-xdist versions in requirements-dev.txt")
