@@ -151,7 +151,7 @@ def apply(artifact: Artifact | RegionalArtifact, module: torch.nn.Module, *, met
     graph as a CUDA graph (see `CUDAGraphRunner`; for decode steps); elsewhere it is ignored, visibly.
     """
     if isinstance(artifact, RegionalArtifact):
-        return _apply_regional(artifact, module)
+        return _apply_regional(artifact, module, cuda_graphs)
     method = method or artifact.manifest["options"].get("method", "forward")
     _unswap(module, method)
     lifetimes.release_orphans()  # e.g. the float weights of a model quantized since its last package
@@ -179,9 +179,12 @@ def _apply_one(artifact: Artifact, module: torch.nn.Module, method: str, cuda_gr
     return status
 
 
-def _apply_regional(artifact: RegionalArtifact, module: torch.nn.Module) -> Status:
+def _apply_regional(artifact: RegionalArtifact, module: torch.nn.Module, cuda_graphs: bool) -> Status:
     status = copy.deepcopy(artifact.status)
     status.runtime, status.load_s = "aoti", 0.0
+    if cuda_graphs:  # asked for, not built: said, like a CPU package's
+        status.fallbacks.append("cuda graphs -> off: a regional build runs each block's graph on its own (no CUDA graph "
+                                "per block or around the step)")
     _unswap(module, "forward")
     lifetimes.release_orphans()
     rejected = []

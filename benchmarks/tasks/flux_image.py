@@ -3,13 +3,14 @@ weights (CLIP-L and T5-XXL text encoders, the 19 + 38 block transformer, the VAE
 Hugging Face cache as the Hub would leave it, found there by the registry's ``flux.1-dev``, loaded by
 `engines.ImageModel` with the placement `engines.select.choose` makes for this device, optimized with
 the recipe the app uses here (`engines.Studio.recipe_for`: FP8 weights, FLUX's fused norm + rotary
-kernel, regional compile, CUDA graphs on a GPU) and timed end to end, stage by stage.
+kernel, regional compile; CUDA graphs are asked for on a GPU, and a regional build records that it has none)
+and timed end to end, stage by stage.
 
 Variants, in this order, on the one loaded pipeline:
   eager  bf16 end to end
   ours   the app's recipe: the cold build (an empty cache) timed, then the image
   warm   a fresh process with the cache warm: process start to the first denoising step and to the image
-  peer_bf16  diffusers' `compile_repeated_blocks` (torch.compile per block), bf16
+  peer_bf16  diffusers' `compile_repeated_blocks` (torch.compile per block), bf16 (also on the CPU, for --tiny)
   peer   torchao FP8 (dynamic row-wise) + `compile_repeated_blocks`, where torchao is installed; the
          peers rewrite the transformer, so they run last
 
@@ -281,9 +282,9 @@ def peer(model, params, device: str, args: argparse.Namespace, reference: np.nda
     """diffusers' and torchao's own recipe: torch.compile of each repeated block
     (`ModelMixin.compile_repeated_blocks`), after torchao FP8 (dynamic activations, row-wise) on the
     transformer's linears with ``fp8``."""
-    if device != "cuda":
-        return {"skipped": "the peer recipes are measured on a GPU"}
     if fp8:
+        if device != "cuda":
+            return {"skipped": "the FP8 peer is measured on a GPU"}
         try:
             from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
         except ImportError as exc:
