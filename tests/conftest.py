@@ -29,35 +29,13 @@ def cache(cache_dir):
     return aoti.Cache(cache_dir)
 
 
-# The longest groups (seconds of test time on 2 cores) start first, so the short ones fill the workers'
-# ends rather than one worker running a long group alone at the end.
-_LONGEST_FIRST = ("app", "tests/zerogpu/test_app_on_zerogpu.py", "tests/aoti/test_compile_apply.py",
-                  "tests/engines/test_lightweight.py", "tests/aoti/transforms/test_quantize.py")
-
-
-def _group(item: pytest.Item) -> str:
-    """A module's tests share a worker, so its module-scoped builds happen once; the app's modules share
-    one, so one server starts. The benchmark smoke runs share nothing (each is its own process): one
-    group each, so they spread over the workers."""
-    if item.path.parent.name == "app":
-        return "app"
-    if item.path.parent.name == "benchmarks":
-        return f"smoke-{item.name}"
-    return str(item.path.relative_to(item.config.rootpath))
-
-
-def _rank(group: str) -> int:
-    if group in _LONGEST_FIRST:
-        return _LONGEST_FIRST.index(group)
-    return len(_LONGEST_FIRST) + (0 if group.startswith("smoke-") else 1)
-
-
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(items):
-    """Groups for pytest-xdist (``--dist=loadgroup`` in pytest.ini), the longest first."""
+    """Groups for pytest-xdist (``--dist=loadgroup`` in pytest.ini): a module's tests share a worker, so
+    its module-scoped builds happen once; the app's modules share one, so one server starts."""
     for item in items:
-        item.add_marker(pytest.mark.xdist_group(_group(item)))
-    items.sort(key=lambda item: _rank(_group(item)))  # stable: each module keeps its order
+        group = "app" if item.path.parent.name == "app" else str(item.path.relative_to(item.config.rootpath))
+        item.add_marker(pytest.mark.xdist_group(group))
 
 
 @pytest.hookimpl(optionalhook=True)  # a pytest-xdist hook: absent without it
