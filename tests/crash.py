@@ -1,6 +1,7 @@
 """A compiled package that segfaults when it is loaded, made from a sound one: what the probe child
 exists for (every package did this on the GPU machine before the toolchain fix)."""
 
+import shutil
 import subprocess
 import zipfile
 from pathlib import Path
@@ -11,8 +12,9 @@ from aoti.cache import PACKAGE_FILE, sha256_file
 _CRASH_ON_LOAD = '#include <signal.h>\n__attribute__((constructor)) static void crash(void) { raise(SIGSEGV); }\n'
 
 
-def crashing_copy(artifact: aoti.Artifact, root: Path) -> aoti.Artifact:
-    """A copy of ``artifact`` in a new cache whose wrapper.so raises SIGSEGV when it is loaded."""
+def crashing_copy(artifact: aoti.Artifact, root: Path, sound: tuple[str, ...] = ()) -> aoti.Artifact:
+    """A copy of ``artifact`` in a new cache whose wrapper.so raises SIGSEGV when it is loaded; the packages
+    named in ``sound`` (a draft model's) are copied there as they are, so that nothing is built beside it."""
     src = root / "crash.c"
     src.write_text(_CRASH_ON_LOAD)
     so = root / "crash.so"
@@ -27,4 +29,6 @@ def crashing_copy(artifact: aoti.Artifact, root: Path) -> aoti.Artifact:
     with cache.lock(artifact.key):
         entry = cache.publish(artifact.key, staged, manifest)
     assert entry.manifest["package_sha256"] == sha256_file(entry.package)
+    for key in sound:
+        shutil.copytree(artifact.cache.entry_dir(key), cache.entry_dir(key))
     return aoti.Artifact(entry, artifact.status, cache)

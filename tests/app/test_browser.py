@@ -129,18 +129,18 @@ def _assert_inside_the_sidebar(cards, card) -> None:
 
 @pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc to build the crashing library")
 def test_a_fallback_shows_its_reason_in_the_panel(compiled_app, cache_dir, tmp_path):
-    """A server whose cache holds only the text model's package, rebuilt to segfault when loaded:
-    compiling from the Optimization tab finds it, the crash probe's child dies, and the sidebar's card
-    says "fallback" and why, in plain view; the server keeps serving."""
+    """A server whose cache holds the text model's package, rebuilt to segfault when loaded, and its
+    draft's, sound (copied: nothing is built): compiling from the Optimization tab finds them, the crash
+    probe's child dies, and the sidebar's card says "fallback" and why, in plain view; the server keeps
+    serving."""
     from playwright.sync_api import expect, sync_playwright
 
     import aoti
     from benchmarks.harness.servers import start_app, stop_app
     from tests.crash import crashing_copy
 
-    cache = aoti.Cache(cache_dir)
-    entry = cache.get(compiled_app["tiny-llama-pydoc"]["ref"]["key"])
-    crashing_copy(aoti.Artifact(entry, aoti.Status(), cache), tmp_path)
+    cache, ref = aoti.Cache(cache_dir), compiled_app["tiny-llama-pydoc"]["ref"]
+    crashing_copy(aoti.Artifact(cache.get(ref["key"]), aoti.Status(), cache), tmp_path, sound=(ref["draft"]["key"],))
     proc, url = start_app(tmp_path / "app.log", tmp_path / "cache", {"AOTI_COMPILE": "0"})
     try:
         with sync_playwright() as p:

@@ -158,9 +158,9 @@ def test_on_zerogpu_a_model_switched_back_in_is_bound_by_the_workers_again(cache
 
 @pytest.mark.skipif(__import__("shutil").which("gcc") is None, reason="needs gcc to build the crashing library")
 def test_a_package_that_crashes_when_loaded_leaves_the_engine_serving_eager(engine, text_spec, cache, tmp_path):
-    """The text model's package, rebuilt to segfault when loaded, in a cache of its own: an engine on that
-    cache finds it (a cache hit), the probe child dies of SIGSEGV, and the engine serves eager with the
-    crash as its reason; this process lives on."""
+    """The text model's package, rebuilt to segfault when loaded, in a cache of its own (with its draft's,
+    sound: nothing is built): an engine on that cache finds it (a cache hit), the probe child dies of
+    SIGSEGV, and the engine serves eager with the crash as its reason; this process lives on."""
     import aoti
     from engines.device import discover
     from engines.lightweight import LightweightEngine
@@ -168,7 +168,8 @@ def test_a_package_that_crashes_when_loaded_leaves_the_engine_serving_eager(engi
 
     state = engine.optimize(text_spec.id, background=False)
     assert state.state == "aoti" and state.ref is not None
-    crashing = crashing_copy(aoti.load(engine.models[text_spec.id].hot_module, state.ref, cache=cache), tmp_path)
+    crashing = crashing_copy(aoti.load(engine.models[text_spec.id].hot_module, state.ref, cache=cache), tmp_path,
+                             sound=(state.ref["draft"]["key"],))
     other = LightweightEngine(discover(), crashing.cache)
     try:
         state = other.optimize(text_spec.id, background=False)
