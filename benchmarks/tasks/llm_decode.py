@@ -45,6 +45,8 @@ VARIANT_RECIPES = {
     "ours_aoti_max": text_recipe(preset="max-autotune"),  # Triton GEMV/GEMM autotuning
     "ours_aoti_decode": text_recipe(preset="decode"),  # one-row matmuls as tuned Triton reductions
     "ours_gemv": text_recipe(decode_kernels=True, preset="decode"),  # one-row linears through aoti.kernels.gemv
+    # the same without the preset's coordinate-descent tuning and combo kernels: what they cost in build time
+    "ours_gemv_default": text_recipe(decode_kernels=True, preset="default"),
     "ours_gemv_separate": Recipe((aoti.OneRowKernels(),), DECODE_OPTIONS),
     "ours_fp8": text_recipe(fp8=True),  # one-row FP8 through _scaled_mm
     "ours_fp8_gemv": text_recipe(fp8=True, decode_kernels=True, preset="decode"),  # FP8 weight-only one-row kernel
