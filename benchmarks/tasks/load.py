@@ -165,14 +165,16 @@ def _states(client) -> dict[str, str]:
     return {r["model"]: r["state"] for r in client.predict(api_name="/compile_status")}
 
 
-def run(clients: int, seconds: float, toggle_s: float, timeout: float, compile_at_startup: bool) -> dict[str, Any]:
+def run(clients: int, seconds: float, toggle_s: float, timeout: float, compile_at_startup: bool,
+        cache: Path | None = None) -> dict[str, Any]:
+    """``cache``: the server's AOTI cache (default: an empty one, so every build happens during the run)."""
     from gradio_client import Client
 
     with tempfile.TemporaryDirectory(prefix="aoti-load-") as tmp:
         log = Path(tmp) / "app.log"
         env = {"AOTI_MAX_LOADED": "1", "AOTI_COMPILE_RATE": "1000", "AOTI_STARTUP_MODELS": TEXT,
                "AOTI_COMPILE": "1" if compile_at_startup else "0"}
-        proc, url = start_app(log, Path(tmp) / "cache", env)
+        proc, url = start_app(log, cache or Path(tmp) / "cache", env)
         try:
             probe = Client(url, verbose=False)
             for _ in range(600):  # the startup compile, then a steady state
@@ -223,13 +225,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--toggle-every", type=float, default=8.0, help="seconds between AOTI switches")
     parser.add_argument("--request-timeout", type=float, default=180.0, help="seconds after which a request counts as hung")
     parser.add_argument("--no-compile", action="store_true", help="start eager (AOTI_COMPILE=0): a quick smoke run")
+    parser.add_argument("--cache", type=Path, default=None,
+                        help="the server's AOTI cache (default: an empty one: the switches' builds happen during the run)")
     parser.add_argument("--out", default="benchmarks/results/load_cpu.json")
     args = parser.parse_args(argv)
     import platform
 
     result = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {__import__('os').cpu_count()} cores",
               "command": "python -m benchmarks load " + " ".join(argv or []),
-              **run(args.clients, args.seconds, args.toggle_every, args.request_timeout, not args.no_compile)}
+              **run(args.clients, args.seconds, args.toggle_every, args.request_timeout, not args.no_compile, args.cache)}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))
     print(json.dumps({k: result[k] for k in ("totals", "serving_after", "server_before", "server_after")}))

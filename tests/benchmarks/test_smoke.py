@@ -95,11 +95,13 @@ def test_the_drivers_list_their_tasks_and_refuse_unknown_ones():
         assert callable(__import__(module, fromlist=["main"]).main)
 
 
-def test_the_load_benchmark_counts_every_outcome_and_the_server_survives(tmp_path):
-    """A short run (4 clients, 16 s, eager): every kind of request happened, none unexpected or hung."""
+def test_the_load_benchmark_counts_every_outcome_and_the_server_survives(tmp_path, cache_dir):
+    """A short run (4 clients, 16 s, eager at first; AOTI switched on takes the packages from the session's
+    cache): every kind of request happened, none unexpected or hung."""
     out = tmp_path / "load.json"
     subprocess.run([sys.executable, "-m", "benchmarks", "load", "--clients", "4", "--seconds", "16", "--no-compile",
-                    "--toggle-every", "4", "--out", str(out)], check=True, capture_output=True, text=True, timeout=600, cwd=ROOT)
+                    "--toggle-every", "4", "--cache", str(cache_dir), "--out", str(out)],
+                   check=True, capture_output=True, text=True, timeout=600, cwd=ROOT)
     result = json.loads(out.read_text())
     assert result["totals"].get("unexpected", 0) == 0 and result["totals"].get("hung", 0) == 0, result["unexpected_examples"]
     kinds = result["per_endpoint"]
