@@ -57,13 +57,15 @@ def _detach(value: Any) -> Any:
 
 @contextlib.contextmanager
 def capture(
-    module: torch.nn.Module, *, stop: bool = True, method: str = "forward"
+    module: torch.nn.Module, *, stop: bool = True, method: str = "forward", run: bool = True
 ) -> Iterator[CapturedCalls]:
     """Record the inputs of ``module.<method>`` while the block runs.
 
     With ``stop=True`` (as ``spaces.aoti_capture``) the run is interrupted right after the first call,
     so capturing costs no full pipeline run. With ``stop=False`` every call is recorded and the module
-    runs normally, so dims that vary between calls can be made dynamic.
+    runs normally, so dims that vary between calls can be made dynamic. With ``stop=False, run=False``
+    every call is recorded and none runs (the method returns None): for a caller that makes the calls
+    only to record them and ignores what they return (on a warm cache nothing else runs the eager module).
 
     Example:
         >>> with aoti.capture(pipe.transformer) as call:
@@ -79,7 +81,7 @@ def capture(
         recorded.calls.append(CapturedCall(_detach(args), _detach(kwargs)))
         if stop:
             raise _StopAfterCapture
-        return original(*args, **kwargs)
+        return original(*args, **kwargs) if run else None
 
     setattr(module, method, recorder)
     try:
