@@ -251,8 +251,7 @@ class TextModel:
         """The decoder's calls for a decode step, two prefill lengths (the shortest and the longest) and,
         with a draft, the verify step, so the planner builds a static graph for one token and for the
         verify length and one prefill graph over the other lengths (`with_verify_graph`). The calls are
-        recorded, not run: only their inputs matter, and on a warm cache this saves a start the eager
-        model's first calls."""
+        recorded, not run: only their inputs matter, so a start on a warm cache makes no eager call."""
         lengths = [1, self.spec.max_prompt_tokens]
         lengths.insert(1, next(n for n in range(2, self.spec.max_prompt_tokens) if n != self.verify_length))
         if self.verify_length is not None:

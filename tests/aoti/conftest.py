@@ -10,9 +10,9 @@ from tests import tiny
 @pytest.fixture(autouse=True)
 def _no_crash_probe(request, monkeypatch):
     """The library's tests load the packages they build in their own process, without first probing each
-    in a child process (about 3 s of CPU a package): `aoti.probe` has tests of its own (test_probe.py,
-    tests marked ``probe``), and the engines', app's and ZeroGPU tests keep it on, as the app runs."""
-    if request.path.name != "test_probe.py" and request.node.get_closest_marker("probe") is None:
+    in a child process (about 3 s of CPU a package): the tests marked ``probe`` (test_probe.py's among
+    them) keep it, and so do the engines', app's and ZeroGPU tests, as the app runs."""
+    if request.node.get_closest_marker("probe") is None:
         monkeypatch.setenv("AOTI_PROBE", "0")
 
 

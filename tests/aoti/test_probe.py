@@ -13,6 +13,8 @@ from aoti.cache import PROBE_FILE
 from aoti.passes.toolchain import links_libstdcxx_dynamically
 from tests.crash import crashing_copy
 
+pytestmark = pytest.mark.probe  # the crash probe's own tests: it stays on (tests/aoti/conftest.py)
+
 
 @pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc to build the crashing library")
 def test_crashing_package_is_reported_and_the_module_stays_eager(mlp_artifact, tmp_path):
