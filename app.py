@@ -26,7 +26,7 @@ if ON_ZEROGPU:
     prepare_torch_for_spaces()
 import spaces  # noqa: E402, I001  (before anything initialises CUDA)
 
-from engines import Binding, ImageParams, ImageResult, RunReport, SamplingParams, Studio  # noqa: E402
+from engines import Binding, ImageParams, ImageResult, RunReport, SamplingParams, Studio, inputs  # noqa: E402
 from engines.metrics import median  # noqa: E402
 import panel  # noqa: E402
 from engines.access import Access  # noqa: E402
@@ -39,7 +39,7 @@ QUEUE_MAX = int(os.environ.get("AOTI_QUEUE_MAX", "64"))  # requests waiting at m
 ACCESS = Access.from_env()  # who may change the server for everyone
 STARTUP_RETRY_S = float(os.environ.get("AOTI_STARTUP_RETRY_S", "60"))  # ZeroGPU: a refused startup compile, tried again
 STARTUP_ATTEMPTS = 5
-studio = Studio(gpu_in_workers=ON_ZEROGPU)
+studio = Studio(gpu_in_workers=ON_ZEROGPU, open_catalog=ACCESS.open)
 MODELS = studio.models()
 TEXT_MODELS = [m["id"] for m in MODELS if m["task"] == "text"]
 IMAGE_MODELS = [m["id"] for m in MODELS if m["task"] == "image"]
@@ -73,7 +73,8 @@ def _messages_cross_the_fork():
         yield
     except gr.Error:
         raise
-    except ValueError as exc:
+    except ValueError as exc:  # bad input the main process could not see (the worker's model is loaded there)
+        log.warning("GPU call refused its input: %s", exc)
         raise gr.Error(str(exc), title="Invalid request", print_exception=False) from None
     except Exception as exc:
         log.exception("GPU call failed")
@@ -122,20 +123,23 @@ def compile_in_worker(model_ids: list[str], fp8: bool = False, regional: bool = 
     except Exception as exc:
         studio.compile_failed(model_ids, f"compile GPU call failed: {_message(exc)}")
         raise
-    studio.record_compiles(rows)
+    studio.record_compiles(rows, asked=model_ids)
 
 
 def _startup_on_zerogpu(attempt: int = 1) -> None:
     """Compile the defaults in a GPU call; if it is refused or fails, serve eager and try again later."""
+    loaded = [m for m in STARTUP_MODELS if m in studio.served.values()]  # (an unavailable one says so on its card)
+    if not loaded:
+        return
     try:
-        compile_in_worker(STARTUP_MODELS)
+        compile_in_worker(loaded)
     except Exception as exc:
         if attempt >= STARTUP_ATTEMPTS:
             log.error("startup compile failed %d times; serving eager: %s", attempt, _message(exc))
             return
         delay = STARTUP_RETRY_S * attempt
         log.warning("startup compile failed (%s); serving eager, trying again in %.0f s", _message(exc), delay)
-        studio.compile_failed(STARTUP_MODELS,
+        studio.compile_failed(loaded,
                               f"startup compile GPU call failed ({_message(exc)}); serving eager, trying again in {delay:.0f} s")
         threading.Timer(delay, _startup_on_zerogpu, kwargs={"attempt": attempt + 1}).start()
 
@@ -174,17 +178,25 @@ def _comparison(compared: dict[str, float] | None, unit: str) -> str:
     return f"compiled {aoti_s * 1e3:.1f} ms a step, eager {eager_s * 1e3:.1f} ms: speedup {eager_s / aoti_s:.2f}×"
 
 
-def _text_params(max_new_tokens: float, temperature: float, speculative: bool = False) -> SamplingParams:
-    return SamplingParams(max_new_tokens=int(max_new_tokens), temperature=float(temperature), seed=0, speculative=bool(speculative))
-
-
 def _image_params(model_id: str, size: str, steps: float, seed: float, guidance: float) -> ImageParams:
-    try:
-        width, height = (int(v) for v in str(size).lower().split("x"))
-    except ValueError:
-        raise ValueError(f"size must look like 32x32, got {size!r}") from None
-    spec_guidance = next((m["guidance"] for m in MODELS if m["id"] == model_id), None)
-    return ImageParams(height, width, int(steps), int(seed), float(guidance) if spec_guidance is not None else None)
+    uses_guidance = next((m["guidance"] is not None for m in MODELS if m["id"] == model_id), False)
+    return inputs.image_params(size, steps, seed, guidance, uses_guidance)
+
+
+def _text_request(model_id, prompt, max_new_tokens, temperature, compare, speculative) -> SamplingParams:
+    """The checked parameters of a text request; a ValueError naming the input otherwise."""
+    params = inputs.text_params(max_new_tokens, temperature, speculative)
+    inputs.flag("compare", compare)
+    studio.check_text(model_id, prompt, params)
+    return params
+
+
+def _image_request(model_id, prompt, size, steps, seed, guidance, compare) -> ImageParams:
+    """The checked parameters of an image request; a ValueError naming the input otherwise."""
+    params = _image_params(model_id, size, steps, seed, guidance)
+    inputs.flag("compare", compare)
+    studio.check_image(model_id, prompt, params)
+    return params
 
 
 def _verdict(check, names: list[str]) -> list[dict[str, Any]]:
@@ -200,19 +212,31 @@ def _verdict(check, names: list[str]) -> list[dict[str, Any]]:
 
 
 # Validators run when a request arrives, before it queues for the device (Gradio's ``validator=``): bad
-# input is refused at once, with its message, however long the queue. The handlers check again (the
-# same `Studio.check_*`), for callers that reach them another way.
+# input is refused at once, with its message, however long the queue. The events skip Gradio's own
+# preprocessing (``preprocess=False``), whose bound checks answer API clients with a bare 400, so the
+# raw values meet `engines.inputs` here. The handlers check again (the same functions), for callers
+# that reach them another way.
 
 
 def validate_text(model_id: str, prompt: str, max_new_tokens: float, temperature: float, compare: bool = False,
                   speculative: bool = False):
-    return _verdict(lambda: studio.check_text(model_id, prompt, _text_params(max_new_tokens, temperature, speculative)),
+    return _verdict(lambda: _text_request(model_id, prompt, max_new_tokens, temperature, compare, speculative),
                     ["model_id", "prompt", "max_new_tokens", "temperature", "compare", "speculative"])
 
 
 def validate_image(model_id: str, prompt: str, size: str, steps: float, seed: float, guidance: float, compare: bool = False):
-    return _verdict(lambda: studio.check_image(model_id, prompt, _image_params(model_id, size, steps, seed, guidance)),
+    return _verdict(lambda: _image_request(model_id, prompt, size, steps, seed, guidance, compare),
                     ["model_id", "prompt", "size", "steps", "seed", "guidance", "compare"])
+
+
+def validate_optimization(model_id: str, use_aoti: bool, fp8: bool, regional: bool, admin_token: str = ""):
+    def check() -> None:
+        for name, value in (("use_aoti", use_aoti), ("fp8", fp8), ("regional", regional)):
+            inputs.flag(name, value)
+        inputs.text("admin_token", admin_token)
+        studio.check_optimization(model_id, fp8, regional)
+
+    return _verdict(check, ["model_id", "use_aoti", "fp8", "regional", "admin_token"])
 
 
 def generate_text(model_id: str, prompt: str, max_new_tokens: float, temperature: float, compare: bool = False,
@@ -220,9 +244,9 @@ def generate_text(model_id: str, prompt: str, max_new_tokens: float, temperature
     """Stream a continuation of `prompt` from a text model. ``compare`` runs the request once more on the
     eager forward and reports both speeds (in `/metrics`), for this request only. ``speculative`` decodes
     with the model's draft model (`engines.speculative`); refused for a model that has none."""
-    params = _text_params(max_new_tokens, temperature, speculative)
     try:
-        studio.check_text(model_id, prompt, params)
+        params = _text_request(model_id, prompt, max_new_tokens, temperature, compare, speculative)
+        studio.admit_request(model_id)
     except ValueError as exc:
         raise gr.Error(str(exc)) from None
     start, last, report = time.perf_counter(), None, None
@@ -240,6 +264,8 @@ def generate_text(model_id: str, prompt: str, max_new_tokens: float, temperature
     studio.record_text(model_id, time.perf_counter() - start, last, report)
     if report is not None and (line := _comparison(report.compared, "token")):
         gr.Info(line)
+    elif report is not None and report.compare_note:
+        gr.Warning(report.compare_note)
     if last is None:
         yield ""
 
@@ -260,8 +286,8 @@ def generate_image(model_id: str, prompt: str, size: str, steps: float, seed: fl
     """Generate one PNG image; returns the image and a line of measurements (with ``compare``, the
     request's step time compiled and eager too)."""
     try:
-        params = _image_params(model_id, size, steps, seed, guidance)
-        studio.check_image(model_id, prompt, params)
+        params = _image_request(model_id, prompt, size, steps, seed, guidance, compare)
+        studio.admit_request(model_id)
     except ValueError as exc:
         raise gr.Error(str(exc)) from None
     start = time.perf_counter()
@@ -274,7 +300,7 @@ def generate_image(model_id: str, prompt: str, size: str, steps: float, seed: fl
         raise error from None
     studio.record_image(model_id, result, time.perf_counter() - start, report)
     info = f"{result.latency_s:.2f} s · {_stage_line(result)} · {report.runtime}"
-    if line := _comparison(report.compared, "step"):
+    if line := _comparison(report.compared, "step") or report.compare_note:
         info += f" · {line}"
     return result.image, info
 
@@ -304,11 +330,14 @@ def set_optimization(model_id: str, use_aoti: bool, fp8: bool, regional: bool, a
     except PermissionError as exc:
         raise gr.Error(str(exc), title="Owner only", print_exception=False) from None
     try:
+        for name, value in (("use_aoti", use_aoti), ("fp8", fp8), ("regional", regional)):
+            inputs.flag(name, value)
         if ON_ZEROGPU and use_aoti:
-            if studio.admit_compile(model_id, bool(fp8), bool(regional)):
-                compile_in_worker([model_id], bool(fp8), bool(regional))
+            if studio.admit_compile(model_id, fp8, regional):
+                compile_in_worker([model_id], fp8, regional)
+                studio.serve(model_id, "the owner")
         else:
-            studio.set_optimization(model_id, bool(use_aoti), bool(fp8), bool(regional))
+            studio.set_optimization(model_id, use_aoti, fp8, regional)
     except gr.Error:
         raise
     except (ValueError, KeyError) as exc:
@@ -420,8 +449,10 @@ def _optimization_controls(model_id: str, profile: gr.OAuthProfile | None = None
     return gr.update(interactive=usable), fp8, regional, gr.update(interactive=usable), gr.update(value=note)
 
 
-def _model_choices(task: str) -> list[tuple[str, str]]:
-    return [(m["id"] if m["available"] else f"{m['id']} — unavailable: {m['reason']}", m["id"]) for m in MODELS if m["task"] == task]
+def _model_choices(task: str | None = None) -> list[tuple[str, str]]:
+    """Every model of ``task`` (default: all), an unavailable one marked with the reason."""
+    return [(m["id"] if m["available"] else f"{m['id']} — unavailable: {m['reason']}", m["id"])
+            for m in MODELS if task in (None, m["task"])]
 
 
 def _image_sizes(model_id: str):
@@ -439,7 +470,7 @@ def build() -> gr.Blocks:
             prompt = gr.Textbox(label="Prompt", value="Return the number of", lines=2, elem_id="text-prompt")
             with gr.Row():
                 max_tokens = gr.Slider(1, 200, value=60, step=1, label="Max new tokens")
-                temperature = gr.Slider(0, 2, value=0.7, step=0.05, label="Temperature (0 = greedy)")
+                temperature = gr.Slider(0, inputs.TEMPERATURE_MAX, value=0.7, step=0.05, label="Temperature (0 = greedy)")
             text_compare = gr.Checkbox(value=False, label="Compare with eager (runs it twice; changes nothing for others)",
                                        elem_id="text-compare")
             speculative = gr.Checkbox(value=False, elem_id="text-speculative", label=(
@@ -452,16 +483,16 @@ def build() -> gr.Blocks:
             image_prompt = gr.Textbox(label="Prompt", value="a red circle, top left", elem_id="image-prompt")
             with gr.Row():
                 size = gr.Dropdown(["32x32"], value="32x32", label="Size", allow_custom_value=True)
-                steps = gr.Slider(1, 50, value=20, step=1, label="Steps")
+                steps = gr.Slider(1, inputs.MAX_STEPS, value=20, step=1, label="Steps")
                 seed = gr.Number(value=0, precision=0, label="Seed")
-                guidance = gr.Slider(0, 10, value=3.5, step=0.5, label="Guidance (models that use it)")
+                guidance = gr.Slider(0, inputs.GUIDANCE_MAX, value=3.5, step=0.5, label="Guidance (models that use it)")
             image_compare = gr.Checkbox(value=False, label="Compare with eager (runs it twice; changes nothing for others)",
                                         elem_id="image-compare")
             image_button = gr.Button("Generate", variant="primary", elem_id="image-generate")
             image_out = gr.Image(label="Image", format="png", type="pil", elem_id="image-output", height=320)
             image_info = gr.Markdown(elem_id="image-info")
         with gr.Tab("Optimization"):
-            opt_model = gr.Dropdown([m["id"] for m in MODELS], value=DEFAULT_TEXT, label="Model", allow_custom_value=True)
+            opt_model = gr.Dropdown(_model_choices(), value=DEFAULT_TEXT, label="Model", allow_custom_value=True)
             with gr.Row():
                 use_aoti = gr.Checkbox(value=True, label="AOTI")
                 fp8 = gr.Checkbox(value=False, elem_id="opt-fp8", label=(
@@ -486,13 +517,13 @@ def build() -> gr.Blocks:
             gr.Timer(1.0).tick(_panel, outputs=[latency_plot, memory_plot, summary, model_cards], api_visibility="private", show_progress="hidden")
 
         text_button.click(generate_text, [text_model, prompt, max_tokens, temperature, text_compare, speculative], text_out,
-                          api_name="generate_text", concurrency_id="device", validator=validate_text)
+                          api_name="generate_text", concurrency_id="device", validator=validate_text, preprocess=False)
         image_button.click(generate_image, [image_model, image_prompt, size, steps, seed, guidance, image_compare],
                            [image_out, image_info], api_name="generate_image", concurrency_id="device",
-                           validator=validate_image)
+                           validator=validate_image, preprocess=False)
         image_model.change(_image_sizes, image_model, [size, steps], api_visibility="private")
-        opt_button.click(set_optimization, [opt_model, use_aoti, fp8, regional, admin_token], opt_out, api_name="set_optimization"
-                         ).success(lambda rows: panel.cards(rows, TASKS), opt_out, opt_cards, api_visibility="private")
+        opt_button.click(set_optimization, [opt_model, use_aoti, fp8, regional, admin_token], opt_out, api_name="set_optimization",
+                         validator=validate_optimization, preprocess=False).success(lambda rows: panel.cards(rows, TASKS), opt_out, opt_cards, api_visibility="private")
         width = gr.Number(visible=False)
         demo.load(_sidebar_for, width, sidebar, js="() => window.innerWidth", api_visibility="private")
         demo.load(_optimization_controls, opt_model, [use_aoti, fp8, regional, opt_button, access_note], api_visibility="private")

@@ -7,7 +7,8 @@ import html
 import time
 from typing import Any
 
-BADGES = {"aoti": "compiled", "compiling": "compiling", "fallback": "fallback", "eager": "eager", "distributed": "distributed"}
+BADGES = {"aoti": "compiled", "compiling": "compiling", "fallback": "fallback", "eager": "eager", "distributed": "distributed",
+          "unavailable": "unavailable"}
 
 CSS = """
 #model-cards { display: flex; flex-direction: column; gap: 8px; max-width: 100%; overflow-x: hidden; }
@@ -16,7 +17,7 @@ CSS = """
 .model-card .head { display: flex; justify-content: space-between; gap: 6px; align-items: baseline; }
 .model-card .badge { border-radius: 10px; padding: 1px 8px; font-size: 12px; color: white; white-space: nowrap; }
 .badge-aoti { background: #15803d; } .badge-compiling { background: #b45309; } .badge-fallback { background: #b91c1c; }
-.badge-eager, .badge-distributed { background: #4b5563; }
+.badge-eager, .badge-distributed { background: #4b5563; } .badge-unavailable { background: #7f1d1d; }
 .model-card .bar { height: 8px; border-radius: 4px; margin: 2px 0 4px; }
 .bar-eager { background: #9ca3af; } .bar-aoti { background: #15803d; } .bar-compiling { background: #b45309; }
 .model-card .stage { color: var(--body-text-color-subdued); }
@@ -78,6 +79,8 @@ def card(row: dict[str, Any], task: str, now: float | None = None) -> str:
     elif row.get("reason") and state != "compiling":  # a running compile says what it does above
         parts.append(f"<div>{e(row['reason'])}</div>")
     notes = ([row["placement"]] if row.get("placement") else []) + list(row.get("fallbacks") or [])
+    if row.get("guard_fallbacks") and row.get("last_guard_reason"):
+        notes.append(f"shape guard -> eager ({row['guard_fallbacks']} calls), last: {row['last_guard_reason']}")
     if notes:
         parts.append("<ul>" + "".join(f"<li>{e(f)}</li>" for f in notes) + "</ul>")
     parts.append("</div>")
@@ -85,6 +88,6 @@ def card(row: dict[str, Any], task: str, now: float | None = None) -> str:
 
 
 def cards(rows: list[dict[str, Any]], tasks: dict[str, str]) -> str:
-    """Every loaded model's card."""
+    """Every loaded model's card, and one for each model asked for that could not be loaded."""
     shown = [card(row, tasks.get(row["model"], "text")) for row in rows if row["state"] != "not loaded"]
     return "".join(shown) or "<div>No model loaded yet.</div>"

@@ -86,14 +86,19 @@ def verify_loadable(artifact: Artifact | RegionalArtifact) -> tuple[bool, str]:
         return True, "probe disabled (AOTI_PROBE=0)"
     env = fingerprint(torch.device(artifact.manifest["device"]))
     verdict = artifact.cache.read_json(artifact.key, PROBE_FILE)
-    if verdict is None or verdict.get("env") != env:
+    kept = verdict is not None and verdict.get("env") == env
+    if not kept or not verdict.get("sound", verdict.get("ok")):  # none yet, or an inconclusive one: probe (again)
+        failures = verdict.get("failures", 0) if kept else 0
         result = probe_package(artifact.package, artifact.entry.dir / MANIFEST_FILE)
-        verdict = {**result.to_dict(), "env": env}
+        verdict = {**result.to_dict(), "env": env, "failures": failures + (not result.sound)}
         try:
             artifact.cache.write_json(artifact.key, PROBE_FILE, verdict)
         except OSError as exc:  # a read-only cache: the verdict holds for this process only
             log.warning("aoti: could not keep the probe verdict of %s (%s)", artifact.key, exc)
-        log.info("aoti: probe of %s: %s", artifact.key, result.reason)
+        log.log(logging.INFO if result.sound else logging.WARNING, "aoti: probe of %s: %s", artifact.key, result.reason)
+    if not verdict["sound"]:
+        return False, (f"{verdict['reason']} (inconclusive, {verdict['failures']} time(s) so far: the next load "
+                       "probes it again)")
     return bool(verdict["ok"]), str(verdict["reason"])
 
 

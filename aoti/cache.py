@@ -73,6 +73,26 @@ def storage_fault(exc: BaseException | None) -> str | None:
     return None
 
 
+def ensure_room(folder: Path, need_bytes: int) -> None:
+    """An ENOSPC `OSError` naming ``folder`` unless its file system has room for ``need_bytes`` (and a
+    margin): for writers that abort the process rather than raise when the disk fills mid-file."""
+    free = shutil.disk_usage(folder).free
+    need = int(need_bytes * 1.1) + 2**20
+    if free < need:
+        raise OSError(errno.ENOSPC, f"No space left on device (needs {need / 2**20:.1f} MiB, {free / 2**20:.1f} MiB free)",
+                      str(folder))
+
+
+def refused_folder(exc: BaseException | None) -> Path | None:
+    """The folder of the file a refused write named, if ``exc`` (or its cause) names one."""
+    while exc is not None:
+        if isinstance(exc, OSError) and exc.errno in _STORAGE_ERRNOS and exc.filename:
+            path = Path(os.fsdecode(exc.filename))
+            return path if path.is_dir() else path.parent
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
 def default_cache_dir() -> Path:
     """``$AOTI_CACHE_DIR``, else the user's cache dir (``~/.cache/aoti-studio`` on Linux)."""
     if os.environ.get(ENV_CACHE_DIR):
@@ -121,9 +141,16 @@ class Cache:
         except OSError as exc:  # a read-only cache still serves what it holds; compiles say why they can't
             log.warning("cache: %s is not writable (%s): packages can be loaded from it, not built into it", self.root, exc)
 
-    def unwritable(self, refused: str) -> CacheUnwritable:
-        """The error a build that the file system refused (`storage_fault`) raises, with what to do."""
-        return CacheUnwritable(f"the compiled package could not be written ({refused}); the AOTI cache is {self.root}: "
+    def unwritable(self, refused: str, exc: BaseException | None = None) -> CacheUnwritable:
+        """The error a build that the file system refused (`storage_fault`) raises: the folder that
+        refused the write (where ``exc`` names one) and what to do."""
+        folder = refused_folder(exc)
+        if folder is not None and not folder.resolve().is_relative_to(self.root.resolve()):
+            return CacheUnwritable(f"the compiled package could not be built: {folder} refused a write ({refused}); it is "
+                                   f"not the AOTI cache ({self.root}) but a work folder of the compiler: free space there, or "
+                                   "point TMPDIR and TORCHINDUCTOR_CACHE_DIR to another folder")
+        where = f"{folder} refused a write ({refused})" if folder is not None else f"the file system refused a write ({refused})"
+        return CacheUnwritable(f"the compiled package could not be written: {where}; the AOTI cache is {self.root}: "
                                f"make it writable, free space, or set {ENV_CACHE_DIR} to another folder")
 
     def __repr__(self) -> str:
@@ -168,18 +195,23 @@ class Cache:
         return issues
 
     def get(self, key: str, expected_env: dict[str, Any] | None = None) -> Entry | None:
-        """The verified entry, or None. A damaged entry is removed so it gets rebuilt."""
+        """The verified entry, or None (`lookup` also says what was wrong with a damaged one)."""
+        return self.lookup(key, expected_env)[0]
+
+    def lookup(self, key: str, expected_env: dict[str, Any] | None = None) -> tuple[Entry | None, str]:
+        """The verified entry and "", or None and, for an entry that was there but damaged (removed,
+        so that it gets rebuilt), what was wrong with it, for the caller to record."""
         issues = self.problems(key, expected_env)
         if issues == ["missing"]:
-            return None
+            return None, ""
         if issues:
             log.warning("cache: entry %s is unusable (%s); rebuilding", key, "; ".join(issues))
             self.remove(key)
-            return None
+            return None, "; ".join(issues)
         directory = self.entry_dir(key)
         with contextlib.suppress(OSError):  # a read-only cache: no LRU stamp
             (directory / LAST_USED_FILE).touch()
-        return Entry(key, directory, json.loads((directory / MANIFEST_FILE).read_text()))
+        return Entry(key, directory, json.loads((directory / MANIFEST_FILE).read_text())), ""
 
     def entries(self) -> list[Entry]:
         found = []

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from . import attention, lifetimes
-from .cache import PACKAGE_FILE, Cache, Entry, key_of, storage_fault
+from .cache import PACKAGE_FILE, Cache, Entry, ensure_room, key_of, storage_fault
 from .capture import CapturedCall, CapturedCalls, capture
 from .env import fingerprint
 from .hub import ENV_PUSH_REPO, HubRefused, HubSource, push
@@ -360,7 +360,9 @@ def load(module: torch.nn.Module, ref: dict[str, Any], *, cache: Cache | None = 
         return RegionalArtifact(parts, status)  # type: ignore[arg-type]
     key = ref["key"]
     device = module_device(module)
-    entry = cache.get(key, fingerprint(device))
+    entry, damage = cache.lookup(key, fingerprint(device))
+    if entry is None and damage:
+        raise LookupError(f"package {key} in {cache} was damaged ({damage}) and is removed; compile it again.")
     if entry is None:
         raise LookupError(f"package {key} is not in {cache} for this environment ({device.type}); compile it here first.")
     identity = json.loads(json.dumps(_identity(module), sort_keys=True, default=str))
@@ -380,7 +382,9 @@ def _find_or_build(module: torch.nn.Module, calls: list[CapturedCall], options: 
     on_stage("plan the graphs and look up the cache", None)
     plans = plan_graphs(calls, options, module)
     key, fields = cache_key(module, options, plans)
-    entry = cache.get(key, fields["env"])
+    entry, damage = cache.lookup(key, fields["env"])
+    if damage:
+        fallbacks.append(f"cache -> rebuild: the cached package was damaged ({damage})"[:300])
     cache_hit, source = entry is not None, "local cache"
     if entry is None and hub is not None:
         on_stage(f"download from {hub.repo_id}", None)
@@ -409,7 +413,7 @@ def _find_or_build(module: torch.nn.Module, calls: list[CapturedCall], options: 
                     _maybe_push(cache, key, fallbacks)
         except Exception as exc:
             if refused := storage_fault(exc):  # read-only, no permission, no room: say where and what to do
-                raise cache.unwritable(refused) from exc
+                raise cache.unwritable(refused, exc) from exc
             raise
     return entry, key, cache_hit, source
 
@@ -523,6 +527,10 @@ def _build(
                 "example_inputs": leaves,
                 "constant_prefix": prefix,
             })
+        # torch's package writer aborts the whole process when a write fails mid-file (a full disk): room
+        # for what it will write is checked first, so that a full disk is an error and not a crash.
+        ensure_room(staged, sum(os.path.getsize(f) for paths in files.values() for f in paths if os.path.isfile(f))
+                    + sum(t.nbytes for t in extra_constants.values()))
         package_aoti(str(staged / PACKAGE_FILE), files)
         if extra_constants:
             torch.save(extra_constants, staged / EXTRA_CONSTANTS_FILE)

@@ -4,8 +4,12 @@ A package built by a broken toolchain segfaults inside ``aoti_load_package``; a 
 catch that. The child gets the package and its manifest, binds random constants of the recorded
 shapes (one set, shared by the package's graphs), runs every graph once on the example shapes and
 exits; a graph that can't run for lack of GPU memory beside the serving process is reported, not
-rejected (it loaded). A signal or a non-zero exit becomes a
-verdict with the reason; the serving process only loads packages whose verdict is ok.
+rejected (it loaded). The serving process only loads packages whose verdict is ok.
+
+Only two outcomes are sound verdicts, kept beside the package: a clean run, and a crash by a signal
+(what a broken toolchain does, every time). A time-out or a failing exit may be the machine's moment
+(a busy host, no memory for the child's imports), so it refuses the package this time only and the
+next load probes again.
 
 Run by hand: ``python -m aoti.probe PACKAGE MANIFEST``.
 """
@@ -35,13 +39,16 @@ class ProbeResult:
     ok: bool
     reason: str
     seconds: float
+    sound: bool = True  # a verdict to keep: a clean run or a crash by a signal (False: a time-out, a failing exit)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def probe_package(package: str | os.PathLike, manifest_path: str | os.PathLike, timeout: float = PROBE_TIMEOUT_S) -> ProbeResult:
-    """Load and run ``package`` once in a child process; never crashes the caller."""
+def probe_package(package: str | os.PathLike, manifest_path: str | os.PathLike, timeout: float | None = None) -> ProbeResult:
+    """Load and run ``package`` once in a child process (at most ``timeout`` seconds, default
+    `PROBE_TIMEOUT_S`); never crashes the caller."""
+    timeout = PROBE_TIMEOUT_S if timeout is None else timeout
     start = time.perf_counter()
     env = {**os.environ, "PYTHONFAULTHANDLER": "1", **child_env()}
     root = str(Path(__file__).resolve().parent.parent)
@@ -52,7 +59,7 @@ def probe_package(package: str | os.PathLike, manifest_path: str | os.PathLike, 
             capture_output=True, text=True, timeout=timeout, env=env,
         )
     except subprocess.TimeoutExpired:
-        return ProbeResult(False, f"probe timed out after {timeout:.0f} s", time.perf_counter() - start)
+        return ProbeResult(False, f"probe timed out after {timeout:.0f} s", time.perf_counter() - start, sound=False)
     seconds = time.perf_counter() - start
     if proc.returncode < 0:
         name = signal.Signals(-proc.returncode).name
@@ -61,7 +68,7 @@ def probe_package(package: str | os.PathLike, manifest_path: str | os.PathLike, 
         return ProbeResult(False, f"package crashed the probe process ({name}) while loading or running it. {fatal}".strip(), seconds)
     if proc.returncode != 0:
         tail = proc.stderr.strip().splitlines()[-1:] or ["no output"]
-        return ProbeResult(False, f"probe failed (exit {proc.returncode}): {tail[0][:300]}", seconds)
+        return ProbeResult(False, f"probe failed (exit {proc.returncode}): {tail[0][:300]}", seconds, sound=False)
     timing = proc.stdout.strip().splitlines()[-1:] or [""]
     return ProbeResult(True, f"loaded and ran in a child process {timing[0]}".strip(), seconds)
 

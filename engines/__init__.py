@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import time
@@ -10,7 +11,7 @@ from typing import Any
 
 import aoti
 
-from . import registry
+from . import inputs, registry
 from .access import RateLimit
 from .device import DeviceInfo, discover
 from .distributed import DistributedEngine
@@ -24,7 +25,7 @@ from .workers import Binding, RunReport, count_call, gpu_seconds_compile, gpu_se
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Studio", "SamplingParams", "ImageParams", "ImageResult", "TextStep", "CompileState", "Decision", "DeviceInfo",
+__all__ = ["Studio", "inputs", "SamplingParams", "ImageParams", "ImageResult", "TextStep", "CompileState", "Decision", "DeviceInfo",
            "Binding", "RunReport"]
 
 
@@ -38,7 +39,8 @@ class Studio:
     where the ``serve_*`` methods run the request on the worker's copy of the models and return plain
     data. Locally both halves are this one process."""
 
-    def __init__(self, device: DeviceInfo | None = None, cache: aoti.Cache | None = None, gpu_in_workers: bool = False) -> None:
+    def __init__(self, device: DeviceInfo | None = None, cache: aoti.Cache | None = None, gpu_in_workers: bool = False,
+                 open_catalog: bool = True) -> None:
         self.device = device or discover()
         # Models held at once (one per task at most): 1 on a device that fits one (an MIG slice), where a
         # request for the other task's model switches, unloading the one held.
@@ -50,6 +52,12 @@ class Studio:
         self._pid = os.getpid()
         self._setup_s: dict[str, float] = {}  # per model: the longest bind a fresh worker has reported
         self.compile_rate = RateLimit(int(os.environ.get("AOTI_COMPILE_RATE", "10")), 600.0)  # compiles per 10 min
+        # Which model serves each task. With ``open_catalog`` (a local server: whoever uses it owns it) a
+        # request may name any available catalog model and switch to it, at most `switch_rate` times;
+        # otherwise requests name only these, and loading another is an owner action (`set_optimization`).
+        self.open_catalog = open_catalog
+        self.served: dict[str, str] = {}
+        self.switch_rate = RateLimit(int(os.environ.get("AOTI_SWITCH_RATE", "10")), 600.0, "model switches")
 
     # --- catalog -----------------------------------------------------------------------------------
 
@@ -68,17 +76,18 @@ class Studio:
                 "available": available, "reason": why, "engine": decision.engine, "fits": decision.reason,
                 "sizes": [f"{w}x{h}" for h, w in spec.sizes], "steps": spec.steps, "guidance": spec.guidance,
                 "max_new_tokens": spec.max_new_tokens, "fp8": spec.fp8 and self.device.fp8, "regional": spec.regional,
-                "state": self.engine.states[spec.id].state,
+                "state": self.engine.states[spec.id].state, "served": self.served.get(spec.task) == spec.id,
             })
         return rows
 
-    def check_model(self, model_id: str, task: str) -> registry.ModelSpec:
-        """The spec if ``model_id`` can serve ``task`` here; otherwise a ValueError saying why not."""
+    def check_model(self, model_id: str, task: str | None = None) -> registry.ModelSpec:
+        """The spec if ``model_id`` names a catalog model that can serve (``task``, if given) here;
+        otherwise a ValueError saying why not. Nothing changes either way."""
         try:
-            spec = registry.get(model_id)
+            spec = registry.get(inputs.text("model_id", model_id))
         except KeyError as exc:
             raise ValueError(str(exc.args[0])) from None
-        if spec.task != task:
+        if task is not None and spec.task != task:
             raise ValueError(f"{model_id} is a {spec.task} model; pick a {task} model for this tab.")
         available, why = registry.availability(spec)
         if not available:
@@ -87,6 +96,31 @@ class Studio:
         if decision.engine == "refused":
             raise ValueError(f"{model_id} {decision.reason}.")
         return spec
+
+    def check_request_model(self, model_id: str, task: str) -> registry.ModelSpec:
+        """`check_model`, and whether a request may use it: a served model; or, on an open catalog, any
+        model while switches stay under `switch_rate` (checked, not counted: `admit_request` counts)."""
+        spec = self.check_model(model_id, task)
+        if self.served.get(task) == model_id:
+            return spec
+        if not self.open_catalog:
+            served = ", ".join(sorted(self.served.values())) or "none yet"
+            raise ValueError(f"{model_id} is not served here (served: {served}); loading another model is for "
+                             "the owner (the Optimization tab).")
+        self.switch_rate.check()
+        return spec
+
+    def admit_request(self, model_id: str) -> None:
+        """A checked request is about to run: a model other than its task's served one is a switch,
+        counted against `switch_rate` and recorded (`/metrics`' switches, the log)."""
+        task = registry.get(model_id).task
+        previous = self.served.get(task)
+        if previous == model_id:
+            return
+        self.switch_rate.take()
+        self.served[task] = model_id
+        self.metrics.record_switch(task, previous, model_id, "a request")
+        log.warning("switch: %s model %s -> %s, asked by a request", task, previous, model_id)
 
     # --- lifecycle ---------------------------------------------------------------------------------
 
@@ -108,9 +142,14 @@ class Studio:
         """Load the given (default: the embedded) models so they serve eagerly, then compile or load
         their AOTI graphs (in the background unless ``background=False``)."""
         specs = [registry.get(i) for i in model_ids] if model_ids else [s for s in registry.CATALOG if s.is_local]
+        for spec in [s for s in specs if not registry.availability(s)[0]]:  # said on its card, not dropped
+            why = registry.availability(spec)[1]
+            log.warning("startup: %s is not loaded: %s", spec.id, why)
+            self.engine.mark_unavailable(spec.id, f"asked for at startup, unavailable: {why}")
         specs = [s for s in specs if registry.availability(s)[0]]
         for spec in specs:  # all loaded first: a load waits for a running compile
             self.engine.load(spec)
+            self.served[spec.task] = spec.id
         if self.gpu_in_workers:
             aoti.preload()  # every GPU worker forked from here binds its graphs without these imports
         for spec in specs if compile else []:
@@ -129,8 +168,9 @@ class Studio:
         return image_recipe(fp8, flux_attention=flux, regional=regional, preset=preset)
 
     def check_optimization(self, model_id: str, fp8: bool = False, regional: bool = False) -> None:
-        """A ValueError for switches this model or device can't take (FP8 where it can't run)."""
-        spec = registry.get(model_id)
+        """A ValueError for a model that is not available here, and for switches this model or device
+        can't take (FP8 where it can't run); nothing changes either way."""
+        spec = self.check_model(model_id)
         if fp8 and not (spec.fp8 and self.device.fp8):
             raise ValueError(
                 f"FP8 needs a GPU with compute capability >= 8.9 and a model that offers it; "
@@ -147,7 +187,17 @@ class Studio:
             return self.engine.set_eager(model_id)
         if not self.admit_compile(model_id, fp8, regional):  # checks the switches too
             return self.engine.states[model_id]
-        return self._optimize(model_id, fp8, regional)
+        state = self._optimize(model_id, fp8, regional)  # loads it first (a load that fails changes nothing)
+        self.serve(model_id, "the owner")
+        return state
+
+    def serve(self, model_id: str, by: str) -> None:
+        """``model_id`` now serves its task (an owner loaded it), recorded as a switch if it is one."""
+        task = registry.get(model_id).task
+        previous, self.served[task] = self.served.get(task), model_id
+        if previous != model_id:
+            self.metrics.record_switch(task, previous, model_id, by)
+            log.warning("switch: %s model %s -> %s, by %s", task, previous, model_id, by)
 
     def admit_compile(self, model_id: str, fp8: bool = False, regional: bool = False) -> bool:
         """Whether a request to compile ``model_id`` with these switches starts a compile. Not when the
@@ -170,8 +220,8 @@ class Studio:
     def check_text(self, model_id: str, prompt: str, params: SamplingParams) -> None:
         """Validate a text request before any GPU time is asked for (the prompt's length too, where the
         model's tokenizer is loaded in this process)."""
-        spec = self.check_model(model_id, "text")
-        check_text_request(spec, prompt, params)
+        spec = self.check_request_model(model_id, "text")
+        check_text_request(spec, inputs.text("prompt", prompt), params)
         if params.speculative and not (decision := self.decision(model_id)).draft:
             raise ValueError(f"`speculative` decoding is not available for {model_id} here: it {decision.reason}.")
         model = self.engine.models.get(model_id)
@@ -181,7 +231,8 @@ class Studio:
     def check_image(self, model_id: str, prompt: str, params: ImageParams) -> None:
         """Validate an image request before any GPU time is asked for (with the pipeline's own checks,
         where it is loaded in this process)."""
-        spec = self.check_model(model_id, "image")
+        spec = self.check_request_model(model_id, "image")
+        inputs.text("prompt", prompt)
         model = self.engine.models.get(model_id)
         if model is not None and model.spec.task == "image":
             model.check_inputs(prompt, params)  # `check_image_request` and the pipeline's own checks
@@ -238,8 +289,11 @@ class Studio:
             state.fallbacks = [f"aoti -> eager: {reason[:200]}"]
             state.stage, state.started, state.estimate_s = "", None, None
 
-    def record_compiles(self, rows: list[dict[str, Any]]) -> None:
-        """Record the compile states a GPU worker returned (`serve_compile`); later requests bind them."""
+    def record_compiles(self, rows: list[dict[str, Any]], asked: list[str] | None = None) -> None:
+        """Record the compile states a GPU worker returned (`serve_compile`); later requests bind them.
+        A model ``asked`` for that has no row fails visibly (never left "compiling")."""
+        if missing := [m for m in asked or [] if m not in {row["model"] for row in rows}]:
+            self.compile_failed(missing, "the compile GPU call returned no state for it")
         for row in rows:
             kept = self.engine.states[row["model"]]
             row = {**row, "eager_latency_s": kept.eager_latency_s, "aoti_latency_s": kept.aoti_latency_s, "speedup": kept.speedup,
@@ -276,7 +330,9 @@ class Studio:
     def _record(self, record: RequestRecord, report: RunReport | None, unit_s: float | None) -> None:
         if report is not None:
             record.peak_mem_mb, record.worker_pid, record.bind_s = report.peak_mem_mb, report.worker_pid, report.bind_s
-            record.compared = report.compared
+            record.compared, record.compare_note = report.compared, report.compare_note
+            record.compiled_calls, record.guard_fallbacks = report.compiled_calls, report.guard_fallbacks
+            record.last_guard_reason = report.last_guard_reason
             record.setup_s = round(max(0.0, record.latency_s - report.call_s), 4) if report.call_s else None
             if self.gpu_in_workers:
                 self._from_worker(report, unit_s)
@@ -293,7 +349,11 @@ class Studio:
             self.engine.observe(report.model_id, unit_s, report.runtime)
         for runtime, seconds in (report.compared or {}).items():  # a visitor's A/B run measured both
             self.engine.observe(report.model_id, seconds, runtime)
-        state.guard_fallbacks, state.layout_copies, state.cuda_graphs = report.guard_fallbacks, report.layout_copies, report.cuda_graphs
+        state.guard_fallbacks += report.guard_fallbacks  # (a report counts its own call's)
+        state.layout_copies += report.layout_copies
+        state.cuda_graphs = report.cuda_graphs
+        if report.last_guard_reason:
+            state.last_guard_reason = report.last_guard_reason
         if report.runtime == "aoti" or report.fallbacks:
             state.fallbacks = list(report.fallbacks)
         if state.state == "aoti" and report.runtime != "aoti":  # asked to bind graphs, and could not
@@ -331,8 +391,10 @@ class Studio:
         self.enter_worker()
         rows = []
         for model_id in model_ids:
-            spec = registry.get(model_id)
-            if not registry.availability(spec)[0]:
+            available, why = registry.availability(registry.get(model_id))
+            if not available:  # (checked in the main process too; the worker may see less, e.g. no Hub)
+                rows.append({**self.engine.states[model_id].as_row(), "state": "fallback",
+                             "reason": f"not compiled: unavailable in the GPU worker: {why}", "ref": None})
                 continue
             rows.append(self._optimize(model_id, fp8, regional, background=False).as_row())
         return rows
@@ -342,12 +404,13 @@ class Studio:
         """`generate_text` on this process's copy of the model, bound as ``binding`` says; yields the
         steps, then one `RunReport`. With ``compare`` the request runs again on the eager forward and
         the report holds both speeds (the server's setting is not touched)."""
-        start, calls, bind_s = self._begin_call(binding)
+        start, calls, bind_s, before = self._begin_call(binding, model_id)
         last = None
         for last in self.generate_text(model_id, prompt, params):
             yield last
-        report = self.report(model_id, calls, bind_s, time.perf_counter() - start)
-        if compare and report.runtime == "aoti" and last is not None and last.decode_tokens_per_s:
+        report = self.report(model_id, calls, bind_s, time.perf_counter() - start, before)
+        report.compare_note = self._not_compared(report, params.speculative) if compare else ""
+        if compare and not report.compare_note and last is not None and last.decode_tokens_per_s:
             eager = None
             for eager in self.engine.generate_text(model_id, prompt, params, eager=True):  # noqa: B007 (the last step)
                 pass
@@ -359,33 +422,53 @@ class Studio:
                     progress=None, compare: bool = False) -> tuple[ImageResult, RunReport]:
         """`generate_image` on this process's copy of the model, bound as ``binding`` says (``compare``
         as in `serve_text`: seconds per step, compiled and eager)."""
-        start, calls, bind_s = self._begin_call(binding)
+        start, calls, bind_s, before = self._begin_call(binding, model_id)
         result = self.generate_image(model_id, prompt, params, progress)
-        report = self.report(model_id, calls, bind_s, time.perf_counter() - start)
-        if compare and report.runtime == "aoti" and result.step_ms:
+        report = self.report(model_id, calls, bind_s, time.perf_counter() - start, before)
+        report.compare_note = self._not_compared(report) if compare else ""
+        if compare and not report.compare_note and result.step_ms:
             eager = self.engine.generate_image(model_id, prompt, params, eager=True)
             report.compared = {"aoti": median(result.step_ms) / 1e3, "eager": median(eager.step_ms) / 1e3}
         return result, report
 
-    def _begin_call(self, binding: Binding | None) -> tuple[float, int, float]:
-        """A GPU call's start: its start time, this process's call count, and the seconds spent
-        binding the model as ``binding`` says; the memory peak starts here."""
+    @staticmethod
+    def _not_compared(report: RunReport, speculative: bool = False) -> str:
+        """Why a request's "compare with eager" can't run ("" when it can): it is said, never dropped."""
+        if speculative:
+            return ("not compared with eager: speculative decoding's speed is its own (shown apart), not the "
+                    "compiled graphs' against eager")
+        if report.runtime != "aoti":
+            return f"not compared with eager: the model runs {report.runtime} here ({report.reason or 'not compiled'})"
+        return ""
+
+    def _begin_call(self, binding: Binding | None, model_id: str) -> tuple[float, int, float, aoti.Status]:
+        """A GPU call's start: its start time, this process's call count, the seconds spent binding
+        the model as ``binding`` says, and the compiled graphs' counters before the call (`report`
+        counts what this call added); the memory peak starts here."""
         start, calls = time.perf_counter(), self.enter_worker()
         bind_s = self.engine.bind(binding) if binding is not None else 0.0
         reset_peak_memory(self.device.torch_device)
-        return start, calls, bind_s
+        return start, calls, bind_s, copy.copy(self._live(model_id))
 
-    def report(self, model_id: str, calls: int = 1, bind_s: float = 0.0, call_s: float = 0.0) -> RunReport:
-        """What ran for ``model_id`` in this process, as plain data: the compiled graphs' live record
-        when they ran, else the engine's reason (switched off, or a bind that failed)."""
+    def _live(self, model_id: str) -> aoti.Status:
         model = self.engine.models.get(model_id)
-        live = aoti.status_of(model.hot_module) if model is not None else aoti.Status()
+        return aoti.status_of(model.hot_module) if model is not None else aoti.Status()
+
+    def report(self, model_id: str, calls: int = 1, bind_s: float = 0.0, call_s: float = 0.0,
+               before: aoti.Status | None = None) -> RunReport:
+        """What ran for ``model_id`` in this process, as plain data: the compiled graphs' live record
+        when they ran, else the engine's reason (switched off, or a bind that failed); the calls the
+        compiled graphs served and the shape guard sent to eager since ``before``."""
+        live, before = self._live(model_id), before or aoti.Status()
         state = self.engine.states[model_id]
         compiled = live.runtime == "aoti"
+        guarded = max(0, live.guard_fallbacks - before.guard_fallbacks)
         return RunReport(
             model_id, self.runtime_of(model_id), live.reason if compiled else state.reason, calls_in_worker=calls,
             bind_s=round(bind_s, 4), call_s=round(call_s, 4), peak_mem_mb=peak_mb(self.device.torch_device), device=self.device.label,
-            guard_fallbacks=live.guard_fallbacks, layout_copies=live.layout_copies, cuda_graphs=live.cuda_graphs,
+            compiled_calls=max(0, live.compiled_calls - before.compiled_calls), guard_fallbacks=guarded,
+            last_guard_reason=live.last_guard_reason if guarded else None,
+            layout_copies=max(0, live.layout_copies - before.layout_copies), cuda_graphs=live.cuda_graphs,
             fallbacks=list(live.fallbacks if compiled else state.fallbacks),
         )
 

@@ -78,11 +78,18 @@ class RateLimit:
     def take(self) -> None:
         """Count one event now; a ValueError that says when to try again past the limit."""
         with self._lock:
-            now = time.monotonic()
-            while self._times and now - self._times[0] >= self.window_s:
-                self._times.popleft()
-            if len(self._times) >= self.count:
-                wait = self.window_s - (now - self._times[0])
-                raise ValueError(f"too many {self.what}: at most {self.count} every {self.window_s:.0f} s; "
-                                 f"try again in {wait:.0f} s.")
-            self._times.append(now)
+            self._check(time.monotonic())
+            self._times.append(time.monotonic())
+
+    def check(self) -> None:
+        """`take`'s ValueError if one more event now would pass the limit; counts nothing."""
+        with self._lock:
+            self._check(time.monotonic())
+
+    def _check(self, now: float) -> None:
+        while self._times and now - self._times[0] >= self.window_s:
+            self._times.popleft()
+        if len(self._times) >= self.count:
+            wait = self.window_s - (now - self._times[0])
+            raise ValueError(f"too many {self.what}: at most {self.count} every {self.window_s:.0f} s; "
+                             f"try again in {wait:.0f} s.")

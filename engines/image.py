@@ -38,6 +38,9 @@ class ImageResult:
     stages_s: dict[str, float] = field(default_factory=dict)  # seconds per stage: `STAGES`, those the pipeline has
 
 
+MAX_STEPS = 50  # denoising steps a request may ask for (the UI's slider too)
+GUIDANCE_MAX = 10.0
+MAX_PROMPT_CHARS = 1000
 TEXT_ENCODERS = ("text_encoder", "text_encoder_2", "text_encoder_3")
 STAGES = ("text encoding", "denoising", "VAE decode")
 
@@ -94,13 +97,13 @@ def check_image_request(spec: ModelSpec, prompt: str, params: ImageParams) -> No
     """What any image model checks before it runs: a ValueError a user can act on."""
     if not prompt or not prompt.strip():
         raise ValueError("`prompt` is empty: describe the image.")
-    if len(prompt) > 1000:
-        raise ValueError(f"`prompt` is {len(prompt)} characters; at most 1000.")
+    if len(prompt) > MAX_PROMPT_CHARS:
+        raise ValueError(f"`prompt` is {len(prompt)} characters; at most {MAX_PROMPT_CHARS}.")
     if (params.height, params.width) not in spec.sizes:
         sizes = ", ".join(f"{w}x{h}" for h, w in spec.sizes)
         raise ValueError(f"size {params.width}x{params.height} is not offered for {spec.id}; choose one of {sizes}.")
-    if not 1 <= params.steps <= 100:
-        raise ValueError(f"`steps` must be between 1 and 100, got {params.steps}.")
+    if not 1 <= params.steps <= MAX_STEPS:
+        raise ValueError(f"`steps` must be between 1 and {MAX_STEPS}, got {params.steps}.")
     if spec.pipeline == "shapes":  # its vocabulary is known without loading it: refused at the door, loaded or not
         from .pipelines.shapes import label_for, labels_at
 

@@ -27,7 +27,7 @@ from .image import ImageModel, ImageParams, ImageResult
 from .metrics import median, memory_mb
 from .optimize import Recipe
 from .registry import ModelSpec
-from .select import choose
+from .select import choose, estimate_bytes
 from .text import SamplingParams, TextModel, TextStep
 from .workers import Binding
 
@@ -47,13 +47,14 @@ class CompileState:
     """What the side panel shows for one model."""
 
     model: str
-    state: str = "not loaded"  # not loaded | eager | compiling | aoti | fallback
+    state: str = "not loaded"  # not loaded | unavailable | eager | compiling | aoti | fallback
     reason: str = ""
     compile_s: float | None = None
     load_s: float | None = None
     cache_hit: bool | None = None
     speedup: float | None = None
     guard_fallbacks: int = 0
+    last_guard_reason: str | None = None  # why the last call the shape guard sent to eager did not fit
     layout_copies: int = 0
     cuda_graphs: int = 0
     fallbacks: list[str] = field(default_factory=list)
@@ -100,9 +101,12 @@ class LightweightEngine:
     # --- lifecycle ---------------------------------------------------------------------------------
 
     def load(self, spec: ModelSpec, rebind: bool = True) -> TextModel | ImageModel:
-        """The loaded model, loading it (and unloading the least recent one of its task) if needed.
-        Building a model waits for a running compile (see `TORCH_STATE`); requests for models
-        already loaded never wait for either. A model switched back in gets the graphs it ran before
+        """The loaded model, loading it if needed and then unloading the other model of its task (and
+        the least recent ones past `max_loaded`). The new model is built before anything is unloaded,
+        so a load that fails leaves the models that were serving as they were; only where the device
+        cannot hold both (`fits_beside_loaded`) is the old one freed first, and then loaded back if the
+        new one fails. Building waits for a running compile (see `TORCH_STATE`); requests for models
+        already loaded never wait. A model switched back in gets the graphs it ran before
         (``rebind``: in the background, from the cache, served eager meanwhile) unless AOTI was
         switched off for it."""
         with self._guard:
@@ -113,31 +117,76 @@ class LightweightEngine:
             with self._guard:
                 if spec.id in self.models:  # loaded by another request while this one waited
                     return self.models[spec.id]
-                taken = [self._take(other) for other in [k for k, m in self.models.items() if m.spec.task == spec.task]]
-                while len(self.models) >= self.max_loaded:
-                    taken.append(self._take(next(iter(self.models))))
-            while taken:  # outside the guard: each waits for the request it is serving
-                self._free(taken)
-            start = time.perf_counter()
-            decision = choose(spec, self.device)  # what fits: a text model's draft, an image pipeline's text encoders
-            if spec.task == "text":
-                model = TextModel(spec, self.device.torch_device, without_draft="" if decision.draft else decision.reason)
-                placement = "" if decision.draft else model.no_draft
-            else:
-                model = ImageModel(spec, self.device.torch_device, offload_encoders=decision.offload_encoders)
-                placement = model.placement
+                room = self.fits_beside_loaded(spec)
+                making_room = [] if room else [self._take(k) for k in self._displaced_by(spec)]
+            freed = [entry[1].spec for entry in making_room]
+            while making_room:  # outside the guard: each waits for the request it is serving
+                self._free(making_room)
+            try:
+                model, placement, seconds = self._build(spec)
+            except Exception as exc:
+                log.exception("engine: loading %s failed", spec.id)
+                raise RuntimeError(f"{spec.id} could not be loaded ({type(exc).__name__}: {str(exc)[:300]})"
+                                   f"{self._load_back(freed)}.") from exc
             with self._guard:
-                self.models[spec.id] = model
-                self.locks[spec.id] = threading.Lock()
-                state = self.states[spec.id] = self.states[spec.id].renewed("eager", f"loaded in {time.perf_counter() - start:.1f} s")
-                state.placement = placement
-                if state.ref is not None and not self.observe_locally:  # switched back in: workers bind its graphs again
-                    state.state, state.reason = "aoti", "bound in each GPU worker from the cache, as before it was switched out"
-                else:  # (in this process: rebound below, which records its reference again)
-                    state.ref = None
+                self._insert(model, placement, seconds)
+                taken = [self._take(k) for k in self._displaced_by(spec, keep=spec.id)]
+            while taken:
+                self._free(taken)
         log.info("engine: loaded %s on %s", spec.id, self.device.label)
         if rebind and spec.id in self.recipes and self.observe_locally:  # switched back in: its graphs again, from the cache
             self.optimize(spec.id, self.recipes[spec.id], background=True)
+        return model
+
+    def _load_back(self, freed: list[ModelSpec]) -> str:
+        """Load again the models freed to make room for a load that failed; what to tell the user."""
+        if not freed:
+            return ""
+        for spec in freed:
+            try:
+                built = self._build(spec)
+            except Exception as exc:
+                log.exception("engine: loading %s back failed", spec.id)
+                return f"; {spec.id} was unloaded first to make room, and loading it back failed too ({type(exc).__name__})"
+            with self._guard:
+                self._insert(*built)
+        return f"; {', '.join(s.id for s in freed)} was unloaded first to make room (the device holds one of them) and is loaded again"
+
+    def fits_beside_loaded(self, spec: ModelSpec) -> bool:
+        """Whether ``spec`` fits the device's budget beside the models loaded now (a switch builds the
+        new model before it frees the old one)."""
+        held = sum(m.nbytes for m in self.models.values())
+        return held + estimate_bytes(spec, self.device) <= self.device.budget_bytes
+
+    def _displaced_by(self, spec: ModelSpec, keep: str | None = None) -> list[str]:
+        """The models ``spec`` replaces (hold the guard): the other one of its task, then the least
+        recently used past `max_loaded`."""
+        others = [k for k, m in self.models.items() if m.spec.task == spec.task and k != keep]
+        rest = [k for k in self.models if k not in others and k != keep]
+        over = max(0, len(self.models) - len(others) - self.max_loaded + (keep is None))
+        return others + rest[:over]
+
+    def _build(self, spec: ModelSpec) -> tuple[TextModel | ImageModel, str, float]:
+        """Build ``spec``'s model on the device: (model, what of it is not on the device, seconds)."""
+        start = time.perf_counter()
+        decision = choose(spec, self.device)  # what fits: a text model's draft, an image pipeline's text encoders
+        if spec.task == "text":
+            model = TextModel(spec, self.device.torch_device, without_draft="" if decision.draft else decision.reason)
+            return model, "" if decision.draft else model.no_draft, time.perf_counter() - start
+        model = ImageModel(spec, self.device.torch_device, offload_encoders=decision.offload_encoders)
+        return model, model.placement, time.perf_counter() - start
+
+    def _insert(self, model: TextModel | ImageModel, placement: str, seconds: float) -> TextModel | ImageModel:
+        """Make a built model the served one of its id, with a fresh state."""
+        model_id = model.spec.id
+        self.models[model_id] = model
+        self.locks[model_id] = threading.Lock()
+        state = self.states[model_id] = self.states[model_id].renewed("eager", f"loaded in {seconds:.1f} s")
+        state.placement = placement
+        if state.ref is not None and not self.observe_locally:  # switched back in: workers bind its graphs again
+            state.state, state.reason = "aoti", "bound in each GPU worker from the cache, as before it was switched out"
+        else:  # (in this process: rebound by `load`, which records its reference again)
+            state.ref = None
         return model
 
     def unload(self, model_id: str) -> float:
@@ -253,6 +302,11 @@ class LightweightEngine:
         log.info("engine: %s bound to %s in %.3f s", binding.model_id, binding.ref or "eager", seconds)
         return seconds
 
+    def mark_unavailable(self, model_id: str, reason: str) -> None:
+        """A model asked for that can't be loaded here: its card says why (it is not dropped silently)."""
+        if model_id not in self.models:
+            self.states[model_id].state, self.states[model_id].reason = "unavailable", reason
+
     def wait(self, model_id: str, timeout: float | None = None) -> CompileState:
         thread = self.threads.get(model_id)
         if thread is not None:
@@ -293,6 +347,7 @@ class LightweightEngine:
         live = aoti.status_of(model.hot_module)
         state = self.states[model_id]
         state.guard_fallbacks, state.layout_copies = live.guard_fallbacks, live.layout_copies
+        state.last_guard_reason = live.last_guard_reason
         if live.runtime == "aoti":  # a CUDA-graph capture happens (or fails) at the first call
             state.cuda_graphs, state.fallbacks = live.cuda_graphs, list(live.fallbacks)
         return live

@@ -31,6 +31,10 @@ class RequestRecord:
     bind_s: float | None = None  # seconds that process spent binding compiled graphs first (a fresh worker)
     setup_s: float | None = None  # latency spent outside the model's process: queue, fork, GPU attach, weights moved
     compared: dict[str, float] | None = None  # this request's A/B run: seconds per token or step, "aoti" and "eager"
+    compare_note: str = ""  # why an A/B run asked for did not run
+    compiled_calls: int | None = None  # calls the compiled graphs served (None: not reported),
+    guard_fallbacks: int | None = None  # and calls the shape guard sent to eager, with the last reason
+    last_guard_reason: str | None = None
     acceptance: float | None = None  # speculative decoding: the share of drafted tokens the model kept (None: not used)
     ok: bool = True
     error: str | None = None
@@ -67,8 +71,14 @@ class Metrics:
     def __init__(self, capacity: int = 256) -> None:
         self.requests: deque[RequestRecord] = deque(maxlen=capacity)
         self.memory: deque[tuple[float, float]] = deque(maxlen=capacity)
+        self.switches: deque[dict[str, Any]] = deque(maxlen=capacity)
         self._lock = threading.Lock()
         self._recorded = 0
+
+    def record_switch(self, task: str, previous: str | None, model: str, by: str) -> None:
+        """A model now serves ``task`` in place of ``previous``, at the request of ``by``."""
+        with self._lock:
+            self.switches.append({"t": time.time(), "task": task, "from": previous, "to": model, "by": by})
 
     def record(self, record: RequestRecord) -> None:
         with self._lock:
@@ -91,6 +101,7 @@ class Metrics:
         with self._lock:
             requests = [asdict(r) for r in self.requests]
             memory = list(self.memory)
+            switches = list(self.switches)
         ok = [r for r in requests if r["ok"]]
         tps = [r["tokens_per_s"] for r in ok if r["tokens_per_s"]]
         steps = [r["step_ms"] for r in ok if r["step_ms"]]
@@ -99,6 +110,7 @@ class Metrics:
         return {
             "requests": requests,
             "memory": [{"t": t, "mb": mb} for t, mb in memory],
+            "switches": switches,
             "summary": {
                 "count": len(requests),
                 "errors": len(requests) - len(ok),

@@ -168,8 +168,20 @@ DRAFTS: tuple[ModelSpec, ...] = (
 
 
 def get(model_id: str) -> ModelSpec:
-    """The spec for ``model_id`` (a catalog model or a draft); a clear error listing the known ids otherwise."""
-    for spec in (*CATALOG, *DRAFTS):
+    """The catalog's spec for ``model_id``; a KeyError listing the catalog otherwise. Drafts are not in
+    the catalog: they load with the model they draft for (`draft`), never by a request's id."""
+    for spec in CATALOG:
         if spec.id == model_id:
             return spec
-    raise KeyError(f"unknown model {model_id!r}; known models: {', '.join(s.id for s in CATALOG)}")
+    known = ", ".join(s.id for s in CATALOG)
+    if any(d.id == model_id for d in DRAFTS):
+        raise KeyError(f"{model_id!r} is a draft model, loaded only with the model it drafts for; choose one of: {known}")
+    raise KeyError(f"unknown model {str(model_id)[:100]!r}; known models: {known}")
+
+
+def draft(model_id: str) -> ModelSpec:
+    """The spec of a draft model (`ModelSpec.draft`): a draft or a catalog model that drafts for another."""
+    for spec in (*DRAFTS, *CATALOG):
+        if spec.id == model_id:
+            return spec
+    raise KeyError(f"unknown draft model {model_id!r}")

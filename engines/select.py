@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from . import registry
 from .device import DeviceInfo
-from .registry import ModelSpec, get
+from .registry import ModelSpec
 
 GiB = 1024**3
 Engine = Literal["lightweight", "distributed", "refused"]
@@ -55,7 +56,7 @@ def estimate_parts(spec: ModelSpec, device: DeviceInfo, quantization: str = "non
     if spec.task == "text":
         # KV cache: about 0.1 MB per token per billion parameters at bf16 (GQA models are below this).
         tokens = spec.max_prompt_tokens + spec.max_new_tokens
-        params_b = spec.params_b + (get(spec.draft).params_b if spec.draft and draft else 0.0)
+        params_b = spec.params_b + (registry.draft(spec.draft).params_b if spec.draft and draft else 0.0)
         weights = params_b * 1e9 * weight_bytes
         working = params_b * 1e9 * 2 * 0.02 + tokens * params_b * 0.1e6
     else:

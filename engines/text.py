@@ -98,6 +98,9 @@ def read_later(token: torch.Tensor) -> Callable[[], int]:
     return read
 
 
+TEMPERATURE_MAX = 2.0
+
+
 def check_text_request(spec: ModelSpec, prompt: str, params: SamplingParams) -> None:
     """What any text model checks before it runs (the prompt's length in tokens aside): a ValueError a
     user can act on."""
@@ -105,8 +108,8 @@ def check_text_request(spec: ModelSpec, prompt: str, params: SamplingParams) -> 
         raise ValueError("`prompt` is empty: type some text to continue.")
     if not 1 <= params.max_new_tokens <= spec.max_new_tokens:
         raise ValueError(f"`max_new_tokens` must be between 1 and {spec.max_new_tokens}, got {params.max_new_tokens}.")
-    if not 0 <= params.temperature <= 2:
-        raise ValueError(f"`temperature` must be between 0 and 2, got {params.temperature}.")
+    if not 0 <= params.temperature <= TEMPERATURE_MAX:
+        raise ValueError(f"`temperature` must be between 0 and {TEMPERATURE_MAX:g}, got {params.temperature}.")
     if not 0 < params.top_p <= 1:
         raise ValueError(f"`top_p` must be in (0, 1], got {params.top_p}.")
     if params.speculative and not spec.draft:
@@ -189,7 +192,7 @@ class TextModel:
         """The draft model ``draft_id`` and "", or None and why not (the model serves without it)."""
         if built:
             return None, f"no draft given for a model built in code (draft {draft_id} not loaded)"
-        spec = registry.get(draft_id)
+        spec = registry.draft(draft_id)
         available, why = registry.availability(spec)
         if not available:
             log.warning("draft %s not loaded: %s", draft_id, why)

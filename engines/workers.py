@@ -58,13 +58,16 @@ class RunReport:
     # latency is the main process's queue and spaces' work: the fork, attaching the GPU, moving weights
     peak_mem_mb: float | None = None
     device: str = ""
-    guard_fallbacks: int = 0
-    layout_copies: int = 0
+    compiled_calls: int = 0  # calls of this request the compiled graphs served,
+    guard_fallbacks: int = 0  # and the calls the shape guard sent to eager (with the last one's reason)
+    last_guard_reason: str | None = None
+    layout_copies: int = 0  # (this request's)
     cuda_graphs: int = 0
     fallbacks: list[str] = field(default_factory=list)
     # An A/B comparison of this request: seconds per token (text) or per step (image), compiled and
     # eager, measured one after the other in this worker; None when not asked for (or nothing compiled).
     compared: dict[str, float] | None = None
+    compare_note: str = ""  # why a comparison asked for did not run ("": it ran, or none was asked for)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

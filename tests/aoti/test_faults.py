@@ -1,13 +1,12 @@
 """Faults a serving machine meets, each survived: a cache folder that can't be written (read-only, no
 room) and a process killed in the middle of a compile. Each runs in a child process, as the real fault
 would happen: a folder whose mode forbids writing (root's child drops its override capability), a file
-size limit (RLIMIT_FSIZE, what a full disk answers a writer), a SIGKILL."""
+file system too small for the package (a tmpfs mounted privately over the cache folder), a SIGKILL."""
 
 from __future__ import annotations
 
 import json
 import os
-import resource
 import signal
 import subprocess
 import sys
@@ -15,6 +14,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 import aoti
@@ -33,15 +33,19 @@ def mlp_call(rows=4):
 """
 
 
-def _child(code: str, tmp_path: Path, *args: str, prelude: str = "", preexec=None, wait: bool = True):
+def _child(code: str, tmp_path: Path, *args: str, prelude: str = "", preexec=None, wait: bool = True, unshare: bool = False):
     """Run ``code`` in a fresh interpreter with this checkout importable and its own writable temp and
-    Inductor folders (readable and writable by any user)."""
+    Inductor folders (readable and writable by any user); with ``unshare``, in a mount namespace of its
+    own (what it mounts is gone when it exits)."""
     scratch = tmp_path / "scratch"
     scratch.mkdir(exist_ok=True)
     scratch.chmod(0o777)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HOME": str(scratch), "TMPDIR": str(scratch),
            "TORCHINDUCTOR_CACHE_DIR": str(scratch / "inductor"), "HF_HUB_OFFLINE": "1"}
-    popen = subprocess.Popen([sys.executable, "-c", prelude + _MLP + textwrap.dedent(code), *args], cwd=ROOT, env=env,
+    command = [sys.executable, "-c", prelude + _MLP + textwrap.dedent(code), *args]
+    if unshare:
+        command = ["unshare", "--mount", "--propagation", "private", *command]
+    popen = subprocess.Popen(command, cwd=ROOT, env=env,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=preexec)
     if not wait:
         return popen
@@ -106,31 +110,53 @@ def _capture(model: torch.nn.Module) -> aoti.CapturedCalls:
     return call
 
 
-def _no_room():
-    """In the child: what a full disk answers a writer (files may not grow past 4 KiB)."""
-    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (4096, resource.RLIM_INFINITY))
+FULL_DISK_KB = 64  # a file system with room for the cache's lock files and little else: the package won't fit
 
 
-def test_a_full_disk_is_a_clear_message_and_not_remembered(tmp_path):
+def _small_filesystem_possible() -> bool:
+    """Whether this machine lets a test mount a tmpfs in a mount namespace of its own (root, `unshare`)."""
+    import shutil
+
+    if shutil.which("unshare") is None or os.geteuid() != 0:
+        return False
+    probe = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                            "d=$(mktemp -d) && mount -t tmpfs -o size=64k tmpfs $d && umount $d && rmdir $d"], capture_output=True)
+    return probe.returncode == 0
+
+
+@pytest.mark.skipif(not _small_filesystem_possible(), reason="needs root and unshare to mount a small tmpfs privately")
+def test_a_full_disk_under_the_cache_is_named_and_not_remembered(tmp_path):
+    """The cache folder is a file system of 64 KiB (a tmpfs mounted in the child's own mount namespace,
+    so nothing outside sees it); the compiler's work folders have room, and the toolchain is settled
+    before the build. The build's write into the cache fails for lack of space: the error names that
+    folder and says what to do; once the file system has room again, the same build succeeds (the
+    fault was not remembered against the model)."""
     root = tmp_path / "cache"
+    root.mkdir()
     result = _child("""
-        import resource
-        cache = aoti.Cache(sys.argv[1])
+        import subprocess
+        from aoti.passes.toolchain import prepare_inductor
+        prepare_inductor()  # the compiler checks, in the work folders: settled before the cache fills
+        root = sys.argv[1]
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=%dk" % int(sys.argv[2]), "tmpfs", root], check=True)
+        cache = aoti.Cache(root)
         model, call = mlp_call()
         try:
             aoti.compile(model, call, cache=cache, remember_failure=True)
             refused = None
         except aoti.CacheUnwritable as exc:
             refused = str(exc)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))  # room again
+        subprocess.run(["mount", "-o", "remount,size=64m", root], check=True)  # room again
         again = aoti.compile(model, call, cache=cache, remember_failure=True)
-        print(json.dumps(dict(refused=refused, hit=again.status.cache_hit, runtime=aoti.apply(again, model).runtime)))
-    """, tmp_path, str(root), preexec=_no_room)
-    assert result["refused"] and "AOTI_CACHE_DIR" in result["refused"] and str(root) in result["refused"]
-    assert "File too large" in result["refused"] or "File size limit exceeded" in result["refused"]
+        staged = sorted(p.name for p in (cache.root / "staging").iterdir())
+        print(json.dumps(dict(refused=refused, hit=again.status.cache_hit, runtime=aoti.apply(again, model).runtime,
+                              staged=staged)))
+    """, tmp_path, str(root), str(FULL_DISK_KB), unshare=True)
+    refused = result["refused"]
+    assert refused and "No space left on device" in refused, refused
+    assert f"{root}/staging" in refused and "AOTI_CACHE_DIR" in refused  # the folder that refused the write
     assert result["hit"] is False and result["runtime"] == "aoti"  # built once there was room: not remembered
-    assert not any((root / "staging").iterdir())
+    assert result["staged"] == []
 
 
 def test_a_compile_killed_midway_leaves_nothing_loadable_and_runs_again(tmp_path):

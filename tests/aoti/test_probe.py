@@ -28,7 +28,8 @@ def test_crashing_package_is_reported_and_the_module_stays_eager(mlp_artifact, t
     assert status.runtime == "eager" and "crashed" in status.reason and "SIGSEGV" in status.reason
     assert "forward" not in model.__dict__
     assert model(torch.randn(2, 32)).shape == (2, 16)
-    assert crashing.cache.read_json(crashing.key, PROBE_FILE)["ok"] is False  # the verdict is cached
+    kept = crashing.cache.read_json(crashing.key, PROBE_FILE)
+    assert kept["ok"] is False and kept["sound"] is True  # a crash by a signal is a verdict: cached
 
 
 def test_sound_package_passes_the_probe_and_its_verdict_is_cached(mlp_artifact):
@@ -123,3 +124,23 @@ def test_a_missing_compiler_is_a_clear_error_and_never_a_remembered_good_verdict
     with pytest.raises(RuntimeError, match="no working C\\+\\+ compiler"):
         aoti.compile(model, call, cache=aoti.Cache(tmp_path / "cache"))
     assert toolchain._prepared is None  # a missing compiler is never kept: checked again next time
+
+
+def test_a_probe_that_times_out_is_not_kept_as_a_verdict_and_runs_again(mlp_artifact, monkeypatch):
+    """A time-out says nothing about the package (a busy host): this load serves eager with the reason,
+    the verdict file counts the inconclusive attempt, and the next load probes again and binds."""
+    import aoti.probe
+
+    model, artifact = mlp_artifact
+    aoti.restore(model)
+    artifact.cache.entry_dir(artifact.key).joinpath(PROBE_FILE).unlink(missing_ok=True)
+    monkeypatch.setattr(aoti.probe, "PROBE_TIMEOUT_S", 0.01)
+    status = aoti.apply(artifact, model)
+    assert status.runtime == "eager" and "timed out" in status.reason and "probes it again" in status.reason
+    kept = artifact.cache.read_json(artifact.key, PROBE_FILE)
+    assert kept["sound"] is False and kept["failures"] == 1
+    monkeypatch.setattr(aoti.probe, "PROBE_TIMEOUT_S", 600.0)
+    assert aoti.apply(artifact, model).runtime == "aoti"
+    kept = artifact.cache.read_json(artifact.key, PROBE_FILE)
+    assert kept["ok"] is True and kept["sound"] is True
+    aoti.restore(model)

@@ -109,7 +109,7 @@ def test_every_draft_in_the_catalog_is_a_text_model_that_holds_its_models_cache(
     drafted = [spec for spec in registry.CATALOG if spec.draft]
     assert {spec.id for spec in drafted} >= {"tiny-llama-pydoc", "qwen2.5-7b-instruct"}
     for spec in drafted:
-        draft = registry.get(spec.draft)
+        draft = registry.draft(spec.draft)
         assert draft.task == spec.task == "text" and not draft.draft
         assert draft.max_prompt_tokens >= spec.max_prompt_tokens and draft.max_new_tokens >= spec.max_new_tokens
     assert not {d.id for d in registry.DRAFTS} & {s.id for s in registry.CATALOG}  # drafts are not offered on their own
