@@ -185,7 +185,8 @@ def _image_params(model_id: str, size: str, steps: float, seed: float, guidance:
 
 def _text_request(model_id, prompt, max_new_tokens, temperature, compare, speculative) -> SamplingParams:
     """The checked parameters of a text request; a ValueError naming the input otherwise."""
-    params = inputs.text_params(max_new_tokens, temperature, speculative)
+    most = next((m["max_new_tokens"] for m in MODELS if m["id"] == model_id), 2**31 - 1)
+    params = inputs.text_params(max_new_tokens, temperature, speculative, most)
     inputs.flag("compare", compare)
     studio.check_text(model_id, prompt, params)
     return params

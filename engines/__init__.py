@@ -88,7 +88,8 @@ class Studio:
         except KeyError as exc:
             raise ValueError(str(exc.args[0])) from None
         if task is not None and spec.task != task:
-            raise ValueError(f"{model_id} is a {spec.task} model; pick a {task} model for this tab.")
+            article = {"image": "an"}.get(spec.task, "a")
+            raise ValueError(f"{model_id} is {article} {spec.task} model; pick {'an' if task == 'image' else 'a'} {task} model for this tab.")
         available, why = registry.availability(spec)
         if not available:
             raise ValueError(f"{model_id} is not available here: {why}.")

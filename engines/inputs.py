@@ -57,10 +57,10 @@ def text(name: str, value: Any) -> str:
     return value
 
 
-def text_params(max_new_tokens: Any, temperature: Any, speculative: Any = False) -> SamplingParams:
-    """Sampling parameters from raw values (`max_new_tokens`'s upper bound is the model's, checked by
-    `check_text_request`; here only that it is a whole number at least 1)."""
-    return SamplingParams(max_new_tokens=whole_number("max_new_tokens", max_new_tokens, 1, 2**31 - 1),
+def text_params(max_new_tokens: Any, temperature: Any, speculative: Any = False, most_tokens: int = 2**31 - 1) -> SamplingParams:
+    """Sampling parameters from raw values; ``most_tokens``: the model's bound on `max_new_tokens`
+    (`ModelSpec.max_new_tokens`, checked again by `check_text_request`)."""
+    return SamplingParams(max_new_tokens=whole_number("max_new_tokens", max_new_tokens, 1, most_tokens),
                           temperature=number("temperature", temperature, 0, TEMPERATURE_MAX), seed=0,
                           speculative=flag("speculative", speculative))
 

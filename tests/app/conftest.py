@@ -37,3 +37,36 @@ def compiled_app(client):
             return rows
         time.sleep(1)
     raise TimeoutError(f"startup compile did not finish: {states}")
+
+
+OWNER_TOKEN = "s3cret-token"
+BROKEN_HUB_MODEL = "qwen2.5-0.5b-instruct"  # in the owned server's Hugging Face cache with a config and nothing else
+
+
+@pytest.fixture(scope="session")
+def owned(cache_dir, tmp_path_factory):
+    """A real `python app.py` with an owner (alice, or the admin token) and no startup compile, as a
+    public Space runs; its Hugging Face cache holds `BROKEN_HUB_MODEL` with a config.json alone, so
+    that model is listed as available and fails when loaded. A `gradio_client.Client` for it."""
+    import json
+
+    from gradio_client import Client
+
+    from benchmarks.harness.hub_cache import new_snapshot
+    from engines import registry
+
+    folder = tmp_path_factory.mktemp("owned")
+    snapshot = new_snapshot(folder / "hf", registry.get(BROKEN_HUB_MODEL).source)
+    (snapshot / "config.json").write_text(json.dumps({"model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"]}))
+    env = {"AOTI_ADMIN_TOKEN": OWNER_TOKEN, "AOTI_OWNERS": "alice", "AOTI_COMPILE": "0", "AOTI_QUEUE_MAX": "2",
+           "HF_HOME": str(folder / "hf")}
+    proc, url = start_app(folder / "app.log", cache_dir, env)
+    try:
+        client = Client(url, verbose=False)
+        deadline = time.time() + 120
+        while any(r["state"] == "not loaded" for r in client.predict(api_name="/compile_status")
+                  if r["model"] in ("tiny-llama-pydoc", "tiny-shapes-unet")) and time.time() < deadline:
+            time.sleep(0.5)
+        yield client
+    finally:
+        stop_app(proc, folder / "app.log")

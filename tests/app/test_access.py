@@ -8,27 +8,10 @@ from pathlib import Path
 import pytest
 
 from benchmarks.harness.servers import start_app, stop_app
+from tests.app.conftest import OWNER_TOKEN as TOKEN
 from tests.app.test_browser import CHROMIUM
 
-TOKEN = "s3cret-token"
 TEXT = "tiny-llama-pydoc"
-
-
-@pytest.fixture(scope="module")
-def owned(cache_dir, tmp_path_factory):
-    from gradio_client import Client
-
-    log = tmp_path_factory.mktemp("owned") / "app.log"
-    env = {"AOTI_ADMIN_TOKEN": TOKEN, "AOTI_OWNERS": "alice", "AOTI_COMPILE": "0", "AOTI_QUEUE_MAX": "2"}
-    proc, url = start_app(log, cache_dir, env)
-    try:
-        client = Client(url, verbose=False)
-        deadline = time.time() + 120
-        while _state(client)["state"] == "not loaded" and time.time() < deadline:
-            time.sleep(0.5)
-        yield client
-    finally:
-        stop_app(proc, log)
 
 
 def _state(client) -> dict:
