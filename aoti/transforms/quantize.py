@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..kernels.fp8 import FP8_DTYPE, fp8_unsupported
+from ..kernels.fp8 import FP8_DTYPE, fp8_scaled, fp8_unsupported, scaled_mm_fails
 from ..kernels.fp8_rows import rowwise_fp8
 from ..kernels.gemv import gemv, one_row
 from ..kernels.support import runs_on
@@ -72,10 +72,22 @@ class RowwiseFloat8Linear(torch.nn.Module):
         return self.weight.view(FP8_DTYPE)
 
     @classmethod
-    def from_linear(cls, linear: torch.nn.Linear) -> RowwiseFloat8Linear:
-        weight, scale = rowwise_fp8(linear.weight.detach())
+    def from_linear(cls, linear: torch.nn.Linear, per_tensor: bool = False) -> RowwiseFloat8Linear:
+        """``linear`` in e4m3 with a scale per output row, or (``per_tensor``) one scale for the whole
+        weight: its ``weight_scale`` is then (1, 1), so a package built either way knows which by the
+        shapes of its constants."""
+        source = linear.weight.detach()
+        if per_tensor:
+            weight, scale = fp8_scaled(source, source.abs().amax().reshape(1, 1))
+        else:
+            weight, scale = rowwise_fp8(source)
         bias = linear.bias.detach() if linear.bias is not None else None
         return cls(weight, scale.reshape(1, -1).contiguous(), bias)
+
+    @property
+    def per_tensor(self) -> bool:
+        """One scale for the whole weight, and one for each call's activations (where row-wise fail)."""
+        return self.weight_scale.numel() == 1 and self.out_features > 1
 
     fusion: dict = {}  # extra `gemv` arguments for the kernel path, as `GemvLinear.fusion`
 
@@ -85,19 +97,24 @@ class RowwiseFloat8Linear(torch.nn.Module):
 
     def kernel_operands(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """The e4m3 weight, per-row scale and bias that `aoti.kernels.gemv.gemv` reads."""
-        return self.fp8_weight, self.weight_scale.reshape(-1), self.bias
+        scale = self.weight_scale.reshape(-1)
+        return self.fp8_weight, scale.expand(self.out_features).contiguous() if self.per_tensor else scale, self.bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.kernel_path(x):
             return gemv(x, *self.kernel_operands(), **self.fusion)
         rows = x.reshape(-1, x.shape[-1])
-        q, scale = rowwise_fp8(rows)
+        if self.per_tensor:
+            q, scale = fp8_scaled(rows, rows.abs().amax().reshape(1, 1))
+        else:
+            q, scale = rowwise_fp8(rows)
         out = torch._scaled_mm(q, self.fp8_weight.t(), scale_a=scale, scale_b=self.weight_scale, bias=self.bias,
                                out_dtype=x.dtype, use_fast_accum=True)
         return out.reshape(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, fp8=e4m3 rowwise"
+        scaling = "per tensor" if self.per_tensor else "rowwise"
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, fp8=e4m3 {scaling}"
 
 
 def fp8_compatible(linear: torch.nn.Linear) -> bool:
@@ -108,6 +125,11 @@ def fp8_compatible(linear: torch.nn.Linear) -> bool:
 @dataclass(frozen=True)
 class Float8Rowwise(TransformConfig):
     """FP8 (e4m3) weights scaled per output row, activations quantized per token, `torch._scaled_mm`.
+
+    Before it rewrites anything, each scale layout is self-tested once on the device
+    (`aoti.kernels.fp8.scaled_mm_fails`): where row-wise scales fail, the layers use one scale per
+    tensor (recorded as a fallback with the reason); where both fail, the module stays in its float
+    dtype (`NotApplied`, with both reasons).
 
     Args:
         emulate: run where the device has no FP8 tensor cores too (torch's reference `_scaled_mm` on the
@@ -175,6 +197,13 @@ def _float8_rowwise(module: torch.nn.Module, config: Float8Rowwise) -> tuple[Cal
     device = module_device(module)
     if not config.emulate and (reason := fp8_unsupported(device)):
         raise NotApplied(f"FP8 {reason}")
+    per_tensor = False
+    if row_failed := scaled_mm_fails(device, "row"):
+        if tensor_failed := scaled_mm_fails(device, "tensor"):
+            raise NotApplied(f"torch._scaled_mm failed its self-test on this device with row-wise scales ({row_failed}) "
+                             f"and with per-tensor scales ({tensor_failed})")
+        per_tensor = True
+        log.warning("aoti: FP8 row-wise scales failed their self-test (%s); one scale per tensor instead", row_failed)
     shared, swapped, left = _shared(module), [], 0
     with torch.no_grad():
         for parent in list(module.modules()):
@@ -183,7 +212,7 @@ def _float8_rowwise(module: torch.nn.Module, config: Float8Rowwise) -> tuple[Cal
                     left += 1
                 elif type(child) in (torch.nn.Linear, GemvLinear):
                     stash = _Stash(child, shared)
-                    parent._modules[name] = RowwiseFloat8Linear.from_linear(child)
+                    parent._modules[name] = RowwiseFloat8Linear.from_linear(child, per_tensor)
                     stash.release()
                     swapped.append((parent, name, stash))
     if not swapped:
@@ -195,8 +224,12 @@ def _float8_rowwise(module: torch.nn.Module, config: Float8Rowwise) -> tuple[Cal
                 parent._modules[name] = stash.put_back()
 
     total = len(swapped) + left
-    partial = f"{left} of {total} linear layers left unquantized (sizes not multiples of 16)" if left else None
-    return undo, f"{len(swapped)} of {total} linear layers in e4m3", partial
+    partial = [f"{left} of {total} linear layers left unquantized (sizes not multiples of 16)"] if left else []
+    if per_tensor:
+        partial.append(f"per-row scales -> one per tensor: torch._scaled_mm with row-wise scales failed its self-test here "
+                       f"({row_failed})")
+    scaling = ", one scale per tensor" if per_tensor else ""
+    return undo, f"{len(swapped)} of {total} linear layers in e4m3{scaling}", "; ".join(partial) or None
 
 
 @register_transform(Int8WeightOnly)

@@ -199,3 +199,53 @@ def test_fp8_counts_the_layers_it_quantized_and_says_which_it_left():
     assert fallbacks == ["Float8Rowwise -> partly: 1 of 2 linear layers left unquantized (sizes not multiples of 16)"]
     assert aoti.record_of(model).notes == ["Float8Rowwise: 1 of 2 linear layers in e4m3"]
     assert type(model[2]) is torch.nn.Linear
+
+
+def _scaled_mm_without_row_scales(monkeypatch, also_tensor: bool = False):
+    """`torch._scaled_mm` as RTX PRO Blackwell runs it in the torch builds of pytorch issue 192707:
+    row-wise scales raise cuBLAS's CUBLAS_STATUS_NOT_SUPPORTED, per-tensor scales work (``also_tensor``:
+    they fail too). The FP8 self-test results of this process are forgotten first."""
+    from aoti.kernels import fp8
+
+    real = torch._scaled_mm
+
+    def scaled_mm(a, b, scale_a, scale_b, *args, **kwargs):
+        if scale_a.numel() > 1 or scale_b.numel() > 1 or also_tensor:
+            raise RuntimeError("CUDA error: CUBLAS_STATUS_NOT_SUPPORTED when calling cublasLtMatmul")
+        return real(a, b, scale_a, scale_b, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "_scaled_mm", scaled_mm)
+    monkeypatch.setattr(fp8, "_SELF_TESTED", {})
+
+
+def test_where_row_wise_fp8_fails_its_self_test_the_layers_use_one_scale_per_tensor(cache, monkeypatch):
+    """The self-test runs before any layer is rewritten; the fallback is recorded with cuBLAS's reason;
+    the per-tensor model compiles and matches its eager run and the float model within FP8 error."""
+    from aoti.transforms.quantize import RowwiseFloat8Linear
+
+    _scaled_mm_without_row_scales(monkeypatch)
+    model, reference = tiny.flux(), tiny.flux()
+    fallbacks = aoti.transform(model, [aoti.Float8Rowwise(emulate=True)])
+    layers = [m for m in model.modules() if isinstance(m, RowwiseFloat8Linear)]
+    assert layers and all(layer.per_tensor for layer in layers)
+    assert any("per-row scales -> one per tensor" in f and "CUBLAS_STATUS_NOT_SUPPORTED" in f for f in fallbacks), fallbacks
+    inputs = tiny.flux_inputs()
+    with aoti.capture(model) as call, torch.no_grad():
+        model(**inputs)
+    status = aoti.apply(aoti.compile(model, call, cache=cache), model)
+    assert status.runtime == "aoti" and any("one per tensor" in f for f in status.fallbacks), status
+    torch.manual_seed(3)
+    fresh = tiny.flux_inputs()
+    with torch.no_grad():
+        compiled, eager, exact = (m(**fresh)[0].float() for m in (model, model.forward.eager, reference))
+    assert rel(compiled, eager) < 1e-4 and rel(compiled, exact) < 0.1
+    aoti.restore(model)
+
+
+def test_where_every_fp8_layout_fails_its_self_test_the_module_stays_in_its_float_dtype(monkeypatch):
+    _scaled_mm_without_row_scales(monkeypatch, also_tensor=True)
+    model = tiny.flux()
+    fallbacks = aoti.transform(model, [aoti.Float8Rowwise(emulate=True)])
+    assert fallbacks == [fallbacks[0]] and fallbacks[0].startswith("Float8Rowwise -> skipped: torch._scaled_mm failed its self-test")
+    assert "row-wise scales (RuntimeError: CUDA error: CUBLAS_STATUS_NOT_SUPPORTED" in fallbacks[0]
+    assert aoti.quantization_of(model) == "none" and all(p.dtype == torch.float32 for p in model.parameters())
