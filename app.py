@@ -476,7 +476,7 @@ def build() -> gr.Blocks:
                                        elem_id="text-compare")
             speculative = gr.Checkbox(value=False, elem_id="text-speculative", label=(
                 "Speculative decoding: a small draft model proposes tokens, this model checks them in one step "
-                "(the same greedy text; the same sampling distribution)"))
+                "(the model's own greedy text, up to floating-point rounding on a GPU; the same sampling distribution)"))
             text_button = gr.Button("Generate", variant="primary", elem_id="text-generate")
             text_out = gr.Textbox(label="Output", lines=6, buttons=["copy"], elem_id="text-output")
         with gr.Tab("Image"):

@@ -1,7 +1,10 @@
 """Speculative decoding: a small draft model proposes ``k`` tokens one at a time, the target checks all
 of them in one forward over ``k + 1`` positions, and keeps the longest prefix it agrees with plus one
-token of its own. Greedy output is the target's own; sampled output has the target's distribution
-exactly (Leviathan et al. 2023, "Fast Inference from Transformers via Speculative Decoding"):
+token of its own. Greedy output is the target's own, up to floating-point rounding: on a GPU the
+verify step reads k + 1 tokens in one product, which rounds differently from k + 1 one-token steps, so
+in bf16 a near-tie can flip (exactly equal in fp32 on the CPU, tested). Sampled output has the
+target's distribution exactly (Leviathan et al. 2023, "Fast Inference from Transformers via
+Speculative Decoding"):
 
 - draft token ``d`` drawn from ``q`` is kept with probability ``min(1, p(d) / q(d))``;
 - at the first rejection the token is drawn from ``max(0, p - q)`` renormalized;

@@ -404,8 +404,8 @@ class TextModel:
 
     def decode_speculative(self, ids: torch.Tensor, params: SamplingParams, stats: Speculation) -> Iterator[int]:
         """Like `decode_tokens`, with the draft proposing ``spec.draft_tokens`` tokens a round and this
-        model verifying them in one step (`engines.speculative`): the same greedy text, the same
-        sampling distribution. ``stats`` counts drafted and kept tokens."""
+        model verifying them in one step (`engines.speculative`): the model's own greedy text (up to
+        floating-point rounding on a GPU), the same sampling distribution. ``stats`` counts drafted and kept tokens."""
         if self.draft is None:
             raise ValueError(f"`speculative` decoding is not available for {self.spec.id}: {self.no_draft}.")
         self._follow_weights()

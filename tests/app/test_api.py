@@ -119,7 +119,8 @@ def test_server_keeps_serving_after_errors_and_metrics_reflect_requests(client, 
 def test_switching_aoti_off_and_on(client, compiled_app):
     rows = {r["model"]: r for r in client.predict("tiny-shapes-unet", False, False, False, api_name="/set_optimization")}
     assert rows["tiny-shapes-unet"]["state"] == "eager"
-    client.predict("tiny-shapes-unet", "a red square, center", "32x32", 4, 0, 0, api_name="/generate_image")
+    _, info = client.predict("tiny-shapes-unet", "a red square, center", "32x32", 4, 0, 0, True, api_name="/generate_image")
+    assert "not compared with eager: the model runs eager here" in info  # a comparison asked for is never dropped silently
     client.predict("tiny-shapes-unet", True, False, False, api_name="/set_optimization")
     for _ in range(120):
         rows = {r["model"]: r for r in client.predict(api_name="/compile_status")}

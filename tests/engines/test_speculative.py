@@ -147,3 +147,24 @@ def test_a_target_token_past_the_drafts_vocabulary_does_not_stop_decoding():
     stats = Speculation()
     assert _ids(target, dataclasses.replace(params, speculative=True), stats=stats) == plain
     assert stats.rounds > 0
+
+
+def test_the_bonus_token_after_every_draft_is_kept_follows_the_targets_next_distribution():
+    """When the target keeps all k drafts, the token it adds is drawn from its distribution one past
+    the last draft (p[k]), whatever q was: over the rounds that kept everything, the bonus tokens'
+    frequencies match p[k] (total variation under 0.03; q[0] is 0.15+ from p[0], p[k] is 0.3+ from a
+    uniform draw, so a wrong row would show)."""
+    g = torch.Generator().manual_seed(1)
+    vocab, k, trials = 6, 2, 30_000
+    p = torch.stack([_distribution(vocab, g) for _ in range(k + 1)])
+    q = 0.6 * p[:k] + 0.4 * torch.stack([_distribution(vocab, g) for _ in range(k)])
+    assert 0.5 * (p[0] - q[0]).abs().sum() > 0.15 and 0.5 * (p[k] - 1 / vocab).abs().sum() > 0.3
+    bonus, rounds = torch.zeros(vocab), 0
+    for _ in range(trials):
+        drafts = torch.stack([torch.multinomial(q[i], 1, generator=g)[0] for i in range(k)])
+        kept, following = accept(drafts, p, q, g, greedy=False)
+        if kept == k:
+            bonus[following] += 1
+            rounds += 1
+    assert rounds > trials // 4  # the branch ran often enough to measure
+    assert 0.5 * (bonus / rounds - p[k]).abs().sum() < 0.03

@@ -93,6 +93,8 @@ def test_requests_bind_the_compiled_graphs_in_their_workers(space):
     records = last_requests(space.client, 4)
     assert [r["runtime"] for r in records] == ["aoti"] * 4, records
     assert all(r["ok"] and r["peak_mem_mb"] and r["setup_s"] is not None for r in records)
+    # compiled calls really ran in the worker, and the shape guard sent none of them to eager
+    assert all(r["compiled_calls"] > 0 and r["guard_fallbacks"] == 0 for r in records), records
     assert records[0]["tokens"] > 1 and records[0]["tokens_per_s"]  # timed in the worker
     first_text, second_text = records[0], records[2]
     if space.mode == "idle":  # one worker per function, reused: the graphs are bound once
@@ -117,6 +119,12 @@ def test_a_speculative_request_runs_the_compiled_draft_in_its_worker(space):
     assert record["runtime"] == "aoti" and record["acceptance"] is not None and record["worker_pid"] != os.getpid()
     row = states(space.client)[TEXT]
     assert row["acceptance"] == record["acceptance"] and not [f for f in row["fallbacks"] if "draft" in f]
+    # speculation and "compare with eager": said, not run, and its speed kept out of the compiled-vs-eager speeds
+    speeds = (row["aoti_latency_s"], row["eager_latency_s"])
+    space.client.predict(TEXT, "If the file", 24, 0.0, True, True, api_name="/generate_text")
+    record = last_requests(space.client, 1)[0]
+    assert record["compared"] is None and "speculative decoding's speed is its own" in record["compare_note"]
+    assert (states(space.client)[TEXT]["aoti_latency_s"], states(space.client)[TEXT]["eager_latency_s"]) == speeds
 
 
 def test_bad_requests_are_refused_with_their_messages_before_any_gpu_call(space):
@@ -192,3 +200,4 @@ def test_an_error_raised_in_a_worker_reaches_the_caller_with_its_message(tmp_pat
     assert line.startswith("ERROR Error this model draws a colour"), line
     assert "the prompt names no colour and no shape" in line
     assert len(api.scheduled()) == 1  # the call was scheduled: it ran in a forked worker
+    assert "GPU call refused its input: this model draws a colour" in out.stdout + out.stderr  # logged, not silent
