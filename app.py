@@ -451,9 +451,16 @@ def _optimization_controls(model_id: str, profile: gr.OAuthProfile | None = None
 
 
 def _model_choices(task: str | None = None) -> list[tuple[str, str]]:
-    """Every model of ``task`` (default: all), an unavailable one marked with the reason."""
-    return [(m["id"] if m["available"] else f"{m['id']} — unavailable: {m['reason']}", m["id"])
-            for m in MODELS if task in (None, m["task"])]
+    """Every model of ``task`` (default: all), an unavailable one marked with the reason; on a server
+    with an owner, the generating tabs mark the models that are not served (the owner loads them)."""
+    def label(m: dict[str, Any]) -> str:
+        if not m["available"]:
+            return f"{m['id']} — unavailable: {m['reason']}"
+        if task is not None and not ACCESS.open and m["id"] not in STARTUP_MODELS:
+            return f"{m['id']} — not served here (the owner loads models)"
+        return m["id"]
+
+    return [(label(m), m["id"]) for m in MODELS if task in (None, m["task"])]
 
 
 def _image_sizes(model_id: str):
