@@ -15,8 +15,6 @@ import time
 from typing import Any
 
 import gradio as gr
-import numpy as np
-import pandas as pd
 
 from engines.device import on_zerogpu
 from engines.workers import prepare_torch_for_spaces
@@ -26,7 +24,7 @@ if ON_ZEROGPU:
     prepare_torch_for_spaces()
 import spaces  # noqa: E402, I001  (before anything initialises CUDA)
 
-from engines import Binding, ImageParams, ImageResult, RunReport, SamplingParams, Studio, inputs  # noqa: E402
+from engines import Binding, ImageParams, ImageResult, RunReport, SamplingParams, Studio, Switches, inputs  # noqa: E402
 from engines.metrics import median  # noqa: E402
 import panel  # noqa: E402
 from engines.access import Access  # noqa: E402
@@ -43,7 +41,7 @@ studio = Studio(gpu_in_workers=ON_ZEROGPU, open_catalog=ACCESS.open)
 MODELS = studio.models()
 TEXT_MODELS = [m["id"] for m in MODELS if m["task"] == "text"]
 IMAGE_MODELS = [m["id"] for m in MODELS if m["task"] == "image"]
-TASKS = {m["id"]: m["task"] for m in MODELS}
+PANEL = panel.Panel({m["id"]: m["task"] for m in MODELS})
 STARTUP_MODELS = studio.startup_models(os.environ.get("AOTI_STARTUP_MODELS"))  # loaded (and compiled) at startup
 
 
@@ -54,6 +52,11 @@ def _default(task: str) -> str:
 
 
 DEFAULT_TEXT, DEFAULT_IMAGE = _default("text"), _default("image")
+
+
+def _model(model_id: Any) -> dict[str, Any] | None:
+    """The catalog row of ``model_id`` (`Studio.models`), None for an id the catalog lacks."""
+    return next((m for m in MODELS if m["id"] == model_id), None)
 
 
 # --- GPU functions: on ZeroGPU each call runs in a forked worker; plain data in, plain data out -------
@@ -97,38 +100,38 @@ def _image_task():
 
 
 def _compile_task():
-    def compile_on_gpu(model_ids: list[str], fp8: bool = False, regional: bool = False) -> list[dict[str, Any]]:
+    def compile_on_gpu(model_ids: list[str], switches: Switches) -> list[dict[str, Any]]:
         with _messages_cross_the_fork():
-            return studio.serve_compile(model_ids, fp8, regional)
+            return studio.serve_compile(model_ids, switches)
     return compile_on_gpu
 
 
 SIZES = ("large", "xlarge")
 # An A/B comparison runs the request twice: twice the GPU time.
 TEXT_ON_GPU = {size: spaces.GPU(_text_task(), size=size, duration=lambda m, p, params, b, compare=False:
-                                studio.gpu_seconds_text(m, params) * (2 if compare else 1)) for size in SIZES}
+                                studio.ledger.gpu_seconds_text(m, params) * (2 if compare else 1)) for size in SIZES}
 IMAGE_ON_GPU = {size: spaces.GPU(_image_task(), size=size, duration=lambda m, p, params, b, progress=None, compare=False:
-                                 studio.gpu_seconds_image(m, params) * (2 if compare else 1)) for size in SIZES}
-COMPILE_ON_GPU = {size: spaces.GPU(_compile_task(), duration=lambda ids, *a: studio.gpu_seconds_compile(ids), size=size)
+                                 studio.ledger.gpu_seconds_image(m, params) * (2 if compare else 1)) for size in SIZES}
+COMPILE_ON_GPU = {size: spaces.GPU(_compile_task(), duration=lambda ids, *a: studio.ledger.gpu_seconds_compile(ids), size=size)
                   for size in SIZES}
 
 
-def compile_in_worker(model_ids: list[str], fp8: bool = False, regional: bool = False) -> None:
+def compile_in_worker(model_ids: list[str], switches: Switches = Switches()) -> None:
     """ZeroGPU: compile (or load from the cache) in a GPU call; record what it returns. A refused or
     failed call leaves the models serving eager with the reason shown, and raises."""
-    studio.mark_compiling(model_ids, fp8, regional)
-    size = max((studio.gpu_size(m) for m in model_ids), key=SIZES.index)
+    studio.ledger.mark_compiling(model_ids, switches)
+    size = max((studio.ledger.gpu_size(m) for m in model_ids), key=SIZES.index)
     try:
-        rows = COMPILE_ON_GPU[size](model_ids, fp8, regional)
+        rows = COMPILE_ON_GPU[size](model_ids, switches)
     except Exception as exc:
-        studio.compile_failed(model_ids, f"compile GPU call failed: {_message(exc)}")
+        studio.ledger.compile_failed(model_ids, f"compile GPU call failed: {_message(exc)}")
         raise
-    studio.record_compiles(rows, asked=model_ids)
+    studio.ledger.record_compiles(rows, asked=model_ids)
 
 
 def _startup_on_zerogpu(attempt: int = 1) -> None:
     """Compile the defaults in a GPU call; if it is refused or fails, serve eager and try again later."""
-    loaded = [m for m in STARTUP_MODELS if m in studio.served.values()]  # (an unavailable one says so on its card)
+    loaded = [m for m in STARTUP_MODELS if m in studio.served.ids()]  # (an unavailable one says so on its card)
     if not loaded:
         return
     try:
@@ -139,7 +142,7 @@ def _startup_on_zerogpu(attempt: int = 1) -> None:
             return
         delay = STARTUP_RETRY_S * attempt
         log.warning("startup compile failed (%s); serving eager, trying again in %.0f s", _message(exc), delay)
-        studio.compile_failed(loaded,
+        studio.ledger.compile_failed(loaded,
                               f"startup compile GPU call failed ({_message(exc)}); serving eager, trying again in {delay:.0f} s")
         threading.Timer(delay, _startup_on_zerogpu, kwargs={"attempt": attempt + 1}).start()
 
@@ -179,13 +182,13 @@ def _comparison(compared: dict[str, float] | None, unit: str) -> str:
 
 
 def _image_params(model_id: str, size: str, steps: float, seed: float, guidance: float) -> ImageParams:
-    uses_guidance = next((m["guidance"] is not None for m in MODELS if m["id"] == model_id), False)
+    uses_guidance = (row := _model(model_id)) is not None and row["guidance"] is not None
     return inputs.image_params(size, steps, seed, guidance, uses_guidance)
 
 
 def _text_request(model_id, prompt, max_new_tokens, temperature, compare, speculative) -> SamplingParams:
     """The checked parameters of a text request; a ValueError naming the input otherwise."""
-    most = next((m["max_new_tokens"] for m in MODELS if m["id"] == model_id), 2**31 - 1)
+    most = row["max_new_tokens"] if (row := _model(model_id)) else 2**31 - 1
     params = inputs.text_params(max_new_tokens, temperature, speculative, most)
     inputs.flag("compare", compare)
     studio.check_text(model_id, prompt, params)
@@ -232,10 +235,9 @@ def validate_image(model_id: str, prompt: str, size: str, steps: float, seed: fl
 
 def validate_optimization(model_id: str, use_aoti: bool, fp8: bool, regional: bool, admin_token: str = ""):
     def check() -> None:
-        for name, value in (("use_aoti", use_aoti), ("fp8", fp8), ("regional", regional)):
-            inputs.flag(name, value)
+        switches = inputs.switches(use_aoti, fp8, regional)
         inputs.text("admin_token", admin_token)
-        studio.check_optimization(model_id, fp8, regional)
+        studio.check_optimization(model_id, switches)
 
     return _verdict(check, ["model_id", "use_aoti", "fp8", "regional", "admin_token"])
 
@@ -252,7 +254,7 @@ def generate_text(model_id: str, prompt: str, max_new_tokens: float, temperature
         raise gr.Error(str(exc)) from None
     start, last, report = time.perf_counter(), None, None
     try:
-        for item in TEXT_ON_GPU[studio.gpu_size(model_id)](model_id, prompt, params, studio.binding(model_id), bool(compare)):
+        for item in TEXT_ON_GPU[studio.ledger.gpu_size(model_id)](model_id, prompt, params, studio.ledger.binding(model_id), bool(compare)):
             if isinstance(item, RunReport):
                 report = item
                 continue
@@ -260,9 +262,9 @@ def generate_text(model_id: str, prompt: str, max_new_tokens: float, temperature
             yield item.text
     except Exception as exc:  # recorded and reported; the server keeps serving
         message, error = _failed(exc)
-        studio.record_text(model_id, time.perf_counter() - start, last, report, error=message)
+        studio.ledger.record_text(model_id, time.perf_counter() - start, last, report, error=message)
         raise error from None
-    studio.record_text(model_id, time.perf_counter() - start, last, report)
+    studio.ledger.record_text(model_id, time.perf_counter() - start, last, report)
     if report is not None and (line := _comparison(report.compared, "token")):
         gr.Info(line)
     elif report is not None and report.compare_note:
@@ -293,13 +295,13 @@ def generate_image(model_id: str, prompt: str, size: str, steps: float, seed: fl
         raise gr.Error(str(exc)) from None
     start = time.perf_counter()
     try:
-        result, report = IMAGE_ON_GPU[studio.gpu_size(model_id)](model_id, prompt, params, studio.binding(model_id), progress,
+        result, report = IMAGE_ON_GPU[studio.ledger.gpu_size(model_id)](model_id, prompt, params, studio.ledger.binding(model_id), progress,
                                                                  bool(compare))
     except Exception as exc:  # recorded and reported; the server keeps serving
         message, error = _failed(exc)
-        studio.record_image(model_id, None, time.perf_counter() - start, error=message)
+        studio.ledger.record_image(model_id, None, time.perf_counter() - start, error=message)
         raise error from None
-    studio.record_image(model_id, result, time.perf_counter() - start, report)
+    studio.ledger.record_image(model_id, result, time.perf_counter() - start, report)
     info = f"{result.latency_s:.2f} s · {_stage_line(result)} · {report.runtime}"
     if line := _comparison(report.compared, "step") or report.compare_note:
         info += f" · {line}"
@@ -331,14 +333,13 @@ def set_optimization(model_id: str, use_aoti: bool, fp8: bool, regional: bool, a
     except PermissionError as exc:
         raise gr.Error(str(exc), title="Owner only", print_exception=False) from None
     try:
-        for name, value in (("use_aoti", use_aoti), ("fp8", fp8), ("regional", regional)):
-            inputs.flag(name, value)
-        if ON_ZEROGPU and use_aoti:
-            if studio.admit_compile(model_id, fp8, regional):
-                compile_in_worker([model_id], fp8, regional)
+        switches = inputs.switches(use_aoti, fp8, regional)
+        if ON_ZEROGPU and switches.aoti:
+            if studio.admit_compile(model_id, switches):
+                compile_in_worker([model_id], switches)
                 studio.serve(model_id, "the owner")
         else:
-            studio.set_optimization(model_id, use_aoti, fp8, regional)
+            studio.set_optimization(model_id, switches)
     except gr.Error:
         raise
     except (ValueError, KeyError) as exc:
@@ -350,65 +351,10 @@ def set_optimization(model_id: str, use_aoti: bool, fp8: bool, regional: bool, a
 
 # --- side panel ------------------------------------------------------------------------------------
 
-_LATENCY_COLUMNS = {"request": pd.Series(dtype="int"), "latency_s": pd.Series(dtype="float"), "model": pd.Series(dtype="str")}
-_MEMORY_COLUMNS = {"seconds": pd.Series(dtype="float"), "MiB": pd.Series(dtype="float")}
-_START = time.time()
-CSS = "#image-output img { image-rendering: pixelated; width: 100%; height: 100%; object-fit: contain; }" + panel.CSS
-_PALETTE = ["#2563eb", "#15803d", "#b45309", "#9333ea", "#dc2626", "#0891b2", "#4d7c0f", "#be185d"]
-
-
-def _latency_plot(requests: list[dict[str, Any]]) -> gr.ScatterPlot:
-    """Latency per request: whole request numbers from the first one, seconds from zero, and a legend of
-    the models that have requests (every model is a category from the start, as a NaN row, so a series
-    added later still draws: the chart's spec is fixed by its first value)."""
-    rows = [{"request": r["number"], "latency_s": r["latency_s"], "model": r["model"]} for r in requests]
-    seeds = pd.DataFrame({"request": np.nan, "latency_s": np.nan, "model": TEXT_MODELS + IMAGE_MODELS})
-    data = pd.concat([seeds, pd.DataFrame(rows) if rows else pd.DataFrame(_LATENCY_COLUMNS)], ignore_index=True)
-    first = rows[0]["request"] if rows else 1
-    last = rows[-1]["request"] if rows else 1
-    shown = list(dict.fromkeys(r["model"] for r in rows))
-    top = max((r["latency_s"] for r in rows), default=1.0) * 1.15  # room above the slowest point
-    return gr.ScatterPlot(data, x_lim=[first - 0.5, max(last, first + 9) + 0.5], y_lim=[0, top],  # 10+ wide: whole ticks
-                          colors_in_legend=shown)
-
-
-def _memory_plot(samples: list[dict[str, float]]) -> gr.LinePlot:
-    """Memory used over the last samples, from zero; its budget is in the title and the summary."""
-    if not samples:
-        return gr.LinePlot(pd.DataFrame(_MEMORY_COLUMNS))
-    data = pd.DataFrame([{"seconds": round(m["t"] - _START, 1), "MiB": round(m["mb"], 1)} for m in samples])
-    first, last = data["seconds"].iloc[0], data["seconds"].iloc[-1]
-    return gr.LinePlot(data, x_lim=[first, max(last, first + 10)], y_lim=[0, data["MiB"].max() * 1.15])  # 10+ s: whole ticks
-
-
-def _memory_line(samples: list[dict[str, float]]) -> str:
-    """Memory used now against the device's budget, in the unit that reads best."""
-    budget_mib = studio.device.budget_bytes / 2**20
-    used = samples[-1]["mb"] if samples else 0.0
-
-    def size(mib: float) -> str:
-        return f"{mib / 1024:.1f} GiB" if mib >= 1024 else f"{mib:.0f} MiB"
-
-    return f"**Memory** {size(used)} of {size(budget_mib)} ({100 * used / budget_mib:.0f} %)"
-
-
 def _panel():
-    studio.sample_memory()
-    snap = studio.metrics.snapshot()
-    s = snap["summary"]
-
-    def fmt(value: float | None, unit: str) -> str:
-        return "–" if value is None else f"{value:.3g} {unit}".strip()
-
-    summary = (
-        f"**Device** {studio.device.label}  \n"
-        f"**Requests** {s['count']} ({s['errors']} errors) · **latency** {fmt(s['median_latency_s'], 's')}  \n"
-        f"**TTFT** {fmt(s['median_ttft_s'], 's')} · **tokens/s** {fmt(s['median_tokens_per_s'], '')} · "
-        f"**step** {fmt(s['median_step_ms'], 'ms')}"
-        + (f" · **drafts kept** {100 * s['median_acceptance']:.0f} %" if s.get("median_acceptance") is not None else "") + "  \n"
-        f"{_memory_line(snap['memory'])}"
-    )
-    return _latency_plot(snap["requests"]), _memory_plot(snap["memory"]), summary, panel.cards(studio.compile_status(), TASKS)
+    """The side panel's outputs, every second: plots, summary and cards."""
+    studio.ledger.sample_memory()
+    return PANEL.render(studio.metrics.snapshot(), studio.compile_status(), studio.device.label, studio.device.budget_bytes)
 
 
 PHONE_WIDTH = 700  # px: below this the sidebar would cover the page, so it starts closed
@@ -429,16 +375,14 @@ def _usable(profile: gr.OAuthProfile | None) -> tuple[bool, bool]:
 def _switches_for(model_id: str, profile: gr.OAuthProfile | None = None):
     """FP8 and regional for the chosen model: enabled where they apply, else disabled with why in the label."""
     _, usable = _usable(profile)
-    spec = next((m for m in MODELS if m["id"] == model_id), None)
-    if not studio.device.fp8:
-        fp8_label = f"FP8: not here, needs a GPU of compute capability 8.9+ ({studio.device.label})"
-    else:
-        fp8_label = "FP8" if spec is None or spec["fp8"] else f"FP8: not offered for {model_id}"
+    row = _model(model_id)
+    if row is None:  # (a stranger's id: the tab's Apply refuses it with the reason)
+        return gr.update(interactive=usable, label="FP8"), gr.update(interactive=usable, label="Regional compile")
     offered = ", ".join(m["id"] for m in MODELS if m["regional"]) or "none"
-    regional_label = ("Regional compile" if spec is None or spec["regional"] else
-                      f"Regional compile: not offered for {model_id} (offered for: {offered})")
-    return (gr.update(interactive=usable and (spec is None or bool(spec["fp8"])) and studio.device.fp8, label=fp8_label),
-            gr.update(interactive=usable and (spec is None or bool(spec["regional"])), label=regional_label))
+    fp8_label = f"FP8: {row['fp8_note']}" if row["fp8_note"] else "FP8"
+    regional_label = f"Regional compile: {row['regional_note']} (offered for: {offered})" if row["regional_note"] else "Regional compile"
+    return (gr.update(interactive=usable and row["fp8"], label=fp8_label),
+            gr.update(interactive=usable and row["regional"], label=regional_label))
 
 
 def _optimization_controls(model_id: str, profile: gr.OAuthProfile | None = None):
@@ -464,7 +408,7 @@ def _model_choices(task: str | None = None) -> list[tuple[str, str]]:
 
 
 def _image_sizes(model_id: str):
-    spec = next((m for m in MODELS if m["id"] == model_id), None)
+    spec = _model(model_id)
     sizes = spec["sizes"] if spec else []
     return gr.Dropdown(choices=sizes, value=sizes[0] if sizes else None), gr.Slider(value=spec["steps"] if spec else 20)
 
@@ -503,8 +447,7 @@ def build() -> gr.Blocks:
             opt_model = gr.Dropdown(_model_choices(), value=DEFAULT_TEXT, label="Model", allow_custom_value=True)
             with gr.Row():
                 use_aoti = gr.Checkbox(value=True, label="AOTI")
-                fp8 = gr.Checkbox(value=False, elem_id="opt-fp8", label=(
-                    "FP8" if studio.device.fp8 else f"FP8: not here, needs a GPU of compute capability 8.9+ ({studio.device.label})"))
+                fp8 = gr.Checkbox(value=False, elem_id="opt-fp8", label="FP8")  # labelled per model on load
                 regional = gr.Checkbox(value=False, label="Regional compile", elem_id="opt-regional")
             access_note = gr.Markdown(ACCESS.refusal() if not ACCESS.open else "", elem_id="access-note")
             if not ACCESS.open and os.environ.get("OAUTH_CLIENT_ID"):  # a Space with Hugging Face sign-in (hf_oauth)
@@ -514,15 +457,8 @@ def build() -> gr.Blocks:
             opt_out = gr.JSON(visible=False)  # the API's answer; shown as cards
             opt_cards = gr.HTML(elem_id="opt-cards")
         with gr.Sidebar(position="right", open=True, label="Live", width=480) as sidebar:
-            summary = gr.Markdown()
-            model_cards = gr.HTML(elem_id="model-cards")
-            colors = {m: _PALETTE[i % len(_PALETTE)] for i, m in enumerate(TEXT_MODELS + IMAGE_MODELS)}
-            latency_plot = gr.ScatterPlot(x="request", y="latency_s", color="model", title="Latency per request",
-                                          x_title="request", y_title="seconds", x_axis_format="d", y_axis_format="~g",
-                                          y_lim=[0, None], color_map=colors, color_title="", height=220, elem_id="latency-plot")
-            memory_plot = gr.LinePlot(x="seconds", y="MiB", title="Memory used", x_title="seconds since start", y_title="MiB",
-                                      x_axis_format="d", y_axis_format="~s", y_lim=[0, None], height=200, elem_id="memory-plot")
-            gr.Timer(1.0).tick(_panel, outputs=[latency_plot, memory_plot, summary, model_cards], api_visibility="private", show_progress="hidden")
+            outputs = PANEL.build()
+            gr.Timer(1.0).tick(_panel, outputs=outputs, api_visibility="private", show_progress="hidden")
 
         text_button.click(generate_text, [text_model, prompt, max_tokens, temperature, text_compare, speculative], text_out,
                           api_name="generate_text", concurrency_id="device", validator=validate_text, preprocess=False)
@@ -531,7 +467,7 @@ def build() -> gr.Blocks:
                            validator=validate_image, preprocess=False)
         image_model.change(_image_sizes, image_model, [size, steps], api_visibility="private")
         opt_button.click(set_optimization, [opt_model, use_aoti, fp8, regional, admin_token], opt_out, api_name="set_optimization",
-                         validator=validate_optimization, preprocess=False).success(lambda rows: panel.cards(rows, TASKS), opt_out, opt_cards, api_visibility="private")
+                         validator=validate_optimization, preprocess=False).success(lambda rows: PANEL.cards(rows), opt_out, opt_cards, api_visibility="private")
         width = gr.Number(visible=False)
         demo.load(_sidebar_for, width, sidebar, js="() => window.innerWidth", api_visibility="private")
         demo.load(_optimization_controls, opt_model, [use_aoti, fp8, regional, opt_button, access_note], api_visibility="private")
@@ -563,4 +499,4 @@ _admit_one_at_a_time(demo._queue)
 startup()
 
 if __name__ == "__main__":
-    demo.launch(theme=gr.themes.Soft(), css=CSS)
+    demo.launch(theme=gr.themes.Soft(), css=panel.CSS)

@@ -1,5 +1,7 @@
-"""The side panel's model cards (UI only, no torch): per loaded model, what runs, how much faster, and what fell back, as
-HTML that reads in a second (state badge, eager and compiled speed as bars, tags, reasons in words)."""
+"""The live side panel, all of it (UI only, no torch): the summary, each model's card (what runs, how
+much faster, what fell back: state badge, eager and compiled speed as bars, tags, reasons in words), and
+the latency and memory plots. `Panel.build` lays it out; `Panel.render` fills it from the Studio's
+metrics snapshot and compile-status rows."""
 
 from __future__ import annotations
 
@@ -7,10 +9,15 @@ import html
 import time
 from typing import Any
 
+import gradio as gr
+import numpy as np
+import pandas as pd
+
 BADGES = {"aoti": "compiled", "compiling": "compiling", "fallback": "fallback", "eager": "eager", "distributed": "distributed",
           "unavailable": "unavailable"}
 
 CSS = """
+#image-output img { image-rendering: pixelated; width: 100%; height: 100%; object-fit: contain; }
 #model-cards { display: flex; flex-direction: column; gap: 8px; max-width: 100%; overflow-x: hidden; }
 .model-card { border: 1px solid var(--border-color-primary); border-radius: 8px; padding: 8px 10px;
               overflow-wrap: anywhere; font-size: 13px; }
@@ -91,3 +98,82 @@ def cards(rows: list[dict[str, Any]], tasks: dict[str, str]) -> str:
     """Every loaded model's card, and one for each model asked for that could not be loaded."""
     shown = [card(row, tasks.get(row["model"], "text")) for row in rows if row["state"] != "not loaded"]
     return "".join(shown) or "<div>No model loaded yet.</div>"
+
+
+_LATENCY_COLUMNS = {"request": pd.Series(dtype="int"), "latency_s": pd.Series(dtype="float"), "model": pd.Series(dtype="str")}
+_MEMORY_COLUMNS = {"seconds": pd.Series(dtype="float"), "MiB": pd.Series(dtype="float")}
+_PALETTE = ["#2563eb", "#15803d", "#b45309", "#9333ea", "#dc2626", "#0891b2", "#4d7c0f", "#be185d"]
+
+
+class Panel:
+    """The side panel for a catalog (``tasks``: model id -> "text" | "image", in the catalog's order)."""
+
+    def __init__(self, tasks: dict[str, str]) -> None:
+        self.tasks = tasks
+        self.start = time.time()  # the memory plot's zero
+
+    def build(self) -> list[gr.components.Component]:
+        """Lay the panel out (inside a `gr.Sidebar`); the outputs `render` fills, in its order."""
+        summary = gr.Markdown()
+        model_cards = gr.HTML(elem_id="model-cards")
+        colors = {m: _PALETTE[i % len(_PALETTE)] for i, m in enumerate(self.tasks)}
+        latency_plot = gr.ScatterPlot(x="request", y="latency_s", color="model", title="Latency per request",
+                                      x_title="request", y_title="seconds", x_axis_format="d", y_axis_format="~g",
+                                      y_lim=[0, None], color_map=colors, color_title="", height=220, elem_id="latency-plot")
+        memory_plot = gr.LinePlot(x="seconds", y="MiB", title="Memory used", x_title="seconds since start", y_title="MiB",
+                                  x_axis_format="d", y_axis_format="~s", y_lim=[0, None], height=200, elem_id="memory-plot")
+        return [latency_plot, memory_plot, summary, model_cards]
+
+    def render(self, snapshot: dict[str, Any], rows: list[dict[str, Any]], device_label: str, budget_bytes: int):
+        """The outputs of `build` from a metrics snapshot (`Metrics.snapshot`) and compile-status rows."""
+        s = snapshot["summary"]
+
+        def fmt(value: float | None, unit: str) -> str:
+            return "–" if value is None else f"{value:.3g} {unit}".strip()
+
+        summary = (
+            f"**Device** {device_label}  \n"
+            f"**Requests** {s['count']} ({s['errors']} errors) · **latency** {fmt(s['median_latency_s'], 's')}  \n"
+            f"**TTFT** {fmt(s['median_ttft_s'], 's')} · **tokens/s** {fmt(s['median_tokens_per_s'], '')} · "
+            f"**step** {fmt(s['median_step_ms'], 'ms')}"
+            + (f" · **drafts kept** {100 * s['median_acceptance']:.0f} %" if s.get("median_acceptance") is not None else "") + "  \n"
+            f"{memory_line(snapshot['memory'], budget_bytes)}"
+        )
+        return (self.latency_plot(snapshot["requests"]), self.memory_plot(snapshot["memory"]), summary,
+                self.cards(rows))
+
+    def cards(self, rows: list[dict[str, Any]]) -> str:
+        return cards(rows, self.tasks)
+
+    def latency_plot(self, requests: list[dict[str, Any]]) -> gr.ScatterPlot:
+        """Latency per request: whole request numbers from the first one, seconds from zero, and a legend of
+        the models that have requests (every model is a category from the start, as a NaN row, so a series
+        added later still draws: the chart's spec is fixed by its first value)."""
+        rows = [{"request": r["number"], "latency_s": r["latency_s"], "model": r["model"]} for r in requests]
+        seeds = pd.DataFrame({"request": np.nan, "latency_s": np.nan, "model": list(self.tasks)})
+        data = pd.concat([seeds, pd.DataFrame(rows) if rows else pd.DataFrame(_LATENCY_COLUMNS)], ignore_index=True)
+        first = rows[0]["request"] if rows else 1
+        last = rows[-1]["request"] if rows else 1
+        shown = list(dict.fromkeys(r["model"] for r in rows))
+        top = max((r["latency_s"] for r in rows), default=1.0) * 1.15  # room above the slowest point
+        return gr.ScatterPlot(data, x_lim=[first - 0.5, max(last, first + 9) + 0.5], y_lim=[0, top],  # 10+ wide: whole ticks
+                              colors_in_legend=shown)
+
+    def memory_plot(self, samples: list[dict[str, float]]) -> gr.LinePlot:
+        """Memory used over the last samples, from zero; its budget is in the title and the summary."""
+        if not samples:
+            return gr.LinePlot(pd.DataFrame(_MEMORY_COLUMNS))
+        data = pd.DataFrame([{"seconds": round(m["t"] - self.start, 1), "MiB": round(m["mb"], 1)} for m in samples])
+        first, last = data["seconds"].iloc[0], data["seconds"].iloc[-1]
+        return gr.LinePlot(data, x_lim=[first, max(last, first + 10)], y_lim=[0, data["MiB"].max() * 1.15])  # 10+ s: whole ticks
+
+
+def memory_line(samples: list[dict[str, float]], budget_bytes: int) -> str:
+    """Memory used now against the device's budget, in the unit that reads best."""
+    budget_mib = budget_bytes / 2**20
+    used = samples[-1]["mb"] if samples else 0.0
+
+    def size(mib: float) -> str:
+        return f"{mib / 1024:.1f} GiB" if mib >= 1024 else f"{mib:.0f} MiB"
+
+    return f"**Memory** {size(used)} of {size(budget_mib)} ({100 * used / budget_mib:.0f} %)"

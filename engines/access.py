@@ -16,7 +16,7 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 ENV_OWNERS = "AOTI_OWNERS"
@@ -93,3 +93,50 @@ class RateLimit:
             wait = self.window_s - (now - self._times[0])
             raise ValueError(f"too many {self.what}: at most {self.count} every {self.window_s:.0f} s; "
                              f"try again in {wait:.0f} s.")
+
+
+class ServedModels:
+    """Which model serves each task, and which a request may name. With ``open_catalog`` (a local
+    server: whoever uses it owns it) a request may name any catalog model and switch to it, at most
+    `switch_rate` times; otherwise requests name only the served ones, and loading another is an owner
+    action. Every switch is told to ``on_switch(task, previous, new, by)`` (the metrics, the log)."""
+
+    def __init__(self, open_catalog: bool, on_switch: Callable[[str, str | None, str, str], None]) -> None:
+        self.open_catalog = open_catalog
+        self.on_switch = on_switch
+        self.by_task: dict[str, str] = {}
+        self.switch_rate = RateLimit(int(os.environ.get("AOTI_SWITCH_RATE", "10")), 600.0, "model switches")
+
+    def get(self, task: str) -> str | None:
+        return self.by_task.get(task)
+
+    def ids(self) -> list[str]:
+        return list(self.by_task.values())
+
+    def check(self, model_id: str, task: str) -> None:
+        """A ValueError unless a request may use ``model_id``: a served model, or on an open catalog any
+        model while switches stay under `switch_rate` (checked, not counted: `admit` counts)."""
+        if self.by_task.get(task) == model_id:
+            return
+        if not self.open_catalog:
+            served = ", ".join(sorted(self.by_task.values())) or "none yet"
+            raise ValueError(f"{model_id} is not served here (served: {served}); loading another model is for "
+                             "the owner (the Optimization tab).")
+        self.switch_rate.check()
+
+    def admit(self, model_id: str, task: str) -> None:
+        """A checked request is about to run on ``model_id``: a switch, if it is one, is counted against
+        `switch_rate` and told."""
+        if self.by_task.get(task) != model_id:
+            self.switch_rate.take()
+            self.serve(model_id, task, "a request")
+
+    def start(self, model_id: str, task: str) -> None:
+        """``model_id`` serves ``task`` from startup (not a switch)."""
+        self.by_task[task] = model_id
+
+    def serve(self, model_id: str, task: str, by: str) -> None:
+        """``model_id`` now serves ``task``, loaded by ``by`` (the owner, a request): a switch, if it is one."""
+        previous, self.by_task[task] = self.by_task.get(task), model_id
+        if previous != model_id:
+            self.on_switch(task, previous, model_id, by)

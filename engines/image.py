@@ -15,7 +15,8 @@ import aoti
 from aoti import module_device
 
 from .device import on_zerogpu
-from .optimize import Recipe, bind_module, module_storages, optimize_module
+from .optimize import bind_module, module_storages, optimize_module
+from .recipes import Recipe, image_recipe
 from .registry import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -110,20 +111,6 @@ def check_image_request(spec: ModelSpec, prompt: str, params: ImageParams) -> No
         label_for(prompt, labels_at(spec.source))
 
 
-def image_recipe(fp8: bool = False, flux_attention: bool = False, regional: bool = False,
-                 preset: str = "default") -> Recipe:
-    """How an image model's denoiser is optimized, in order:
-
-    1. FLUX attention's q/k norms and rotary embedding as one kernel (``flux_attention``: FLUX on a GPU);
-    2. FP8 weights (``fp8``);
-    3. compiled with one static graph per size bucket, or per repeated block (``regional``).
-    """
-    transforms: list[aoti.TransformConfig] = []
-    if flux_attention:
-        transforms.append(aoti.FuseFluxNormRope())
-    if fp8:
-        transforms.append(aoti.Float8Rowwise())
-    return Recipe(tuple(transforms), aoti.CompileOptions(dispatch="buckets", regional=regional, preset=preset))
 
 
 def keep_in_host_memory(module: torch.nn.Module, device: str) -> list[torch.utils.hooks.RemovableHandle]:

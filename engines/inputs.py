@@ -13,6 +13,7 @@ import math
 from typing import Any
 
 from .image import GUIDANCE_MAX, MAX_STEPS, ImageParams
+from .recipes import Switches
 from .text import TEMPERATURE_MAX, SamplingParams
 
 SEED_MAX = 2**32 - 1  # what every pipeline's generator takes (torch's limit is 2**64 - 1: kept well inside)
@@ -75,3 +76,8 @@ def image_params(size: Any, steps: Any, seed: Any, guidance: Any, uses_guidance:
     scale = number("guidance", guidance, 0, GUIDANCE_MAX)
     return ImageParams(height, width, whole_number("steps", steps, 1, MAX_STEPS), whole_number("seed", seed, 0, SEED_MAX),
                        scale if uses_guidance else None)
+
+
+def switches(use_aoti: Any, fp8: Any, regional: Any) -> Switches:
+    """The owner's switches from the Optimization tab or `/set_optimization`, each true or false."""
+    return Switches(flag("use_aoti", use_aoti), flag("fp8", fp8), flag("regional", regional))

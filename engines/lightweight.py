@@ -10,11 +10,11 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
+import os
 import threading
 import time
 import weakref
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -25,9 +25,10 @@ from . import registry
 from .device import DeviceInfo
 from .image import ImageModel, ImageParams, ImageResult
 from .metrics import median, memory_mb
-from .optimize import Recipe
+from .recipes import Recipe, Switches
 from .registry import ModelSpec
 from .select import choose, estimate_bytes
+from .state import ModelState, States
 from .text import SamplingParams, TextModel, TextStep
 from .workers import Binding
 
@@ -42,61 +43,27 @@ log = logging.getLogger(__name__)
 TORCH_STATE = threading.Lock()
 
 
-@dataclass
-class CompileState:
-    """What the side panel shows for one model."""
-
-    model: str
-    state: str = "not loaded"  # not loaded | unavailable | eager | compiling | aoti | fallback
-    reason: str = ""
-    compile_s: float | None = None
-    load_s: float | None = None
-    cache_hit: bool | None = None
-    speedup: float | None = None
-    guard_fallbacks: int = 0
-    last_guard_reason: str | None = None  # why the last call the shape guard sent to eager did not fit
-    layout_copies: int = 0
-    cuda_graphs: int = 0
-    fallbacks: list[str] = field(default_factory=list)
-    eager_latency_s: float | None = None
-    aoti_latency_s: float | None = None
-    quantization: str = "none"
-    ref: dict[str, Any] | None = None  # the compiled artifact (`aoti.Artifact.ref`) GPU workers bind
-    requested: dict[str, bool] | None = None  # the switches of the last compile asked for: {"fp8", "regional"}
-    compiles: int = 0  # compiles started since the model loaded
-    stage: str = ""  # while compiling: what it is doing now (`aoti.OnStage`)
-    started: float | None = None  # while compiling: when it started (time.time())
-    estimate_s: float | None = None  # while compiling: how long the last such build took, if recorded
-    placement: str = ""  # what of the loaded model is not on the device, and why ("": all of it is)
-    speculative_tokens_per_s: float | None = None  # the last speculative request's decode speed,
-    acceptance: float | None = None  # and the share of its drafted tokens kept
-
-    def as_row(self) -> dict[str, Any]:
-        return dict(self.__dict__)
-
-    def renewed(self, state: str, reason: str) -> CompileState:
-        """A fresh state for this model (loaded, unloaded) that keeps what outlives a load: the switches
-        last asked for, the count of compiles and the compiled artifact's reference (GPU workers bind it
-        again when the model is loaded back)."""
-        return CompileState(self.model, state, reason, requested=self.requested, compiles=self.compiles, ref=self.ref)
-
-
 class LightweightEngine:
     """Holds at most one model per task on the device; swaps models and their compiled graphs."""
 
-    def __init__(self, device: DeviceInfo, cache: aoti.Cache | None = None, max_loaded: int = 2) -> None:
+    def __init__(self, device: DeviceInfo, cache: aoti.Cache | None = None, max_loaded: int = 2,
+                 observe_locally: bool = True) -> None:
         self.device = device
+        self.pid = os.getpid()  # a ZeroGPU worker, forked, discovers its device again (`zerogpu.enter_worker`)
         self.cache = cache or aoti.Cache()
         self.max_loaded = max_loaded
         self.models: dict[str, TextModel | ImageModel] = {}
-        self.states: dict[str, CompileState] = {s.id: CompileState(s.id) for s in registry.CATALOG}
+        self.states = States([s.id for s in registry.CATALOG], observe_locally)  # each model's state: written through its transitions only
         self.locks: dict[str, threading.Lock] = {}
         self.threads: dict[str, threading.Thread] = {}
         self.recipes: dict[str, Recipe | None] = {}  # what each model was last optimized with, until AOTI is switched off
         self._guard = threading.Lock()
-        # Where a request's runtime and speed are recorded: here, as it runs (locally), or by the main
-        # process from the GPU worker's `RunReport` (ZeroGPU: see `Studio.record_text`).
-        self.observe_locally = True
+
+    @property
+    def observe_locally(self) -> bool:
+        """Whether requests' runtime and speed are recorded here, as they run (locally), or by the main
+        process from the GPU worker's `RunReport` (ZeroGPU: `zerogpu.Ledger`)."""
+        return self.states.observe_locally
 
     # --- lifecycle ---------------------------------------------------------------------------------
 
@@ -181,12 +148,7 @@ class LightweightEngine:
         model_id = model.spec.id
         self.models[model_id] = model
         self.locks[model_id] = threading.Lock()
-        state = self.states[model_id] = self.states[model_id].renewed("eager", f"loaded in {seconds:.1f} s")
-        state.placement = placement
-        if state.ref is not None and not self.observe_locally:  # switched back in: workers bind its graphs again
-            state.state, state.reason = "aoti", "bound in each GPU worker from the cache, as before it was switched out"
-        else:  # (in this process: rebound by `load`, which records its reference again)
-            state.ref = None
+        self.states.loaded(model_id, seconds, placement)
         return model
 
     def unload(self, model_id: str) -> float:
@@ -223,56 +185,48 @@ class LightweightEngine:
             freed = (sum(storages.values()) - aoti.lifetimes.bytes_still_held(storages)) / 2**20
         if alive() is not None:
             log.warning("engine: %s is still referenced after unload; its memory was not freed", model_id)
-        self.states[model_id] = self.states[model_id].renewed("not loaded", f"unloaded, freed {freed:.1f} MiB")
+        self.states.unloaded(model_id, freed)
         log.info("engine: unloaded %s (%.1f MiB freed)", model_id, freed)
         return freed
 
     # --- optimize ----------------------------------------------------------------------------------
 
-    def optimize(self, model_id: str, recipe: Recipe | None = None, background: bool = True) -> CompileState:
+    def optimize(self, model_id: str, recipe: Recipe | None = None, background: bool = True,
+                 switches: Switches | None = None) -> ModelState:
         """Transform, compile (or load from cache) and swap in the model's AOTI graphs with ``recipe``
-        (default: its kind's plain recipe); in a thread by default. A model transformed otherwise
-        before (FP8 on, now off) is given back its own weights first: no reload."""
+        (default: its kind's plain recipe; ``switches``: the owner's, which it was made from, for the
+        record); in a thread by default. A model transformed otherwise before (FP8 on, now off) is given
+        back its own weights first: no reload."""
         spec = registry.get(model_id)
         model = self.load(spec, rebind=False)
         running = self.threads.get(model_id)
         if running is not None and running.is_alive():
             return self.states[model_id]
-        state = self.states[model_id]
-        state.state, state.reason = "compiling", "exporting and compiling the hot module"
-        state.stage, state.started, state.estimate_s = "waiting for another load or compile to finish", time.time(), None
-        state.compiles += 1
+        state = self.states.compiling(model_id, switches, "exporting and compiling the hot module",
+                                      "waiting for another load or compile to finish")
         self.recipes[model_id] = recipe
 
         def on_stage(stage: str, estimate_s: float | None) -> None:
-            state.stage = stage
-            if estimate_s is not None:
-                state.estimate_s = estimate_s
+            self.states.stage(model_id, stage, estimate_s)
 
         def work() -> None:
             try:
                 with TORCH_STATE:
                     status = model.optimize(recipe, cache=self.cache, exclusive=self.locks[model_id], on_stage=on_stage)
-                state.state = "aoti" if status.runtime == "aoti" else "fallback"
-                state.reason = status.reason
-                state.compile_s, state.load_s, state.cache_hit = status.compile_s, status.load_s, status.cache_hit
-                state.fallbacks, state.cuda_graphs = list(status.fallbacks), status.cuda_graphs
-                state.quantization, state.ref = status.quantization, model.ref
+                self.states.compiled(model_id, status, model.ref)
             except Exception as exc:  # a failed compile leaves the model eager, visibly
                 log.exception("engine: compile of %s failed", model_id)
                 model.restore()
-                state.state, state.reason = "fallback", f"AOTI failed, serving eager: {type(exc).__name__}: {exc}"[:500]
-                state.fallbacks = [f"aoti -> eager: {type(exc).__name__}"]
-            finally:
-                state.stage, state.started, state.estimate_s = "", None, None
+                self.states.failed(model_id, f"AOTI failed, serving eager: {type(exc).__name__}: {exc}",
+                                   f"aoti -> eager: {type(exc).__name__}")
 
         if background:
             thread = threading.Thread(target=work, name=f"aoti-compile-{model_id}", daemon=True)
             self.threads[model_id] = thread
             thread.start()
-        else:
-            work()
-        return state
+            return state  # compiling (`wait` gives the outcome)
+        work()
+        return self.states[model_id]
 
     def bind(self, binding: Binding) -> float:
         """Make this process's copy of the model run what ``binding`` names (in a ZeroGPU worker: the
@@ -282,47 +236,39 @@ class LightweightEngine:
         if model.ref == binding.ref and (binding.ref or not aoti.transforms_of(model.hot_module)):
             return 0.0
         start = time.perf_counter()
-        state = self.states[binding.model_id]
         with self.locks[binding.model_id]:
             if binding.ref is None:
                 model.restore()
-                state.state, state.reason = "eager", "AOTI switched off"
+                self.states.switched_off(binding.model_id)
             else:
                 try:
                     status = model.bind(binding.ref, self.cache)
                 except Exception as exc:  # a package this process can't bind: serve eager, say why
                     log.exception("engine: binding %s failed", binding.model_id)
                     model.restore()
-                    state.state, state.reason = "fallback", f"could not bind the compiled graphs, serving eager: {type(exc).__name__}: {exc}"[:500]
-                    state.fallbacks = [f"aoti -> eager: {type(exc).__name__}: {exc}"[:300]]
+                    self.states.failed(binding.model_id, f"could not bind the compiled graphs, serving eager: {type(exc).__name__}: {exc}",
+                                       f"aoti -> eager: {type(exc).__name__}: {exc}")
                 else:
-                    state.state = "aoti" if status.runtime == "aoti" else "fallback"
-                    state.reason, state.fallbacks, state.ref = status.reason, list(status.fallbacks), model.ref
+                    self.states.compiled(binding.model_id, status, model.ref)
         seconds = time.perf_counter() - start
         log.info("engine: %s bound to %s in %.3f s", binding.model_id, binding.ref or "eager", seconds)
         return seconds
 
-    def mark_unavailable(self, model_id: str, reason: str) -> None:
-        """A model asked for that can't be loaded here: its card says why (it is not dropped silently)."""
-        if model_id not in self.models:
-            self.states[model_id].state, self.states[model_id].reason = "unavailable", reason
-
-    def wait(self, model_id: str, timeout: float | None = None) -> CompileState:
+    def wait(self, model_id: str, timeout: float | None = None) -> ModelState:
         thread = self.threads.get(model_id)
         if thread is not None:
             thread.join(timeout)
         return self.states[model_id]
 
-    def set_eager(self, model_id: str) -> CompileState:
-        """Turn AOTI off for a model (A/B): back to its eager forward."""
+    def set_eager(self, model_id: str) -> ModelState:
+        """Turn AOTI off for a model (A/B): back to its eager forward (and eager after a switch out
+        and back in)."""
         model = self.models.get(model_id)
         self.recipes.pop(model_id, None)
         if model is not None:
             with self.locks[model_id]:
                 model.restore()
-            self.states[model_id].state, self.states[model_id].reason = "eager", "AOTI switched off"
-        self.states[model_id].ref = None  # (a model switched out and back in stays eager)
-        return self.states[model_id]
+        return self.states.switched_off(model_id)
 
     # --- generate ----------------------------------------------------------------------------------
 
@@ -333,7 +279,7 @@ class LightweightEngine:
             loaded = list(self.models.items()) if self.observe_locally else []
         for model_id, model in loaded:
             self._live(model_id, model)
-        return [state.as_row() for state in list(self.states.values())]
+        return self.states.rows()
 
     def _request_lock(self, model_id: str) -> threading.Lock:
         """The lock a request on ``model_id`` holds; a clear error if the model was switched out between
@@ -345,23 +291,8 @@ class LightweightEngine:
 
     def _live(self, model_id: str, model: TextModel | ImageModel) -> aoti.Status:
         live = aoti.status_of(model.hot_module)
-        state = self.states[model_id]
-        state.guard_fallbacks, state.layout_copies = live.guard_fallbacks, live.layout_copies
-        state.last_guard_reason = live.last_guard_reason
-        if live.runtime == "aoti":  # a CUDA-graph capture happens (or fails) at the first call
-            state.cuda_graphs, state.fallbacks = live.cuda_graphs, list(live.fallbacks)
+        self.states.live(model_id, live)
         return live
-
-    def observe(self, model_id: str, latency: float, runtime: str) -> None:
-        """Record a request's time per unit (token or step) under the runtime that served it; the
-        speedup is the best eager time over the best compiled one."""
-        state = self.states[model_id]
-        if runtime == "aoti":
-            state.aoti_latency_s = latency if state.aoti_latency_s is None else min(state.aoti_latency_s, latency)
-        else:
-            state.eager_latency_s = latency if state.eager_latency_s is None else min(state.eager_latency_s, latency)
-        if state.aoti_latency_s and state.eager_latency_s:
-            state.speedup = round(state.eager_latency_s / state.aoti_latency_s, 2)
 
     def runtime_of(self, model_id: str) -> str:
         model = self.models.get(model_id)
@@ -382,7 +313,7 @@ class LightweightEngine:
             rate = last.decode_tokens_per_s if last is not None else None
             if rate and self.observe_locally and not params.speculative:  # the compile's speedup, not speculation's
                 runtime = "eager" if eager else self._live(model_id, model).runtime
-                self.observe(model_id, 1 / rate, runtime)  # seconds per decoded token
+                self.states.observed(model_id, 1 / rate, runtime)  # seconds per decoded token
 
     def generate_image(self, model_id: str, prompt: str, params: ImageParams, progress=None, eager: bool = False) -> ImageResult:
         """One image; ``eager`` as in `generate_text`."""
@@ -392,5 +323,5 @@ class LightweightEngine:
             result = model.generate(prompt, params, progress)  # generate() validates its inputs before it runs
         if result.step_ms and self.observe_locally:
             runtime = "eager" if eager else self._live(model_id, model).runtime
-            self.observe(model_id, median(result.step_ms) / 1e3, runtime)
+            self.states.observed(model_id, median(result.step_ms) / 1e3, runtime)
         return result

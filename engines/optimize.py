@@ -6,32 +6,16 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import torch
 
 import aoti
 from aoti.compile import first_error_line
 
+from .recipes import DECODE_KERNELS, Recipe
+
 log = logging.getLogger(__name__)
 
-# Transforms that only route calls to our decode kernels: dropped, visibly, when a build with them fails
-# (Inductor's C++ wrapper has failed to compile such graphs now and then; see `aoti.passes.inductor_fixes`).
-DECODE_KERNELS = (aoti.OneRowKernels, aoti.FuseDecoderLayers, aoti.DecodeAttention)
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """What one model is optimized with: the transforms, in order, then the compile options."""
-
-    transforms: tuple[aoti.TransformConfig, ...] = ()
-    options: aoti.CompileOptions = field(default_factory=aoti.CompileOptions)
-
-    def without_decode_kernels(self) -> Recipe:
-        """The recipe with Inductor's own kernels for the decode step (and no combo kernels)."""
-        transforms = tuple(t for t in self.transforms if not isinstance(t, DECODE_KERNELS))
-        preset = "tuned" if self.options.preset == "decode" else self.options.preset
-        return Recipe(transforms, self.options.replace(preset=preset))
 
 
 def transform_module(module: torch.nn.Module, transforms: tuple[aoti.TransformConfig, ...]) -> None:

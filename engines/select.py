@@ -1,4 +1,4 @@
-"""Pick an engine and a preset from the model's memory needs against the device budget."""
+"""Pick an engine from the model's memory needs against the device budget."""
 
 from __future__ import annotations
 
@@ -16,25 +16,12 @@ HEADROOM = 1.15  # allocator fragmentation, CUDA context, compiled graph workspa
 
 
 @dataclass(frozen=True)
-class Preset:
-    """What a device class allows."""
-
-    fp8: bool
-    inductor: str  # the `aoti.CompileOptions.preset` of image denoisers: "default" | "max-autotune"
-    text_inductor: str  # the preset of LLM graphs: "decode" on GPUs, whose decode steps are GEMVs
-    max_new_tokens: int
-    max_image_side: int
-    regional: bool
-
-
-@dataclass(frozen=True)
 class Decision:
     engine: Engine
     reason: str
     need_bytes: int
     budget_bytes: int
     quantization: str
-    preset: Preset | None
     offload_encoders: bool = False  # image pipelines: text encoders wait in host memory, moved in for each prompt
     draft: bool = True  # text models with a draft (`ModelSpec.draft`): load it (False: it does not fit beside the model)
 
@@ -71,22 +58,6 @@ def estimate_bytes(spec: ModelSpec, device: DeviceInfo, quantization: str = "non
     return int(sum(estimate_parts(spec, device, quantization, offload_encoders, draft)) * HEADROOM)
 
 
-def preset_for(device: DeviceInfo) -> Preset:
-    if device.kind == "cpu":
-        return Preset(fp8=False, inductor="default", text_inductor="default", max_new_tokens=256, max_image_side=64,
-                      regional=True)
-    small = device.budget_bytes < 40 * GiB
-    # Images: "default": on the H200 it was on par with torch.compile (BENCHMARKS.md), builds in
-    # 1-2 minutes at full size, and a startup compile has to fit a GPU call; "max-autotune" searches
-    # Triton GEMM templates for every shape (minutes more) for a gain not yet measured at full size.
-    # Text: "decode" (one-row linears on aoti.kernels.gemv, decode attention on aoti.kernels.decode_attention, other
-    # reductions tuned, combo kernels): Qwen2.5-7B geometry on the H200 with CUDA graphs and fused
-    # projections and layers, 263.6 tokens/s (88 % of the floor; 211.5 before fusing and the attention
-    # kernel, 181.9 with Inductor's reductions on one machine); FP8 weights 379.4, 1.44x (BENCHMARKS.md).
-    return Preset(fp8=device.fp8, inductor="default", text_inductor="decode",
-                  max_new_tokens=512 if small else 1024, max_image_side=1024 if small else 1344, regional=True)
-
-
 def choose(spec: ModelSpec, device: DeviceInfo, quantization: str = "none") -> Decision:
     """Where the model runs, tried in order: one device as it is; with FP8 weights (models that offer
     them, GPUs that run them); an image pipeline with its text encoders in host memory, moved to the
@@ -96,11 +67,11 @@ def choose(spec: ModelSpec, device: DeviceInfo, quantization: str = "none") -> D
     budget = device.budget_bytes
     numbers = f"needs about {need / GiB:.1f} GiB, {device.label}"
     if need <= budget:
-        return Decision("lightweight", f"fits one device: {numbers}", need, budget, quantization, preset_for(device))
+        return Decision("lightweight", f"fits one device: {numbers}", need, budget, quantization)
     fp8 = spec.fp8 and quantization == "none" and device.fp8
     if fp8 and estimate_bytes(spec, device, "fp8_rowwise") <= budget:
         return Decision("lightweight", f"fits with FP8 weights: {numbers}", estimate_bytes(spec, device, "fp8_rowwise"),
-                        budget, "fp8_rowwise", preset_for(device))
+                        budget, "fp8_rowwise")
     why_not = ""  # what else was tried, for a refusal
     if spec.draft:  # the model alone, without speculative decoding
         for quant in (quantization, "fp8_rowwise") if fp8 else (quantization,):
@@ -108,19 +79,19 @@ def choose(spec: ModelSpec, device: DeviceInfo, quantization: str = "none") -> D
             how = f"{' with FP8 weights and' if quant != quantization else ''} without its draft {spec.draft}"
             if alone <= budget:
                 return Decision("lightweight", f"fits{how} (speculative decoding off): about {alone / GiB:.1f} GiB "
-                                f"({numbers} with it)", alone, budget, quant, preset_for(device), draft=False)
+                                f"({numbers} with it)", alone, budget, quant, draft=False)
         why_not = f"; about {alone / GiB:.1f} GiB even{how}"
     if device.kind != "cpu" and device.count > 1:
         n = device.count
         alone = estimate_bytes(spec, device, quantization, draft=False)  # tensor parallel runs no draft
         if spec.task == "text" and alone <= budget * n * 0.9:
             return Decision("distributed", f"too large for one GPU; tensor parallel over {n}: {numbers}", alone,
-                            budget * n, quantization, preset_for(device), draft=False)
+                            budget * n, quantization, draft=False)
         weights, working = estimate_parts(spec, device, quantization)
         per_gpu = int((weights + working / n) * HEADROOM)  # context parallel: weights on every GPU, activations split
         if spec.task == "image" and per_gpu <= budget:
             return Decision("distributed", f"too large for one GPU; context parallel over {n} "
-                            f"(about {per_gpu / GiB:.1f} GiB each): {numbers}", per_gpu, budget, quantization, preset_for(device))
+                            f"(about {per_gpu / GiB:.1f} GiB each): {numbers}", per_gpu, budget, quantization)
         if spec.task == "image":
             why_not += (f"; context parallelism over {n} splits the activations, not the {weights * HEADROOM / GiB:.1f} GiB "
                        "of weights")
@@ -132,7 +103,7 @@ def choose(spec: ModelSpec, device: DeviceInfo, quantization: str = "none") -> D
             encoders = spec.encoders_b * 1e9 * BYTES_PER_PARAM[runtime_dtype(spec, device)] / GiB
             return Decision("lightweight", f"fits with {how} ({encoders:.1f} GiB) in host memory, moved to the GPU for "
                             f"each prompt: about {offloaded / GiB:.1f} GiB on the device ({numbers} with them)",
-                            offloaded, budget, quant, preset_for(device), offload_encoders=True)
+                            offloaded, budget, quant, offload_encoders=True)
         why_not += f"; about {offloaded / GiB:.1f} GiB even with {how} in host memory"
     more = "" if device.kind == "cpu" else f" x{device.count} GPU(s)"
-    return Decision("refused", f"does not fit: {numbers}{more}{why_not}", need, budget, quantization, None)
+    return Decision("refused", f"does not fit: {numbers}{more}{why_not}", need, budget, quantization)

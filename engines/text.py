@@ -22,7 +22,8 @@ from aoti.integrations.transformers import use_gqa_decode_attention
 
 from . import registry, speculative
 from .device import on_zerogpu
-from .optimize import Recipe, bind_module, module_storages, optimize_module
+from .optimize import bind_module, module_storages, optimize_module
+from .recipes import Recipe, text_recipe
 from .registry import ModelSpec
 from .speculative import Speculation
 
@@ -119,22 +120,6 @@ def check_text_request(spec: ModelSpec, prompt: str, params: SamplingParams) -> 
 PREFILL_BUCKET = 64  # prompts are padded up to a multiple of this many tokens
 
 
-def text_recipe(fp8: bool = False, decode_kernels: bool = False, preset: str = "default") -> Recipe:
-    """How a text model is optimized, in order:
-
-    1. q/k/v and gate/up projections fused (one product each);
-    2. FP8 weights (``fp8``);
-    3. decode kernels (``decode_kernels``, GPUs): one-row linears on `aoti.kernels.gemv`, decoder
-       layers' one-token step fused around them, grouped-query decode attention split over the cache;
-    4. compiled with a dynamic prefill length and a static one-token decode graph, strict export
-       (transformers' static cache is reached through a Python object).
-    """
-    transforms: list[aoti.TransformConfig] = [aoti.FuseProjections()]
-    if fp8:
-        transforms.append(aoti.Float8Rowwise())
-    if decode_kernels:
-        transforms += [aoti.OneRowKernels(), aoti.FuseDecoderLayers(), aoti.DecodeAttention()]
-    return Recipe(tuple(transforms), aoti.CompileOptions(dispatch="dynamic", strict=True, preset=preset))
 
 
 class TextModel:

@@ -57,8 +57,9 @@ def text_engine(cache: aoti.Cache) -> dict:
 
     from aoti.integrations.transformers import fused_layers
     from benchmarks.tasks.llm_decode import prefill_and_step_logits
+    from engines.recipes import text_recipe
     from engines.registry import ASSETS, ModelSpec
-    from engines.text import SamplingParams, TextModel, text_recipe
+    from engines.text import SamplingParams, TextModel
 
     config = Qwen2Config(hidden_size=1024, intermediate_size=4096, num_attention_heads=8, num_key_value_heads=2,
                          vocab_size=2048, num_hidden_layers=2, max_position_embeddings=2048, tie_word_embeddings=False)

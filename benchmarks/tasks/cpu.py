@@ -151,7 +151,7 @@ def switch_bench(cache: aoti.Cache, rounds: int = 3) -> dict:
             start = time.perf_counter()
             state = engine.optimize(model_id, background=False)
             first_output[model_id]()
-            assert state.state == "aoti" and state.cache_hit, state
+            assert state.phase == "aoti" and state.build.cache_hit, state
             times[model_id].append(time.perf_counter() - start)
     return {f"switch_to_{k}_s": statistics.median(v) for k, v in times.items()} | {"rounds": rounds, "max_loaded": 1}
 

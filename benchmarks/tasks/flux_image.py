@@ -2,7 +2,7 @@
 weights (CLIP-L and T5-XXL text encoders, the 19 + 38 block transformer, the VAE), saved into a local
 Hugging Face cache as the Hub would leave it, found there by the registry's ``flux.1-dev``, loaded by
 `engines.ImageModel` with the placement `engines.select.choose` makes for this device, optimized with
-the recipe the app uses here (`engines.Studio.recipe_for`: FP8 weights, FLUX's fused norm + rotary
+the recipe the app uses here (`engines.recipes.recipe_for`: FP8 weights, FLUX's fused norm + rotary
 kernel, regional compile; CUDA graphs are asked for on a GPU, and a regional build records that it has none)
 and timed end to end, stage by stage.
 
@@ -179,6 +179,7 @@ def warm_start(size: int, steps: int, cache_dir: str, tiny: bool) -> dict[str, A
     import aoti
     from engines import Studio
     from engines.image import ImageModel, ImageParams
+    from engines.recipes import Switches, recipe_for
     from engines.select import choose
 
     marks("engines_imported")
@@ -186,7 +187,7 @@ def warm_start(size: int, steps: int, cache_dir: str, tiny: bool) -> dict[str, A
     spec = spec_for(size, steps, tiny)
     model = ImageModel(spec, studio.device.torch_device, offload_encoders=choose(spec, studio.device).offload_encoders)
     marks("loaded")
-    status = model.optimize(studio.recipe_for(spec.id, fp8=studio.device.fp8, regional=True), studio.engine.cache,
+    status = model.optimize(recipe_for(spec, studio.device, Switches(fp8=studio.device.fp8, regional=True)), studio.engine.cache,
                             on_stage=marks.stage)
     marks("bound")
     result = model.generate(PROMPT, ImageParams(size, size, steps, seed=0, guidance=spec.guidance),
@@ -227,6 +228,7 @@ def main(argv: list[str] | None = None) -> None:
     import aoti
     from engines import Studio
     from engines.image import ImageModel, ImageParams
+    from engines.recipes import Switches, recipe_for
     from engines.select import choose
 
     device = "cuda" if torch.cuda.is_available() and not args.tiny else "cpu"
@@ -252,7 +254,7 @@ def main(argv: list[str] | None = None) -> None:
             reference["image"] = np.asarray(result.image, dtype=np.float64)
             rec.variant(name, {**image_numbers(result, None), "peak_mb": peak})
         elif name == "ours":
-            recipe = studio.recipe_for(spec.id, fp8=studio.device.fp8, regional=True)
+            recipe = recipe_for(spec, studio.device, Switches(fp8=studio.device.fp8, regional=True))
             status = model.optimize(recipe, studio.engine.cache)
             result, peak = generate(model, params, device, args.repeats)
             rec.variant(name, {**image_numbers(result, reference.get("image")), "peak_mb": peak},

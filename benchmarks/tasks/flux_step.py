@@ -232,7 +232,7 @@ def main(argv: list[str] | None = None) -> None:
             args.budget_s, after=clean_up)
 
 
-# The app's FLUX recipe with FP8 on a GPU (`engines.image.image_recipe(fp8=True, flux_attention=True)`),
+# The app's FLUX recipe with FP8 on a GPU (`engines.recipes.image_recipe(fp8=True, flux_attention=True)`),
 # with cuDNN attention pinned.
 FP8 = aoti.CompileOptions(attention="cudnn")
 FP8_TRANSFORMS = (aoti.FuseFluxNormRope(), aoti.Float8Rowwise())

@@ -24,9 +24,9 @@ import torch
 import aoti
 from aoti.integrations.transformers import use_gqa_decode_attention
 from benchmarks.common import Recorder, json_from_fresh_process, kernel_profile, measure, memory_bandwidth_gbs, rel_error, sync
-from engines.optimize import Recipe
+from engines.recipes import Recipe, text_recipe
 from engines.registry import ASSETS, ModelSpec
-from engines.text import SamplingParams, TextModel, text_recipe
+from engines.text import SamplingParams, TextModel
 
 QWEN25_7B = dict(hidden_size=3584, intermediate_size=18944, num_attention_heads=28, num_key_value_heads=4,
                  vocab_size=152064, max_position_embeddings=32768, rope_theta=1e6, tie_word_embeddings=False)

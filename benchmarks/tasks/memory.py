@@ -24,9 +24,9 @@ import torch
 import aoti
 from benchmarks.common import Recorder
 from benchmarks.tasks.llm_decode import model_and_prompt
-from engines.optimize import Recipe
+from engines.recipes import Recipe, text_recipe
 from engines.registry import ModelSpec
-from engines.text import SamplingParams, TextModel, text_recipe
+from engines.text import SamplingParams, TextModel
 
 
 def reachable_gb(device: str) -> dict[str, float]:

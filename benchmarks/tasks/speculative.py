@@ -28,8 +28,9 @@ import torch
 import aoti
 from benchmarks.common import Recorder, measure
 from benchmarks.tasks.llm_decode import QWEN25_7B, TINY, prompt_of
+from engines.recipes import text_recipe
 from engines.registry import ASSETS, ModelSpec
-from engines.text import SamplingParams, TextModel, text_recipe
+from engines.text import SamplingParams, TextModel
 
 QWEN25_05B = dict(hidden_size=896, intermediate_size=4864, num_attention_heads=14, num_key_value_heads=2, num_hidden_layers=24,
                   vocab_size=151936, max_position_embeddings=32768, rope_theta=1e6, tie_word_embeddings=True)

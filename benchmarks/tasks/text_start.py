@@ -3,7 +3,7 @@
 Qwen2.5-7B-Instruct's geometry with random weights is written into a Hub cache (`harness.hub_cache`),
 found there by the registry's ``qwen2.5-7b-instruct``, loaded as the engine loads it (`engines.TextModel`
 with the placement `engines.select.choose` makes here) and optimized with the app's recipe
-(`engines.Studio.recipe_for`).
+(`engines.recipes.recipe_for`).
 
 Variants, in this order:
   cold   this process, an empty AOTI cache: the load, then `optimize` stage by stage (transform and
@@ -52,6 +52,7 @@ def load_and_optimize(tiny: bool, cache_dir: str, marks: Marks) -> tuple[Any, An
     """The engine's load and optimize of the model, with ``marks`` at each step."""
     import aoti
     from engines import Studio, registry
+    from engines.recipes import Switches, recipe_for
     from engines.select import choose
     from engines.text import TextModel
 
@@ -61,7 +62,7 @@ def load_and_optimize(tiny: bool, cache_dir: str, marks: Marks) -> tuple[Any, An
     decision = choose(spec, studio.device)
     model = TextModel(spec, studio.device.torch_device, without_draft="" if decision.draft else decision.reason)
     marks("loaded")
-    status = model.optimize(studio.recipe_for(spec.id, fp8=False), studio.engine.cache, on_stage=marks.stage)
+    status = model.optimize(recipe_for(spec, studio.device, Switches()), studio.engine.cache, on_stage=marks.stage)
     marks("optimized")
     return model, status
 

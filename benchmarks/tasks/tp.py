@@ -18,6 +18,7 @@ import torch
 import aoti
 from engines import Studio, registry
 from engines.device import discover
+from engines.select import choose
 from engines.text import SamplingParams, TextModel
 
 PROMPTS = ["If the file", "Return the number of", "The socket module"]
@@ -35,7 +36,7 @@ def main(argv: list[str] | None = None) -> None:
     model_id = "tiny-llama-pydoc"
     device = discover(apply_cap=False)  # the cap decides selection; it must not limit this process
     studio = Studio(device=device, cache=aoti.Cache("/tmp/aoti-tp"))
-    decision = studio.decision(model_id)
+    decision = choose(registry.get(model_id), studio.device)
     result = {"device": device.label, "gpus": device.count, "cap_gb": os.environ.get("AOTI_MEMORY_CAP_GB"),
               "decision": {"engine": decision.engine, "reason": decision.reason}}
     start = time.perf_counter()

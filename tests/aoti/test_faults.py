@@ -93,7 +93,7 @@ def test_a_read_only_cache_serves_what_it_holds_and_a_build_says_why_it_cannot(t
         engine = LightweightEngine(discover(), cache)  # the app's engine on that cache
         state = engine.optimize("tiny-llama-pydoc", background=False)
         text = list(engine.generate_text("tiny-llama-pydoc", "If the file", SamplingParams(max_new_tokens=5, temperature=0)))[-1].text
-        print(json.dumps(dict(hit=held.status.cache_hit, runtime=runtime, refused=refused, state=state.state,
+        print(json.dumps(dict(hit=held.status.cache_hit, runtime=runtime, refused=refused, state=str(state.phase),
                               reason=state.reason, text=text)))
     """, tmp_path, str(root), prelude=_UNPRIVILEGED)
     assert result["hit"] is True and result["runtime"] == "aoti"

@@ -56,7 +56,7 @@ def test_decode_preset_builds_combo_kernels_on_cuda_only():
     assert "combo_kernels" not in decode.inductor_configs("cpu")
     assert "combo_kernels" not in CompileOptions().inductor_configs("cuda")
     # the engine's fallback build (decode kernels off) takes Inductor's usual path
-    from engines.optimize import Recipe
+    from engines.recipes import Recipe
 
     fallback = Recipe((), decode).without_decode_kernels().options
     assert "combo_kernels" not in fallback.inductor_configs("cuda")

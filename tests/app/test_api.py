@@ -3,7 +3,7 @@
 import time
 
 import pytest
-from gradio_client.exceptions import AppError, ValidationError
+from gradio_client.exceptions import ValidationError
 from PIL import Image
 
 
@@ -97,7 +97,7 @@ def test_a_bad_request_does_not_wait_for_the_device(client, compiled_app):
 
 
 def test_fp8_where_it_cannot_run_is_refused(client):
-    with pytest.raises(AppError, match="FP8 needs"):
+    with pytest.raises(ValidationError, match="FP8 needs"):  # refused at the door, before the queue
         client.predict("tiny-llama-pydoc", True, True, False, api_name="/set_optimization")
 
 

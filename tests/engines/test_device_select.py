@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+import aoti
 from engines import device as dev
 from engines import registry
 from engines.device import DeviceInfo
@@ -176,7 +177,7 @@ def test_bad_image_request_for_the_multi_gpu_engine_is_refused_before_any_worker
 
     two_small_gpus = DeviceInfo("cuda", "NVIDIA H100 80GB HBM3", 80 * GiB, 80 * GiB, int(0.0065 * GiB), (8, 6), count=2)
     studio = Studio(device=two_small_gpus, cache=cache)
-    assert studio.decision("tiny-shapes-unet").engine == "distributed"
+    assert choose(registry.get("tiny-shapes-unet"), two_small_gpus).engine == "distributed"
     with pytest.raises(ValueError, match="size 64x64 is not offered for tiny-shapes-unet"):
         studio.generate_image("tiny-shapes-unet", "a red circle", ImageParams(64, 64, steps=4))
     with pytest.raises(ValueError, match="`prompt` is empty"):
@@ -184,12 +185,14 @@ def test_bad_image_request_for_the_multi_gpu_engine_is_refused_before_any_worker
     assert studio.distributed == {}  # no worker was started for a request that could not run
 
 
-def test_llm_graphs_get_the_decode_preset_on_gpus_only():
-    from engines.select import preset_for
+def test_llm_graphs_get_the_decode_preset_and_kernels_on_gpus_only():
+    from engines.recipes import Switches, recipe_for
 
-    gpu, cpu = preset_for(H100), preset_for(CPU_24)
-    assert (gpu.text_inductor, gpu.inductor) == ("decode", "default")
-    assert (cpu.text_inductor, cpu.inductor) == ("default", "default")  # CPU builds stay short
+    text, image = registry.get("tiny-llama-pydoc"), registry.get("tiny-shapes-unet")
+    gpu, cpu = recipe_for(text, H100, Switches()), recipe_for(text, CPU_24, Switches())
+    assert gpu.options.preset == "decode" and any(isinstance(t, aoti.OneRowKernels) for t in gpu.transforms)
+    assert cpu.options.preset == "default" and not any(isinstance(t, aoti.OneRowKernels) for t in cpu.transforms)  # CPU builds stay short
+    assert recipe_for(image, H100, Switches()).options.preset == "default"
 
 
 def _zerogpu_card(monkeypatch, model: str) -> dict:
@@ -210,15 +213,14 @@ def _zerogpu_card(monkeypatch, model: str) -> dict:
 def test_zerogpu_blackwell_card_discovered_and_served(monkeypatch):
     """ZeroGPU since May 2026: an RTX Pro 6000 Blackwell (sm_120). FP8 runs there, packages are keyed
     by its generation, and a model that needs more than half the card asks for a whole one."""
-    from engines.select import preset_for
+    from engines.recipes import Switches, fp8_refusal, recipe_for
     from engines.workers import gpu_size
 
     _zerogpu_card(monkeypatch, "NVIDIA RTX PRO 6000 Blackwell Server Edition")
     info = dev.discover()
     assert info.kind == "cuda" and info.arch == "sm_120" and info.fp8 and "sm_120" in info.label
-    preset = preset_for(info)
-    assert preset.fp8 and preset.text_inductor == "decode"
     flux = registry.get("flux.1-dev")
+    assert fp8_refusal(flux, info) == "" and recipe_for(registry.get("qwen2.5-7b-instruct"), info, Switches()).options.preset == "decode"
     assert choose(flux, info).engine == "lightweight"
     assert gpu_size(estimate_bytes(flux, info)) == "xlarge"
     assert gpu_size(estimate_bytes(registry.get("qwen2.5-7b-instruct"), info)) == "large"

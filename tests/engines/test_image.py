@@ -33,7 +33,7 @@ def test_aoti_image_matches_eager_for_a_fixed_seed(engine, image_model, image_sp
     image_model.restore()
     eager = np.asarray(image_model.generate("a blue square, bottom right", PARAMS).image, dtype=np.int32)
     state = engine.optimize(image_spec.id, background=False)
-    assert state.state == "aoti", state.reason
+    assert state.phase == "aoti", state.reason
     compiled = np.asarray(image_model.generate("a blue square, bottom right", PARAMS).image, dtype=np.int32)
     assert np.abs(compiled - eager).max() <= 2  # float32 rounding through 12 DDIM steps, in 0..255 units
     assert aoti.status_of(image_model.denoiser).compiled_calls >= PARAMS.steps

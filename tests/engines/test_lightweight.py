@@ -4,6 +4,7 @@ import time
 import pytest
 import torch
 
+from engines.state import Progress
 from engines.text import SamplingParams
 
 
@@ -15,9 +16,9 @@ def test_unload_frees_memory_and_switching_back_uses_the_cache(engine, text_spec
     assert freed == pytest.approx(size_mb) and freed > 7  # 2M fp32 weights + KV cache, all released
     assert "freed" in engine.states[text_spec.id].reason
     state = engine.optimize(text_spec.id, background=False)  # reload: artifacts come from the cache
-    assert state.state == "aoti" and state.cache_hit is True and state.compile_s is None
+    assert state.phase == "aoti" and state.build.cache_hit is True and state.build.compile_s is None
     text = list(engine.generate_text(text_spec.id, "The socket module", SamplingParams(max_new_tokens=5, temperature=0)))
-    assert text and engine.states[text_spec.id].guard_fallbacks == 0
+    assert text and engine.states[text_spec.id].guard.guard_fallbacks == 0
 
 
 def test_background_compile_serves_eagerly_meanwhile(engine, image_spec):
@@ -25,11 +26,11 @@ def test_background_compile_serves_eagerly_meanwhile(engine, image_spec):
 
     engine.unload(image_spec.id)
     state = engine.optimize(image_spec.id, background=True)
-    assert state.state == "compiling" and state.stage and state.started is not None  # the panel shows the stage and time
+    assert state.phase == "compiling" and state.progress.stage and state.progress.started is not None  # the panel shows the stage and time
     result = engine.generate_image(image_spec.id, "a green triangle, center", ImageParams(32, 32, 4))
     assert result.image.size == (32, 32)
     done = engine.wait(image_spec.id, timeout=600)
-    assert done.state == "aoti" and (done.stage, done.started, done.estimate_s) == ("", None, None)
+    assert done.phase == "aoti" and done.progress == Progress()
 
 
 def test_loads_and_compiles_take_turns_and_loaded_models_keep_serving(engine, text_spec, image_spec):
@@ -50,8 +51,8 @@ def test_loads_and_compiles_take_turns_and_loaded_models_keep_serving(engine, te
     with TORCH_STATE:  # held the way a running load holds it
         state = engine.optimize(image_spec.id, background=True)
         time.sleep(1.0)
-        assert state.state == "compiling"
-    assert engine.wait(image_spec.id, timeout=600).state == "aoti"
+        assert state.phase == "compiling"
+    assert engine.wait(image_spec.id, timeout=600).phase == "aoti"
     assert engine.generate_image(image_spec.id, "a red square, center", ImageParams(32, 32, 2)).image.size == (32, 32)
 
 
@@ -67,7 +68,7 @@ def test_quantization_on_off_on_needs_no_reload_and_gives_the_float_outputs_back
     float recipe gives the float outputs back bit for bit, and both recipes come from the cache the
     second time."""
     import aoti
-    from engines.optimize import Recipe
+    from engines.recipes import Recipe
 
     float_recipe = Recipe((), aoti.CompileOptions(dispatch="dynamic", strict=True))
     int8_recipe = Recipe((aoti.Int8WeightOnly(),), float_recipe.options)  # int8: the CPU's quantization
@@ -83,14 +84,14 @@ def test_quantization_on_off_on_needs_no_reload_and_gives_the_float_outputs_back
     outputs = {}
     for round_, (name, recipe) in enumerate([("float", float_recipe), ("int8", int8_recipe)] * 2):
         state = engine.optimize(text_spec.id, recipe, background=False)
-        assert state.state == "aoti", state.reason
+        assert state.phase == "aoti", state.reason
         assert engine.models[text_spec.id] is model  # the same loaded model: no reload
-        assert state.quantization == ("int8_weight_only" if name == "int8" else "none")
+        assert state.build.quantization == ("int8_weight_only" if name == "int8" else "none")
         out = logits()
         if round_ < 2:
             outputs[name] = out
         else:
-            assert state.cache_hit and torch.equal(out, outputs[name]), name
+            assert state.build.cache_hit and torch.equal(out, outputs[name]), name
         if name == "float":
             weights = weights or {n: t.clone() for n, t in model.hot_module.state_dict().items()}
             assert all(torch.equal(t, weights[n]) for n, t in model.hot_module.state_dict().items())
@@ -116,7 +117,7 @@ def test_a_model_switched_out_mid_stream_finishes_the_request_first(engine, text
     rest = list(stream)
     switch.join(30)
     assert unloaded.is_set() and rest[-1].text == reference
-    assert engine.states[text_spec.id].state == "not loaded"
+    assert engine.states[text_spec.id].phase == "not loaded"
 
 
 def test_a_model_switched_back_in_gets_its_compiled_graphs_again(engine, text_spec, image_spec):
@@ -126,11 +127,11 @@ def test_a_model_switched_back_in_gets_its_compiled_graphs_again(engine, text_sp
     engine.unload(text_spec.id)
     list(engine.generate_text(text_spec.id, "If the file", SamplingParams(max_new_tokens=3, temperature=0)))
     state = engine.wait(text_spec.id, timeout=120)
-    assert state.state == "aoti" and state.cache_hit is True, state
+    assert state.phase == "aoti" and state.build.cache_hit is True, state
     engine.set_eager(text_spec.id)
     engine.unload(text_spec.id)
     list(engine.generate_text(text_spec.id, "If the file", SamplingParams(max_new_tokens=3, temperature=0)))
-    assert engine.wait(text_spec.id, timeout=5).state == "eager" and text_spec.id not in engine.recipes
+    assert engine.wait(text_spec.id, timeout=5).phase == "eager" and text_spec.id not in engine.recipes
     engine.optimize(text_spec.id, background=False)  # as the session found it
 
 
@@ -141,18 +142,17 @@ def test_on_zerogpu_a_model_switched_back_in_is_bound_by_the_workers_again(cache
     from engines.device import discover
     from engines.lightweight import LightweightEngine
 
-    workers = LightweightEngine(discover(), cache)
-    workers.observe_locally = False
+    workers = LightweightEngine(discover(), cache, observe_locally=False)
     ref = workers.optimize(text_spec.id, background=False).ref
     assert ref is not None
     workers.unload(text_spec.id)
     workers.load(text_spec)
     state = workers.states[text_spec.id]
-    assert (state.state, state.ref) == ("aoti", ref) and "as before it was switched out" in state.reason
+    assert (state.phase, state.ref) == ("aoti", ref) and "as before it was switched out" in state.reason
     workers.set_eager(text_spec.id)
     workers.unload(text_spec.id)
     workers.load(text_spec)
-    assert (workers.states[text_spec.id].state, workers.states[text_spec.id].ref) == ("eager", None)
+    assert (workers.states[text_spec.id].phase, workers.states[text_spec.id].ref) == ("eager", None)
     workers.unload(text_spec.id)
 
 
@@ -167,14 +167,14 @@ def test_a_package_that_crashes_when_loaded_leaves_the_engine_serving_eager(engi
     from tests.crash import crashing_copy
 
     state = engine.optimize(text_spec.id, background=False)
-    assert state.state == "aoti" and state.ref is not None
+    assert state.phase == "aoti" and state.ref is not None
     crashing = crashing_copy(aoti.load(engine.models[text_spec.id].hot_module, state.ref, cache=cache), tmp_path,
                              sound=(state.ref["draft"]["key"],))
     other = LightweightEngine(discover(), crashing.cache)
     try:
         state = other.optimize(text_spec.id, background=False)
-        assert state.state == "fallback" and "crashed" in state.reason and "SIGSEGV" in state.reason, state
-        assert state.cache_hit is True  # it found the package; nothing was rebuilt
+        assert state.phase == "fallback" and "crashed" in state.reason and "SIGSEGV" in state.reason, state
+        assert state.build.cache_hit is True  # it found the package; nothing was rebuilt
         text = list(other.generate_text(text_spec.id, "The file", SamplingParams(max_new_tokens=4, temperature=0)))
         assert text and other.runtime_of(text_spec.id) == "eager"
     finally:

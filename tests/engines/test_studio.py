@@ -4,15 +4,14 @@ report and the card, a comparison that can't run says why, and a damaged cache e
 
 from __future__ import annotations
 
-import copy
-
 import torch
 
 import aoti
 import panel
-from engines import Studio
+from engines import Studio, Switches
 from engines.image import ImageParams
 from engines.text import SamplingParams
+from engines.zerogpu import GpuCall
 
 TEXT, IMAGE, UNAVAILABLE = "tiny-llama-pydoc", "tiny-shapes-unet", "qwen2.5-7b-instruct"
 
@@ -31,16 +30,16 @@ def test_a_compile_gpu_call_that_returns_no_state_for_a_model_fails_it_visibly(c
     """ZeroGPU bookkeeping: the main process marks the models compiling, the worker returns rows; a model
     with no row (skipped, or lost) is a fallback with the reason, never "compiling" for good."""
     studio = Studio(cache=cache, gpu_in_workers=True)
-    studio.mark_compiling([TEXT, IMAGE])
-    assert {studio.engine.states[m].state for m in (TEXT, IMAGE)} == {"compiling"}
-    studio.record_compiles([], asked=[TEXT, IMAGE])
+    studio.ledger.mark_compiling([TEXT, IMAGE], Switches())
+    assert {studio.states[m].phase for m in (TEXT, IMAGE)} == {"compiling"}
+    studio.ledger.record_compiles([], asked=[TEXT, IMAGE])
     for model in (TEXT, IMAGE):
-        state = studio.engine.states[model]
-        assert state.state == "fallback" and "returned no state" in state.reason and state.started is None
+        state = studio.states[model]
+        assert state.phase == "fallback" and "returned no state" in state.reason and state.progress.started is None
 
 
 def test_a_model_unavailable_in_the_worker_comes_back_as_a_fallback_row(cache):
-    rows = Studio(cache=cache, gpu_in_workers=True).serve_compile([UNAVAILABLE])
+    rows = Studio(cache=cache, gpu_in_workers=True).serve_compile([UNAVAILABLE], Switches())
     assert [r["state"] for r in rows] == ["fallback"] and "unavailable in the GPU worker" in rows[0]["reason"]
 
 
@@ -53,14 +52,14 @@ def test_a_shape_guard_fallback_reaches_the_report_and_the_card(cache):
     unet = model.hot_module
     with aoti.capture(unet) as call:
         model.generate("a red circle, top left", ImageParams(32, 32, 2))
-    before = copy.copy(aoti.status_of(unet))
+    gpu_call = GpuCall.begin(studio.engine, IMAGE, None)  # what a GPU call does first
     args = (torch.randn(1, *call.args[0].shape[1:2], 16, 16), *call.args[1:])  # 16x16: no graph for it
     with torch.no_grad():
         unet(*args, **call.kwargs)
-    report = studio.report(IMAGE, before=before)
+    report = gpu_call.report(studio.runtime_of(IMAGE))
     assert (report.compiled_calls, report.guard_fallbacks) == (0, 1) and report.last_guard_reason
     main = Studio(cache=cache, gpu_in_workers=True)  # the main process on ZeroGPU records the worker's report
-    main.record_image(IMAGE, None, 0.5, report)
+    main.ledger.record_image(IMAGE, None, 0.5, report)
     row = next(r for r in main.compile_status() if r["model"] == IMAGE)
     assert row["guard_fallbacks"] == 1 and row["last_guard_reason"] == report.last_guard_reason
     assert f"last: {report.last_guard_reason}" in panel.card(row, "image")

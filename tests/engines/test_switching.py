@@ -36,14 +36,14 @@ def test_a_failed_load_leaves_the_serving_model_untouched(cache, broken_spec):
     engine = LightweightEngine(discover(), cache)
     text = registry.get("tiny-llama-pydoc")
     model = engine.load(text)
-    before = (engine.states[text.id].state, engine.states[text.id].reason, _serves(engine, text.id))
+    before = (engine.states[text.id].phase, engine.states[text.id].reason, _serves(engine, text.id))
     assert engine.fits_beside_loaded(broken_spec)
     with pytest.raises(RuntimeError, match=r"qwen2.5-0.5b-instruct could not be loaded \(OSError") as failed:
         engine.load(broken_spec)
     assert "loaded again" not in str(failed.value)  # nothing was freed for it
     assert engine.models == {text.id: model}  # the same object: never unloaded
-    assert (engine.states[text.id].state, engine.states[text.id].reason, _serves(engine, text.id)) == before
-    assert engine.states[broken_spec.id].state == "not loaded"
+    assert (engine.states[text.id].phase, engine.states[text.id].reason, _serves(engine, text.id)) == before
+    assert engine.states[broken_spec.id].phase == "not loaded"
 
 
 def test_where_only_one_fits_the_old_model_is_freed_first_and_loaded_back(cache, broken_spec):
@@ -59,7 +59,7 @@ def test_where_only_one_fits_the_old_model_is_freed_first_and_loaded_back(cache,
     with pytest.raises(RuntimeError, match="tiny-llama-pydoc was unloaded first to make room .* and is loaded again"):
         engine.load(broken_spec)
     assert list(engine.models) == [text.id] and engine.models[text.id] is not first  # built again
-    assert engine.states[text.id].state == "eager" and _serves(engine, text.id) == expected
+    assert engine.states[text.id].phase == "eager" and _serves(engine, text.id) == expected
 
 
 def test_a_switch_that_succeeds_frees_the_old_model_after_the_new_one_loaded(cache):
@@ -71,4 +71,4 @@ def test_a_switch_that_succeeds_frees_the_old_model_after_the_new_one_loaded(cac
     other = dataclasses.replace(text, id="qwen2.5-0.5b-instruct")  # the embedded weights under another catalog id
     engine.load(other)
     assert list(engine.models) == [image.id, other.id]
-    assert engine.states[text.id].state == "not loaded" and "freed" in engine.states[text.id].reason
+    assert engine.states[text.id].phase == "not loaded" and "freed" in engine.states[text.id].reason

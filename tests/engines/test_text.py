@@ -31,14 +31,14 @@ def test_aoti_decode_loop_gives_the_same_greedy_tokens_as_eager(engine, text_mod
     prompts = ["Return the number of", "The socket module", "If the file"]
     eager = [list(text_model.generate(p, GREEDY))[-1].text for p in prompts]
     state = engine.optimize(text_spec.id, background=False)
-    assert state.state == "aoti", state.reason
+    assert state.phase == "aoti", state.reason
     warmed = aoti.status_of(text_model.decoder).compiled_calls
     verify = 1 if text_model.draft is not None else 0  # speculative decoding's verify length
     assert warmed == len(text_model.prefill_buckets()) + verify + 1  # every prefill bucket and the decode step, compiled
     compiled = [list(text_model.generate(p, GREEDY))[-1].text for p in prompts]
     assert compiled == eager
     live = aoti.status_of(text_model.decoder)
-    assert live.guard_fallbacks == 0 and live.compiled_calls >= 3 * 2  # prefill and decode both compiled
+    assert live.guard.guard_fallbacks == 0 and live.compiled_calls >= 3 * 2  # prefill and decode both compiled
     assert live.graphs == 2 + verify  # the one-token step, the prefill range and, with a draft, the verify length
 
 

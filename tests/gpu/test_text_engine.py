@@ -8,7 +8,8 @@ import torch
 
 import aoti
 from engines import registry
-from engines.text import SamplingParams, TextModel, text_recipe
+from engines.recipes import text_recipe
+from engines.text import SamplingParams, TextModel
 
 
 def test_fp8_on_off_on_on_one_loaded_model_gives_the_bf16_outputs_back(cache):

@@ -61,7 +61,8 @@ def test_int8_weights_are_not_routed():
 # build failure, of the kind Inductor's C++ wrapper has had on GPUs now and then.
 FALLBACK = textwrap.dedent("""
     import sys, time, torch, aoti
-    from engines.optimize import Recipe, optimize_module
+    from engines.optimize import optimize_module
+    from engines.recipes import Recipe
 
     def model():
         torch.manual_seed(0)
