@@ -14,16 +14,17 @@ Elsewhere (a ZeroGPU worker, a restart), the same package from plain data, no ca
 """
 
 from . import lifetimes
-from .apply import CompiledMethod, apply, preload, restore, status_of, verify_loadable
+from .apply import apply, preload, restore, verify_loadable
 from .cache import Cache, CacheUnwritable, default_cache_dir
 from .capture import CapturedCall, CapturedCalls, capture
-from .compile import Artifact, OnStage, RegionalArtifact, compile, eager, load, transforms_for
+from .compile import Artifact, OnStage, RegionalArtifact, compile, load, transforms_for
 from .hub import HubRefused, HubSource
 from .options import CompileOptions, DimRange
 from .passes.toolchain import ensure_toolchain
 from .probe import ProbeResult, probe_package
 from .regional import find_blocks
 from .status import Status
+from .swap import CompiledMethod, eager, status_of
 from .transforms import (
     DecodeAttention,
     Float8Rowwise,

@@ -9,7 +9,6 @@ import time
 from typing import Any
 
 import torch
-from torch.export._tree_utils import reorder_kwargs
 from torch.utils import _pytree as pytree
 
 from . import lifetimes
@@ -17,54 +16,18 @@ from .cache import MANIFEST_FILE, PROBE_FILE
 from .compile import EXTRA_CONSTANTS_FILE, Artifact, RegionalArtifact, import_op_modules
 from .cuda_graphs import CUDAGraphRunner, is_static
 from .env import fingerprint
+from .module_record import update
 from .passes.toolchain import prepare_inductor
 from .probe import probe_package
-from .shapes import Guard, flatten_call
+from .shapes import Guard
 from .status import Status
+from .swap import CompiledMethod, install, unswap
 from .transforms import undo_transforms
 from .weights import constants_map
 
 log = logging.getLogger(__name__)
 
-REGIONAL_ATTR = "_aoti_regional_status"
 ENV_PROBE = "AOTI_PROBE"
-
-
-class CompiledMethod:
-    """Installed as ``module.<method>``: runs the first compiled graph whose guard accepts the call,
-    otherwise the eager method (counted in ``status.guard_fallbacks``)."""
-
-    swapped_in_by_aoti = True  # what `aoti.eager` looks for
-
-    def __init__(self, module: torch.nn.Module, method: str, graphs: list[tuple[Any, ...]], weights: dict[str, torch.Tensor], status: Status) -> None:
-        self.method = method
-        self.eager = getattr(module, method)
-        self.graphs = graphs  # (guard, runner, in_spec, out_spec)
-        self.weights = weights  # the compiled graphs alias these tensors: keep them alive
-        self.status = status
-        lifetimes.orphan_on_death(self, weights.values())  # the runtime never lets them go
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        reason = "no compiled graph"
-        for guard, runner, in_spec, out_spec in self.graphs:
-            try:
-                ordered = reorder_kwargs(kwargs, in_spec) if kwargs else kwargs
-            except (ValueError, KeyError, TypeError, AssertionError):
-                reason = f"keyword arguments {sorted(kwargs)} differ from the compiled call"
-                continue
-            leaves, spec = flatten_call(args, ordered)
-            reason, bound = guard.check(leaves, spec)
-            if reason is None:
-                tensors, copies = guard.fit([leaf for leaf in leaves if isinstance(leaf, torch.Tensor)], bound)
-                if copies:  # same shapes, another layout: copied into the one the graph reads
-                    self.status.layout_copies += copies
-                outputs = runner.run(tensors)
-                self.status.compiled_calls += 1
-                return pytree.tree_unflatten(outputs, out_spec)
-        self.status.guard_fallbacks += 1
-        self.status.last_guard_reason = reason
-        log.debug("aoti: eager fallback for %s: %s", self.method, reason)
-        return self.eager(*args, **kwargs)
 
 
 def preload() -> None:
@@ -158,14 +121,14 @@ def apply(artifact: Artifact | RegionalArtifact, module: torch.nn.Module, *, met
     if isinstance(artifact, RegionalArtifact):
         return _apply_regional(artifact, module, cuda_graphs)
     method = method or artifact.manifest["options"].get("method", "forward")
-    _unswap(module, method)
+    unswap(module, method)
     lifetimes.release_orphans()  # e.g. the float weights of a model quantized since its last package
     return _apply_one(artifact, module, method, cuda_graphs)
 
 
 def _apply_one(artifact: Artifact, module: torch.nn.Module, method: str, cuda_graphs: bool) -> Status:
     """`apply` of one package to a module whose method is eager (no garbage collection here: a regional
-    apply binds dozens of blocks, and a full collection per block cost 12 s on FLUX.1-dev)."""
+    apply binds dozens of blocks, and a full collection per block adds seconds to a large model's load)."""
     status = copy.deepcopy(artifact.status)
     ok, reason = verify_loadable(artifact)
     if not ok:
@@ -180,7 +143,7 @@ def _apply_one(artifact: Artifact, module: torch.nn.Module, method: str, cuda_gr
     graphs, weights = _bind(artifact, module, status, cuda_graphs)
     status.load_s = round(time.perf_counter() - start, 4)
     status.runtime = "aoti"
-    setattr(module, method, CompiledMethod(module, method, graphs, weights, status))
+    install(module, method, CompiledMethod(module, method, graphs, weights, status))
     return status
 
 
@@ -190,7 +153,7 @@ def _apply_regional(artifact: RegionalArtifact, module: torch.nn.Module, cuda_gr
     if cuda_graphs:  # asked for, not built: said, like a CPU package's
         status.fallbacks.append("cuda graphs -> off: a regional build runs each block's graph on its own (no CUDA graph "
                                 "per block or around the step)")
-    _unswap(module, "forward")
+    unswap(module, "forward")
     lifetimes.release_orphans()
     rejected = []
     for names, part in artifact.parts:
@@ -206,7 +169,7 @@ def _apply_regional(artifact: RegionalArtifact, module: torch.nn.Module, cuda_gr
         status.runtime = "eager" if len(rejected) == sum(len(n) for n, _ in artifact.parts) else "aoti"
         status.fallbacks.append(f"aoti -> eager for {len(rejected)} blocks: {rejected[0]}")
     status.reason = f"regional: {len(artifact.parts)} packages for {sum(len(n) for n, _ in artifact.parts)} blocks"
-    module.__dict__[REGIONAL_ATTR] = status
+    update(module, regional=status)
     return status
 
 
@@ -222,25 +185,8 @@ def restore(module: torch.nn.Module, *, method: str = "forward", transforms: boo
 
     ``transforms=False`` only unbinds the graphs (for a module about to be dropped: no weights rebuilt).
     """
-    _unswap(module, method)
+    unswap(module, method)
     undone = undo_transforms(module) if transforms else 0
     if undone:
         lifetimes.release_orphans()  # weights the graphs of the transformed module were loaded with
     return Status(runtime="eager", reason="restored")
-
-
-def _unswap(module: torch.nn.Module, method: str) -> None:
-    """The eager method back on the module and on every regional block; transforms stay."""
-    for sub in module.modules():
-        swapped = sub.__dict__.get(method)
-        if isinstance(swapped, CompiledMethod):
-            del sub.__dict__[method]
-    module.__dict__.pop(REGIONAL_ATTR, None)
-
-
-def status_of(module: torch.nn.Module, method: str = "forward") -> Status:
-    """The live status of a module: its compiled method's record, or eager."""
-    swapped = module.__dict__.get(method)
-    if isinstance(swapped, CompiledMethod):
-        return swapped.status
-    return module.__dict__.get(REGIONAL_ATTR) or Status(runtime="eager", reason="not compiled")

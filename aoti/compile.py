@@ -32,6 +32,7 @@ from .passes.toolchain import prepare_inductor
 from .regional import find_blocks, group_blocks
 from .shapes import GraphPlan, Guard, export_dynamic_shapes, plan_graphs, shape_signature
 from .status import Status
+from .swap import eager
 from .transforms import config_from_dict, module_device, quantization_of, record_of, transforms_of
 from .weights import constants_map, exportable
 
@@ -139,27 +140,6 @@ def _identity(module: torch.nn.Module) -> dict[str, Any]:
         "config": _config_dict(module),
         "tensors": sorted((name, list(t.shape), str(t.dtype)) for name, t in tensors.items()),
     }
-
-
-@contextlib.contextmanager
-def eager(module: torch.nn.Module, method: str = "forward") -> Iterator[None]:
-    """Run (or export) the module's own method inside the block, even while compiled graphs are
-    swapped in on it or on its blocks (regional); they are back when the block ends. For an A/B
-    comparison of one request, or an export of the eager code. Not thread-safe: hold the lock
-    the module's callers hold.
-
-    Example::
-
-        with aoti.eager(pipe.transformer):
-            reference = pipe("a cat")               # eager, for this call only
-    """
-    swapped = {sub: sub.__dict__.pop(method) for sub in module.modules()
-               if getattr(sub.__dict__.get(method), "swapped_in_by_aoti", False)}
-    try:
-        yield
-    finally:
-        for sub, compiled in swapped.items():
-            sub.__dict__[method] = compiled
 
 
 def cache_key(module: torch.nn.Module, options: CompileOptions, plans: list[GraphPlan]) -> tuple[str, dict[str, Any]]:
@@ -458,6 +438,17 @@ def _staging(cache: Cache) -> Iterator[Path]:
         raise
 
 
+@dataclass
+class _BuiltGraph:
+    """One planned graph, exported and compiled: its Inductor files and its manifest entry."""
+
+    files: list[str]
+    entry: dict[str, Any]  # the manifest's: name, guard, constants, example inputs, constant prefix
+    extra_constants: dict[str, torch.Tensor]  # tensors the graph made that the module does not hold
+    op_modules: set[str]  # the Python modules registering the custom ops it calls
+    export_s: float
+
+
 def _build(
     module: torch.nn.Module,
     plans: list[GraphPlan],
@@ -469,85 +460,101 @@ def _build(
     exclusive: contextlib.AbstractContextManager,
     on_stage: OnStage = _no_stage,
 ) -> Entry:
-    """Export and compile every planned graph into one package in a staging folder, then publish it."""
-    from torch._inductor.package import package_aoti
-
-    from .passes import fp8_producers, reductions  # import Inductor
-
+    """Export and compile every planned graph (`_export_graph`, `_compile_graph`), write them as one
+    package in a staging folder (`_write_package`), then publish it with its manifest (`_manifest`)."""
     toolchain = prepare_inductor()
     if toolchain.missing:
         raise RuntimeError(toolchain.missing)
     start = time.perf_counter()
-    known = set(constants_map(module))
     one_pass = options.one_pass_rows and device.type == "cuda"
     with _staging(cache) as staged, lifetimes.forget_build(module):
-        files: dict[str, list[str]] = {}
-        graphs: list[dict[str, Any]] = []
-        extra_constants: dict[str, torch.Tensor] = {}
-        op_modules: set[str] = set()
-        export_s = 0.0
+        built = []
         for index, plan in enumerate(plans):
-            name = f"graph{index}"
             of = f"graph {index + 1} of {len(plans)}"
             on_stage(f"export {of}", None)
-            t0 = time.perf_counter()
-            with (exclusive, eager(module, options.method), torch.no_grad(), attention.pinned(options.attention),
-                  fp8_rows.used(one_pass)):
-                target = exportable(module)
-                prefix = ""
-                if options.method != "forward":
-                    target, prefix = _MethodAsForward(target, options.method), "inner."
-                dynamic = export_dynamic_shapes(module, options.method, plan.call, plan.dynamic)
-                try:
-                    ep = torch.export.export(target, plan.call.args, plan.call.kwargs, dynamic_shapes=dynamic, strict=options.strict)
-                except Exception as exc:
-                    raise ExportFailed(f"export failed: {first_error_line(exc)}") from exc
-            export_s += time.perf_counter() - t0
-            op_modules.update(custom_op_modules(ep.graph))
-            constants = _constant_specs(ep, prefix)
-            for raw_name, tensor in ep.constants.items():
-                clean = raw_name.removeprefix(prefix)
-                if isinstance(tensor, torch.Tensor) and clean not in known:
-                    extra_constants[f"{name}/{clean}"] = tensor.detach().cpu()
-            configs = {**options.inductor_configs(device.type), "aot_inductor.package": True}
+            ep, prefix, export_s = _export_graph(module, plan, options, exclusive, one_pass)
             on_stage(f"build {of} (Inductor, C++)", None)
-            with (attention.pinned("auto" if options.attention == "fp8" else options.attention),  # fp8: in the graph already
-                  reductions.one_pass_rows(one_pass)):
-                graph_module = ep.module()
-                _constants_as_buffers(graph_module, [n for n, t in ep.constants.items() if isinstance(t, torch.Tensor)])
-                if one_pass and (moved := fp8_producers.fuse_producers(graph_module)):
-                    log.info("%s: %d GELU producers moved into the FP8 quantization kernel", name, moved)
-                files[name] = torch._inductor.aot_compile(graph_module, plan.call.args, plan.call.kwargs, options=configs)
-                del graph_module  # binds the model's weights
-            leaves = [(list(t.shape), str(t.dtype)) for t in torch.utils._pytree.tree_leaves((plan.call.args, plan.call.kwargs)) if isinstance(t, torch.Tensor)]
-            graphs.append({
-                "name": name,
-                "guard": Guard.from_exported(ep, plan.call).to_json(),
-                "constants": constants,
-                "example_inputs": leaves,
-                "constant_prefix": prefix,
-            })
-        # torch's package writer aborts the whole process when a write fails mid-file (a full disk): room
-        # for what it will write is checked first, so that a full disk is an error and not a crash.
-        ensure_room(staged, sum(os.path.getsize(f) for paths in files.values() for f in paths if os.path.isfile(f))
-                    + sum(t.nbytes for t in extra_constants.values()))
-        package_aoti(str(staged / PACKAGE_FILE), files)
-        if extra_constants:
-            torch.save(extra_constants, staged / EXTRA_CONSTANTS_FILE)
-        compile_s = time.perf_counter() - start
-        manifest = {
-            "key_fields": fields,
-            "device": device.type,
-            "options": options.replace(one_pass_rows=one_pass).to_dict(),  # what the build did: a CUDA-only pass is off elsewhere
-            "graphs": graphs,
-            "compile_s": round(compile_s, 3),
-            "export_s": round(export_s, 3),
-            "toolchain": toolchain.note,
-            "transforms": fields["transforms"],
-            "module_class": fields["model"]["class"],
-            "op_modules": sorted(op_modules),
-        }
+            built.append(_compile_graph(module, ep, prefix, plan, f"graph{index}", options, device, one_pass, export_s))
+        _write_package(staged, built)
+        manifest = _manifest(built, options.replace(one_pass_rows=one_pass), device, fields, toolchain.note,
+                             time.perf_counter() - start)
         return cache.publish(key, staged, manifest)
+
+
+def _export_graph(module: torch.nn.Module, plan: GraphPlan, options: CompileOptions,
+                  exclusive: contextlib.AbstractContextManager, one_pass: bool) -> tuple[torch.export.ExportedProgram, str, float]:
+    """torch.export of the module's eager method for one planned call, holding ``exclusive``:
+    (the program, the prefix its constants carry, seconds)."""
+    start = time.perf_counter()
+    with (exclusive, eager(module, options.method), torch.no_grad(), attention.pinned(options.attention),
+          fp8_rows.used(one_pass)):
+        target = exportable(module)
+        prefix = ""
+        if options.method != "forward":
+            target, prefix = _MethodAsForward(target, options.method), "inner."
+        dynamic = export_dynamic_shapes(module, options.method, plan.call, plan.dynamic)
+        try:
+            ep = torch.export.export(target, plan.call.args, plan.call.kwargs, dynamic_shapes=dynamic, strict=options.strict)
+        except Exception as exc:
+            raise ExportFailed(f"export failed: {first_error_line(exc)}") from exc
+    return ep, prefix, time.perf_counter() - start
+
+
+def _compile_graph(module: torch.nn.Module, ep: torch.export.ExportedProgram, prefix: str, plan: GraphPlan, name: str,
+                   options: CompileOptions, device: torch.device, one_pass: bool, export_s: float) -> _BuiltGraph:
+    """AOTInductor on one exported program (its weights left outside the package)."""
+    from .passes import fp8_producers, reductions  # import Inductor
+
+    known = set(constants_map(module))
+    extra = {f"{name}/{raw.removeprefix(prefix)}": tensor.detach().cpu() for raw, tensor in ep.constants.items()
+             if isinstance(tensor, torch.Tensor) and raw.removeprefix(prefix) not in known}
+    configs = {**options.inductor_configs(device.type), "aot_inductor.package": True}
+    with (attention.pinned("auto" if options.attention == "fp8" else options.attention),  # fp8: in the graph already
+          reductions.one_pass_rows(one_pass)):
+        graph_module = ep.module()
+        _constants_as_buffers(graph_module, [n for n, t in ep.constants.items() if isinstance(t, torch.Tensor)])
+        if one_pass and (moved := fp8_producers.fuse_producers(graph_module)):
+            log.info("%s: %d GELU producers moved into the FP8 quantization kernel", name, moved)
+        files = torch._inductor.aot_compile(graph_module, plan.call.args, plan.call.kwargs, options=configs)
+        del graph_module  # binds the model's weights
+    leaves = [(list(t.shape), str(t.dtype)) for t in torch.utils._pytree.tree_leaves((plan.call.args, plan.call.kwargs))
+              if isinstance(t, torch.Tensor)]
+    entry = {"name": name, "guard": Guard.from_exported(ep, plan.call).to_json(), "constants": _constant_specs(ep, prefix),
+             "example_inputs": leaves, "constant_prefix": prefix}
+    return _BuiltGraph(files, entry, extra, custom_op_modules(ep.graph), export_s)
+
+
+def _write_package(staged: Path, built: list[_BuiltGraph]) -> None:
+    """The graphs as one AOTI package (and the extra constants beside it) in ``staged``."""
+    from torch._inductor.package import package_aoti
+
+    files = {graph.entry["name"]: graph.files for graph in built}
+    extra = {k: v for graph in built for k, v in graph.extra_constants.items()}
+    # torch's package writer aborts the whole process when a write fails mid-file (a full disk): room
+    # for what it will write is checked first, so that a full disk is an error and not a crash.
+    ensure_room(staged, sum(os.path.getsize(f) for paths in files.values() for f in paths if os.path.isfile(f))
+                + sum(t.nbytes for t in extra.values()))
+    package_aoti(str(staged / PACKAGE_FILE), files)
+    if extra:
+        torch.save(extra, staged / EXTRA_CONSTANTS_FILE)
+
+
+def _manifest(built: list[_BuiltGraph], options: CompileOptions, device: torch.device, fields: dict[str, Any],
+              toolchain: str, compile_s: float) -> dict[str, Any]:
+    """What the package holds and how it was made (``options``: what the build did, a CUDA-only pass
+    off elsewhere); its key fields let a stale or foreign package be told apart."""
+    return {
+        "key_fields": fields,
+        "device": device.type,
+        "options": options.to_dict(),
+        "graphs": [graph.entry for graph in built],
+        "compile_s": round(compile_s, 3),
+        "export_s": round(sum(graph.export_s for graph in built), 3),
+        "toolchain": toolchain,
+        "transforms": fields["transforms"],
+        "module_class": fields["model"]["class"],
+        "op_modules": sorted(set().union(*(graph.op_modules for graph in built))),
+    }
 
 
 _BUILTIN_NAMESPACES = {"aten", "prims", "_c10d_functional", "c10d_functional", "_quantized", "quantized", "higher_order", "profiler"}

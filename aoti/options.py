@@ -40,7 +40,7 @@ PRESET_CONFIGS: dict[str, dict[str, Any]] = {
 }
 # Added on CUDA devices. Combo kernels launch independent small Triton kernels as one (Inductor's
 # horizontal fusion): a decode step's rotary embeddings of q and k and its two KV-cache writes ran as
-# four kernels a layer; with them Qwen2.5-7B's 28-layer step ran 233 kernels instead of 314.
+# four kernels a layer; with them a decode step launches about a quarter fewer kernels.
 GPU_PRESET_CONFIGS: dict[str, dict[str, Any]] = {"decode": {"combo_kernels": True}}
 
 

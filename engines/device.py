@@ -47,7 +47,7 @@ class DeviceInfo:
     @property
     def arch(self) -> str | None:
         """The GPU generation packages are built for ("sm_90": H100/H200; "sm_120": ZeroGPU's RTX Pro
-        6000 Blackwell since May 2026); None on the CPU. Artifacts carry it in their cache key."""
+        6000 Blackwell); None on the CPU. Artifacts carry it in their cache key."""
         return f"sm_{self.capability[0]}{self.capability[1]}" if self.capability else None
 
     @property

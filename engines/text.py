@@ -126,8 +126,8 @@ class TextModel:
     """A loaded causal LM with its static-cache decoder; `optimize` swaps in the AOTI graphs.
 
     On a GPU prompts are right-padded to a few bucket lengths (`prefill_length`): there the first call
-    at a new shape pays for per-shape setup (attention plans, GEMM heuristics: 50-100 ms for a 7B
-    model's AOTI prefill, against 14.5 ms warm, BENCHMARKS.md), so a server that saw every prompt
+    at a new shape pays for per-shape setup (attention plans, GEMM heuristics: several times a warm
+    prefill), so a server that saw every prompt
     length as a new shape paid it on most requests; with buckets, `optimize` pays it once per bucket
     at startup. On the CPU, where a new length costs nothing extra, prompts run at their own length.
     Padding is exact: the causal mask keeps the pad tokens out of every real position, the first

@@ -3,8 +3,8 @@
 A decode step asks, for each KV head, the attention of its group of query heads (7 for Qwen2.5-7B)
 over the whole cache: a few rows against hundreds or thousands of keys. The fused SDPA kernels tile
 128 query rows per program and parallelize over heads and query tiles, so such a call runs on as
-many programs as KV heads (4 of an H200's 132 multiprocessors): cuDNN took 18 µs a layer for it,
-more than the step's q/k/v projection.
+many programs as KV heads: a handful of a GPU's multiprocessors, and a layer's attention then costs
+more than its q/k/v projection.
 `decode_attention` splits the cache into chunks of `BLOCK_L` keys, one program per (KV head, chunk),
 each keeping the softmax statistics (max, sum, weighted values) of its chunk; a second kernel, one
 program per (KV head, query row), merges the chunks' partial results.

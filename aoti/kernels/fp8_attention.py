@@ -1,7 +1,7 @@
 """Softmax attention with FP8 (e4m3) operands, for diffusion transformers' long self-attention.
 
-FLUX.1's 1024×1024 step spends 5.5 of its 19.8 ms (FP8 matmuls, CUDA graphs, H200) in bf16 attention:
-torch 2.11 has no FP8 attention and FlashAttention-3 is not on PyPI. This is a flash-attention
+Once FLUX.1's matmuls run in FP8, bf16 attention is the largest part of its step left at bf16's
+rate: torch 2.11 has no FP8 attention and FlashAttention-3 is not on PyPI. This is a flash-attention
 forward in Triton whose two products read e4m3 tiles (Hopper's FP8 tensor cores, twice bf16's rate):
 q is quantized per token, k and v per (batch, head), with float32 scales (`aoti.kernels.fp8.fp8_scaled`);
 the scores and the softmax stay float32, and the probabilities are multiplied by 2^8 before their
@@ -52,8 +52,8 @@ class AttentionConfig:
     num_stages: int
 
 
-# H200, FLUX.1's attention shape (1×24×4608×128), kernel alone: 0.332 ms against 0.438 for
-# (128, 64, 8, 3) and 0.405 for cuDNN's bf16 kernel
+# The fastest of the configs swept on FLUX.1's attention shape (1×24×4608×128) on Hopper
+# (benchmarks/kernels, BENCHMARKS.md).
 DEFAULT_CONFIG = AttentionConfig(64, 128, 4, 3)
 
 
@@ -100,8 +100,8 @@ if triton is not None:
         q_ptrs = q_ptr + b * q_sb + h * q_sh + rows[:, None] * q_ss + dims[None, :]
         q = tl.load(q_ptrs) if EVEN_M else tl.load(q_ptrs, mask=rows[:, None] < S_Q, other=0.0)
         # Scores in base 2: exp(s) = exp2(s * log2(e)); the operands' scales fold into one factor per
-        # query row (q is scaled per token, k per head: a scale per key would cost a product per score,
-        # 1 ms of FLUX.1's step on an H200). (An AOTI package passes ``sm_scale`` as a float64 scalar:
+        # query row (q is scaled per token, k per head: a scale per key would cost a product per score).
+        # (An AOTI package passes ``sm_scale`` as a float64 scalar:
         # keep the scores float32.)
         q_scale_ptrs = q_scale_ptr + bh * S_Q + rows
         q_scale = tl.load(q_scale_ptrs) if EVEN_M else tl.load(q_scale_ptrs, mask=rows < S_Q, other=1.0)

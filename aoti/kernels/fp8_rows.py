@@ -2,9 +2,8 @@
 
 `aoti.kernels.fp8_rows.rowwise_fp8` scales each row of an activation by its own absolute maximum before an
 FP8 product. Inductor lowers that to a reduction and a cast; for rows wider than its persistent-
-reduction limit (1024 values) it loops over the row twice (the maximum, then the cast), and on an H200
-the two passes over FLUX.1's 4608 × 15360 single-block `proj_out` input ran at about 1 TB/s, 2.2 ms a
-step. This kernel reads each row once: one program per row, the whole row in registers (up to
+reduction limit (1024 values) it loops over the row twice (the maximum, then the cast), reading a wide
+activation (FLUX.1's single-block `proj_out` input, 15360 values a row) twice. This kernel reads each row once: one program per row, the whole row in registers (up to
 `MAX_WIDTH` values), the maximum, then the scaled cast.
 
 `torch.ops.aoti_studio.rowwise_fp8` is a `torch.library.triton_op`, so `torch.export` traces it and
@@ -42,7 +41,7 @@ if triton is not None:
     @triton.jit
     def _gelu_tanh(x):
         # 0.5 x (1 + tanh(u)) = x sigmoid(2u), u = sqrt(2 / pi) (x + 0.044715 x^3): one exp2 and one
-        # division (5-17 % faster than through tanh on an H200); 2^inf -> x / inf = -0
+        # division (cheaper than tanh); 2^inf -> x / inf = -0
         return x / (1.0 + tl.math.exp2(x * (-2.302208198144325 - 0.1029432395800235 * x * x)))
 
     @triton.jit
@@ -71,9 +70,7 @@ if triton is not None:
         tl.store(scale_ptr + row, scale)
 
 
-# H200, FLUX.1's rows: 8 warps a row ran fastest
-# at 4608 x (3072 + GELU 12288) (102 us), 4096 x GELU 12288 (70 us) and 4608 x 15360 (54 us, 3.9 TB/s);
-# with the GELU through exp2 98 and 59 us at 8 warps (gpu_row_quant_sweep_gelu_{tanh,sigmoid}_h200.json: one machine)
+# 8 warps a row ran fastest on every FLUX.1 row width swept on Hopper (benchmarks/kernels).
 NUM_WARPS = 8
 
 

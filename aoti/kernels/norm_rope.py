@@ -3,8 +3,7 @@
 FLUX.1's attention normalizes each head of the query and key (`RMSNorm` over the head's 128 values),
 joins the text tokens' to the image tokens' (double blocks) and rotates pairs of values by each
 token's position (`apply_rotary_emb`, interleaved pairs). Inductor fuses the lot into one kernel
-that ran at about 1.1 TB/s on an H200: 0.99 ms of a 19.8 ms FP8 step for the 8 single blocks
-. This kernel reads each token's
+that reads the heads through the permutes well below the memory's rate. This kernel reads each token's
 heads once, a block of heads per program: the squares' mean, the weight, the rotation (the pair
 partners from a split of the row held in registers), one store of the result. The text tokens
 (``lead``, normalized with their own weight) and the image tokens are written into one output, so
@@ -32,8 +31,6 @@ try:
 except ImportError:  # CPU-only installs: the op is absent
     triton = None
 
-# H200, FLUX.1's query and key: 39 us for both
-# of a single block (3.1 TB/s), against 113 us for Inductor's fused kernel
 BLOCK_HEADS = 8  # heads per program: FLUX.1's 24 heads take 3 programs a token
 NUM_WARPS = 2
 

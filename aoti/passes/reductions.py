@@ -4,11 +4,11 @@ Inductor reduces a row in one pass, the row in registers, only up to 1024 values
 (`torch._inductor.choices.InductorChoices.should_use_persistent_reduction`); wider rows loop: the
 statistics in one pass over the row, the output in another. A diffusion transformer's rows are 3072
 (FLUX.1's LayerNorm and modulation before each FP8 product, with the row's absolute maximum) to
-15360 values wide, and those looping kernels read at 0.7-1.5 TB/s on an H200. `one_pass_rows` lets
+15360 values wide, and those looping kernels read each row twice. `one_pass_rows` lets
 Inductor keep rows up to `PERSISTENT_LIMIT` values in registers for the kernels it generates inside
 the block (its choices handler, `InductorChoices`'s documented extension point). (Other reductions
 stay Inductor's: making FLUX.1's RMS norm over each head's 128 values, read through a permute,
-one-pass too ran 0.05-0.12 ms a step slower in two of three H200 runs.)
+one-pass too was no faster.)
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ Order matters and is the caller's: fuse, then quantize, then route (`FuseProject
 """
 
 from .base import (
+    Applied,
     NotApplied,
     Record,
     TransformConfig,
@@ -39,6 +40,7 @@ __all__ = [
     "FuseProjections",
     "GemvLinear",
     "Int8WeightOnly",
+    "Applied",
     "NotApplied",
     "OneRowKernels",
     "Record",

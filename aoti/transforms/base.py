@@ -21,10 +21,11 @@ from typing import Any, ClassVar
 
 import torch
 
+from ..module_record import record_of as module_record
+from ..module_record import update
+
 log = logging.getLogger(__name__)
 
-RECORD_ATTR = "_aoti_transforms"  # on the module transformed: the `Record` (what to undo)
-CONFIGS_ATTR = "_aoti_transform_configs"  # on it and every submodule: the configs applied, in order
 
 
 class NotApplied(Exception):
@@ -42,15 +43,25 @@ class TransformConfig:
         return {"name": type(self).__name__, "version": self.version, **dataclasses.asdict(self)}
 
 
-# handler(module, config) -> (undo, note) or (undo, note, partial): ``partial`` says what it left as it
-# was (a fallback line), e.g. layers whose sizes the kernel can't take.
-Handler = Callable[[torch.nn.Module, Any], tuple]
+@dataclass(frozen=True)
+class Applied:
+    """What a handler did: how to undo it, a note for the log and the status ("12 linear layers in
+    e4m3"), and what it left as it was ("": nothing; else a fallback line's reason, e.g. layers whose
+    sizes the kernel can't take)."""
+
+    undo: Callable[[], None]
+    note: str
+    partial: str = ""
+
+
+# handler(module, config) -> Applied, or raises NotApplied with the reason.
+Handler = Callable[[torch.nn.Module, Any], Applied]
 _HANDLERS: dict[type[TransformConfig], Handler] = {}
 _CONFIGS: dict[str, type[TransformConfig]] = {}
 
 
 def register_transform(config_type: type[TransformConfig]) -> Callable[[Handler], Handler]:
-    """Register ``handler(module, config) -> (undo, note[, partial])`` for ``config_type``."""
+    """Register ``handler(module, config) -> Applied`` for ``config_type``."""
 
     def register(handler: Handler) -> Handler:
         _HANDLERS[config_type] = handler
@@ -90,12 +101,12 @@ class Record:
 
 def record_of(module: torch.nn.Module) -> Record:
     """The record of what `transform` did to ``module`` (empty if nothing)."""
-    return module.__dict__.get(RECORD_ATTR) or Record()
+    return module_record(module).transforms or Record()
 
 
 def transforms_of(module: torch.nn.Module) -> tuple[TransformConfig, ...]:
     """The transforms applied to ``module`` or to a module that contains it, in order."""
-    return module.__dict__.get(CONFIGS_ATTR, ())
+    return module_record(module).configs
 
 
 def transform(module: torch.nn.Module, configs: Iterable[TransformConfig]) -> list[str]:
@@ -109,7 +120,7 @@ def transform(module: torch.nn.Module, configs: Iterable[TransformConfig]) -> li
         artifact = aoti.compile(model, calls)   # compiles the rewritten module; its key names the configs
         aoti.restore(model)                     # eager and untransformed again
     """
-    record = module.__dict__.setdefault(RECORD_ATTR, Record())
+    record = module_record(module).transforms or update(module, transforms=Record()).transforms
     new: list[str] = []
     for config in configs:
         if not isinstance(config, TransformConfig) or type(config) not in _HANDLERS:
@@ -120,16 +131,16 @@ def transform(module: torch.nn.Module, configs: Iterable[TransformConfig]) -> li
         if any(type(c) is type(config) for c in record.configs):
             raise ValueError(f"{name} is already applied with other settings; `aoti.restore` the module first.")
         try:
-            undo, note, *partial = _HANDLERS[type(config)](module, config)
+            applied = _HANDLERS[type(config)](module, config)
         except NotApplied as exc:
             new.append(f"{name} -> skipped: {exc}")
             log.warning("aoti: %s", new[-1])
             continue
-        if partial and partial[0]:
-            new.append(f"{name} -> partly: {partial[0]}")
+        if applied.partial:
+            new.append(f"{name} -> partly: {applied.partial}")
             log.warning("aoti: %s", new[-1])
-        record.applied.append((config, undo, note))
-        log.info("aoti: %s applied to %s (%s)", name, type(module).__name__, note)
+        record.applied.append((config, applied.undo, applied.note))
+        log.info("aoti: %s applied to %s (%s)", name, type(module).__name__, applied.note)
     record.fallbacks.extend(new)
     _mark(module, record.configs)
     return new
@@ -137,9 +148,10 @@ def transform(module: torch.nn.Module, configs: Iterable[TransformConfig]) -> li
 
 def undo_transforms(module: torch.nn.Module) -> int:
     """Undo every transform recorded on ``module``, last first; returns how many were undone."""
-    record = module.__dict__.pop(RECORD_ATTR, None)
+    record = module_record(module).transforms
     if record is None:
         return 0
+    update(module, transforms=None)
     for config, undo, _ in reversed(record.applied):
         undo()
         log.info("aoti: %s undone on %s", type(config).__name__, type(module).__name__)
@@ -149,10 +161,7 @@ def undo_transforms(module: torch.nn.Module) -> int:
 
 def _mark(module: torch.nn.Module, configs: tuple[TransformConfig, ...]) -> None:
     for sub in module.modules():
-        if configs:
-            sub.__dict__[CONFIGS_ATTR] = configs
-        else:
-            sub.__dict__.pop(CONFIGS_ATTR, None)
+        update(sub, configs=configs)
 
 
 def module_device(module: torch.nn.Module) -> torch.device:

@@ -1,7 +1,7 @@
 """Decode-step kernels as transforms: one-row linear layers on `aoti.kernels.gemv`, grouped-query
 attention on `aoti.kernels.decode_attention`. For an LLM's decode step on a GPU (batch 1, one token):
 the step is bound by reading the weights, and these kernels read them faster than cuBLAS's GEMV or
-cuBLASLt's FP8 tiles (BENCHMARKS.md).
+cuBLASLt's FP8 tiles (BENCHMARKS.md, the decode table).
 
     aoti.transform(decoder, [aoti.OneRowKernels(), aoti.DecodeAttention()])
 
@@ -11,7 +11,6 @@ the other, decided on static facts (device, dtype, sizes).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -19,7 +18,7 @@ import torch
 from ..integrations.transformers import use_decode_attention
 from ..kernels.gemv import gemv, one_row, serves
 from ..kernels.support import available, runs_on
-from .base import NotApplied, TransformConfig, module_device, register_transform
+from .base import Applied, NotApplied, TransformConfig, module_device, register_transform
 
 
 class GemvLinear(torch.nn.Linear):
@@ -89,19 +88,19 @@ def _kernels_here(module: torch.nn.Module) -> None:
 
 
 @register_transform(OneRowKernels)
-def _one_row_kernels(module: torch.nn.Module, config: OneRowKernels) -> tuple[Callable[[], None], str]:
+def _one_row_kernels(module: torch.nn.Module, config: OneRowKernels) -> Applied:
     _kernels_here(module)
     routed = use_gemv(module)
     if not routed:
         use_gemv(module, enabled=False)
         raise NotApplied("no linear layer with a plain weight the kernel reads")
-    return lambda: use_gemv(module, enabled=False), f"{routed} linear layers"
+    return Applied(lambda: use_gemv(module, enabled=False), f"{routed} linear layers")
 
 
 @register_transform(DecodeAttention)
-def _decode_attention(module: torch.nn.Module, config: DecodeAttention) -> tuple[Callable[[], None], str]:
+def _decode_attention(module: torch.nn.Module, config: DecodeAttention) -> Applied:
     _kernels_here(module)
     flagged = use_decode_attention(module)
     if not flagged:
         raise NotApplied("no grouped-query attention module")
-    return lambda: use_decode_attention(module, enabled=False), f"{flagged} attention modules"
+    return Applied(lambda: use_decode_attention(module, enabled=False), f"{flagged} attention modules")

@@ -2,9 +2,8 @@
 
 An attention block projects its input three times (q, k, v) and a gated MLP twice (gate, up). At
 batch 1 each projection is a separate pass over its weight; one pass over the concatenated weight
-costs fewer launches and keeps the small (k, v) products from idling most of the GPU: on an H200 a
-Qwen2.5-7B layer's q/k/v took 24.3 µs as three `aoti.kernels.gemv` calls and 13.6 µs as one
-.
+costs fewer launches and keeps the small (k, v) products from idling most of the GPU (the decode
+table of BENCHMARKS.md has the measured difference).
 
 transformers' attention and MLP modules call each projection themselves
 (``self.q_proj(x)``, ``self.k_proj(x)``, ...), so `fuse_projections` keeps those names: the group's
@@ -29,14 +28,13 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 from ..integrations.diffusers import fuse_flux_attention, unfuse_flux_attention
 from ..integrations.transformers import fuse_layers, unfuse_layers
-from .base import NotApplied, TransformConfig, register_transform
+from .base import Applied, NotApplied, TransformConfig, register_transform
 from .decode import GemvLinear
 
 log = logging.getLogger(__name__)
@@ -224,24 +222,24 @@ class FuseFluxNormRope(TransformConfig):
 
 
 @register_transform(FuseProjections)
-def _fuse_projections(module: torch.nn.Module, config: FuseProjections) -> tuple[Callable[[], None], str]:
+def _fuse_projections(module: torch.nn.Module, config: FuseProjections) -> Applied:
     fused = fuse_projections(module)
     if not fused:
         raise NotApplied("no q/k/v or gate/up group of plain linear layers")
-    return lambda: unfuse_projections(module), f"{fused} projection groups"
+    return Applied(lambda: unfuse_projections(module), f"{fused} projection groups")
 
 
 @register_transform(FuseDecoderLayers)
-def _fuse_decoder_layers(module: torch.nn.Module, config: FuseDecoderLayers) -> tuple[Callable[[], None], str]:
+def _fuse_decoder_layers(module: torch.nn.Module, config: FuseDecoderLayers) -> Applied:
     fused = fuse_layers(module)
     if not fused:
         raise NotApplied("no known decoder layer with fused projections (apply FuseProjections first)")
-    return lambda: unfuse_layers(module), f"{fused} decoder layers"
+    return Applied(lambda: unfuse_layers(module), f"{fused} decoder layers")
 
 
 @register_transform(FuseFluxNormRope)
-def _fuse_flux_norm_rope(module: torch.nn.Module, config: FuseFluxNormRope) -> tuple[Callable[[], None], str]:
+def _fuse_flux_norm_rope(module: torch.nn.Module, config: FuseFluxNormRope) -> Applied:
     swapped = fuse_flux_attention(module, fp8_attention=config.fp8_attention)
     if not swapped:
         raise NotApplied("no diffusers FLUX attention processor (or Triton is not installed)")
-    return lambda: unfuse_flux_attention(module), f"{swapped} attention processors"
+    return Applied(lambda: unfuse_flux_attention(module), f"{swapped} attention processors")

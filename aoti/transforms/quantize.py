@@ -23,7 +23,6 @@ import logging
 import types
 import warnings
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -32,7 +31,7 @@ from ..kernels.fp8 import FP8_DTYPE, fp8_scaled, fp8_unsupported, scaled_mm_fail
 from ..kernels.fp8_rows import rowwise_fp8
 from ..kernels.gemv import gemv, one_row
 from ..kernels.support import runs_on
-from .base import NotApplied, TransformConfig, module_device, register_transform, transforms_of
+from .base import Applied, NotApplied, TransformConfig, module_device, register_transform, transforms_of
 from .decode import GemvLinear
 from .fuse import fused_groups
 
@@ -53,8 +52,8 @@ class RowwiseFloat8Linear(torch.nn.Module):
     floating-point tensor: uint8 is neither. The float32 scale stays a (small) buffer for that reason.
 
     One-row inputs (an LLM decode step, FLUX's timestep modulation) are bound by reading the weight,
-    and cuBLASLt's FP8 kernels tile 128 rows: they read a one-row product's FP8 weight at 1.0-2.4 TB/s
-    on an H200. With ``one_row_kernel`` set (the `OneRowKernels` transform) such calls go through
+    and cuBLASLt's FP8 kernels tile 128 rows, so most of each tile's work is padding and the weight is
+    read well below the memory's rate. With ``one_row_kernel`` set (the `OneRowKernels` transform) such calls go through
     `aoti.kernels.gemv` instead, weight-only (the activation stays bf16)."""
 
     one_row_kernel = False
@@ -162,8 +161,8 @@ def _shared(module: torch.nn.Module) -> set[int]:
 
 def _to_host(tensor: torch.Tensor) -> torch.Tensor:
     """``tensor`` in host memory (itself if it is there). The copy's pages are touched first by
-    `torch.zeros`'s threads: a plain ``.to("cpu")`` faults them in one thread inside the copy (the 24 GB of
-    FLUX.1-dev's transformer on an H100 host: 17.3 s against 3.5 s)."""
+    `torch.zeros`'s threads: a plain ``.to("cpu")`` faults them in one thread inside the copy, which
+    for a large transformer's weights takes several times longer."""
     if tensor.device.type == "cpu":
         return tensor
     host = torch.zeros(tensor.shape, dtype=tensor.dtype)
@@ -193,7 +192,7 @@ class _Stash:
 
 
 @register_transform(Float8Rowwise)
-def _float8_rowwise(module: torch.nn.Module, config: Float8Rowwise) -> tuple[Callable[[], None], str]:
+def _float8_rowwise(module: torch.nn.Module, config: Float8Rowwise) -> Applied:
     device = module_device(module)
     if not config.emulate and (reason := fp8_unsupported(device)):
         raise NotApplied(f"FP8 {reason}")
@@ -229,11 +228,11 @@ def _float8_rowwise(module: torch.nn.Module, config: Float8Rowwise) -> tuple[Cal
         partial.append(f"per-row scales -> one per tensor: torch._scaled_mm with row-wise scales failed its self-test here "
                        f"({row_failed})")
     scaling = ", one scale per tensor" if per_tensor else ""
-    return undo, f"{len(swapped)} of {total} linear layers in e4m3{scaling}", "; ".join(partial) or None
+    return Applied(undo, f"{len(swapped)} of {total} linear layers in e4m3{scaling}", "; ".join(partial))
 
 
 @register_transform(Int8WeightOnly)
-def _int8_weight_only(module: torch.nn.Module, config: Int8WeightOnly) -> tuple[Callable[[], None], str]:
+def _int8_weight_only(module: torch.nn.Module, config: Int8WeightOnly) -> Applied:
     try:
         from torchao.quantization import Int8WeightOnlyConfig, quantize_
     except ImportError:
@@ -253,4 +252,4 @@ def _int8_weight_only(module: torch.nn.Module, config: Int8WeightOnly) -> tuple[
             if isinstance(stash.layer.__dict__.get("extra_repr"), types.MethodType):
                 del stash.layer.__dict__["extra_repr"]  # torchao's description of the quantized weight
 
-    return undo, f"{len(stashes)} linear layers in int8"
+    return Applied(undo, f"{len(stashes)} linear layers in int8")
