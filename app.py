@@ -379,8 +379,9 @@ def _switches_for(model_id: str, profile: gr.OAuthProfile | None = None):
     if row is None:  # (a stranger's id: the tab's Apply refuses it with the reason)
         return gr.update(interactive=usable, label="FP8"), gr.update(interactive=usable, label="Regional compile")
     offered = ", ".join(m["id"] for m in MODELS if m["regional"]) or "none"
-    fp8_label = f"FP8: {row['fp8_note']}" if row["fp8_note"] else "FP8"
-    regional_label = f"Regional compile: {row['regional_note']} (offered for: {offered})" if row["regional_note"] else "Regional compile"
+    fp8_label = f"FP8: {row['fp8_note'].removeprefix('FP8 ')}" if row["fp8_note"] else "FP8"
+    regional_label = (f"Regional compile: {row['regional_note'].removeprefix('regional compilation is ')} (offered for: {offered})"
+                      if row["regional_note"] else "Regional compile")
     return (gr.update(interactive=usable and row["fp8"], label=fp8_label),
             gr.update(interactive=usable and row["regional"], label=regional_label))
 

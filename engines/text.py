@@ -169,8 +169,12 @@ class TextModel:
         if self.draft is not None and self.draft.max_cache_len < self.max_cache_len:
             raise ValueError(f"the draft {self.draft.spec.id} holds {self.draft.max_cache_len} positions, fewer than "
                              f"{spec.id}'s {self.max_cache_len}: give it max_prompt_tokens and max_new_tokens at least as large")
-        self._queue_ahead: bool | None = None
-        self._pad_prompts: bool | None = None
+        # GPU-only behaviours, on where the weights are on a GPU unless set (tests set them on the CPU):
+        # queue the next decode step before reading a token (CPU ops run synchronously: nothing to
+        # overlap); pad prompts to `prefill_buckets` (per-shape first-call costs are a GPU thing).
+        self.queue_ahead: bool | None = None
+        self.pad_prompts: bool | None = None
+        self._prompt_ids: dict[str, torch.Tensor] = {}  # the last prompts' token ids: a request is checked, then run
 
     @staticmethod
     def _load_draft(draft_id: str, device: str, built: bool) -> tuple[TextModel | None, str]:
@@ -208,24 +212,9 @@ class TextModel:
             log.info("%s: weights are on %s now; a new static cache there", self.spec.id, self.device)
             self.decoder = self._export_wrapper(self.device)
 
-    @property
-    def queue_ahead(self) -> bool:
-        """Queue the next decode step before reading a token: on a GPU (CPU ops run synchronously:
-        nothing to overlap), unless set."""
-        return self.device == "cuda" if self._queue_ahead is None else self._queue_ahead
-
-    @queue_ahead.setter
-    def queue_ahead(self, value: bool) -> None:
-        self._queue_ahead = value
-
-    @property
-    def pad_prompts(self) -> bool:
-        """Pad prompts to `prefill_buckets`: on a GPU (per-shape first-call costs are a GPU thing), unless set."""
-        return self.device == "cuda" if self._pad_prompts is None else self._pad_prompts
-
-    @pad_prompts.setter
-    def pad_prompts(self, value: bool) -> None:
-        self._pad_prompts = value
+    def _on_gpu(self, setting: bool | None) -> bool:
+        """A GPU-only behaviour's setting: as set, else on where the weights are on a GPU now."""
+        return self.device == "cuda" if setting is None else setting
 
     # --- compile -----------------------------------------------------------------------------------
 
@@ -292,7 +281,7 @@ class TextModel:
         if self.draft is not None:
             draft_stage = None if on_stage is None else (lambda stage, estimate_s: on_stage(f"draft: {stage}", estimate_s))
             self._with_draft(self.draft.optimize(recipe, cache, exclusive, cuda_graphs, on_stage=draft_stage))
-        if self.status.runtime == "aoti" and self.pad_prompts:
+        if self.status.runtime == "aoti" and self._on_gpu(self.pad_prompts):
             with exclusive or contextlib.nullcontext():
                 self.warm_up()
         return self.status
@@ -331,7 +320,7 @@ class TextModel:
         bucket = next((b for b in self.prefill_buckets() if b >= length), None)
         if bucket is None:
             raise ValueError(f"the prompt is {length} tokens; this model takes at most {self.spec.max_prompt_tokens}.")
-        return bucket if self.pad_prompts else length
+        return bucket if self._on_gpu(self.pad_prompts) else length
 
     def warm_up(self) -> None:
         """Run a prefill at every bucket length and one decode step, so that requests meet no shape
@@ -358,8 +347,12 @@ class TextModel:
     # --- generate ----------------------------------------------------------------------------------
 
     def prompt_ids(self, prompt: str) -> torch.Tensor:
-        """The prompt's token ids on the CPU; a ValueError for a prompt longer than the model takes."""
-        ids = self.tokenizer(prompt, return_tensors="pt").input_ids
+        """The prompt's token ids on the CPU (tokenized once for the check and the run that follows);
+        a ValueError for a prompt longer than the model takes."""
+        ids = self._prompt_ids.get(prompt)
+        if ids is None:
+            ids = self.tokenizer(prompt, return_tensors="pt").input_ids
+            self._prompt_ids = {**dict(list(self._prompt_ids.items())[-7:]), prompt: ids}  # the last 8
         self.prefill_length(ids.shape[1])
         return ids
 
@@ -429,7 +422,7 @@ class TextModel:
         for i in range(count):
             more = i + 1 < count
             read = read_later(token)
-            queued = step(token, length + i) if self.queue_ahead and more else None
+            queued = step(token, length + i) if self._on_gpu(self.queue_ahead) and more else None
             yield read()
             if not more:
                 return

@@ -85,7 +85,7 @@ def test_page_generates_text_and_an_image_and_the_panel_updates(app_url, client,
         # Optimization tab: FP8 can't run on the CPU: disabled, the reason beside it; applying shows cards.
         page.get_by_role("tab", name="Optimization").click()
         expect(page.locator("#opt-fp8 input")).to_be_disabled(timeout=15_000)
-        expect(page.locator("#opt-fp8")).to_contain_text("needs a GPU of compute capability 8.9+")
+        expect(page.locator("#opt-fp8")).to_contain_text("FP8: needs a GPU of compute capability 8.9 or newer; this server runs on the CPU")
         expect(page.locator("#opt-regional input")).to_be_disabled()  # the text model has no repeated blocks to compile alone
         expect(page.locator("#opt-regional")).to_contain_text("not offered for tiny-llama-pydoc")
         page.locator("#opt-apply").click()
