@@ -40,11 +40,14 @@ def preload() -> None:
 
 def verify_loadable(artifact: Artifact | RegionalArtifact) -> tuple[bool, str]:
     """The cached crash-probe verdict for this package on this machine, probing once (in a child
-    process) if needed. `apply` calls it; call it first to keep the probe out of a critical section."""
-    if isinstance(artifact, RegionalArtifact):
-        verdicts = [verify_loadable(part) for _, part in artifact.parts]
-        bad = [reason for ok, reason in verdicts if not ok]
-        return (not bad, bad[0] if bad else "all parts loadable")
+    process) if needed, for each of its packages (a regional artifact's parts). `apply` calls it;
+    call it first to keep the probe out of a critical section."""
+    verdicts = [_verify_package(package) for package in artifact.packages()]
+    bad = [reason for ok, reason in verdicts if not ok]
+    return (not bad, bad[0] if bad else verdicts[0][1] if len(verdicts) == 1 else "all parts loadable")
+
+
+def _verify_package(artifact: Artifact) -> tuple[bool, str]:
     if os.environ.get(ENV_PROBE, "1") == "0":
         return True, "probe disabled (AOTI_PROBE=0)"
     env = fingerprint(torch.device(artifact.manifest["device"]))

@@ -66,6 +66,10 @@ class Artifact:
         process (picklable, JSON-able)."""
         return {"key": self.key, "transforms": self.manifest.get("transforms", [])}
 
+    def packages(self) -> list[Artifact]:
+        """The packages this artifact binds: itself."""
+        return [self]
+
     def wrapper_source(self) -> str:
         """The generated C++ of every graph in the package (which extern kernels it calls, for one)."""
         import zipfile
@@ -80,6 +84,10 @@ class RegionalArtifact:
 
     parts: list[tuple[list[str], Artifact]]
     status: Status = field(default_factory=Status)
+
+    def packages(self) -> list[Artifact]:
+        """The packages this artifact binds: one per distinct block signature."""
+        return [part for _, part in self.parts]
 
     def ref(self) -> dict[str, Any]:
         """Plain data naming every part and the transforms the whole module needs, for `load`."""
