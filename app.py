@@ -52,6 +52,8 @@ def _default(task: str) -> str:
 
 
 DEFAULT_TEXT, DEFAULT_IMAGE = _default("text"), _default("image")
+TEXT_EXAMPLES = ["Return the number of", "def read(path):", "If the file"]
+IMAGE_EXAMPLES = ["a red circle, top left", "a blue square, center", "a yellow triangle, bottom right"]
 
 
 def _model(model_id: Any) -> dict[str, Any] | None:
@@ -171,16 +173,6 @@ def _failed(exc: Exception) -> tuple[str, gr.Error]:
     return _message(exc)[:300], gr.Error(f"generation failed: {exc}")
 
 
-def _comparison(compared: dict[str, float] | None, unit: str) -> str:
-    """A request's A/B run in words, e.g. "compiled 250 tokens/s, eager 36 tokens/s: speedup 6.94×"."""
-    if not compared:
-        return ""
-    aoti_s, eager_s = compared["aoti"], compared["eager"]
-    if unit == "token":
-        return f"compiled {1 / aoti_s:.0f} tokens/s, eager {1 / eager_s:.0f} tokens/s: speedup {eager_s / aoti_s:.2f}×"
-    return f"compiled {aoti_s * 1e3:.1f} ms a step, eager {eager_s * 1e3:.1f} ms: speedup {eager_s / aoti_s:.2f}×"
-
-
 def _image_params(model_id: str, size: str, steps: float, seed: float, guidance: float) -> ImageParams:
     uses_guidance = (row := _model(model_id)) is not None and row["guidance"] is not None
     return inputs.image_params(size, steps, seed, guidance, uses_guidance)
@@ -265,7 +257,7 @@ def generate_text(model_id: str, prompt: str, max_new_tokens: float, temperature
         studio.ledger.record_text(model_id, time.perf_counter() - start, last, report, error=message)
         raise error from None
     studio.ledger.record_text(model_id, time.perf_counter() - start, last, report)
-    if report is not None and (line := _comparison(report.compared, "token")):
+    if report is not None and (line := panel.comparison(report.compared, "text")):
         gr.Info(line)
     elif report is not None and report.compare_note:
         gr.Warning(report.compare_note)
@@ -303,7 +295,7 @@ def generate_image(model_id: str, prompt: str, size: str, steps: float, seed: fl
         raise error from None
     studio.ledger.record_image(model_id, result, time.perf_counter() - start, report)
     info = f"{result.latency_s:.2f} s · {_stage_line(result)} · {report.runtime}"
-    if line := _comparison(report.compared, "step") or report.compare_note:
+    if line := panel.comparison(report.compared, "image") or report.compare_note:
         info += f" · {line}"
     return result.image, info
 
@@ -332,6 +324,7 @@ def set_optimization(model_id: str, use_aoti: bool, fp8: bool, regional: bool, a
         ACCESS.require(profile.username if profile is not None else None, admin_token or None)
     except PermissionError as exc:
         raise gr.Error(str(exc), title="Owner only", print_exception=False) from None
+    before = studio.states.get(model_id) if isinstance(model_id, str) else None
     try:
         switches = inputs.switches(use_aoti, fp8, regional)
         if ON_ZEROGPU and switches.aoti:
@@ -346,7 +339,20 @@ def set_optimization(model_id: str, use_aoti: bool, fp8: bool, regional: bool, a
         raise gr.Error(str(exc.args[0] if exc.args else exc)) from None
     except Exception as exc:  # a refused or failed GPU call: recorded by compile_in_worker
         raise gr.Error(f"compile failed: {_message(exc)}") from None
+    gr.Info(_applied(model_id, switches, before, studio.states[model_id]))
     return studio.compile_status()
+
+
+def _applied(model_id: str, switches: Switches, before: Any, after: Any) -> str:
+    """What an Apply did, in words: what changed, or that nothing did."""
+    if before is not None and (after.phase, after.switches, after.compiles) == (before.phase, before.switches, before.compiles):
+        how = "compiled" if switches.aoti else "eager"
+        return f"Nothing changed: {model_id} already runs {how} with these settings."
+    if not switches.aoti:
+        return f"{model_id}: AOTI off, it runs eager now."
+    extras = [name for name, on in (("FP8", switches.fp8), ("regional", switches.regional)) if on]
+    doing = {"compiling": "compiling", "aoti": "compiled"}.get(str(after.phase), str(after.phase))
+    return f"{model_id}: {doing}{' with ' + ' and '.join(extras) if extras else ''}."
 
 
 # --- side panel ------------------------------------------------------------------------------------
@@ -408,10 +414,18 @@ def _model_choices(task: str | None = None) -> list[tuple[str, str]]:
     return [(label(m), m["id"]) for m in MODELS if task in (None, m["task"])]
 
 
-def _image_sizes(model_id: str):
+def _image_controls(model_id: str):
+    """The image tab's controls for the chosen model: its sizes and steps, guidance only where it uses
+    it, and the words its prompt may use where it knows a fixed set."""
     spec = _model(model_id)
     sizes = spec["sizes"] if spec else []
-    return gr.Dropdown(choices=sizes, value=sizes[0] if sizes else None), gr.Slider(value=spec["steps"] if spec else 20)
+    return (gr.Dropdown(choices=sizes, value=sizes[0] if sizes else None), gr.Slider(value=spec["steps"] if spec else 20),
+            gr.Slider(visible=bool(spec) and spec["guidance"] is not None), gr.Markdown(spec["prompt_hint"] if spec else ""))
+
+
+def _scroll_to(selector: str) -> str:
+    """JS that brings the output into view (on a phone it is below the fold when Generate is pressed)."""
+    return f"() => {{ document.querySelector('{selector}')?.scrollIntoView({{behavior: 'smooth', block: 'nearest'}}); }}"
 
 
 def build() -> gr.Blocks:
@@ -429,24 +443,32 @@ def build() -> gr.Blocks:
             speculative = gr.Checkbox(value=False, elem_id="text-speculative", label=(
                 "Speculative decoding: a small draft model proposes tokens, this model checks them in one step "
                 "(the model's own greedy text, up to floating-point rounding on a GPU; the same sampling distribution)"))
-            text_button = gr.Button("Generate", variant="primary", elem_id="text-generate")
+            with gr.Row():
+                text_button = gr.Button("Generate", variant="primary", elem_id="text-generate")
+                text_stop = gr.Button("Stop", elem_id="text-stop")
+            text_examples = gr.Examples([[p] for p in TEXT_EXAMPLES], [prompt], label="Examples (a click runs one)")
             text_out = gr.Textbox(label="Output", lines=6, buttons=["copy"], elem_id="text-output")
         with gr.Tab("Image"):
             image_model = gr.Dropdown(_model_choices("image"), value=DEFAULT_IMAGE, label="Model", allow_custom_value=True)
             image_prompt = gr.Textbox(label="Prompt", value="a red circle, top left", elem_id="image-prompt")
+            image_hint = gr.Markdown(_model(DEFAULT_IMAGE)["prompt_hint"], elem_id="image-hint")
             with gr.Row():
                 size = gr.Dropdown(["32x32"], value="32x32", label="Size", allow_custom_value=True)
                 steps = gr.Slider(1, inputs.MAX_STEPS, value=20, step=1, label="Steps")
                 seed = gr.Number(value=0, precision=0, label="Seed")
-                guidance = gr.Slider(0, inputs.GUIDANCE_MAX, value=3.5, step=0.5, label="Guidance (models that use it)")
+                guidance = gr.Slider(0, inputs.GUIDANCE_MAX, value=3.5, step=0.5, label="Guidance",
+                                     visible=_model(DEFAULT_IMAGE)["guidance"] is not None)
             image_compare = gr.Checkbox(value=False, label="Compare with eager (runs it twice; changes nothing for others)",
                                         elem_id="image-compare")
-            image_button = gr.Button("Generate", variant="primary", elem_id="image-generate")
+            with gr.Row():
+                image_button = gr.Button("Generate", variant="primary", elem_id="image-generate")
+                image_stop = gr.Button("Stop", elem_id="image-stop")
+            image_examples = gr.Examples([[p] for p in IMAGE_EXAMPLES], [image_prompt], label="Examples (a click runs one)")
             image_out = gr.Image(label="Image", format="png", type="pil", elem_id="image-output", height=320)
-            image_info = gr.Markdown(elem_id="image-info")
+            image_info = gr.Markdown(elem_id="image-info", label="measurements")
         with gr.Tab("Optimization"):
             opt_model = gr.Dropdown(_model_choices(), value=DEFAULT_TEXT, label="Model", allow_custom_value=True)
-            with gr.Row():
+            with gr.Column():  # one switch a line: their labels carry reasons, and a phone has room for them
                 use_aoti = gr.Checkbox(value=True, label="AOTI")
                 fp8 = gr.Checkbox(value=False, elem_id="opt-fp8", label="FP8")  # labelled per model on load
                 regional = gr.Checkbox(value=False, label="Regional compile", elem_id="opt-regional")
@@ -455,28 +477,37 @@ def build() -> gr.Blocks:
                 gr.LoginButton()
             admin_token = gr.Textbox(value="", type="password", label="Admin token", visible=bool(ACCESS.admin_token))
             opt_button = gr.Button("Apply", elem_id="opt-apply")
-            opt_out = gr.JSON(visible=False)  # the API's answer; shown as cards
+            opt_out = gr.JSON(visible=False, label="compile_status")  # the API's answer; shown as cards
             opt_cards = gr.HTML(elem_id="opt-cards")
         with gr.Sidebar(position="right", open=True, label="Live", width=480) as sidebar:
             outputs = PANEL.build()
             gr.Timer(1.0).tick(_panel, outputs=outputs, api_visibility="private", show_progress="hidden")
 
-        text_button.click(generate_text, [text_model, prompt, max_tokens, temperature, text_compare, speculative], text_out,
-                          api_name="generate_text", concurrency_id="device", validator=validate_text, preprocess=False)
-        image_button.click(generate_image, [image_model, image_prompt, size, steps, seed, guidance, image_compare],
-                           [image_out, image_info], api_name="generate_image", concurrency_id="device",
-                           validator=validate_image, preprocess=False)
-        image_model.change(_image_sizes, image_model, [size, steps], api_visibility="private")
+        text_inputs = [text_model, prompt, max_tokens, temperature, text_compare, speculative]
+        text_run = text_button.click(generate_text, text_inputs, text_out, api_name="generate_text", concurrency_id="device",
+                                     validator=validate_text, preprocess=False)
+        text_example_run = text_examples.load_input_event.then(generate_text, text_inputs, text_out, concurrency_id="device",
+                                                               validator=validate_text, preprocess=False, api_visibility="private")
+        text_stop.click(None, cancels=[text_run, text_example_run], api_visibility="private")
+        text_button.click(None, js=_scroll_to("#text-output"), api_visibility="private")
+        image_inputs = [image_model, image_prompt, size, steps, seed, guidance, image_compare]
+        image_run = image_button.click(generate_image, image_inputs, [image_out, image_info], api_name="generate_image",
+                                       concurrency_id="device", validator=validate_image, preprocess=False)
+        image_example_run = image_examples.load_input_event.then(generate_image, image_inputs, [image_out, image_info],
+                                                                 concurrency_id="device", validator=validate_image,
+                                                                 preprocess=False, api_visibility="private")
+        image_stop.click(None, cancels=[image_run, image_example_run], api_visibility="private")
+        image_button.click(None, js=_scroll_to("#image-output"), api_visibility="private")
+        image_model.change(_image_controls, image_model, [size, steps, guidance, image_hint], api_visibility="private")
         opt_button.click(set_optimization, [opt_model, use_aoti, fp8, regional, admin_token], opt_out, api_name="set_optimization",
                          validator=validate_optimization, preprocess=False).success(lambda rows: PANEL.cards(rows), opt_out, opt_cards, api_visibility="private")
         width = gr.Number(visible=False)
         demo.load(_sidebar_for, width, sidebar, js="() => window.innerWidth", api_visibility="private")
+        demo.load(None, js=panel.LABEL_TOGGLE_JS)
         demo.load(_optimization_controls, opt_model, [use_aoti, fp8, regional, opt_button, access_note], api_visibility="private")
         opt_model.change(_switches_for, opt_model, [fp8, regional], api_visibility="private")
-        hidden = gr.JSON(visible=False)
-        gr.Button(visible=False).click(metrics, None, hidden, api_name="metrics")
-        gr.Button(visible=False).click(models, None, hidden, api_name="models")
-        gr.Button(visible=False).click(compile_status, None, hidden, api_name="compile_status")
+        for endpoint in (metrics, models, compile_status):  # each answer named for what it is
+            gr.Button(visible=False).click(endpoint, None, gr.JSON(visible=False, label=endpoint.__name__), api_name=endpoint.__name__)
     return demo
 
 

@@ -31,7 +31,24 @@ CSS = """
 .model-card .speedup { font-weight: 600; }
 .model-card .tags span { border: 1px solid var(--border-color-primary); border-radius: 6px; padding: 0 5px; margin-right: 4px; font-size: 11px; }
 .model-card ul { margin: 4px 0 0 16px; padding: 0; }
+.sidebar .toggle-button { width: auto !important; min-width: 44px; padding: 0 6px; display: flex; gap: 4px; align-items: center; }
+.sidebar .toggle-button .live-label { font-size: 13px; font-weight: 600; }
+/* Messages at the bottom left, clear of the title, the controls at the top and the panel on the right. */
+.toast-wrap { top: auto !important; bottom: 12px; left: 12px !important; right: auto !important; align-items: start !important;
+              max-width: calc(100vw - 24px); }
 """
+
+# Gradio's sidebar toggle is an unlabelled chevron: it is named "Live" (the sidebar's label), in words and for screen readers.
+LABEL_TOGGLE_JS = """() => {
+  const label = () => document.querySelectorAll('.sidebar .toggle-button').forEach((button) => {
+    if (!button.querySelector('.live-label')) {
+      button.insertAdjacentHTML('afterbegin', '<span class="live-label">Live</span>');
+      button.setAttribute('aria-label', 'Live panel: speed, latency and memory');
+    }
+  });
+  label();
+  new MutationObserver(label).observe(document.body, {childList: true, subtree: true});
+}"""
 
 
 def _speed(seconds: float, task: str) -> str:
@@ -51,23 +68,62 @@ def _compiling(row: dict[str, Any], now: float) -> str:
     return line + f'<div class="bar bar-compiling" style="width:{max(3.0, min(100.0, 100 * elapsed / estimate)):.0f}%"></div>'
 
 
+def ratio_words(ratio: float, low: float | None = None, high: float | None = None) -> str:
+    """A speed ratio (eager time over compiled time) in words: "2.8× faster", "1.4× slower", or "no
+    measurable difference" where the measured spread (``low``-``high``) holds 1, or, for a single
+    sample with no spread, where it is within 5 % of 1."""
+    if (low is not None and high is not None and low <= 1.0 <= high) or (low is None and abs(ratio - 1) < 0.05):
+        return "no measurable difference"
+    return f"{ratio:.2g}× faster" if ratio >= 1 else f"{1 / ratio:.2g}× slower"
+
+
+def comparison(compared: dict[str, float] | None, task: str) -> str:
+    """A visitor's A/B of one request ("Compare with eager"), the same words in the card, the toast and
+    the image's info line: "your A/B, one request each: compiled 250 tokens/s, eager 36 tokens/s: 6.9× faster"."""
+    if not compared:
+        return ""
+    aoti_s, eager_s = compared["aoti"], compared["eager"]
+    return (f"your A/B, one request each: compiled {_speed(aoti_s, task)}, eager {_speed(eager_s, task)}: "
+            f"{ratio_words(eager_s / aoti_s)}")
+
+
+def _bars(speeds: list[tuple[str, float, str]]) -> list[str]:
+    """Speeds as bars: the longer, the faster (``speeds``: label, seconds per call, css kind)."""
+    fastest = min(seconds for _, seconds, _ in speeds)
+    return [f'<div>{label}</div><div class="bar bar-{kind}" style="width:{max(3.0, 100 * fastest / seconds):.0f}%"></div>'
+            for label, seconds, kind in speeds]
+
+
+def _speeds(row: dict[str, Any], task: str) -> list[str]:
+    """What the card says of speed: the graphs timed against eager when they were bound (first, with
+    its spread), then requests' live figures, then the last visitor's A/B, each labelled as what it is."""
+    parts = []
+    measured = row.get("measured")
+    if measured and row["state"] == "aoti":
+        words = ratio_words(measured["ratio"], measured["low"], measured["high"])
+        unit = "decode step" if task == "text" else "denoising step"
+        parts.append(f'<div class="speedup" data-verdict="{html.escape(measured["verdict"])}">{words}</div>'
+                     f'<div class="stage">hot module, measured at load: {unit} over {measured["rounds"]} rounds, '
+                     f'middle half {measured["low"]:.2f}–{measured["high"]:.2f}×</div>')
+        parts += _bars([(f"compiled {measured['compiled_s'] * 1e3:.3g} ms a {unit}", measured["compiled_s"], "aoti"),
+                        (f"eager {measured['eager_s'] * 1e3:.3g} ms a {unit}", measured["eager_s"], "eager")])
+    seen = [(label, row[key]) for label, key in (("compiled", "aoti_latency_s"), ("eager", "eager_latency_s")) if row.get(key)]
+    if seen:
+        parts.append('<div class="requests">requests (best): '
+                     + " · ".join(f"{label} {_speed(seconds, task)}" for label, seconds in seen) + "</div>")
+    if row.get("compared"):
+        parts.append(f'<div class="compared">{html.escape(comparison(row["compared"], task))}</div>')
+    return parts
+
+
 def card(row: dict[str, Any], task: str, now: float | None = None) -> str:
-    """One model's card from its compile-status row (`CompileState.as_row`); ``now`` (time.time()) for
+    """One model's card from its compile-status row (`ModelState.as_row`); ``now`` (time.time()) for
     a running compile's elapsed time."""
     e = html.escape
     state = row["state"]
     parts = [f'<div class="model-card" data-model="{e(row["model"])}" data-state="{e(state)}">',
              f'<div class="head"><b>{e(row["model"])}</b><span class="badge badge-{e(state)}">{e(BADGES.get(state, state))}</span></div>']
-    eager_s, aoti_s = row.get("eager_latency_s"), row.get("aoti_latency_s")
-    if eager_s and aoti_s:
-        slowest = max(eager_s, aoti_s)
-        for label, seconds, kind in (("eager", eager_s, "eager"), ("compiled", aoti_s, "aoti")):
-            parts.append(f'<div>{label} {_speed(seconds, task)}</div>'
-                         f'<div class="bar bar-{kind}" style="width:{max(3.0, 100 * seconds / slowest):.0f}%"></div>')
-        parts.append(f'<div class="speedup">{eager_s / aoti_s:.1f}× faster compiled</div>')
-    elif aoti_s or eager_s:
-        label, seconds = ("compiled", aoti_s) if aoti_s else ("eager", eager_s)
-        parts.append(f"<div>{label} {_speed(seconds, task)} · the other not measured yet (tick \"Compare with eager\")</div>")
+    parts += _speeds(row, task)
     if row.get("speculative_tokens_per_s"):
         parts.append(f'<div class="speculative">speculative {_speed(1 / row["speculative_tokens_per_s"], task)} · '
                      f'{100 * row["acceptance"]:.0f} % of drafted tokens kept</div>')
@@ -118,10 +174,11 @@ class Panel:
         model_cards = gr.HTML(elem_id="model-cards")
         colors = {m: _PALETTE[i % len(_PALETTE)] for i, m in enumerate(self.tasks)}
         latency_plot = gr.ScatterPlot(x="request", y="latency_s", color="model", title="Latency per request",
-                                      x_title="request", y_title="seconds", x_axis_format="d", y_axis_format="~g",
+                                      x_title="request", y_title="seconds", x_axis_format="d", y_axis_format=".2~r",
                                       y_lim=[0, None], color_map=colors, color_title="", height=220, elem_id="latency-plot")
         memory_plot = gr.LinePlot(x="seconds", y="MiB", title="Memory used", x_title="seconds since start", y_title="MiB",
-                                  x_axis_format="d", y_axis_format="~s", y_lim=[0, None], height=200, elem_id="memory-plot")
+                                  x_axis_format="d", y_axis_format="~s", y_lim=[0, None], height=200, x_label_angle=-45,
+                                  elem_id="memory-plot")
         return [latency_plot, memory_plot, summary, model_cards]
 
     def render(self, snapshot: dict[str, Any], rows: list[dict[str, Any]], device_label: str, budget_bytes: int):
@@ -133,7 +190,7 @@ class Panel:
 
         summary = (
             f"**Device** {device_label}  \n"
-            f"**Requests** {s['count']} ({s['errors']} errors) · **latency** {fmt(s['median_latency_s'], 's')}  \n"
+            f"**Requests** {s['count']} ({s['errors']} error{'' if s['errors'] == 1 else 's'}) · **latency** {fmt(s['median_latency_s'], 's')}  \n"
             f"**TTFT** {fmt(s['median_ttft_s'], 's')} · **tokens/s** {fmt(s['median_tokens_per_s'], '')} · "
             f"**step** {fmt(s['median_step_ms'], 'ms')}"
             + (f" · **drafts kept** {100 * s['median_acceptance']:.0f} %" if s.get("median_acceptance") is not None else "") + "  \n"
@@ -161,8 +218,8 @@ class Panel:
 
     def memory_plot(self, samples: list[dict[str, float]]) -> gr.LinePlot:
         """Memory used over the last samples, from zero; its budget is in the title and the summary."""
-        if not samples:
-            return gr.LinePlot(pd.DataFrame(_MEMORY_COLUMNS))
+        if not samples:  # axes with a range: an empty plot draws no infinite extent
+            return gr.LinePlot(pd.DataFrame(_MEMORY_COLUMNS), x_lim=[0, 10], y_lim=[0, 1])
         data = pd.DataFrame([{"seconds": round(m["t"] - self.start, 1), "MiB": round(m["mb"], 1)} for m in samples])
         first, last = data["seconds"].iloc[0], data["seconds"].iloc[-1]
         return gr.LinePlot(data, x_lim=[first, max(last, first + 10)], y_lim=[0, data["MiB"].max() * 1.15])  # 10+ s: whole ticks

@@ -19,6 +19,7 @@ from .cache import Cache, CacheUnwritable, default_cache_dir
 from .capture import CapturedCall, CapturedCalls, capture
 from .compile import Artifact, OnStage, RegionalArtifact, compile, load, transforms_for
 from .hub import HubRefused, HubSource
+from .measure import Speedup, measure_speedup
 from .options import CompileOptions, DimRange
 from .passes.toolchain import ensure_toolchain
 from .probe import ProbeResult, probe_package
@@ -80,6 +81,8 @@ __all__ = [
     "record_of",
     "restore",
     "status_of",
+    "Speedup",
+    "measure_speedup",
     "transform",
     "transforms_for",
     "transforms_of",

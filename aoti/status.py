@@ -33,6 +33,7 @@ class Status:
     compiled_calls: int = 0
     layout_copies: int = 0  # inputs of a compiled call copied into the layout its graph was built for
     last_guard_reason: str | None = None
+    measured: dict[str, Any] | None = None  # compiled against eager on the module's inputs (`aoti.Speedup.to_dict`)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

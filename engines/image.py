@@ -94,6 +94,18 @@ class StageClock:
         return steps, {stage: round(self.stages_s[stage], 4) for stage in STAGES if stage in self.stages_s}
 
 
+def prompt_hint(spec: ModelSpec) -> str:
+    """What a prompt for ``spec`` can say, where the model knows a fixed vocabulary ("" otherwise)."""
+    if spec.pipeline != "shapes":
+        return ""
+    from .pipelines.shapes import labels_at, vocabulary
+
+    try:
+        return f"This model draws one shape from these words: {vocabulary(labels_at(spec.source))}."
+    except OSError:  # not on this disk: said when it is asked for
+        return ""
+
+
 def check_image_request(spec: ModelSpec, prompt: str, params: ImageParams) -> None:
     """What any image model checks before it runs: a ValueError a user can act on."""
     if not prompt or not prompt.strip():
@@ -227,7 +239,7 @@ class ImageModel:
         recipe = recipe or image_recipe()
         graphs = self.device == "cuda" if cuda_graphs is None else cuda_graphs
         self.status, self.ref = optimize_module(self.denoiser, self.capture_calls, recipe, cache, exclusive, cuda_graphs=graphs,
-                                                   on_stage=on_stage)
+                                                on_stage=on_stage, timed=lambda calls: calls.calls[:1])  # a step at the first size
         return self.status
 
     def bind(self, ref: dict, cache: aoti.Cache | None = None, cuda_graphs: bool | None = None) -> aoti.Status:

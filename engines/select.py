@@ -26,6 +26,11 @@ class Decision:
     draft: bool = True  # text models with a draft (`ModelSpec.draft`): load it (False: it does not fit beside the model)
 
 
+def size_words(nbytes: float) -> str:
+    """Bytes in the unit that reads best: "14.2 GiB", "310 MiB"."""
+    return f"{nbytes / GiB:.1f} GiB" if nbytes >= GiB else f"{nbytes / 2**20:.0f} MiB"
+
+
 def runtime_dtype(spec: ModelSpec, device: DeviceInfo) -> str:
     return "float32" if device.kind == "cpu" else spec.dtype
 
@@ -65,7 +70,7 @@ def choose(spec: ModelSpec, device: DeviceInfo, quantization: str = "none") -> D
     host; otherwise a refusal that names the numbers."""
     need = estimate_bytes(spec, device, quantization)
     budget = device.budget_bytes
-    numbers = f"needs about {need / GiB:.1f} GiB, {device.label}"
+    numbers = f"needs about {size_words(need)}, {device.label}"
     if need <= budget:
         return Decision("lightweight", f"fits one device: {numbers}", need, budget, quantization)
     fp8 = spec.fp8 and quantization == "none" and device.fp8

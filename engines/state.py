@@ -55,10 +55,16 @@ class Progress:
 
 @dataclass(frozen=True)
 class Speed:
-    """Requests' seconds per unit (a decoded token, a denoising step), the best one seen per runtime."""
+    """How fast the model is. ``measured``: the compiled graphs timed against eager when they were
+    bound, on the model's own inputs, with the spread (`aoti.Speedup.to_dict`): the figure shown first.
+    Then what requests saw: seconds per unit (a decoded token, a denoising step), the best per runtime
+    (a first call's warm-up never lowers a best); ``compared``: the last visitor's own A/B ("Compare
+    with eager": seconds per unit, "aoti" and "eager")."""
 
+    measured: dict[str, Any] | None = None
     eager_latency_s: float | None = None
     aoti_latency_s: float | None = None
+    compared: dict[str, float] | None = None
     speculative_tokens_per_s: float | None = None  # the last speculative request's decode speed,
     acceptance: float | None = None  # and the share of its drafted tokens kept
 
@@ -195,7 +201,8 @@ class States(Mapping[str, ModelState]):
         build = Build(status.compile_s, status.load_s, status.cache_hit, status.quantization, status.cuda_graphs,
                       tuple(status.fallbacks))
         phase = Phase.AOTI if status.runtime == "aoti" else Phase.FALLBACK
-        return self._set(model_id, phase=phase, reason=status.reason, ref=ref, build=build, progress=Progress())
+        speed = replace(self[model_id].speed, measured=status.measured if phase == Phase.AOTI else None)
+        return self._set(model_id, phase=phase, reason=status.reason, ref=ref, build=build, progress=Progress(), speed=speed)
 
     def failed(self, model_id: str, reason: str, fallback: str) -> ModelState:
         """Compiled graphs were asked for and can't run: the model serves eager, ``reason`` on its card,
@@ -215,7 +222,8 @@ class States(Mapping[str, ModelState]):
         old = self[worker.model]
         phase = Phase.EAGER if worker.phase == Phase.NOT_LOADED else worker.phase  # the worker loaded it; this process did not
         with self._lock:
-            record = self._records[worker.model] = replace(worker, phase=phase, speed=old.speed, compiles=old.compiles)
+            speed = replace(old.speed, measured=worker.speed.measured)  # measured in the worker, at its bind
+            record = self._records[worker.model] = replace(worker, phase=phase, speed=speed, compiles=old.compiles)
         return record
 
     # --- what requests saw ------------------------------------------------------------------------
@@ -227,6 +235,10 @@ class States(Mapping[str, ModelState]):
         key = "aoti_latency_s" if runtime == "aoti" else "eager_latency_s"
         best = getattr(speed, key)
         return self._set(model_id, speed=replace(speed, **{key: seconds if best is None else min(best, seconds)}))
+
+    def compared(self, model_id: str, compared: dict[str, float]) -> ModelState:
+        """A visitor's A/B of one request ("Compare with eager"): shown as it was measured."""
+        return self._set(model_id, speed=replace(self[model_id].speed, compared=dict(compared)))
 
     def speculative(self, model_id: str, tokens_per_s: float, acceptance: float) -> ModelState:
         """A speculative request's speed and acceptance: shown apart from the compiled-vs-eager speeds."""

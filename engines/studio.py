@@ -20,7 +20,7 @@ from . import inputs, registry
 from .access import RateLimit, ServedModels
 from .device import DeviceInfo, discover
 from .distributed import DistributedEngine
-from .image import ImageParams, ImageResult, check_image_request
+from .image import ImageParams, ImageResult, check_image_request, prompt_hint
 from .lightweight import LightweightEngine
 from .metrics import Metrics, median
 from .recipes import Switches, check_switches, fp8_refusal, recipe_for, regional_refusal
@@ -74,6 +74,7 @@ class Studio:
                 "max_new_tokens": spec.max_new_tokens, "fp8": not fp8_note, "fp8_note": fp8_note,
                 "regional": not regional_note, "regional_note": regional_note,
                 "state": str(self.states[spec.id].phase), "served": self.served.get(spec.task) == spec.id,
+                "prompt_hint": prompt_hint(spec) if spec.task == "image" else "",
             })
         return rows
 

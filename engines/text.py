@@ -117,6 +117,11 @@ def check_text_request(spec: ModelSpec, prompt: str, params: SamplingParams) -> 
         raise ValueError(f"`speculative` decoding needs a draft model; {spec.id} has none.")
 
 
+def decode_step(calls: aoti.CapturedCalls) -> list[aoti.CapturedCall]:
+    """The captured one-token call: a decode step, what a text model's speed is made of."""
+    return [c for c in calls.calls if c.kwargs["input_ids"].shape[-1] == 1][:1]
+
+
 PREFILL_BUCKET = 64  # prompts are padded up to a multiple of this many tokens
 
 
@@ -277,7 +282,7 @@ class TextModel:
         recipe = recipe or text_recipe()
         graphs = self.device == "cuda" if cuda_graphs is None else cuda_graphs
         self.status, self.ref = optimize_module(self.decoder, self.capture_calls, self.with_verify_graph(recipe), cache,
-                                                exclusive, cuda_graphs=graphs, on_stage=on_stage)
+                                                exclusive, cuda_graphs=graphs, on_stage=on_stage, timed=decode_step)
         if self.draft is not None:
             draft_stage = None if on_stage is None else (lambda stage, estimate_s: on_stage(f"draft: {stage}", estimate_s))
             self._with_draft(self.draft.optimize(recipe, cache, exclusive, cuda_graphs, on_stage=draft_stage))

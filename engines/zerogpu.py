@@ -135,6 +135,8 @@ class Ledger:
         if report is not None:
             record.peak_mem_mb, record.worker_pid, record.bind_s = report.peak_mem_mb, report.worker_pid, report.bind_s
             record.compared, record.compare_note = report.compared, report.compare_note
+            if report.compared:
+                self.states.compared(report.model_id, report.compared)
             record.compiled_calls, record.guard_fallbacks = report.compiled_calls, report.guard_fallbacks
             record.last_guard_reason = report.last_guard_reason
             record.setup_s = round(max(0.0, record.latency_s - report.call_s), 4) if report.call_s else None

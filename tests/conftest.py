@@ -15,6 +15,7 @@ os.environ["AOTI_CACHE_DIR"] = str(_SESSION_CACHE)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("AOTI_MEASURE_S", "0.2")  # timing new graphs against eager: the fewest rounds, to keep the run short
 
 
 @pytest.fixture(scope="session")

@@ -29,6 +29,14 @@ def labels_at(path: str | Path) -> list[str]:
     return list(_meta(path)["labels"])
 
 
+def vocabulary(labels: list[str]) -> str:
+    """The words a prompt for this model may use, as a person reads them."""
+    colors = sorted({label.split()[1] for label in labels})
+    shapes = sorted({label.split()[2].rstrip(",") for label in labels})
+    positions = sorted({label.split(", ")[1] for label in labels})
+    return f"colours: {', '.join(colors)} · shapes: {', '.join(shapes)} · positions: {', '.join(positions)}"
+
+
 def label_for(prompt: str, labels: list[str]) -> int:
     """The label id ``prompt`` names (free wording: a colour, a shape, a position, center by default);
     a ValueError that lists the known words otherwise."""

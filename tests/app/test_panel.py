@@ -10,13 +10,43 @@ def _row(**changes):
     return {**row, **changes}
 
 
-def test_a_compiled_model_shows_both_speeds_the_speedup_and_its_tags():
-    html = panel.card(_row(), "text")
+def _measured(eager_s=0.025, compiled_s=0.004, low=5.8, high=6.6, rounds=25):
+    return {"eager_s": eager_s, "compiled_s": compiled_s, "ratio": eager_s / compiled_s, "low": low, "high": high,
+            "rounds": rounds, "verdict": "faster" if low > 1 else "slower" if high < 1 else "no measurable difference"}
+
+
+def test_a_compiled_model_shows_the_speedup_measured_at_load_its_spread_and_its_tags():
+    html = panel.card(_row(measured=_measured()), "text")
     assert 'data-state="aoti"' in html and ">compiled</span>" in html
-    assert "eager 40 tokens/s" in html and "compiled 250 tokens/s" in html and "6.2× faster compiled" in html
+    assert ">6.2× faster</div>" in html and "hot module, measured at load: decode step over 25 rounds, middle half 5.80–6.60×" in html
+    assert "compiled 4 ms a decode step" in html and "eager 25 ms a decode step" in html
+    assert 'bar-aoti" style="width:100%"' in html and 'bar-eager" style="width:16%"' in html  # the longer bar is the faster
+    assert "requests (best): compiled 250 tokens/s · eager 40 tokens/s" in html
     assert "<span>CUDA graphs</span>" in html and "<span>fp8_rowwise</span>" in html and "compiled in 84 s" in html
-    image = panel.card(_row(eager_latency_s=0.0384, aoti_latency_s=0.0203, cuda_graphs=0, quantization="none"), "image")
-    assert "eager 38.4 ms a step" in image and "compiled 20.3 ms a step" in image and "CUDA graphs" not in image
+    image = panel.card(_row(measured=_measured(0.0384, 0.0203, 1.7, 2.0), eager_latency_s=0.0384, aoti_latency_s=0.0203,
+                            cuda_graphs=0, quantization="none"), "image")
+    assert "1.9× faster" in image and "compiled 20.3 ms a denoising step" in image and "CUDA graphs" not in image
+
+
+def test_slower_is_said_slower_and_a_difference_inside_the_spread_is_no_difference():
+    slower = panel.card(_row(measured=_measured(0.004, 0.006, 0.6, 0.7)), "text")
+    assert ">1.5× slower</div>" in slower and "faster" not in slower
+    assert 'bar-eager" style="width:100%"' in slower  # eager is the faster here: its bar is the longer
+    same = panel.card(_row(measured=_measured(0.0040, 0.0039, 0.95, 1.08)), "text")
+    assert ">no measurable difference</div>" in same and "faster" not in same and "slower" not in same
+    assert panel.ratio_words(0.5) == "2× slower" and panel.ratio_words(1.03) == "no measurable difference"
+
+
+def test_a_visitors_comparison_reads_the_same_in_the_card_and_the_message():
+    compared = {"aoti": 0.004, "eager": 0.0277}
+    line = panel.comparison(compared, "text")
+    assert line == "your A/B, one request each: compiled 250 tokens/s, eager 36 tokens/s: 6.9× faster"
+    assert line in panel.card(_row(compared=compared), "text")
+
+
+def test_no_speed_is_shown_before_one_is_measured():
+    html = panel.card(_row(eager_latency_s=None, aoti_latency_s=None), "text")
+    assert "faster" not in html and "slower" not in html and "Compare with eager" not in html
 
 
 def test_a_fallback_says_why_in_words_and_is_escaped():

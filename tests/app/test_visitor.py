@@ -19,7 +19,7 @@ GOOD_IMAGE = (IMAGE, "a red circle, top left", "32x32", 4, 0, 0.0, False)
 
 def _status(client) -> list[dict]:
     """The server's state as a visitor can read it, less the figures requests move (speeds, counters)."""
-    moving = {"eager_latency_s", "aoti_latency_s", "speedup", "guard_fallbacks", "layout_copies", "last_guard_reason"}
+    moving = {"eager_latency_s", "aoti_latency_s", "speedup", "guard_fallbacks", "layout_copies", "last_guard_reason", "compared"}
     deadline = time.time() + 300
     while True:
         rows = client.predict(api_name="/compile_status")

@@ -16,7 +16,8 @@ from engines.workers import RunReport
 ROOT = Path(__file__).resolve().parents[2]
 API_KEYS = {"model", "state", "reason", "compile_s", "load_s", "cache_hit", "speedup", "guard_fallbacks", "last_guard_reason",
             "layout_copies", "cuda_graphs", "fallbacks", "eager_latency_s", "aoti_latency_s", "quantization", "ref",
-            "requested", "compiles", "stage", "started", "estimate_s", "placement", "speculative_tokens_per_s", "acceptance"}
+            "requested", "compiles", "stage", "started", "estimate_s", "placement", "speculative_tokens_per_s", "acceptance",
+            "measured", "compared"}
 
 
 def test_only_engines_state_makes_or_changes_a_model_state():
