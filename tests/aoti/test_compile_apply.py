@@ -269,3 +269,31 @@ def test_a_build_tells_its_stages_and_a_rebuild_has_the_last_builds_time(tmp_pat
     aoti.compile(model, call, cache=cache, on_stage=lambda stage, estimate: heard.append((stage, estimate)))
     assert [stage for stage, _ in heard[1:]] == ["export graph 1 of 1", "build graph 1 of 1 (Inductor, C++)"]
     assert {estimate for _, estimate in heard[1:]} == {first.manifest["compile_s"]}
+
+
+def test_the_compiled_graphs_are_timed_against_eager_on_the_modules_own_inputs(flux_compiled):
+    """`measure_speedup`: eager and compiled alternate on the same call, warm-up apart; the figure is
+    the median ratio with its middle half, and the requests' counters are left as they were."""
+    import copy
+
+    model, _ = flux_compiled
+    before = copy.copy(aoti.status_of(model))
+    speedup = aoti.measure_speedup(model, [aoti.CapturedCall((), tiny.flux_inputs())], budget_s=0.2)
+    assert speedup is not None and speedup.rounds >= 5 and speedup.low <= speedup.ratio <= speedup.high
+    assert speedup.eager_s > 0 and speedup.compiled_s > 0
+    assert speedup.to_dict()["verdict"] == speedup.verdict
+    after = aoti.status_of(model)
+    assert (after.compiled_calls, after.guard_fallbacks) == (before.compiled_calls, before.guard_fallbacks)
+    # A call the graphs were not built for would time eager against eager: no figure, rather than a wrong one.
+    assert aoti.measure_speedup(model, [aoti.CapturedCall((), tiny.flux_inputs(img=20))], budget_s=0.05) is None
+    assert aoti.status_of(model).guard_fallbacks == before.guard_fallbacks
+    assert aoti.measure_speedup(torch.nn.Linear(2, 2), [aoti.CapturedCall((torch.ones(1, 2),), {})]) is None  # nothing compiled
+
+
+def test_a_speedup_inside_its_spread_is_no_measurable_difference():
+    def speedup(ratio, low, high):
+        return aoti.Speedup(eager_s=ratio, compiled_s=1.0, ratio=ratio, low=low, high=high, rounds=9)
+
+    assert speedup(2.8, 2.6, 3.0).verdict == "faster"
+    assert speedup(0.6, 0.55, 0.7).verdict == "slower"
+    assert speedup(1.04, 0.93, 1.12).verdict == "no measurable difference"
