@@ -190,7 +190,9 @@ class Panel:
 
         summary = (
             f"**Device** {device_label}  \n"
-            f"**Requests** {s['count']} ({s['errors']} error{'' if s['errors'] == 1 else 's'}) · **latency** {fmt(s['median_latency_s'], 's')}  \n"
+            f"**Requests** {s['count']} ({s['errors']} error{'' if s['errors'] == 1 else 's'}"
+            + (f", {s['warmups']} warm-up{'' if s['warmups'] == 1 else 's'} apart" if s.get("warmups") else "")
+            + f") · **latency** {fmt(s['median_latency_s'], 's')}  \n"
             f"**TTFT** {fmt(s['median_ttft_s'], 's')} · **tokens/s** {fmt(s['median_tokens_per_s'], '')} · "
             f"**step** {fmt(s['median_step_ms'], 'ms')}"
             + (f" · **drafts kept** {100 * s['median_acceptance']:.0f} %" if s.get("median_acceptance") is not None else "") + "  \n"

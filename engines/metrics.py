@@ -36,6 +36,7 @@ class RequestRecord:
     guard_fallbacks: int | None = None  # and calls the shape guard sent to eager, with the last reason
     last_guard_reason: str | None = None
     acceptance: float | None = None  # speculative decoding: the share of drafted tokens the model kept (None: not used)
+    warmup: bool = False  # its process bound the compiled graphs first (a fresh ZeroGPU worker): reported apart
     ok: bool = True
     error: str | None = None
     t: float = field(default_factory=time.time)
@@ -102,7 +103,7 @@ class Metrics:
             requests = [asdict(r) for r in self.requests]
             memory = list(self.memory)
             switches = list(self.switches)
-        ok = [r for r in requests if r["ok"]]
+        ok = [r for r in requests if r["ok"] and not r["warmup"]]  # the figures of warm calls; warm-ups counted apart
         tps = [r["tokens_per_s"] for r in ok if r["tokens_per_s"]]
         steps = [r["step_ms"] for r in ok if r["step_ms"]]
         ttft = [r["ttft_s"] for r in ok if r["ttft_s"] is not None]
@@ -113,7 +114,8 @@ class Metrics:
             "switches": switches,
             "summary": {
                 "count": len(requests),
-                "errors": len(requests) - len(ok),
+                "errors": sum(not r["ok"] for r in requests),
+                "warmups": sum(r["ok"] and r["warmup"] for r in requests),
                 "median_latency_s": median([r["latency_s"] for r in ok]),
                 "median_ttft_s": median(ttft),
                 "median_tokens_per_s": median(tps),

@@ -140,8 +140,9 @@ class Ledger:
             record.compiled_calls, record.guard_fallbacks = report.compiled_calls, report.guard_fallbacks
             record.last_guard_reason = report.last_guard_reason
             record.setup_s = round(max(0.0, record.latency_s - report.call_s), 4) if report.call_s else None
+            record.warmup = report.bind_s > 0  # this call bound the graphs: its first calls pay for it
             if self.gpu_in_workers:
-                self._from_worker(report, unit_s)
+                self._from_worker(report, None if record.warmup else unit_s)
         if record.peak_mem_mb is None and not self.gpu_in_workers:
             self.sample_memory()
             record.peak_mem_mb = peak_mb(self.engine.device.torch_device)

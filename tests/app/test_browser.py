@@ -79,6 +79,8 @@ def test_page_generates_text_and_an_image_and_the_panel_updates(app_url, client,
         assert x_ticks and all(t.isdigit() for t in x_ticks), labels
         assert "tiny-llama-pydoc" in labels and "tiny-shapes-unet" in labels and "qwen2.5-7b-instruct" not in labels, labels
 
+        _assert_ticks_readable(page, "#latency-plot")
+        _assert_ticks_readable(page, "#memory-plot")
         SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(SCREENSHOT), full_page=True)
 
@@ -87,6 +89,9 @@ def test_page_generates_text_and_an_image_and_the_panel_updates(app_url, client,
         expect(image_card.locator(".speedup")).to_have_text(re.compile(r"(\d[\d.]*× (faster|slower)|no measurable difference)"))
         _assert_inside_the_sidebar(cards, image_card)
         assert page.evaluate("document.documentElement.scrollWidth <= document.documentElement.clientWidth")
+        _assert_ticks_readable(page, "#latency-plot")
+        _assert_ticks_readable(page, "#memory-plot")
+        page.screenshot(path=str(SCREENSHOT.with_name(f"{SCREENSHOT.stem}-1024.png")), full_page=True)
 
         # Optimization tab: FP8 can't run on the CPU: disabled, the reason beside it; applying shows cards.
         page.get_by_role("tab", name="Optimization").click()
@@ -115,8 +120,28 @@ def test_page_generates_text_and_an_image_and_the_panel_updates(app_url, client,
         expect(phone_cards.locator('[data-model="tiny-llama-pydoc"] .badge')).to_have_text("compiled", timeout=15_000)
         _assert_inside_the_sidebar(phone_cards, phone_cards.locator('[data-model="tiny-llama-pydoc"]'))
         assert phone.evaluate("document.documentElement.scrollWidth <= document.documentElement.clientWidth")
+        _assert_ticks_readable(phone, "#latency-plot")
+        _assert_ticks_readable(phone, "#memory-plot")
+        phone.screenshot(path=str(SCREENSHOT.with_name(f"{SCREENSHOT.stem}-390.png")), full_page=True)
         browser.close()
     assert SCREENSHOT.stat().st_size > 10_000
+
+
+def _assert_ticks_readable(page, plot: str) -> None:
+    """A plot's axis labels: plain numbers (no exponent: "1e+1") and no two of one axis overlapping."""
+    page.locator(f"{plot} svg .role-axis-label text").first.wait_for(state="attached", timeout=15_000)
+    axes = page.evaluate("""(plot) => [...document.querySelectorAll(plot + ' svg .role-axis-label')].map((axis) =>
+        [...axis.querySelectorAll('text')].filter((t) => t.textContent).map((t) => {
+            const box = t.getBoundingClientRect();
+            return {text: t.textContent, left: box.left, right: box.right, top: box.top, bottom: box.bottom};
+        }))""", plot)
+    assert axes, f"{plot}: no axis labels"
+    for labels in axes:
+        assert not [t["text"] for t in labels if "e+" in t["text"] or "e-" in t["text"]], labels
+        for i, a in enumerate(labels):
+            for b in labels[i + 1:]:
+                apart = a["right"] <= b["left"] or b["right"] <= a["left"] or a["bottom"] <= b["top"] or b["bottom"] <= a["top"]
+                assert apart, f"{plot}: tick labels {a['text']!r} and {b['text']!r} overlap"
 
 
 def _assert_inside_the_sidebar(cards, card) -> None:
