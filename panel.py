@@ -33,6 +33,7 @@ CSS = """
 .model-card ul { margin: 4px 0 0 16px; padding: 0; }
 .sidebar .toggle-button { width: auto !important; min-width: 44px; padding: 0 6px; display: flex; gap: 4px; align-items: center; }
 .sidebar .toggle-button .live-label { font-size: 13px; font-weight: 600; }
+#live-summary { margin-top: 28px; }  /* below the toggle, which sits over the panel's top edge */
 /* Messages at the bottom left, clear of the title, the controls at the top and the panel on the right. */
 .toast-wrap { top: auto !important; bottom: 12px; left: 12px !important; right: auto !important; align-items: start !important;
               max-width: calc(100vw - 24px); }
@@ -170,7 +171,7 @@ class Panel:
 
     def build(self) -> list[gr.components.Component]:
         """Lay the panel out (inside a `gr.Sidebar`); the outputs `render` fills, in its order."""
-        summary = gr.Markdown()
+        summary = gr.Markdown(elem_id="live-summary")
         model_cards = gr.HTML(elem_id="model-cards")
         colors = {m: _PALETTE[i % len(_PALETTE)] for i, m in enumerate(self.tasks)}
         latency_plot = gr.ScatterPlot(x="request", y="latency_s", color="model", title="Latency per request",
