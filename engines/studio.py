@@ -48,7 +48,7 @@ class Studio:
         self.distributed: dict[str, DistributedEngine] = {}
         self.metrics = Metrics()
         self.ledger = Ledger(self.engine, self.metrics, gpu_in_workers, self.runtime_of)
-        self.served = ServedModels(open_catalog, self.metrics.record_switch)
+        self.served = ServedModels(open_catalog, self._switched)
         self.compile_rate = RateLimit(int(os.environ.get("AOTI_COMPILE_RATE", "10")), 600.0)  # compiles per 10 min
 
     @property
@@ -99,11 +99,7 @@ class Studio:
     def admit_request(self, model_id: str) -> None:
         """A checked request is about to run: naming a model other than its task's served one is a
         switch, counted against the switch rate and recorded (`/metrics`' switches, the log)."""
-        spec = registry.get(model_id)
-        previous = self.served.get(spec.task)
-        self.served.admit(model_id, spec.task)
-        if previous != model_id:
-            log.warning("switch: %s model %s -> %s, asked by a request", spec.task, previous, model_id)
+        self.served.admit(model_id, registry.get(model_id).task)
 
     # --- lifecycle ---------------------------------------------------------------------------------
 
@@ -157,11 +153,12 @@ class Studio:
 
     def serve(self, model_id: str, by: str) -> None:
         """``model_id`` now serves its task (an owner loaded it), recorded as a switch if it is one."""
-        task = registry.get(model_id).task
-        previous = self.served.get(task)
-        self.served.serve(model_id, task, by)
-        if previous != model_id:
-            log.warning("switch: %s model %s -> %s, by %s", task, previous, model_id, by)
+        self.served.serve(model_id, registry.get(model_id).task, by)
+
+    def _switched(self, task: str, previous: str | None, model_id: str, by: str) -> None:
+        """A switch `served` made: recorded (`/metrics`' switches) and logged."""
+        self.metrics.record_switch(task, previous, model_id, by)
+        log.warning("switch: %s model %s -> %s, by %s", task, previous, model_id, by)
 
     def admit_compile(self, model_id: str, switches: Switches) -> bool:
         """Whether a request to compile ``model_id`` with these switches starts a compile. Not when the
