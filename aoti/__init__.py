@@ -7,6 +7,11 @@
     aoti.apply(artifact, pipe.transformer)                     # forward now runs the compiled graph
     aoti.restore(pipe.transformer)                             # eager and untransformed again
 
+A regional build (``CompileOptions(regional=True)``) may skip its blocks on steps that change little:
+
+    with aoti.step_cache(pipe.transformer, aoti.StepCacheConfig(threshold=0.1)) as stats:
+        pipe("a cat")
+
 Elsewhere (a ZeroGPU worker, a restart), the same package from plain data, no capture or build:
 
     aoti.transform(module, aoti.transforms_for(ref))
@@ -25,6 +30,8 @@ from .passes.toolchain import ensure_toolchain
 from .probe import ProbeResult, probe_package
 from .regional import find_blocks
 from .status import Status
+from .step_cache import StepCacheConfig, StepCacheStats, step_cache
+from .step_cache import refusal as step_cache_refusal
 from .swap import CompiledMethod, eager, status_of
 from .transforms import (
     DecodeAttention,
@@ -64,6 +71,8 @@ __all__ = [
     "ProbeResult",
     "RegionalArtifact",
     "Status",
+    "StepCacheConfig",
+    "StepCacheStats",
     "TransformConfig",
     "apply",
     "capture",
@@ -78,6 +87,8 @@ __all__ = [
     "preload",
     "probe_package",
     "quantization_of",
+    "step_cache",
+    "step_cache_refusal",
     "record_of",
     "restore",
     "status_of",
