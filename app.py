@@ -25,6 +25,7 @@ if ON_ZEROGPU:
 import spaces  # noqa: E402, I001  (before anything initialises CUDA)
 
 from engines import Binding, ImageParams, ImageResult, RunReport, SamplingParams, Studio, Switches, inputs  # noqa: E402
+from engines.image import STEP_CACHE  # noqa: E402
 from engines.metrics import median  # noqa: E402
 import panel  # noqa: E402
 from engines.access import Access  # noqa: E402
@@ -102,7 +103,7 @@ def _image_task():
 
 
 def _compile_task():
-    def compile_on_gpu(model_ids: list[str], switches: Switches) -> list[dict[str, Any]]:
+    def compile_on_gpu(model_ids: list[str], switches: Switches | None) -> list[dict[str, Any]]:
         with _messages_cross_the_fork():
             return studio.serve_compile(model_ids, switches)
     return compile_on_gpu
@@ -118,9 +119,10 @@ COMPILE_ON_GPU = {size: spaces.GPU(_compile_task(), duration=lambda ids, *a: stu
                   for size in SIZES}
 
 
-def compile_in_worker(model_ids: list[str], switches: Switches = Switches()) -> None:
-    """ZeroGPU: compile (or load from the cache) in a GPU call; record what it returns. A refused or
-    failed call leaves the models serving eager with the reason shown, and raises."""
+def compile_in_worker(model_ids: list[str], switches: Switches | None = None) -> None:
+    """ZeroGPU: compile (or load from the cache) in a GPU call (``switches`` None: each model's
+    defaults); record what it returns. A refused or failed call leaves the models serving eager with
+    the reason shown, and raises."""
     studio.ledger.mark_compiling(model_ids, switches)
     size = max((studio.ledger.gpu_size(m) for m in model_ids), key=SIZES.index)
     try:
@@ -173,9 +175,9 @@ def _failed(exc: Exception) -> tuple[str, gr.Error]:
     return _message(exc)[:300], gr.Error(f"generation failed: {exc}")
 
 
-def _image_params(model_id: str, size: str, steps: float, seed: float, guidance: float) -> ImageParams:
+def _image_params(model_id: str, size: str, steps: float, seed: float, guidance: float, step_cache: str) -> ImageParams:
     uses_guidance = (row := _model(model_id)) is not None and row["guidance"] is not None
-    return inputs.image_params(size, steps, seed, guidance, uses_guidance)
+    return inputs.image_params(size, steps, seed, guidance, uses_guidance, step_cache)
 
 
 def _text_request(model_id, prompt, max_new_tokens, temperature, compare, speculative) -> SamplingParams:
@@ -187,9 +189,9 @@ def _text_request(model_id, prompt, max_new_tokens, temperature, compare, specul
     return params
 
 
-def _image_request(model_id, prompt, size, steps, seed, guidance, compare) -> ImageParams:
+def _image_request(model_id, prompt, size, steps, seed, guidance, compare, step_cache) -> ImageParams:
     """The checked parameters of an image request; a ValueError naming the input otherwise."""
-    params = _image_params(model_id, size, steps, seed, guidance)
+    params = _image_params(model_id, size, steps, seed, guidance, step_cache)
     inputs.flag("compare", compare)
     studio.check_image(model_id, prompt, params)
     return params
@@ -220,9 +222,10 @@ def validate_text(model_id: str, prompt: str, max_new_tokens: float, temperature
                     ["model_id", "prompt", "max_new_tokens", "temperature", "compare", "speculative"])
 
 
-def validate_image(model_id: str, prompt: str, size: str, steps: float, seed: float, guidance: float, compare: bool = False):
-    return _verdict(lambda: _image_request(model_id, prompt, size, steps, seed, guidance, compare),
-                    ["model_id", "prompt", "size", "steps", "seed", "guidance", "compare"])
+def validate_image(model_id: str, prompt: str, size: str, steps: float, seed: float, guidance: float, compare: bool = False,
+                   step_cache: str = "off"):
+    return _verdict(lambda: _image_request(model_id, prompt, size, steps, seed, guidance, compare, step_cache),
+                    ["model_id", "prompt", "size", "steps", "seed", "guidance", "compare", "step_cache"])
 
 
 def validate_optimization(model_id: str, use_aoti: bool, fp8: bool, regional: bool, admin_token: str = ""):
@@ -265,23 +268,27 @@ def generate_text(model_id: str, prompt: str, max_new_tokens: float, temperature
         yield ""
 
 
-def _stage_line(result: ImageResult) -> str:
-    """"text encoding 0.05 s · 28 steps, median 210.3 ms · VAE decode 0.12 s": the stages the pipeline has."""
+def _stage_line(result: ImageResult, params: ImageParams) -> str:
+    """"text encoding 0.05 s · 28 steps, median 210.3 ms · VAE decode 0.12 s": the stages the pipeline has;
+    with step caching, how many steps reused the blocks' residual (and why caching stopped, if it did)."""
     parts = []
     for stage, seconds in result.stages_s.items():
         if stage == "denoising" and result.step_ms:
-            parts.append(f"{len(result.step_ms)} steps, median {median(result.step_ms):.1f} ms")
+            cached = (f" ({len(result.cached_steps)} reused the step before: step caching {params.step_cache}"
+                      f"{'; ' + result.step_cache_note if result.step_cache_note else ''})" if params.step_cache != "off" else "")
+            parts.append(f"{len(result.step_ms)} steps{cached}, median {median(result.step_ms):.1f} ms")
         elif stage != "denoising":
             parts.append(f"{stage} {seconds:.2f} s")
     return " · ".join(parts) or f"{len(result.step_ms)} steps"
 
 
 def generate_image(model_id: str, prompt: str, size: str, steps: float, seed: float, guidance: float,
-                   compare: bool = False, progress: gr.Progress = gr.Progress()):
+                   compare: bool = False, step_cache: str = "off", progress: gr.Progress = gr.Progress()):
     """Generate one PNG image; returns the image and a line of measurements (with ``compare``, the
-    request's step time compiled and eager too)."""
+    request's step time compiled and eager too). ``step_cache`` ("off", "fast", "faster"): steps that
+    change little reuse the residual of the denoiser's later blocks, on models that offer it."""
     try:
-        params = _image_request(model_id, prompt, size, steps, seed, guidance, compare)
+        params = _image_request(model_id, prompt, size, steps, seed, guidance, compare, step_cache)
         studio.admit_request(model_id)
     except ValueError as exc:
         raise gr.Error(str(exc)) from None
@@ -293,8 +300,8 @@ def generate_image(model_id: str, prompt: str, size: str, steps: float, seed: fl
         message, error = _failed(exc)
         studio.ledger.record_image(model_id, None, time.perf_counter() - start, error=message)
         raise error from None
-    studio.ledger.record_image(model_id, result, time.perf_counter() - start, report)
-    info = f"{result.latency_s:.2f} s · {_stage_line(result)} · {report.runtime}"
+    studio.ledger.record_image(model_id, result, time.perf_counter() - start, report, params=params)
+    info = f"{result.latency_s:.2f} s · {_stage_line(result, params)} · {report.runtime}"
     if line := panel.comparison(report.compared, "image") or report.compare_note:
         info += f" · {line}"
     return result.image, info
@@ -379,7 +386,8 @@ def _usable(profile: gr.OAuthProfile | None) -> tuple[bool, bool]:
 
 
 def _switches_for(model_id: str, profile: gr.OAuthProfile | None = None):
-    """FP8 and regional for the chosen model: enabled where they apply, else disabled with why in the label."""
+    """FP8 and regional for the chosen model: enabled where they apply, else disabled with why in the label;
+    ticked as the model runs now (or by default: regional where step caching is offered)."""
     _, usable = _usable(profile)
     row = _model(model_id)
     if row is None:  # (a stranger's id: the tab's Apply refuses it with the reason)
@@ -388,8 +396,9 @@ def _switches_for(model_id: str, profile: gr.OAuthProfile | None = None):
     fp8_label = f"FP8: {row['fp8_note'].removeprefix('FP8 ')}" if row["fp8_note"] else "FP8"
     regional_label = (f"Regional compile: {row['regional_note'].removeprefix('regional compilation is ')} (offered for: {offered})"
                       if row["regional_note"] else "Regional compile")
-    return (gr.update(interactive=usable and row["fp8"], label=fp8_label),
-            gr.update(interactive=usable and row["regional"], label=regional_label))
+    now = studio.switches_of(model_id)  # what Apply would keep: the model's switches, not the last model's
+    return (gr.update(interactive=usable and row["fp8"], label=fp8_label, value=now.fp8 and row["fp8"]),
+            gr.update(interactive=usable and row["regional"], label=regional_label, value=now.regional and row["regional"]))
 
 
 def _optimization_controls(model_id: str, profile: gr.OAuthProfile | None = None):
@@ -416,11 +425,22 @@ def _model_choices(task: str | None = None) -> list[tuple[str, str]]:
 
 def _image_controls(model_id: str):
     """The image tab's controls for the chosen model: its sizes and steps, guidance only where it uses
-    it, and the words its prompt may use where it knows a fixed set."""
+    it, the words its prompt may use where it knows a fixed set, and step caching where offered."""
     spec = _model(model_id)
     sizes = spec["sizes"] if spec else []
     return (gr.Dropdown(choices=sizes, value=sizes[0] if sizes else None), gr.Slider(value=spec["steps"] if spec else 20),
-            gr.Slider(visible=bool(spec) and spec["guidance"] is not None), gr.Markdown(spec["prompt_hint"] if spec else ""))
+            gr.Slider(visible=bool(spec) and spec["guidance"] is not None), gr.Markdown(spec["prompt_hint"] if spec else ""),
+            gr.Radio(**_step_cache_control(model_id)))
+
+
+def _step_cache_control(model_id: str) -> dict[str, Any]:
+    """The step caching choice for a model: usable where offered, else "off" and disabled with why."""
+    label = ("Step caching: steps that change little reuse the later blocks' work (\"fast\": no visible change on "
+             "the embedded DiT; \"faster\": more steps skipped)")
+    if (row := _model(model_id)) is not None and row["step_cache"]:
+        return {"label": label, "interactive": True}
+    offered = ", ".join(m["id"] for m in MODELS if m["step_cache"]) or "none"
+    return {"label": f"Step caching: not offered for {model_id} (offered for: {offered})", "interactive": False, "value": "off"}
 
 
 def _scroll_to(selector: str) -> str:
@@ -460,6 +480,7 @@ def build() -> gr.Blocks:
                                      visible=_model(DEFAULT_IMAGE)["guidance"] is not None)
             image_compare = gr.Checkbox(value=False, label="Compare with eager (runs it twice; changes nothing for others)",
                                         elem_id="image-compare")
+            step_cache = gr.Radio(list(STEP_CACHE), elem_id="image-step-cache", **{"value": "off", **_step_cache_control(DEFAULT_IMAGE)})
             with gr.Row():
                 image_button = gr.Button("Generate", variant="primary", elem_id="image-generate")
                 image_stop = gr.Button("Stop", elem_id="image-stop")
@@ -490,7 +511,7 @@ def build() -> gr.Blocks:
                                                                validator=validate_text, preprocess=False, api_visibility="private")
         text_stop.click(None, cancels=[text_run, text_example_run], api_visibility="private")
         text_button.click(None, js=_scroll_to("#text-output"), api_visibility="private")
-        image_inputs = [image_model, image_prompt, size, steps, seed, guidance, image_compare]
+        image_inputs = [image_model, image_prompt, size, steps, seed, guidance, image_compare, step_cache]
         image_run = image_button.click(generate_image, image_inputs, [image_out, image_info], api_name="generate_image",
                                        concurrency_id="device", validator=validate_image, preprocess=False)
         image_example_run = image_examples.load_input_event.then(generate_image, image_inputs, [image_out, image_info],
@@ -498,7 +519,7 @@ def build() -> gr.Blocks:
                                                                  preprocess=False, api_visibility="private")
         image_stop.click(None, cancels=[image_run, image_example_run], api_visibility="private")
         image_button.click(None, js=_scroll_to("#image-output"), api_visibility="private")
-        image_model.change(_image_controls, image_model, [size, steps, guidance, image_hint], api_visibility="private")
+        image_model.change(_image_controls, image_model, [size, steps, guidance, image_hint, step_cache], api_visibility="private")
         opt_button.click(set_optimization, [opt_model, use_aoti, fp8, regional, admin_token], opt_out, api_name="set_optimization",
                          validator=validate_optimization, preprocess=False).success(lambda rows: PANEL.cards(rows), opt_out, opt_cards, api_visibility="private")
         width = gr.Number(visible=False)

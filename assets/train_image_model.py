@@ -22,10 +22,9 @@ import torch
 
 log = logging.getLogger("train_image")
 OUT = Path(__file__).resolve().parent / "tiny-shapes-unet"
-SIZE = 32
-COLORS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (235, 200, 30)}
-SHAPES = ("circle", "square", "triangle")
-POSITIONS = {"top left": (9, 9), "top right": (9, 23), "bottom left": (23, 9), "bottom right": (23, 23), "center": (16, 16)}
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from engines.pipelines.shapes import COLORS, POSITIONS, SHAPES, SIZE  # noqa: E402  (what the models draw)
 
 
 def labels() -> list[str]:
@@ -52,15 +51,20 @@ def draw(caption: str, rng: np.random.Generator) -> np.ndarray:
     return img
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--steps", type=int, default=2500)
+def command_line(description: str, steps: int, out: Path) -> tuple[argparse.Namespace, np.random.Generator]:
+    """A training script's command line (--steps, --batch, --out), its logging, and the fixed seeds."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--steps", type=int, default=steps)
     parser.add_argument("--batch", type=int, default=48)
-    parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--out", type=Path, default=out)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.manual_seed(0)
-    rng = np.random.default_rng(0)
+    return args, np.random.default_rng(0)
+
+
+def main() -> None:
+    args, rng = command_line(__doc__, 2500, OUT)
 
     from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
 

@@ -28,6 +28,7 @@ TASKS: dict[str, tuple[str, str]] = {
     "tp": ("benchmarks.tasks.tp", "tensor parallel over the GPUs of one host"),
     "cpu": ("benchmarks.tasks.cpu", "the embedded models on the CPU, eager vs AOTI"),
     "load-speedup": ("benchmarks.tasks.load_speedup", "the speedup shown at load: compiled vs eager when the graphs are bound, its stability"),
+    "step-cache": ("benchmarks.tasks.step_cache", "step caching on the embedded DiT: steps reused, image quality and speed per level"),
     "load": ("benchmarks.tasks.load", "the app under N clients mixing every endpoint, toggles and a model switch"),
 }
 

@@ -163,6 +163,10 @@ def _image_server(spec: ModelSpec, world_size: int, device: str) -> Any:
     return serve
 
 
+STEP_CACHE_REFUSAL = ("step caching (`step_cache`) is not offered on the multi-GPU engine: each GPU would decide on "
+                      "its own part of the image; choose \"off\".")
+
+
 class DistributedEngine:
     """A model on ``world_size`` worker processes: `generate` streams text like `TextModel` (tensor
     parallel), `generate_image` returns an image like `ImageModel` (context parallel)."""
@@ -274,6 +278,10 @@ class DistributedEngine:
             yield step
 
     def generate_image(self, prompt: str, params: ImageParams) -> ImageResult:
-        """One image (an image model); every rank denoises its part of the sequence."""
+        """One image (an image model); every rank denoises its part of the sequence. Step caching is
+        refused: each rank would judge the first block's residual on its own part of the sequence and
+        could skip blocks another rank runs (their collectives would never meet)."""
+        if params.step_cache != "off":
+            raise ValueError(STEP_CACHE_REFUSAL)
         images = [payload for kind, payload in self._ask(prompt, params) if kind == "image"]
         return images[-1]

@@ -29,6 +29,7 @@ class ImageParams:
     steps: int
     seed: int = 0
     guidance: float | None = None
+    step_cache: str = "off"  # a level of `STEP_CACHE`: "off", "fast" or "faster"
 
 
 @dataclass
@@ -37,6 +38,8 @@ class ImageResult:
     latency_s: float
     step_ms: list[float] = field(default_factory=list)
     stages_s: dict[str, float] = field(default_factory=dict)  # seconds per stage: `STAGES`, those the pipeline has
+    cached_steps: list[int] = field(default_factory=list)  # the steps that reused the blocks' residual (step caching)
+    step_cache_note: str = ""  # why step caching stopped part-way, where it did
 
 
 MAX_STEPS = 50  # denoising steps a request may ask for (the UI's slider too)
@@ -44,6 +47,14 @@ GUIDANCE_MAX = 10.0
 MAX_PROMPT_CHARS = 1000
 TEXT_ENCODERS = ("text_encoder", "text_encoder_2", "text_encoder_3")
 STAGES = ("text encoding", "denoising", "VAE decode")
+# Step caching levels (`aoti.step_cache`), the thresholds chosen on the embedded DiT (its first block's
+# residual changes 8-17 % a step over 20 steps): "fast" reuses about a quarter of the steps, "faster"
+# about half, each still drawing its prompt (BENCHMARKS.md, "Step caching").
+STEP_CACHE: dict[str, aoti.StepCacheConfig | None] = {
+    "off": None,
+    "fast": aoti.StepCacheConfig(threshold=0.12, warmup_steps=2, max_in_a_row=3),
+    "faster": aoti.StepCacheConfig(threshold=0.2, warmup_steps=2, max_in_a_row=3),
+}
 
 
 class StageClock:
@@ -96,7 +107,7 @@ class StageClock:
 
 def prompt_hint(spec: ModelSpec) -> str:
     """What a prompt for ``spec`` can say, where the model knows a fixed vocabulary ("" otherwise)."""
-    if spec.pipeline != "shapes":
+    if not spec.embedded_shapes:
         return ""
     from .pipelines.shapes import labels_at, vocabulary
 
@@ -117,7 +128,12 @@ def check_image_request(spec: ModelSpec, prompt: str, params: ImageParams) -> No
         raise ValueError(f"size {params.width}x{params.height} is not offered for {spec.id}; choose one of {sizes}.")
     if not 1 <= params.steps <= MAX_STEPS:
         raise ValueError(f"`steps` must be between 1 and {MAX_STEPS}, got {params.steps}.")
-    if spec.pipeline == "shapes":  # its vocabulary is known without loading it: refused at the door, loaded or not
+    if params.step_cache not in STEP_CACHE:
+        raise ValueError(f"`step_cache` must be one of {', '.join(STEP_CACHE)}, got {params.step_cache!r}.")
+    if params.step_cache != "off" and not spec.step_cache:
+        raise ValueError(f"step caching (`step_cache`) is not offered for {spec.id}: its denoiser's blocks can't be skipped "
+                         "one by one; choose \"off\".")
+    if spec.embedded_shapes:  # its vocabulary is known without loading it: refused at the door, loaded or not
         from .pipelines.shapes import label_for, labels_at
 
         label_for(prompt, labels_at(spec.source))
@@ -151,9 +167,13 @@ class ImageModel:
 
     def __init__(self, spec: ModelSpec, device: str = "cpu", offload_encoders: bool = False) -> None:
         self.spec = spec
-        self.shapes = spec.pipeline == "shapes"
+        self.shapes = spec.embedded_shapes
         dtype = torch.float32 if device == "cpu" else getattr(torch, spec.dtype)
-        if self.shapes:
+        if spec.pipeline == "shapes-dit":
+            from .pipelines.shapes_dit import ShapesDiTPipeline
+
+            self.pipe = ShapesDiTPipeline.from_pretrained(spec.source, torch_dtype=dtype)
+        elif self.shapes:
             from .pipelines import ShapesPipeline
 
             self.pipe = ShapesPipeline.from_pretrained(spec.source, torch_dtype=dtype)
@@ -254,13 +274,21 @@ class ImageModel:
 
     def check_inputs(self, prompt: str, params: ImageParams) -> None:
         check_image_request(self.spec, prompt, params)
+        if params.step_cache != "off" and (why := aoti.step_cache_refusal(self.denoiser)):
+            raise ValueError(f"step caching (`step_cache`) can't run on {self.spec.id} now: {why}.")
         if self.shapes:
             self.pipe.check_inputs(prompt)
 
     @torch.no_grad()
-    def generate(self, prompt: str, params: ImageParams, progress=None) -> ImageResult:
-        """Generate one image; each step's time and each stage's (`StageClock`) are measured."""
+    def generate(self, prompt: str, params: ImageParams, progress=None,
+                 step_cache: aoti.StepCacheConfig | None = None) -> ImageResult:
+        """Generate one image; each step's time and each stage's (`StageClock`) are measured. With
+        ``params.step_cache`` on, steps that change little reuse the residual of the denoiser's blocks
+        after the first (`aoti.step_cache`); which steps did is in the result. ``step_cache``: a config
+        in place of the level's (a benchmark's fixed schedule)."""
         self.check_inputs(prompt, params)
+        config = step_cache or STEP_CACHE[params.step_cache]
+        caching = aoti.step_cache(self.denoiser, config) if config else contextlib.nullcontext(aoti.StepCacheStats())
         clock = StageClock(self.pipe, self.denoiser, sync=self.device != "cpu")
 
         def on_step(i: int, total: int) -> None:
@@ -270,7 +298,8 @@ class ImageModel:
 
         start = clock.now()
         try:
-            image = self._run(prompt, params, on_step)
+            with caching as cache_stats:
+                image = self._run(prompt, params, on_step)
         finally:
             steps, stages = clock.close()
-        return ImageResult(image, clock.now() - start, steps, stages)
+        return ImageResult(image, clock.now() - start, steps, stages, cache_stats.cached_steps, cache_stats.fallback or "")

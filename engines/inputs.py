@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from .image import GUIDANCE_MAX, MAX_STEPS, ImageParams
+from .image import GUIDANCE_MAX, MAX_STEPS, STEP_CACHE, ImageParams
 from .recipes import Switches
 from .text import TEMPERATURE_MAX, SamplingParams
 
@@ -66,16 +66,19 @@ def text_params(max_new_tokens: Any, temperature: Any, speculative: Any = False,
                           speculative=flag("speculative", speculative))
 
 
-def image_params(size: Any, steps: Any, seed: Any, guidance: Any, uses_guidance: bool) -> ImageParams:
+def image_params(size: Any, steps: Any, seed: Any, guidance: Any, uses_guidance: bool, step_cache: Any = "off") -> ImageParams:
     """Image parameters from raw values; ``guidance`` is checked either way (a wrong value is a wrong
-    request) and kept only where the model uses it."""
+    request) and kept only where the model uses it; ``step_cache``: one of `STEP_CACHE`'s levels."""
     try:
         width, height = (int(v) for v in text("size", size).lower().split("x"))
     except ValueError:
         raise ValueError(f"size must look like 32x32, got {size!r}."[:200]) from None
     scale = number("guidance", guidance, 0, GUIDANCE_MAX)
+    level = text("step_cache", step_cache)
+    if level not in STEP_CACHE:
+        raise ValueError(f"`step_cache` must be one of {', '.join(STEP_CACHE)}, got {level!r}."[:200])
     return ImageParams(height, width, whole_number("steps", steps, 1, MAX_STEPS), whole_number("seed", seed, 0, SEED_MAX),
-                       scale if uses_guidance else None)
+                       scale if uses_guidance else None, level)
 
 
 def switches(use_aoti: Any, fp8: Any, regional: Any) -> Switches:

@@ -26,6 +26,9 @@ class RequestRecord:
     steps: int | None = None
     step_ms: float | None = None
     stages_s: dict[str, float] | None = None  # an image's seconds per stage (text encoding, denoising, VAE decode)
+    step_cache: str = ""  # an image's step caching level where on ("fast", "faster"),
+    cached_steps: int | None = None  # the steps of it that reused the blocks' residual,
+    step_cache_note: str = ""  # and why caching stopped part-way, where it did
     peak_mem_mb: float | None = None
     worker_pid: int | None = None  # the process that ran it (a ZeroGPU worker, or this one)
     bind_s: float | None = None  # seconds that process spent binding compiled graphs first (a fresh worker)

@@ -49,6 +49,12 @@ class Recipe:
         return Recipe(transforms, self.options.replace(preset=preset))
 
 
+def default_switches(spec: ModelSpec) -> Switches:
+    """A model's switches until the owner sets them: compiled, regionally where step caching is offered
+    (it skips the blocks of a regional build)."""
+    return Switches(regional=spec.step_cache)
+
+
 def fp8_refusal(spec: ModelSpec, device: DeviceInfo) -> str:
     """Why FP8 weights can't be asked for ``spec`` on ``device`` ("" where they can)."""
     if not device.fp8:

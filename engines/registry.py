@@ -33,8 +33,11 @@ class ModelSpec:
         max_new_tokens / max_prompt_tokens: text limits; sizes: image (height, width) buckets.
         steps: default denoising steps; guidance: default guidance scale (None: not used).
         fp8: whether an FP8 preset is offered; regional: whether regional compile is offered.
-        pipeline: image models only: "diffusers" (any `DiffusionPipeline`) or "shapes" (the embedded
-            label-conditioned `ShapesPipeline`).
+        step_cache: image models only: whether step caching is offered (`aoti.step_cache`: its denoiser's
+            blocks can be skipped one by one); such a model is compiled regionally unless the owner says not.
+        pipeline: image models only: "diffusers" (any `DiffusionPipeline`), or one of the embedded
+            label-conditioned pipelines: "shapes" (`ShapesPipeline`, a UNet) or "shapes-dit"
+            (`ShapesDiTPipeline`, a FLUX transformer).
         family: the architecture family where the optimizations know one ("flux": FLUX attention's
             fused norm + rotary kernel on GPUs).
         draft: text models only: the id of a smaller model with the same tokenizer that drafts tokens
@@ -56,6 +59,7 @@ class ModelSpec:
     guidance: float | None = None
     fp8: bool = True
     regional: bool = False
+    step_cache: bool = False
     pipeline: str = "diffusers"
     family: str = ""
     draft: str = ""
@@ -66,6 +70,11 @@ class ModelSpec:
     @property
     def is_local(self) -> bool:
         return Path(self.source).is_absolute()
+
+    @property
+    def embedded_shapes(self) -> bool:
+        """One of the embedded label-conditioned pipelines (a fixed vocabulary, no text encoders)."""
+        return self.pipeline in ("shapes", "shapes-dit")
 
 
 def _hub_cached(repo_id: str, revision: str | None) -> tuple[bool, str | None]:
@@ -129,6 +138,13 @@ CATALOG: tuple[ModelSpec, ...] = (
         description="Embedded 2M-parameter label-conditioned UNet that draws shapes (assets/train_image_model.py).",
     ),
     ModelSpec(
+        id="tiny-shapes-dit", task="image", source=str(ASSETS / "tiny-shapes-dit"), params_b=0.0023,
+        compile_module="transformer", sizes=((32, 32),), steps=20, fp8=False, regional=True, step_cache=True,
+        pipeline="shapes-dit", family="flux",
+        description="Embedded 2.3M-parameter FLUX transformer (2 joint, 4 single blocks) that draws the same shapes "
+                    "(assets/train_dit_model.py).",
+    ),
+    ModelSpec(
         id="qwen2.5-0.5b-instruct", task="text", source="Qwen/Qwen2.5-0.5B-Instruct", params_b=0.49,
         compile_module="decoder", max_new_tokens=512, max_prompt_tokens=1024,
     ),
@@ -143,12 +159,12 @@ CATALOG: tuple[ModelSpec, ...] = (
     ModelSpec(
         id="flux.1-schnell", task="image", source="black-forest-labs/FLUX.1-schnell", params_b=12.0 + 4.9, encoders_b=4.9,
         compile_module="transformer", sizes=((1024, 1024), (768, 1344), (1344, 768)), steps=4, guidance=None,
-        regional=True, family="flux",
+        regional=True, step_cache=True, family="flux",
     ),
     ModelSpec(
         id="flux.1-dev", task="image", source="black-forest-labs/FLUX.1-dev", params_b=12.0 + 4.9, encoders_b=4.9,
         compile_module="transformer", sizes=((1024, 1024), (768, 1344), (1344, 768)), steps=28, guidance=3.5,
-        regional=True, family="flux",
+        regional=True, step_cache=True, family="flux",
     ),
     ModelSpec(
         id="sd3.5-medium", task="image", source="stabilityai/stable-diffusion-3.5-medium", params_b=2.5 + 5.6, encoders_b=5.6,

@@ -19,11 +19,11 @@ import aoti
 from . import inputs, registry
 from .access import RateLimit, ServedModels
 from .device import DeviceInfo, discover
-from .distributed import DistributedEngine
+from .distributed import STEP_CACHE_REFUSAL, DistributedEngine
 from .image import ImageParams, ImageResult, check_image_request, prompt_hint
 from .lightweight import LightweightEngine
 from .metrics import Metrics, median
-from .recipes import Switches, check_switches, fp8_refusal, recipe_for, regional_refusal
+from .recipes import Switches, check_switches, default_switches, fp8_refusal, recipe_for, regional_refusal
 from .select import choose
 from .state import ModelState, Phase
 from .text import SamplingParams, TextModel, TextStep, check_text_request
@@ -59,7 +59,7 @@ class Studio:
     # --- catalog -----------------------------------------------------------------------------------
 
     def models(self) -> list[dict[str, Any]]:
-        """The catalog: per model, whether it can run here and how (engine, FP8, regional, sizes)."""
+        """The catalog: per model, whether it can run here and how (engine, FP8, regional, step caching, sizes)."""
         rows = []
         for spec in registry.CATALOG:
             available, why = registry.availability(spec)
@@ -72,7 +72,7 @@ class Studio:
                 "available": available, "reason": why, "engine": decision.engine, "fits": decision.reason,
                 "sizes": [f"{w}x{h}" for h, w in spec.sizes], "steps": spec.steps, "guidance": spec.guidance,
                 "max_new_tokens": spec.max_new_tokens, "fp8": not fp8_note, "fp8_note": fp8_note,
-                "regional": not regional_note, "regional_note": regional_note,
+                "regional": not regional_note, "regional_note": regional_note, "step_cache": spec.step_cache,
                 "state": str(self.states[spec.id].phase), "served": self.served.get(spec.task) == spec.id,
                 "prompt_hint": prompt_hint(spec) if spec.task == "image" else "",
             })
@@ -105,9 +105,13 @@ class Studio:
 
     def startup_models(self, requested: str | None = None) -> list[str]:
         """The models to load at startup: ``requested`` (comma-separated ids, at most one per task, as in
-        ``$AOTI_STARTUP_MODELS``), else the embedded ones. A ValueError names what is wrong."""
+        ``$AOTI_STARTUP_MODELS``), else the first embedded one of each task. A ValueError names what is wrong."""
         if not requested or not requested.strip():
-            return [s.id for s in registry.CATALOG if s.is_local]
+            first: dict[str, str] = {}
+            for spec in registry.CATALOG:
+                if spec.is_local:
+                    first.setdefault(spec.task, spec.id)
+            return list(first.values())
         ids = [i.strip() for i in requested.split(",") if i.strip()]
         try:
             tasks = [registry.get(i).task for i in ids]
@@ -118,9 +122,9 @@ class Studio:
         return ids
 
     def startup(self, model_ids: list[str] | None = None, compile: bool = True, background: bool = True) -> None:
-        """Load the given (default: the embedded) models so they serve eagerly, then compile or load
+        """Load the given (default: `startup_models`) models so they serve eagerly, then compile or load
         their AOTI graphs (in the background unless ``background=False``)."""
-        specs = [registry.get(i) for i in model_ids] if model_ids else [s for s in registry.CATALOG if s.is_local]
+        specs = [registry.get(i) for i in model_ids or self.startup_models()]
         for spec in [s for s in specs if not registry.availability(s)[0]]:  # said on its card, not dropped
             why = registry.availability(spec)[1]
             log.warning("startup: %s is not loaded: %s", spec.id, why)
@@ -132,7 +136,11 @@ class Studio:
         if self.gpu_in_workers:
             aoti.preload()  # every GPU worker forked from here binds its graphs without these imports
         for spec in specs if compile else []:
-            self._optimize(spec.id, Switches(), background=background)
+            self._optimize(spec.id, default_switches(spec), background=background)
+
+    def switches_of(self, model_id: str) -> Switches:
+        """The switches ``model_id`` runs (or would run) with: the owner's last, else its defaults."""
+        return self.states[model_id].switches or default_switches(registry.get(model_id))
 
     def check_optimization(self, model_id: str, switches: Switches) -> None:
         """A ValueError for a model that is not available here, and for switches this model or device
@@ -194,6 +202,8 @@ class Studio:
         spec = self.check_model(model_id, "image")
         self.served.check(model_id, "image")
         inputs.text("prompt", prompt)
+        if params.step_cache != "off" and choose(spec, self.device).engine == "distributed":
+            raise ValueError(STEP_CACHE_REFUSAL)
         model = self.engine.models.get(model_id)
         if model is not None and model.spec.task == "image":
             model.check_inputs(prompt, params)  # `check_image_request` and the pipeline's own checks
@@ -210,9 +220,10 @@ class Studio:
 
     # --- GPU calls (a ZeroGPU worker, or this process): run, and return plain data ------------------------
 
-    def serve_compile(self, model_ids: list[str], switches: Switches) -> list[dict[str, Any]]:
+    def serve_compile(self, model_ids: list[str], switches: Switches | None) -> list[dict[str, Any]]:
         """Compile (or load from the cache) each model's graphs here and return their states as rows,
-        with the artifact references other processes bind (`Ledger.record_compiles`)."""
+        with the artifact references other processes bind (`Ledger.record_compiles`). ``switches``:
+        None for each model's `default_switches`."""
         enter_worker(self.engine)
         rows = []
         for model_id in model_ids:
@@ -221,7 +232,7 @@ class Studio:
                 rows.append({**self.states[model_id].as_row(), "state": "fallback",
                              "reason": f"not compiled: unavailable in the GPU worker: {why}", "ref": None})
                 continue
-            rows.append(self._optimize(model_id, switches, background=False).as_row())
+            rows.append(self._optimize(model_id, switches or default_switches(registry.get(model_id)), background=False).as_row())
         return rows
 
     def serve_text(self, model_id: str, prompt: str, params: SamplingParams, binding: Binding | None = None,

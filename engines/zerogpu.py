@@ -29,7 +29,7 @@ from .device import discover
 from .image import ImageParams, ImageResult
 from .lightweight import LightweightEngine
 from .metrics import Metrics, RequestRecord, median, peak_mb, reset_peak_memory
-from .recipes import Switches
+from .recipes import Switches, default_switches
 from .select import estimate_bytes
 from .state import ModelState, Phase
 from .text import SamplingParams, TextStep
@@ -86,10 +86,11 @@ class Ledger:
 
     # --- compiles in a worker ----------------------------------------------------------------------
 
-    def mark_compiling(self, model_ids: list[str], switches: Switches) -> None:
-        """Show a compile that runs in a GPU worker (the model keeps serving what it served)."""
+    def mark_compiling(self, model_ids: list[str], switches: Switches | None) -> None:
+        """Show a compile that runs in a GPU worker (the model keeps serving what it served); ``switches``
+        None for each model's `default_switches`."""
         for model_id in model_ids:
-            self.states.compiling(model_id, switches, "compiling in a GPU worker", "in a GPU worker",
+            self.states.compiling(model_id, switches or default_switches(registry.get(model_id)), "compiling in a GPU worker", "in a GPU worker",
                                   self.states[model_id].build.compile_s)
 
     def compile_failed(self, model_ids: list[str], reason: str) -> None:
@@ -121,15 +122,17 @@ class Ledger:
         ), report, 1 / rate if rate and acceptance is None else None)
 
     def record_image(self, model_id: str, result: ImageResult | None, latency_s: float, report: RunReport | None = None,
-                     error: str | None = None) -> None:
+                     error: str | None = None, params: ImageParams | None = None) -> None:
         """Record a finished (or failed) image request with what the worker reported."""
         steps = result.step_ms if result else []
         step_ms = median(steps)
+        caching = params is not None and params.step_cache != "off"
         self._record(RequestRecord(
             model_id, "image", report.runtime if report else self.expected_runtime(model_id), latency_s,
-            steps=len(steps) or None, step_ms=step_ms, stages_s=result.stages_s if result else None, ok=error is None,
-            error=error,
-        ), report, step_ms / 1e3 if step_ms else None)
+            steps=len(steps) or None, step_ms=step_ms, stages_s=result.stages_s if result else None,
+            step_cache=params.step_cache if caching else "", cached_steps=len(result.cached_steps) if caching and result else None,
+            step_cache_note=result.step_cache_note if result else "", ok=error is None, error=error,
+        ), report, step_ms / 1e3 if step_ms and not caching else None)  # a cached step is not the compiled step's speed
 
     def _record(self, record: RequestRecord, report: RunReport | None, unit_s: float | None) -> None:
         if report is not None:

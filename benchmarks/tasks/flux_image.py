@@ -10,6 +10,9 @@ Variants, in this order, on the one loaded pipeline:
   eager  bf16 end to end
   ours   the app's recipe: the cold build (an empty cache) timed, then the image
   warm   a fresh process with the cache warm: process start to the first denoising step and to the image
+  cached_40, cached_60   the app's build with step caching (`aoti.step_cache`) at a fixed schedule: that share
+         of the steps reuses the blocks' residual (random weights make a threshold meaningless; the
+         thresholds' quality is measured on the embedded DiT); the cached and the full step's times apart
   peer_bf16  diffusers' `compile_repeated_blocks` (torch.compile per block), bf16 (also on the CPU, for --tiny)
   peer   torchao FP8 (dynamic row-wise) + `compile_repeated_blocks`, where torchao is installed; the
          peers rewrite the transformer, so they run last
@@ -157,14 +160,32 @@ def image_numbers(result, reference: np.ndarray | None) -> dict[str, Any]:
     return out
 
 
-def generate(model, params, device: str, repeats: int):
+def generate(model, params, device: str, repeats: int, step_cache=None):
     """The image of the median of ``repeats`` runs (after one warm-up), with the peak memory."""
     from engines.metrics import peak_mb, reset_peak_memory
 
     model.generate(PROMPT, dataclasses.replace(params, steps=2))  # first calls at these shapes
     reset_peak_memory(device)
-    runs = sorted((model.generate(PROMPT, params) for _ in range(repeats)), key=lambda r: r.latency_s)
+    runs = sorted((model.generate(PROMPT, params, step_cache=step_cache) for _ in range(repeats)), key=lambda r: r.latency_s)
     return runs[len(runs) // 2], peak_mb(device)
+
+
+def cache_schedule(steps: int, share: float) -> tuple[bool, ...]:
+    """``share`` of ``steps`` cached, spread evenly after a full first step (which the others reuse)."""
+    cached = min(round(share * steps), steps - 1)
+    picks = {1 + math.floor(i * (steps - 1) / cached) for i in range(cached)} if cached else set()
+    return tuple(i in picks for i in range(steps))
+
+
+def step_times(result) -> dict[str, Any]:
+    """A cached run's steps: the full and the cached step's median ms, and what a cached step costs."""
+    cached = [ms for i, ms in enumerate(result.step_ms) if i in set(result.cached_steps)]
+    full = [ms for i, ms in enumerate(result.step_ms) if i not in set(result.cached_steps)]
+    out: dict[str, Any] = {"cached_steps": len(cached), "full_step_ms": round(float(np.median(full)), 2)}
+    if cached:
+        out["cached_step_ms"] = round(float(np.median(cached)), 2)
+        out["cached_over_full"] = round(out["cached_step_ms"] / out["full_step_ms"], 3)
+    return out
 
 
 def warm_start(size: int, steps: int, cache_dir: str, tiny: bool) -> dict[str, Any]:
@@ -200,7 +221,7 @@ def warm_start(size: int, steps: int, cache_dir: str, tiny: bool) -> dict[str, A
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True)
-    parser.add_argument("--variants", default="eager,ours,warm,peer_bf16,peer")
+    parser.add_argument("--variants", default="eager,ours,cached_40,cached_60,warm,peer_bf16,peer")
     parser.add_argument("--size", type=int, default=None, help="image side (1024; 64 with --tiny)")
     parser.add_argument("--steps", type=int, default=28)
     parser.add_argument("--repeats", type=int, default=3)
@@ -260,13 +281,21 @@ def main(argv: list[str] | None = None) -> None:
             rec.variant(name, {**image_numbers(result, reference.get("image")), "peak_mb": peak},
                         build_s=status.compile_s, runtime=status.runtime, transforms=status.transforms,
                         cuda_graphs=status.cuda_graphs, fallbacks=status.fallbacks)
-            model.restore()
+        elif name.startswith("cached_"):
+            if model.ref is None:
+                rec.variant(name, {"skipped": "runs on the 'ours' build: list it first"})
+                return
+            schedule = cache_schedule(args.steps, int(name.removeprefix("cached_")) / 100)
+            result, peak = generate(model, params, device, args.repeats, aoti.StepCacheConfig(schedule=schedule))
+            rec.variant(name, {**image_numbers(result, reference.get("image")), "peak_mb": peak, **step_times(result)},
+                        schedule="".join("c" if c else "f" for c in schedule))
         elif name == "warm":
             command = ["--warm-start", "--size", str(size), "--steps", str(args.steps), "--hf-home", args.hf_home,
                        "--cache", args.cache, "--out", "-"] + (["--tiny"] if args.tiny else [])
             code = f"import sys; from benchmarks.tasks.flux_image import main; main({command!r})"
             rec.variant(name, json_from_fresh_process(code, timeout=1800))
         elif name in ("peer", "peer_bf16"):
+            model.restore()  # (the peers start from the eager transformer)
             rec.variant(name, peer(model, params, device, args, reference.get("image"), fp8=name == "peer"))
         else:
             raise ValueError(f"unknown variant {name}")
@@ -276,6 +305,8 @@ def main(argv: list[str] | None = None) -> None:
         eager, ours = rec.variants["eager"], rec.variants["ours"]
         rec.meta["speedup_end_to_end"] = round(eager["image_s"] / ours["image_s"], 2)
         rec.meta["speedup_step"] = round(eager["median_step_ms"] / ours["median_step_ms"], 2)
+        for name in [v for v in rec.variants if v.startswith("cached_") and "image_s" in rec.variants[v]]:
+            rec.meta[f"speedup_end_to_end_{name}"] = round(eager["image_s"] / rec.variants[name]["image_s"], 2)
         rec.save()
     print(json.dumps({k: rec.meta.get(k) for k in ("speedup_end_to_end", "speedup_step")}), file=sys.stderr)
 

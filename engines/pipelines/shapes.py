@@ -18,15 +18,42 @@ from PIL import Image
 
 StepCallback = Callable[[int, int], None]
 
+# What the embedded image models were trained to draw (assets/train_image_model.py draws it).
+SIZE = 32
+COLORS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (235, 200, 30)}
+SHAPES = ("circle", "square", "triangle")
+POSITIONS = {"top left": (9, 9), "top right": (9, 23), "bottom left": (23, 9), "bottom right": (23, 23), "center": (16, 16)}
+
+
+def draws(image: Image.Image, caption: str) -> bool:
+    """Whether ``image`` shows ``caption`` ("a red circle, top left") recognisably: a blob of the
+    caption's colour (20+ pixels) centred within 4.5 pixels of the named position, and any other
+    colour of the palette at most a quarter of it. (The shape is not judged: at 32x32 the UNet's
+    circles fill their box as its squares do.)"""
+    color, rest = caption[2:].split(" ", 1)
+    position = rest.split(", ")[1]
+    pixels = np.asarray(image.convert("RGB"), dtype=np.int32)
+
+    def near(rgb: tuple[int, int, int]) -> np.ndarray:
+        return np.abs(pixels - np.array(rgb)).sum(-1) < 90
+
+    mask = near(COLORS[color])
+    if mask.sum() < 20 or any(near(rgb).sum() > mask.sum() / 4 for name, rgb in COLORS.items() if name != color):
+        return False
+    rows, cols = np.nonzero(mask)
+    cy, cx = POSITIONS[position]
+    return abs(rows.mean() - cy) <= 4.5 and abs(cols.mean() - cx) <= 4.5
+
 
 @functools.lru_cache(maxsize=8)
-def _meta(path: str | Path) -> dict:
+def read_meta(path: str | Path) -> dict:
+    """A saved model's labels.json: its labels, in class-id order, and its image size."""
     return json.loads((Path(path) / "labels.json").read_text())
 
 
 def labels_at(path: str | Path) -> list[str]:
     """The trained labels of the model saved at ``path`` ("a red circle, top left", ...), without its weights."""
-    return list(_meta(path)["labels"])
+    return list(read_meta(path)["labels"])
 
 
 def vocabulary(labels: list[str]) -> str:
@@ -56,11 +83,53 @@ def label_for(prompt: str, labels: list[str]) -> int:
     return labels.index(f"a {color} {shape}, {position or 'center'}")
 
 
-class ShapesPipeline:
-    """``ShapesPipeline.from_pretrained(path)`` then ``pipe(prompt, num_inference_steps=20)``."""
+class LabelPipeline:
+    """What the embedded pipelines share: the labels a prompt is mapped onto, one square size, the
+    denoiser (the first of `components`), and pixels from the sampled image. A subclass draws in
+    ``__call__(prompt, num_inference_steps, generator, height, width, callback)``."""
+
+    def __init__(self, labels: list[str], size: int) -> None:
+        self.labels, self.size = labels, size
+
+    @property
+    def components(self) -> dict[str, torch.nn.Module]:
+        raise NotImplementedError
+
+    def to(self, device: str) -> LabelPipeline:
+        for module in self.components.values():
+            module.to(device)
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return next(next(iter(self.components.values())).parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(next(iter(self.components.values())).parameters()).dtype
+
+    def check_inputs(self, prompt: str) -> int:
+        """The label id for ``prompt``; a ValueError that lists the known words otherwise."""
+        return label_for(prompt, self.labels)
+
+    def check_size(self, height: int | None, width: int | None) -> None:
+        if (height or self.size) != self.size or (width or self.size) != self.size:
+            raise ValueError(f"this model draws {self.size}x{self.size} images only.")
+
+    @staticmethod
+    def to_image(sample: torch.Tensor) -> Image.Image:
+        """A (1, 3, H, W) sample in [-1, 1] as an RGB image."""
+        pixels = ((sample[0].float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
+        return Image.fromarray(np.ascontiguousarray(pixels))
+
+
+class ShapesPipeline(LabelPipeline):
+    """``ShapesPipeline.from_pretrained(path)`` then ``pipe(prompt, num_inference_steps=20)``: a
+    label-conditioned UNet2DModel and DDIM."""
 
     def __init__(self, unet: torch.nn.Module, scheduler: object, labels: list[str], size: int) -> None:
-        self.unet, self.scheduler, self.labels, self.size = unet, scheduler, labels, size
+        super().__init__(labels, size)
+        self.unet, self.scheduler = unet, scheduler
 
     @classmethod
     def from_pretrained(cls, path: str | Path, torch_dtype: torch.dtype = torch.float32) -> ShapesPipeline:
@@ -69,36 +138,25 @@ class ShapesPipeline:
         path = Path(path)
         unet = UNet2DModel.from_pretrained(path / "unet", torch_dtype=torch_dtype).eval()
         scheduler = DDIMScheduler.from_pretrained(path / "scheduler")
-        meta = _meta(path)
+        meta = read_meta(path)
         return cls(unet, scheduler, meta["labels"], meta["size"])
 
-    def to(self, device: str) -> ShapesPipeline:
-        self.unet.to(device)
-        return self
-
     @property
-    def device(self) -> torch.device:
-        return next(self.unet.parameters()).device
-
-    def check_inputs(self, prompt: str) -> int:
-        """The label id for ``prompt``; a ValueError that lists the known words otherwise."""
-        return label_for(prompt, self.labels)
+    def components(self) -> dict[str, torch.nn.Module]:
+        return {"unet": self.unet}
 
     @torch.no_grad()
     def __call__(
         self, prompt: str, num_inference_steps: int = 20, generator: torch.Generator | None = None,
         height: int | None = None, width: int | None = None, callback: StepCallback | None = None,
     ) -> Image.Image:
-        if (height or self.size) != self.size or (width or self.size) != self.size:
-            raise ValueError(f"this model draws {self.size}x{self.size} images only.")
+        self.check_size(height, width)
         label = torch.tensor([self.check_inputs(prompt)], device=self.device)
-        dtype = next(self.unet.parameters()).dtype
-        sample = torch.randn((1, 3, self.size, self.size), generator=generator, device=self.device, dtype=dtype)
+        sample = torch.randn((1, 3, self.size, self.size), generator=generator, device=self.device, dtype=self.dtype)
         self.scheduler.set_timesteps(num_inference_steps, device=self.device)
         for i, t in enumerate(self.scheduler.timesteps):
             noise = self.unet(sample, t.reshape(1), class_labels=label, return_dict=False)[0]
             sample = self.scheduler.step(noise, t, sample, generator=generator).prev_sample
             if callback is not None:
                 callback(i, num_inference_steps)
-        pixels = ((sample[0].float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
-        return Image.fromarray(np.ascontiguousarray(pixels))
+        return self.to_image(sample)

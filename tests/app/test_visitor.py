@@ -14,7 +14,7 @@ from tests.app.conftest import BROKEN_HUB_MODEL, OWNER_TOKEN
 
 TEXT, IMAGE = "tiny-llama-pydoc", "tiny-shapes-unet"
 GOOD_TEXT = (TEXT, "If the file", 4, 0.0, False, False)
-GOOD_IMAGE = (IMAGE, "a red circle, top left", "32x32", 4, 0, 0.0, False)
+GOOD_IMAGE = (IMAGE, "a red circle, top left", "32x32", 4, 0, 0.0, False, "off")
 
 
 def _status(client) -> list[dict]:
@@ -68,6 +68,9 @@ IMAGE_ATTEMPTS = [
     (5, "abc", "guidance", "`guidance` must be a number"),
     (5, 1e9, "guidance", "`guidance` must be between 0 and 10"),
     (6, "yes", "compare", "`compare` must be true or false"),
+    (7, "fastest", "step_cache", "`step_cache` must be one of off, fast, faster, got 'fastest'"),
+    (7, 2, "step_cache", "`step_cache` must be text"),
+    (7, "fast", "step_cache", "step caching .* is not offered for tiny-shapes-unet"),
 ]
 
 

@@ -28,16 +28,28 @@ def test_flux_step_records_eager_and_aoti(tmp_path):
 
 def test_the_whole_flux_image_is_timed_by_stage_compiled_and_warm_started(tmp_path):
     """A toy FLUX.1-dev written into a Hugging Face cache, found by the registry's id, served eager,
-    compiled (regional) and warm-started in a fresh process from the cache."""
-    result = _run("flux-image", tmp_path / "flux_image.json", "--steps", "2", "--repeats", "1", "--variants", "eager,ours,warm",
-                  "--hf-home", str(tmp_path / "hf"), "--cache", str(tmp_path / "aoti"))
-    eager, ours, warm = (result["variants"][v] for v in ("eager", "ours", "warm"))
+    compiled (regional), step-cached at a fixed schedule, and warm-started in a fresh process from the cache."""
+    result = _run("flux-image", tmp_path / "flux_image.json", "--steps", "3", "--repeats", "1", "--variants",
+                  "eager,ours,cached_40,warm", "--hf-home", str(tmp_path / "hf"), "--cache", str(tmp_path / "aoti"))
+    eager, ours, cached, warm = (result["variants"][v] for v in ("eager", "ours", "cached_40", "warm"))
+    assert cached["schedule"] == "fcf" and cached["cached_steps"] == 1 and cached["cached_over_full"] > 0, cached
+    assert result["speedup_end_to_end_cached_40"] > 0
     assert list(eager["stages_s"]) == ["text encoding", "denoising", "VAE decode"]
     assert ours["runtime"] == "aoti" and ours["build_s"] > 0 and ours["vs_eager"]["max_pixel_diff"] <= 2
     marks = warm["marks_s"]
     assert warm["cache_hit"] and warm["runtime"] == "aoti" and 0 < marks["bound"] < marks["first_step_done"] <= marks["image"]
     assert marks["loaded"] <= marks["stage: transform"] <= marks["stage: capture"] <= marks["stage: swap in"] <= marks["bound"]
     assert result["placement"].startswith("fits one device") and result["speedup_end_to_end"] > 0
+
+
+def test_step_caching_on_the_embedded_dit_records_quality_and_speed_per_level(tmp_path, cache_dir):
+    """Each level draws the labels; "off" is the reference (identical to itself), the others reuse steps."""
+    result = _run("step-cache", tmp_path / "step_cache.json", "--cache", str(cache_dir))
+    off, fast, faster = (result["variants"][v] for v in ("off", "fast", "faster"))
+    assert result["runtime"] == "aoti" and result["build"].startswith("regional")
+    assert off["images"] == 4 and off["identical_to_off"] == 4 and off["steps_cached_mean"] == 0
+    assert 0 < fast["steps_cached_mean"] <= faster["steps_cached_mean"]
+    assert fast["drawn_recognisably"] == 4 and fast["speedup_vs_off"] > 0 and len(fast["speedup_p10_p90"]) == 2
 
 
 def test_a_text_models_warm_start_is_timed_from_the_process_start(tmp_path, cache_dir):

@@ -86,3 +86,14 @@ def test_a_model_without_a_context_parallel_plan_is_refused_clearly(image_spec):
     with pytest.raises(RuntimeError, match="tiny-shapes-unet failed to start: ValueError: UNet2DModel has no context-parallel plan in diffusers"):
         engine.start()
     assert engine.processes == []
+
+
+def test_step_caching_is_refused_on_the_multi_gpu_engine_before_any_worker_runs():
+    """Each rank would judge the residual on its own part of the sequence and could skip blocks
+    another rank runs; refused with the reason (no worker started, nothing to hang)."""
+    from engines.image import ImageParams
+
+    engine = DistributedEngine(registry.get("tiny-shapes-dit"), world_size=2, device="cpu")
+    with pytest.raises(ValueError, match="not offered on the multi-GPU engine"):
+        engine.generate_image("a red circle", ImageParams(32, 32, 4, step_cache="fast"))
+    assert engine.processes == []
