@@ -24,6 +24,7 @@ from .cache import Cache, CacheUnwritable, default_cache_dir
 from .capture import CapturedCall, CapturedCalls, capture
 from .compile import Artifact, OnStage, RegionalArtifact, compile, load, transforms_for
 from .hub import HubRefused, HubSource
+from .lora import FusedLora, LoraAdapter, fuse_lora, lora_of, unfuse_lora
 from .measure import Speedup, measure_speedup
 from .options import CompileOptions, DimRange
 from .passes.toolchain import ensure_toolchain
@@ -60,12 +61,14 @@ __all__ = [
     "DecodeAttention",
     "DimRange",
     "Float8Rowwise",
+    "FusedLora",
     "FuseDecoderLayers",
     "FuseFluxNormRope",
     "FuseProjections",
     "HubRefused",
     "HubSource",
     "Int8WeightOnly",
+    "LoraAdapter",
     "OnStage",
     "OneRowKernels",
     "ProbeResult",
@@ -81,8 +84,10 @@ __all__ = [
     "eager",
     "ensure_toolchain",
     "find_blocks",
+    "fuse_lora",
     "lifetimes",
     "load",
+    "lora_of",
     "module_device",
     "preload",
     "probe_package",
@@ -97,5 +102,6 @@ __all__ = [
     "transform",
     "transforms_for",
     "transforms_of",
+    "unfuse_lora",
     "verify_loadable",
 ]

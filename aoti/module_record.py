@@ -16,14 +16,15 @@ class ModuleRecord:
     """``transforms``: on the module transformed, what `aoti.transform` did and how to undo it (a
     `transforms.base.Record`); ``configs``: on it and every submodule, the transform configs applied, in
     order (a regional build keys each block by them); ``regional``: on a module whose blocks run compiled
-    graphs, their shared live `Status`."""
+    graphs, their shared live `Status`; ``lora``: the adapter fused into its weights (`lora.FusedLora`)."""
 
     transforms: Any = None
     configs: tuple = ()
     regional: Any = None
+    lora: Any = None
 
     def empty(self) -> bool:
-        return self.transforms is None and not self.configs and self.regional is None
+        return self.transforms is None and not self.configs and self.regional is None and self.lora is None
 
 
 def record_of(module: torch.nn.Module) -> ModuleRecord:

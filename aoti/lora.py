@@ -1,0 +1,160 @@
+"""LoRA adapters fused into the weights a module's compiled graphs read: switch adapters per call,
+never rebuild.
+
+A compiled graph here reads the module's own weight tensors (`apply` binds them), so an adapter fused
+into those tensors in place (W += scale · alpha/r · B A) is what the graph computes with from its next
+call; the weights it touches are copied first and copied back by `unfuse_lora`, bit for bit. No
+tensor is replaced (a CUDA graph holds their addresses), so regional builds and CUDA graphs go on as
+they were.
+
+    adapter = aoti.LoraAdapter.from_diffusers(FluxPipeline, "user/flux-lora", weight_name="lora.safetensors")
+    aoti.fuse_lora(pipe.transformer, adapter, scale=0.8)
+    image = pipe("a cat").images[0]          # the compiled graphs, with the adapter
+    aoti.unfuse_lora(pipe.transformer)       # the weights as they were, bit for bit
+
+Reading an adapter is diffusers' own `lora_state_dict` (kohya, xlabs and the other formats it
+converts); the scale of each layer follows peft's rule (``lora_alpha / r``, per-layer alphas where
+the file has them).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .module_record import record_of, update
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LoraAdapter:
+    """One adapter as plain data: per linear layer (its qualified name in the module it adapts), the
+    down and up matrices (``A``: r x in, ``B``: out x r) and the layer's alpha / r."""
+
+    name: str
+    layers: dict[str, tuple[torch.Tensor, torch.Tensor, float]]
+
+    @classmethod
+    def from_state_dict(cls, name: str, state_dict: dict[str, torch.Tensor], prefix: str = "transformer",
+                        alphas: dict[str, float] | None = None, metadata: dict[str, Any] | None = None) -> LoraAdapter:
+        """From peft-format keys (``{prefix}.<layer>.lora_A.weight`` / ``lora_B.weight``), as diffusers'
+        ``lora_state_dict`` returns them. ``metadata``: the peft config saved with the file
+        (``{prefix}.lora_alpha``, ``alpha_pattern``, ``use_rslora``); ``alphas``: kohya-style
+        per-layer alphas (``{prefix}.<layer>.alpha``). Neither: alpha = the most common rank, as peft."""
+        lead = f"{prefix}." if prefix else ""
+        pairs: dict[str, dict[str, torch.Tensor]] = {}
+        for key, tensor in state_dict.items():
+            if not key.startswith(lead):
+                continue
+            match = re.fullmatch(r"(.+)\.lora_([AB])\.weight", key[len(lead):])
+            if match is None:
+                raise ValueError(f"adapter {name}: {key!r} is not a LoRA matrix this library fuses (DoRA, biases and "
+                                 "other tuners are not supported)")
+            pairs.setdefault(match.group(1), {})[match.group(2)] = tensor
+        if not pairs:
+            raise ValueError(f"adapter {name}: no LoRA layers for {prefix or 'the module'} in it")
+        incomplete = [layer for layer, ab in pairs.items() if set(ab) != {"A", "B"}]
+        if incomplete:
+            raise ValueError(f"adapter {name}: {incomplete[0]} has only one of its two matrices")
+        config = {k[len(lead):]: v for k, v in (metadata or {}).items() if k.startswith(lead)} if metadata else {}
+        ranks = [ab["A"].shape[0] for ab in pairs.values()]
+        common_rank = max(set(ranks), key=ranks.count)
+        default_alpha = float(config.get("lora_alpha", common_rank))
+        patterns = config.get("alpha_pattern") or {}
+        rslora = bool(config.get("use_rslora", False))
+        layers = {}
+        for layer, ab in pairs.items():
+            alpha = next((float(v) for p, v in patterns.items() if re.match(rf"(.*\.)?({p})$", layer)), None)
+            if alpha is None and alphas:
+                alpha = alphas.get(f"{lead}{layer}.alpha")
+            rank = ab["A"].shape[0]
+            alpha = default_alpha if alpha is None else float(alpha)
+            layers[layer] = (ab["A"], ab["B"], alpha / (rank**0.5 if rslora else rank))
+        return cls(name, layers)
+
+    @classmethod
+    def from_diffusers(cls, loader: Any, source: str | Path | dict, name: str | None = None, prefix: str = "transformer",
+                       **kwargs: Any) -> LoraAdapter:
+        """Read an adapter with ``loader.lora_state_dict`` (a diffusers pipeline class or its LoRA loader
+        mixin, e.g. ``FluxPipeline``): a local file or folder, a Hub repo (``weight_name=``, ``revision=``)
+        or a state dict."""
+        state_dict, alphas, metadata = loader.lora_state_dict(source, return_alphas=True, return_lora_metadata=True, **kwargs)
+        return cls.from_state_dict(name or str(source), state_dict, prefix, alphas, metadata)
+
+
+@dataclass
+class FusedLora:
+    """On a module: the adapter fused into its weights now, at what scale, and the weights it replaced."""
+
+    name: str
+    scale: float
+    originals: dict[str, torch.Tensor]  # layer name -> its weight before fusing (host copy)
+    seconds: float
+
+
+def check_lora(module: torch.nn.Module, adapter: LoraAdapter) -> None:
+    """A ValueError naming what in ``adapter`` doesn't fit ``module`` (a layer it lacks, a layer that is
+    not a float linear, a shape that differs); nothing changes."""
+    for layer, (down, up, _) in adapter.layers.items():
+        try:
+            linear = module.get_submodule(layer)
+        except AttributeError:
+            raise ValueError(f"adapter {adapter.name}: {type(module).__name__} has no layer {layer}") from None
+        weight = getattr(linear, "weight", None)
+        if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
+            raise ValueError(f"adapter {adapter.name}: {layer} is not a linear layer")
+        if not weight.is_floating_point() or weight.element_size() < 2:
+            raise ValueError(f"adapter {adapter.name}: {layer} holds {weight.dtype} weights (FP8); LoRA fuses into "
+                             "bf16/fp16/fp32 weights only: switch FP8 off for this model")
+        if (up.shape[0], down.shape[1]) != tuple(weight.shape) or up.shape[1] != down.shape[0]:
+            raise ValueError(f"adapter {adapter.name}: {layer} is {tuple(weight.shape)}, the adapter's product is "
+                             f"{(up.shape[0], down.shape[1])}")
+
+
+@torch.no_grad()
+def fuse_lora(module: torch.nn.Module, adapter: LoraAdapter, scale: float = 1.0) -> FusedLora:
+    """Fuse ``adapter`` at ``scale`` into ``module``'s weights in place (an adapter fused before is
+    unfused first); returns what is now fused. A ValueError (`check_lora`) leaves the module as it was.
+    Hold the module's lock: its weights change in place."""
+    check_lora(module, adapter)
+    unfuse_lora(module)
+    start = time.perf_counter()
+    originals = {}
+    for layer, (down, up, layer_scale) in adapter.layers.items():
+        weight = module.get_submodule(layer).weight
+        originals[layer] = weight.detach().to("cpu", copy=True)
+        delta = up.to(weight.device, torch.float32) @ down.to(weight.device, torch.float32)
+        weight.copy_((weight.float() + delta * (scale * layer_scale)).to(weight.dtype))
+    if any(module.get_submodule(layer).weight.is_cuda for layer in originals):
+        torch.cuda.synchronize()  # the switch's time is the device's
+    fused = FusedLora(adapter.name, scale, originals, time.perf_counter() - start)
+    update(module, lora=fused)
+    log.info("aoti: LoRA %s fused at %.2f into %d layers of %s in %.3f s", adapter.name, scale, len(originals),
+             type(module).__name__, fused.seconds)
+    return fused
+
+
+@torch.no_grad()
+def unfuse_lora(module: torch.nn.Module) -> str | None:
+    """The weights as they were before `fuse_lora`, bit for bit, in the same tensors; the name of the
+    adapter taken out (None where none was fused)."""
+    fused = record_of(module).lora
+    if fused is None:
+        return None
+    for layer, original in fused.originals.items():
+        module.get_submodule(layer).weight.copy_(original)
+    update(module, lora=None)
+    log.info("aoti: LoRA %s unfused from %s", fused.name, type(module).__name__)
+    return fused.name
+
+
+def lora_of(module: torch.nn.Module) -> FusedLora | None:
+    """The adapter fused into ``module`` now (None: its own weights)."""
+    return record_of(module).lora
