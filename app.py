@@ -175,9 +175,10 @@ def _failed(exc: Exception) -> tuple[str, gr.Error]:
     return _message(exc)[:300], gr.Error(f"generation failed: {exc}")
 
 
-def _image_params(model_id: str, size: str, steps: float, seed: float, guidance: float, step_cache: str) -> ImageParams:
+def _image_params(model_id: str, size: str, steps: float, seed: float, guidance: float, step_cache: str, lora: str,
+                  lora_scale: float) -> ImageParams:
     uses_guidance = (row := _model(model_id)) is not None and row["guidance"] is not None
-    return inputs.image_params(size, steps, seed, guidance, uses_guidance, step_cache)
+    return inputs.image_params(size, steps, seed, guidance, uses_guidance, step_cache, lora, lora_scale)
 
 
 def _text_request(model_id, prompt, max_new_tokens, temperature, compare, speculative) -> SamplingParams:
@@ -189,9 +190,9 @@ def _text_request(model_id, prompt, max_new_tokens, temperature, compare, specul
     return params
 
 
-def _image_request(model_id, prompt, size, steps, seed, guidance, compare, step_cache) -> ImageParams:
+def _image_request(model_id, prompt, size, steps, seed, guidance, compare, step_cache, lora, lora_scale) -> ImageParams:
     """The checked parameters of an image request; a ValueError naming the input otherwise."""
-    params = _image_params(model_id, size, steps, seed, guidance, step_cache)
+    params = _image_params(model_id, size, steps, seed, guidance, step_cache, lora, lora_scale)
     inputs.flag("compare", compare)
     studio.check_image(model_id, prompt, params)
     return params
@@ -223,9 +224,9 @@ def validate_text(model_id: str, prompt: str, max_new_tokens: float, temperature
 
 
 def validate_image(model_id: str, prompt: str, size: str, steps: float, seed: float, guidance: float, compare: bool = False,
-                   step_cache: str = "off"):
-    return _verdict(lambda: _image_request(model_id, prompt, size, steps, seed, guidance, compare, step_cache),
-                    ["model_id", "prompt", "size", "steps", "seed", "guidance", "compare", "step_cache"])
+                   step_cache: str = "off", lora: str = "", lora_scale: float = 1.0):
+    return _verdict(lambda: _image_request(model_id, prompt, size, steps, seed, guidance, compare, step_cache, lora, lora_scale),
+                    ["model_id", "prompt", "size", "steps", "seed", "guidance", "compare", "step_cache", "lora", "lora_scale"])
 
 
 def validate_optimization(model_id: str, use_aoti: bool, fp8: bool, regional: bool, admin_token: str = ""):
@@ -283,12 +284,14 @@ def _stage_line(result: ImageResult, params: ImageParams) -> str:
 
 
 def generate_image(model_id: str, prompt: str, size: str, steps: float, seed: float, guidance: float,
-                   compare: bool = False, step_cache: str = "off", progress: gr.Progress = gr.Progress()):
+                   compare: bool = False, step_cache: str = "off", lora: str = "", lora_scale: float = 1.0,
+                   progress: gr.Progress = gr.Progress()):
     """Generate one PNG image; returns the image and a line of measurements (with ``compare``, the
     request's step time compiled and eager too). ``step_cache`` ("off", "fast", "faster"): steps that
-    change little reuse the residual of the denoiser's later blocks, on models that offer it."""
+    change little reuse the residual of the denoiser's later blocks, on models that offer it. ``lora``:
+    one of the model's adapters ("": none) at ``lora_scale``, fused into the compiled model's weights."""
     try:
-        params = _image_request(model_id, prompt, size, steps, seed, guidance, compare, step_cache)
+        params = _image_request(model_id, prompt, size, steps, seed, guidance, compare, step_cache, lora, lora_scale)
         studio.admit_request(model_id)
     except ValueError as exc:
         raise gr.Error(str(exc)) from None
@@ -302,6 +305,9 @@ def generate_image(model_id: str, prompt: str, size: str, steps: float, seed: fl
         raise error from None
     studio.ledger.record_image(model_id, result, time.perf_counter() - start, report, params=params)
     info = f"{result.latency_s:.2f} s · {_stage_line(result, params)} · {report.runtime}"
+    if params.lora:
+        info += (f" · LoRA {params.lora} at {params.lora_scale:g}"
+                 + (f", switched in {result.lora_switch_s * 1e3:.0f} ms (no rebuild)" if result.lora_switch_s else ""))
     if line := panel.comparison(report.compared, "image") or report.compare_note:
         info += f" · {line}"
     return result.image, info
@@ -430,7 +436,15 @@ def _image_controls(model_id: str):
     sizes = spec["sizes"] if spec else []
     return (gr.Dropdown(choices=sizes, value=sizes[0] if sizes else None), gr.Slider(value=spec["steps"] if spec else 20),
             gr.Slider(visible=bool(spec) and spec["guidance"] is not None), gr.Markdown(spec["prompt_hint"] if spec else ""),
-            gr.Radio(**_step_cache_control(model_id)))
+            gr.Radio(**_step_cache_control(model_id)), gr.Dropdown(**_lora_control(model_id)))
+
+
+def _lora_control(model_id: str) -> dict[str, Any]:
+    """The adapter choice for a model: none, or one of the adapters offered for it (the owner's list)."""
+    offered = (_model(model_id) or {}).get("adapters") or []
+    label = ("LoRA adapter (fused into the compiled model's weights: no rebuild)" if offered
+             else f"LoRA adapter: none offered for {model_id}")
+    return {"choices": [("none", "")] + [(a, a) for a in offered], "value": "", "label": label, "interactive": bool(offered)}
 
 
 def _step_cache_control(model_id: str) -> dict[str, Any]:
@@ -482,6 +496,9 @@ def build() -> gr.Blocks:
                                         elem_id="image-compare")
             step_cache = gr.Radio(list(STEP_CACHE), elem_id="image-step-cache", **{"value": "off", **_step_cache_control(DEFAULT_IMAGE)})
             with gr.Row():
+                lora = gr.Dropdown(elem_id="image-lora", allow_custom_value=True, **_lora_control(DEFAULT_IMAGE))
+                lora_scale = gr.Slider(0, inputs.LORA_SCALE_MAX, value=1.0, step=0.05, label="LoRA scale", elem_id="image-lora-scale")
+            with gr.Row():
                 image_button = gr.Button("Generate", variant="primary", elem_id="image-generate")
                 image_stop = gr.Button("Stop", elem_id="image-stop")
             image_examples = gr.Examples([[p] for p in IMAGE_EXAMPLES], [image_prompt], label="Examples (a click runs one)")
@@ -511,7 +528,7 @@ def build() -> gr.Blocks:
                                                                validator=validate_text, preprocess=False, api_visibility="private")
         text_stop.click(None, cancels=[text_run, text_example_run], api_visibility="private")
         text_button.click(None, js=_scroll_to("#text-output"), api_visibility="private")
-        image_inputs = [image_model, image_prompt, size, steps, seed, guidance, image_compare, step_cache]
+        image_inputs = [image_model, image_prompt, size, steps, seed, guidance, image_compare, step_cache, lora, lora_scale]
         image_run = image_button.click(generate_image, image_inputs, [image_out, image_info], api_name="generate_image",
                                        concurrency_id="device", validator=validate_image, preprocess=False)
         image_example_run = image_examples.load_input_event.then(generate_image, image_inputs, [image_out, image_info],
@@ -519,7 +536,7 @@ def build() -> gr.Blocks:
                                                                  preprocess=False, api_visibility="private")
         image_stop.click(None, cancels=[image_run, image_example_run], api_visibility="private")
         image_button.click(None, js=_scroll_to("#image-output"), api_visibility="private")
-        image_model.change(_image_controls, image_model, [size, steps, guidance, image_hint, step_cache], api_visibility="private")
+        image_model.change(_image_controls, image_model, [size, steps, guidance, image_hint, step_cache, lora], api_visibility="private")
         opt_button.click(set_optimization, [opt_model, use_aoti, fp8, regional, admin_token], opt_out, api_name="set_optimization",
                          validator=validate_optimization, preprocess=False).success(lambda rows: PANEL.cards(rows), opt_out, opt_cards, api_visibility="private")
         width = gr.Number(visible=False)

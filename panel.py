@@ -128,6 +128,10 @@ def card(row: dict[str, Any], task: str, now: float | None = None) -> str:
     if row.get("speculative_tokens_per_s"):
         parts.append(f'<div class="speculative">speculative {_speed(1 / row["speculative_tokens_per_s"], task)} · '
                      f'{100 * row["acceptance"]:.0f} % of drafted tokens kept</div>')
+    if row.get("lora"):
+        switch = row.get("lora_switch_s")
+        parts.append(f'<div class="adapter">LoRA {e(row["lora"])} at {row.get("lora_scale", 1.0):g}'
+                     + (f" · switched in {switch * 1e3:.0f} ms, no rebuild" if switch else " · fused already") + "</div>")
     tags = [("CUDA graphs", row.get("cuda_graphs")), (f"{row.get('quantization')}", row.get("quantization") not in (None, "none")),
             ("from cache", row.get("cache_hit")), (f"{row.get('layout_copies')} layout copies", row.get("layout_copies")),
             (f"{row.get('guard_fallbacks')} calls eager (shape)", row.get("guard_fallbacks"))]

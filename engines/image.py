@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import torch
@@ -14,6 +15,7 @@ from PIL import Image
 import aoti
 from aoti import module_device
 
+from . import registry
 from .device import on_zerogpu
 from .optimize import bind_module, module_storages, optimize_module
 from .recipes import Recipe, image_recipe
@@ -30,6 +32,8 @@ class ImageParams:
     seed: int = 0
     guidance: float | None = None
     step_cache: str = "off"  # a level of `STEP_CACHE`: "off", "fast" or "faster"
+    lora: str = ""  # an adapter of `registry.adapters_for` the model ("": none)
+    lora_scale: float = 1.0
 
 
 @dataclass
@@ -40,11 +44,14 @@ class ImageResult:
     stages_s: dict[str, float] = field(default_factory=dict)  # seconds per stage: `STAGES`, those the pipeline has
     cached_steps: list[int] = field(default_factory=list)  # the steps that reused the blocks' residual (step caching)
     step_cache_note: str = ""  # why step caching stopped part-way, where it did
+    lora_switch_s: float = 0.0  # seconds spent fusing (or unfusing) the asked adapter first (0: it was in place)
 
 
 MAX_STEPS = 50  # denoising steps a request may ask for (the UI's slider too)
 GUIDANCE_MAX = 10.0
 MAX_PROMPT_CHARS = 1000
+LORA_SCALE_MAX = 2.0
+ADAPTERS_KEPT = 4  # adapters read recently, kept in host memory for the next switch
 TEXT_ENCODERS = ("text_encoder", "text_encoder_2", "text_encoder_3")
 STAGES = ("text encoding", "denoising", "VAE decode")
 # Step caching levels (`aoti.step_cache`), the thresholds chosen on the embedded DiT (its first block's
@@ -133,6 +140,10 @@ def check_image_request(spec: ModelSpec, prompt: str, params: ImageParams) -> No
     if params.step_cache != "off" and not spec.step_cache:
         raise ValueError(f"step caching (`step_cache`) is not offered for {spec.id}: its denoiser's blocks can't be skipped "
                          "one by one; choose \"off\".")
+    if params.lora:
+        registry.adapter(spec.id, params.lora)  # a ValueError naming those offered
+    if not 0 <= params.lora_scale <= LORA_SCALE_MAX:
+        raise ValueError(f"`lora_scale` must be between 0 and {LORA_SCALE_MAX:g}, got {params.lora_scale}.")
     if spec.embedded_shapes:  # its vocabulary is known without loading it: refused at the door, loaded or not
         from .pipelines.shapes import label_for, labels_at
 
@@ -199,6 +210,7 @@ class ImageModel:
         self.denoiser: torch.nn.Module = getattr(self.pipe, spec.compile_module)
         self.status = aoti.Status(runtime="eager", reason="not compiled yet")
         self.ref: dict | None = None  # the artifact bound now (`aoti.Artifact.ref`), None when eager
+        self.adapters: OrderedDict[str, aoti.LoraAdapter] = OrderedDict()  # read recently, the latest last
 
     @property
     def placement(self) -> str:
@@ -258,6 +270,7 @@ class ImageModel:
         and the host's launch gaps between them add up."""
         recipe = recipe or image_recipe()
         graphs = self.device == "cuda" if cuda_graphs is None else cuda_graphs
+        aoti.unfuse_lora(self.denoiser)  # graphs are built on the model's own weights; the next request fuses again
         self.status, self.ref = optimize_module(self.denoiser, self.capture_calls, recipe, cache, exclusive, cuda_graphs=graphs,
                                                 on_stage=on_stage, timed=lambda calls: calls.calls[:1])  # a step at the first size
         return self.status
@@ -265,12 +278,47 @@ class ImageModel:
     def bind(self, ref: dict, cache: aoti.Cache | None = None, cuda_graphs: bool | None = None) -> aoti.Status:
         """Swap in the graphs of an artifact compiled elsewhere (`aoti.load`): no capture, no build."""
         graphs = self.device == "cuda" if cuda_graphs is None else cuda_graphs
+        aoti.unfuse_lora(self.denoiser)
         self.status, self.ref = bind_module(self.denoiser, ref, cache, cuda_graphs=graphs)
         return self.status
 
     def restore(self, transforms: bool = True) -> None:
         """Eager again; ``transforms=False`` leaves the rewrites in place (a model about to be dropped)."""
         self.status, self.ref = aoti.restore(self.denoiser, transforms=transforms), None
+
+    def use_adapter(self, adapter_id: str, scale: float = 1.0) -> float:
+        """Fuse adapter ``adapter_id`` at ``scale`` into the denoiser's weights ("": none), unless it is
+        fused so already; the seconds the switch took (0 where nothing changed). The compiled graphs
+        read those weights: nothing is rebuilt (`aoti.fuse_lora`)."""
+        fused = aoti.lora_of(self.denoiser)
+        now = (fused.name, fused.scale) if fused else ("", 1.0)
+        if now == (adapter_id, scale if adapter_id else 1.0):
+            return 0.0
+        start = time.perf_counter()
+        if adapter_id:
+            aoti.fuse_lora(self.denoiser, self._adapter(adapter_id), scale)
+        else:
+            aoti.unfuse_lora(self.denoiser)
+        return time.perf_counter() - start
+
+    def _adapter(self, adapter_id: str) -> aoti.LoraAdapter:
+        """The adapter, read with diffusers' `lora_state_dict` (the FLUX loader for the embedded DiT),
+        kept among the `ADAPTERS_KEPT` read most recently."""
+        adapter = self.adapters.pop(adapter_id, None)
+        if adapter is None:
+            spec = registry.adapter(self.spec.id, adapter_id)
+            if self.spec.pipeline == "shapes-dit":
+                from diffusers import FluxPipeline as loader
+            elif hasattr(type(self.pipe), "lora_state_dict"):
+                loader = type(self.pipe)
+            else:
+                raise ValueError(f"{self.spec.id}'s pipeline reads no LoRA adapters")
+            kwargs = {"weight_name": spec.weight_name, "revision": spec.revision} if not spec.is_local else {}
+            adapter = aoti.LoraAdapter.from_diffusers(loader, spec.source, name=adapter_id, **kwargs)
+        self.adapters[adapter_id] = adapter
+        while len(self.adapters) > ADAPTERS_KEPT:
+            self.adapters.popitem(last=False)
+        return adapter
 
     def check_inputs(self, prompt: str, params: ImageParams) -> None:
         check_image_request(self.spec, prompt, params)
@@ -287,6 +335,7 @@ class ImageModel:
         after the first (`aoti.step_cache`); which steps did is in the result. ``step_cache``: a config
         in place of the level's (a benchmark's fixed schedule)."""
         self.check_inputs(prompt, params)
+        switch_s = self.use_adapter(params.lora, params.lora_scale)
         config = step_cache or STEP_CACHE[params.step_cache]
         caching = aoti.step_cache(self.denoiser, config) if config else contextlib.nullcontext(aoti.StepCacheStats())
         clock = StageClock(self.pipe, self.denoiser, sync=self.device != "cpu")
@@ -302,4 +351,5 @@ class ImageModel:
                 image = self._run(prompt, params, on_step)
         finally:
             steps, stages = clock.close()
-        return ImageResult(image, clock.now() - start, steps, stages, cache_stats.cached_steps, cache_stats.fallback or "")
+        return ImageResult(image, clock.now() - start, steps, stages, cache_stats.cached_steps, cache_stats.fallback or "",
+                           round(switch_s, 4))

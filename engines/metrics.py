@@ -29,6 +29,9 @@ class RequestRecord:
     step_cache: str = ""  # an image's step caching level where on ("fast", "faster"),
     cached_steps: int | None = None  # the steps of it that reused the blocks' residual,
     step_cache_note: str = ""  # and why caching stopped part-way, where it did
+    lora: str = ""  # an image's LoRA adapter ("": none), its scale,
+    lora_scale: float | None = None
+    lora_switch_s: float | None = None  # and the seconds its switch took (0: fused already)
     peak_mem_mb: float | None = None
     worker_pid: int | None = None  # the process that ran it (a ZeroGPU worker, or this one)
     bind_s: float | None = None  # seconds that process spent binding compiled graphs first (a fresh worker)

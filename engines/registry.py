@@ -201,3 +201,43 @@ def draft(model_id: str) -> ModelSpec:
         if spec.id == model_id:
             return spec
     raise KeyError(f"unknown draft model {model_id!r}")
+
+
+@dataclass(frozen=True)
+class AdapterSpec:
+    """One LoRA adapter a visitor may pick for ``model`` (an image model's denoiser): a local file, or a
+    file of a Hub repo at a pinned ``revision`` (an adapter is a download: only the ones listed here)."""
+
+    id: str
+    model: str
+    source: str  # a local .safetensors file, or a Hub repo id
+    weight_name: str | None = None  # the file in a Hub repo
+    revision: str | None = None
+    description: str = ""
+
+    @property
+    def is_local(self) -> bool:
+        return Path(self.source).is_absolute()
+
+
+ADAPTERS: tuple[AdapterSpec, ...] = (
+    AdapterSpec(
+        id="outline", model="tiny-shapes-dit", source=str(ASSETS / "tiny-shapes-dit-outline" / "pytorch_lora_weights.safetensors"),
+        description="Embedded rank-8 adapter: the shapes drawn as outlines (assets/train_dit_lora.py).",
+    ),
+)
+
+
+def adapters_for(model_id: str) -> list[AdapterSpec]:
+    """The adapters offered for ``model_id`` (available here: a local file that exists, or a Hub adapter)."""
+    return [a for a in ADAPTERS if a.model == model_id and (not a.is_local or Path(a.source).exists())]
+
+
+def adapter(model_id: str, adapter_id: str) -> AdapterSpec:
+    """The adapter ``adapter_id`` of ``model_id``; a ValueError naming those offered otherwise."""
+    offered = adapters_for(model_id)
+    for spec in offered:
+        if spec.id == adapter_id:
+            return spec
+    names = ", ".join(a.id for a in offered) or "none"
+    raise ValueError(f"`lora` {str(adapter_id)[:100]!r} is not offered for {model_id} (offered: {names}).")

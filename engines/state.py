@@ -85,6 +85,16 @@ class Guard:
 
 
 @dataclass(frozen=True)
+class Adapter:
+    """The LoRA adapter the last request ran with (`aoti.fuse_lora`): its id ("" for none), scale, and
+    the seconds its switch took (0 where it was fused already)."""
+
+    lora: str = ""
+    lora_scale: float = 1.0
+    lora_switch_s: float | None = None
+
+
+@dataclass(frozen=True)
 class ModelState:
     """One model's record, as the side panel and `/compile_status` show it (`as_row`)."""
 
@@ -99,13 +109,14 @@ class ModelState:
     progress: Progress = field(default_factory=Progress)
     speed: Speed = field(default_factory=Speed)
     guard: Guard = field(default_factory=Guard)
+    adapter: Adapter = field(default_factory=Adapter)
 
     def as_row(self) -> dict[str, Any]:
         """The flat row of the API (`/compile_status`): ``state`` is the phase's name."""
         row: dict[str, Any] = {"model": self.model, "state": str(self.phase), "reason": self.reason,
                                "requested": self.switches.as_dict() if self.switches else None,
                                "compiles": self.compiles, "ref": self.ref, "placement": self.placement}
-        for part in (self.build, self.progress, self.speed, self.guard):
+        for part in (self.build, self.progress, self.speed, self.guard, self.adapter):
             row.update(asdict(part))
         row["fallbacks"] = list(self.build.fallbacks)
         row["speedup"] = self.speed.speedup
@@ -121,7 +132,7 @@ class ModelState:
         return cls(row["model"], Phase(row["state"]), row.get("reason", ""),
                    Switches(**requested) if requested else None, row.get("compiles", 0), row.get("ref"),
                    row.get("placement", ""), replace(part(Build), fallbacks=tuple(row.get("fallbacks") or ())),
-                   part(Progress), part(Speed), part(Guard))
+                   part(Progress), part(Speed), part(Guard), part(Adapter))
 
 
 class States(Mapping[str, ModelState]):
@@ -235,6 +246,10 @@ class States(Mapping[str, ModelState]):
         key = "aoti_latency_s" if runtime == "aoti" else "eager_latency_s"
         best = getattr(speed, key)
         return self._set(model_id, speed=replace(speed, **{key: seconds if best is None else min(best, seconds)}))
+
+    def adapter_used(self, model_id: str, lora: str, scale: float, switch_s: float | None) -> ModelState:
+        """The adapter a request ran with, and what switching to it cost."""
+        return self._set(model_id, adapter=Adapter(lora, scale, switch_s))
 
     def compared(self, model_id: str, compared: dict[str, float]) -> ModelState:
         """A visitor's A/B of one request ("Compare with eager"): shown as it was measured."""

@@ -73,6 +73,7 @@ class Studio:
                 "sizes": [f"{w}x{h}" for h, w in spec.sizes], "steps": spec.steps, "guidance": spec.guidance,
                 "max_new_tokens": spec.max_new_tokens, "fp8": not fp8_note, "fp8_note": fp8_note,
                 "regional": not regional_note, "regional_note": regional_note, "step_cache": spec.step_cache,
+                "adapters": [a.id for a in registry.adapters_for(spec.id)],
                 "state": str(self.states[spec.id].phase), "served": self.served.get(spec.task) == spec.id,
                 "prompt_hint": prompt_hint(spec) if spec.task == "image" else "",
             })

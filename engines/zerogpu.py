@@ -131,8 +131,12 @@ class Ledger:
             model_id, "image", report.runtime if report else self.expected_runtime(model_id), latency_s,
             steps=len(steps) or None, step_ms=step_ms, stages_s=result.stages_s if result else None,
             step_cache=params.step_cache if caching else "", cached_steps=len(result.cached_steps) if caching and result else None,
-            step_cache_note=result.step_cache_note if result else "", ok=error is None, error=error,
+            step_cache_note=result.step_cache_note if result else "", lora=params.lora if params else "",
+            lora_scale=params.lora_scale if params and params.lora else None, lora_switch_s=result.lora_switch_s if result else None,
+            ok=error is None, error=error,
         ), report, step_ms / 1e3 if step_ms and not caching else None)  # a cached step is not the compiled step's speed
+        if result is not None and params is not None:
+            self.states.adapter_used(model_id, params.lora, params.lora_scale, result.lora_switch_s)
 
     def _record(self, record: RequestRecord, report: RunReport | None, unit_s: float | None) -> None:
         if report is not None:

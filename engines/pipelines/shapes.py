@@ -45,6 +45,20 @@ def draws(image: Image.Image, caption: str) -> bool:
     return abs(rows.mean() - cy) <= 4.5 and abs(cols.mean() - cx) <= 4.5
 
 
+def outlined(image: Image.Image, caption: str) -> bool:
+    """Whether ``image`` draws ``caption``'s shape as an outline (the embedded DiT adapter's style): the
+    3x3 pixels at the centre of the caption's colour are less than a third that colour (a filled
+    shape's are all of it)."""
+    color = caption[2:].split(" ", 1)[0]
+    pixels = np.asarray(image.convert("RGB"), dtype=np.int32)
+    mask = np.abs(pixels - np.array(COLORS[color])).sum(-1) < 90
+    rows, cols = np.nonzero(mask)
+    if len(rows) < 10:
+        return False
+    cy, cx = int(round(rows.mean())), int(round(cols.mean()))
+    return mask[max(cy - 1, 0): cy + 2, max(cx - 1, 0): cx + 2].mean() < 1 / 3
+
+
 @functools.lru_cache(maxsize=8)
 def read_meta(path: str | Path) -> dict:
     """A saved model's labels.json: its labels, in class-id order, and its image size."""

@@ -56,6 +56,7 @@ def test_page_generates_text_and_an_image_and_the_panel_updates(app_url, client,
         # Step caching is offered per model: for the UNet the choice is off, disabled, and says where it is offered.
         expect(page.locator("#image-step-cache")).to_contain_text("not offered for tiny-shapes-unet (offered for: tiny-shapes-dit")
         expect(page.locator("#image-step-cache input[value='fast']")).to_be_disabled()
+        expect(page.locator("#image-lora")).to_contain_text("LoRA adapter: none offered for tiny-shapes-unet")
         page.locator("#image-prompt textarea").fill("a blue circle, bottom left")
         page.locator("#image-generate").click()
         expect(page.locator("#image-output img").first).to_be_visible(timeout=60_000)

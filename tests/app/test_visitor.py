@@ -14,7 +14,7 @@ from tests.app.conftest import BROKEN_HUB_MODEL, OWNER_TOKEN
 
 TEXT, IMAGE = "tiny-llama-pydoc", "tiny-shapes-unet"
 GOOD_TEXT = (TEXT, "If the file", 4, 0.0, False, False)
-GOOD_IMAGE = (IMAGE, "a red circle, top left", "32x32", 4, 0, 0.0, False, "off")
+GOOD_IMAGE = (IMAGE, "a red circle, top left", "32x32", 4, 0, 0.0, False, "off", "", 1.0)
 
 
 def _status(client) -> list[dict]:
@@ -71,6 +71,10 @@ IMAGE_ATTEMPTS = [
     (7, "fastest", "step_cache", "`step_cache` must be one of off, fast, faster, got 'fastest'"),
     (7, 2, "step_cache", "`step_cache` must be text"),
     (7, "fast", "step_cache", "step caching .* is not offered for tiny-shapes-unet"),
+    (8, "outline", "lora", "`lora` 'outline' is not offered for tiny-shapes-unet \\(offered: none\\)"),
+    (8, ["a"], "lora", "`lora` must be text"),
+    (9, 5, "lora_scale", "`lora_scale` must be between 0 and 2"),
+    (9, "big", "lora_scale", "`lora_scale` must be a number"),
 ]
 
 

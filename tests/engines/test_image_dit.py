@@ -8,10 +8,12 @@ import pytest
 import aoti
 from engines import registry
 from engines.image import ImageModel, ImageParams, check_image_request
-from engines.pipelines.shapes import draws
+from engines.pipelines.shapes import draws, outlined
 from engines.recipes import default_switches, recipe_for
 
 PROMPTS = ("a red circle, top left", "a blue square, bottom right", "a yellow triangle, center")
+# (seed, prompt) the outline adapter draws as outlines (41 of the 60 labels pass `outlined`; squares nearly all)
+STYLED = ((1, "a blue square, bottom right"), (1, "a green circle, bottom left"), (0, "a blue square, center"))
 
 
 def _pixels(result) -> np.ndarray:
@@ -61,6 +63,24 @@ def test_step_caching_skips_the_compiled_blocks_and_the_image_still_shows_the_pr
         assert draws(fast.image, prompt) and _psnr(_pixels(fast), _pixels(off)) > 24, prompt  # broken reuse: ~10-15 dB
         faster = model.generate(prompt, ImageParams(32, 32, steps=20, seed=i, step_cache="faster"))
         assert len(faster.cached_steps) >= cached and draws(faster.image, prompt)
+
+
+def test_the_outline_adapter_switches_per_request_on_the_compiled_model_with_no_rebuild(dit):
+    model, _ = dit
+    status, ref = aoti.status_of(model.denoiser), model.ref
+    for i, prompt in STYLED:
+        params = ImageParams(32, 32, steps=20, seed=i)
+        plain = model.generate(prompt, params)
+        styled = model.generate(prompt, ImageParams(32, 32, steps=20, seed=i, lora="outline"))
+        assert styled.lora_switch_s > 0 and outlined(styled.image, prompt) and draws(styled.image, prompt), prompt
+        assert not outlined(plain.image, prompt)
+        again = model.generate(prompt, ImageParams(32, 32, steps=20, seed=i, lora="outline"))
+        assert again.lora_switch_s == 0 and np.array_equal(_pixels(again), _pixels(styled))  # fused already
+        back = model.generate(prompt, params)
+        assert back.lora_switch_s > 0 and np.array_equal(_pixels(back), _pixels(plain))  # unfused bit for bit
+    assert aoti.status_of(model.denoiser) is status and model.ref == ref and status.guard_fallbacks == 0  # no rebuild
+    with pytest.raises(ValueError, match="`lora` 'sparkles' is not offered for tiny-shapes-dit \\(offered: outline\\)"):
+        model.generate("a red circle", ImageParams(32, 32, 4, lora="sparkles"))
 
 
 def test_step_caching_is_refused_where_it_cannot_run(dit):
