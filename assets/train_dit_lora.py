@@ -26,7 +26,7 @@ from PIL import Image
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]
 
-from train_image_model import SIZE, command_line, draw, labels  # noqa: E402
+from train_image_model import SIZE, command_line, draw, labels, set_lr  # noqa: E402
 
 log = logging.getLogger("train_dit_lora")
 OUT = HERE / "tiny-shapes-dit-outline"
@@ -60,8 +60,7 @@ def main() -> None:
     ids, text_ids = image_ids(SIZE), torch.zeros(encoder.config.tokens, 3)
     start = time.time()
     for step in range(args.steps):
-        for group in opt.param_groups:
-            group["lr"] = 3e-3 * min(1.0, (step + 1) / 50) * 0.5 * (1 + math.cos(math.pi * step / args.steps))
+        set_lr(opt, step, args.steps, 3e-3, warmup=50)
         label_ids = rng.integers(0, len(names), args.batch)
         x0 = pack(torch.from_numpy(np.stack([draw(names[i], rng, outline=True) for i in label_ids])).permute(0, 3, 1, 2).float() / 127.5 - 1)
         noise = torch.randn_like(x0)

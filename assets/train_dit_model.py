@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import sys
 import time
 from pathlib import Path
@@ -25,7 +24,7 @@ from PIL import Image
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]
 
-from train_image_model import SIZE, command_line, draw, labels  # noqa: E402  (the UNet's data and command line)
+from train_image_model import SIZE, command_line, draw, labels, set_lr  # noqa: E402  (the UNet's data and command line)
 
 log = logging.getLogger("train_dit")
 OUT = HERE / "tiny-shapes-dit"
@@ -53,9 +52,7 @@ def main() -> None:
     text_ids = torch.zeros(encoder.config.tokens, 3)
     start = time.time()
     for step in range(args.steps):
-        lr = 1e-3 * min(1.0, (step + 1) / 100) * 0.5 * (1 + math.cos(math.pi * step / args.steps))
-        for group in opt.param_groups:
-            group["lr"] = lr
+        set_lr(opt, step, args.steps, 1e-3)
         label_ids = rng.integers(0, len(names), args.batch)
         images = np.stack([draw(names[i], rng) for i in label_ids])
         x0 = pack(torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1)

@@ -69,6 +69,12 @@ def command_line(description: str, steps: int, out: Path) -> tuple[argparse.Name
     return args, np.random.default_rng(0)
 
 
+def set_lr(opt: torch.optim.Optimizer, step: int, steps: int, peak: float, warmup: int = 100) -> None:
+    """Linear warm-up over ``warmup`` steps, then a cosine from ``peak`` down to zero at ``steps``."""
+    for group in opt.param_groups:
+        group["lr"] = peak * min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * step / steps))
+
+
 def main() -> None:
     args, rng = command_line(__doc__, 2500, OUT)
 
@@ -89,9 +95,7 @@ def main() -> None:
     opt = torch.optim.AdamW(unet.parameters(), lr=2e-3, weight_decay=0.01)
     start = time.time()
     for step in range(args.steps):
-        lr = 2e-3 * min(1.0, (step + 1) / 100) * 0.5 * (1 + math.cos(math.pi * step / args.steps))
-        for group in opt.param_groups:
-            group["lr"] = lr
+        set_lr(opt, step, args.steps, 2e-3)
         ids = rng.integers(0, len(names), args.batch)
         images = np.stack([draw(names[i], rng) for i in ids])
         x0 = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
