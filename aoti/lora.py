@@ -3,7 +3,8 @@ never rebuild.
 
 A compiled graph here reads the module's own weight tensors (`apply` binds them), so an adapter fused
 into those tensors in place (W += scale · alpha/r · B A) is what the graph computes with from its next
-call; the weights it touches are copied first and copied back by `unfuse_lora`, bit for bit. No
+call; each touched layer's own weight is copied to host memory once and copied back by `unfuse_lora`,
+bit for bit. No
 tensor is replaced (a CUDA graph holds their addresses), so regional builds and CUDA graphs go on as
 they were.
 
@@ -89,14 +90,24 @@ class LoraAdapter:
         return cls.from_state_dict(name or str(source), state_dict, prefix, alphas, metadata)
 
 
-@dataclass
+@dataclass(frozen=True)
 class FusedLora:
-    """On a module: the adapter fused into its weights now, at what scale, and the weights it replaced."""
+    """The adapter fused into a module's weights now: its name, scale, the layers it changed, and the
+    seconds its fusing took."""
 
     name: str
     scale: float
-    originals: dict[str, torch.Tensor]  # layer name -> its weight before fusing (host copy)
+    layers: tuple[str, ...]
     seconds: float
+
+
+@dataclass
+class LoraState:
+    """On a module (its `ModuleRecord`): host copies of its own weights for every layer an adapter has
+    touched (taken at the first fuse of each layer, kept for the next switches) and what is fused now."""
+
+    stash: dict[str, torch.Tensor]
+    fused: FusedLora | None = None
 
 
 def check_lora(module: torch.nn.Module, adapter: LoraAdapter) -> None:
@@ -121,40 +132,54 @@ def check_lora(module: torch.nn.Module, adapter: LoraAdapter) -> None:
 @torch.no_grad()
 def fuse_lora(module: torch.nn.Module, adapter: LoraAdapter, scale: float = 1.0) -> FusedLora:
     """Fuse ``adapter`` at ``scale`` into ``module``'s weights in place (an adapter fused before is
-    unfused first); returns what is now fused. A ValueError (`check_lora`) leaves the module as it was.
-    Hold the module's lock: its weights change in place."""
+    unfused first); returns what is now fused. A layer's own weight is copied to host memory the first
+    time an adapter touches it (kept for later switches: `unfuse_lora` copies it back). A ValueError
+    (`check_lora`) leaves the module as it was. Hold the module's lock: its weights change in place."""
     check_lora(module, adapter)
     unfuse_lora(module)
+    state = record_of(module).lora or LoraState({})
     start = time.perf_counter()
-    originals = {}
+    cuda = False
     for layer, (down, up, layer_scale) in adapter.layers.items():
         weight = module.get_submodule(layer).weight
-        originals[layer] = weight.detach().to("cpu", copy=True)
+        cuda = cuda or weight.is_cuda
+        if layer not in state.stash:
+            state.stash[layer] = torch.empty(weight.shape, dtype=weight.dtype, pin_memory=weight.is_cuda).copy_(weight)
         delta = up.to(weight.device, torch.float32) @ down.to(weight.device, torch.float32)
         weight.copy_((weight.float() + delta * (scale * layer_scale)).to(weight.dtype))
-    if any(module.get_submodule(layer).weight.is_cuda for layer in originals):
+    if cuda:
         torch.cuda.synchronize()  # the switch's time is the device's
-    fused = FusedLora(adapter.name, scale, originals, time.perf_counter() - start)
-    update(module, lora=fused)
-    log.info("aoti: LoRA %s fused at %.2f into %d layers of %s in %.3f s", adapter.name, scale, len(originals),
-             type(module).__name__, fused.seconds)
-    return fused
+    state.fused = FusedLora(adapter.name, scale, tuple(adapter.layers), time.perf_counter() - start)
+    update(module, lora=state)
+    log.info("aoti: LoRA %s fused at %.2f into %d layers of %s in %.3f s", adapter.name, scale, len(adapter.layers),
+             type(module).__name__, state.fused.seconds)
+    return state.fused
 
 
 @torch.no_grad()
-def unfuse_lora(module: torch.nn.Module) -> str | None:
-    """The weights as they were before `fuse_lora`, bit for bit, in the same tensors; the name of the
-    adapter taken out (None where none was fused)."""
-    fused = record_of(module).lora
-    if fused is None:
+def unfuse_lora(module: torch.nn.Module, keep: bool = True) -> str | None:
+    """The module's own weights back where an adapter was fused, bit for bit, in the same tensors; the
+    name of the adapter taken out (None where none was). ``keep=False`` also drops the host copies (call
+    it before the weights change another way: a transform, a rebuild)."""
+    state = record_of(module).lora
+    if state is None:
         return None
-    for layer, original in fused.originals.items():
-        module.get_submodule(layer).weight.copy_(original)
-    update(module, lora=None)
-    log.info("aoti: LoRA %s unfused from %s", fused.name, type(module).__name__)
-    return fused.name
+    fused = state.fused
+    if fused is not None:
+        cuda = False
+        for layer in fused.layers:
+            weight = module.get_submodule(layer).weight
+            cuda = cuda or weight.is_cuda
+            weight.copy_(state.stash[layer], non_blocking=True)
+        if cuda:
+            torch.cuda.synchronize()
+        state.fused = None
+        log.info("aoti: LoRA %s unfused from %s", fused.name, type(module).__name__)
+    update(module, lora=state if keep else None)
+    return fused.name if fused else None
 
 
 def lora_of(module: torch.nn.Module) -> FusedLora | None:
     """The adapter fused into ``module`` now (None: its own weights)."""
-    return record_of(module).lora
+    state = record_of(module).lora
+    return state.fused if state else None

@@ -16,7 +16,7 @@ class ModuleRecord:
     """``transforms``: on the module transformed, what `aoti.transform` did and how to undo it (a
     `transforms.base.Record`); ``configs``: on it and every submodule, the transform configs applied, in
     order (a regional build keys each block by them); ``regional``: on a module whose blocks run compiled
-    graphs, their shared live `Status`; ``lora``: the adapter fused into its weights (`lora.FusedLora`)."""
+    graphs, their shared live `Status`; ``lora``: its LoRA state (`lora.LoraState`: host copies of the weights adapters touched, the one fused now)."""
 
     transforms: Any = None
     configs: tuple = ()

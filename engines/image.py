@@ -270,7 +270,7 @@ class ImageModel:
         and the host's launch gaps between them add up."""
         recipe = recipe or image_recipe()
         graphs = self.device == "cuda" if cuda_graphs is None else cuda_graphs
-        aoti.unfuse_lora(self.denoiser)  # graphs are built on the model's own weights; the next request fuses again
+        aoti.unfuse_lora(self.denoiser, keep=False)  # built on the model's own weights; the next request fuses again
         self.status, self.ref = optimize_module(self.denoiser, self.capture_calls, recipe, cache, exclusive, cuda_graphs=graphs,
                                                 on_stage=on_stage, timed=lambda calls: calls.calls[:1])  # a step at the first size
         return self.status
@@ -278,7 +278,7 @@ class ImageModel:
     def bind(self, ref: dict, cache: aoti.Cache | None = None, cuda_graphs: bool | None = None) -> aoti.Status:
         """Swap in the graphs of an artifact compiled elsewhere (`aoti.load`): no capture, no build."""
         graphs = self.device == "cuda" if cuda_graphs is None else cuda_graphs
-        aoti.unfuse_lora(self.denoiser)
+        aoti.unfuse_lora(self.denoiser, keep=False)
         self.status, self.ref = bind_module(self.denoiser, ref, cache, cuda_graphs=graphs)
         return self.status
 

@@ -72,7 +72,7 @@ def test_a_fused_adapter_runs_in_the_compiled_graphs_and_unfuses_bit_for_bit(cac
 
     adapter = _adapter(path)
     fused = aoti.fuse_lora(model, adapter, scale=0.7)
-    assert aoti.lora_of(model).name == "random" and set(fused.originals) == set(adapter.layers) and len(adapter.layers) == 17
+    assert aoti.lora_of(model).name == "random" and set(fused.layers) == set(adapter.layers) and len(adapter.layers) == 17
     calls = status.compiled_calls
     torch.testing.assert_close(_run(model, inputs), expected, rtol=1e-4, atol=1e-4)
     assert status.compiled_calls > calls and status.guard_fallbacks == 0  # the compiled graphs ran it
