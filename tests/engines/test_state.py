@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 API_KEYS = {"model", "state", "reason", "compile_s", "load_s", "cache_hit", "speedup", "guard_fallbacks", "last_guard_reason",
             "layout_copies", "cuda_graphs", "fallbacks", "eager_latency_s", "aoti_latency_s", "quantization", "ref",
             "requested", "compiles", "stage", "started", "estimate_s", "placement", "speculative_tokens_per_s", "acceptance",
-            "measured", "compared"}
+            "measured", "compared", "lora", "lora_scale", "lora_switch_s"}
 
 
 def test_only_engines_state_makes_or_changes_a_model_state():
@@ -53,9 +53,10 @@ def _writes_a_state(node: ast.AST) -> bool:
 def test_the_api_row_keeps_its_keys_and_reads_back():
     states = States(["m"])
     states.compiling("m", Switches(fp8=True), "compiling", "export")
+    states.adapter_used("m", "outline", 0.5, 0.012)
     row = states["m"].as_row()
     assert set(row) == API_KEYS and row["state"] == "compiling" and row["requested"] == {"aoti": True, "fp8": True, "regional": False}
-    assert ModelState.from_row(row) == states["m"]
+    assert ModelState.from_row(row) == states["m"] and (row["lora"], row["lora_scale"]) == ("outline", 0.5)
 
 
 def test_transitions_say_what_happened_once():
