@@ -19,6 +19,7 @@ FLUX, SD3, Wan, QwenImage and most diffusers transformers; `refusal` says why ot
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import logging
 from collections.abc import Iterator
@@ -79,7 +80,7 @@ def block_lists(module: torch.nn.Module) -> list[str]:
         if len(holder) != sum(1 for name in blocks if name.rpartition(".")[0] == parent):
             raise ValueError(f"{parent} holds other modules beside its repeated blocks")
     for name in blocks:
-        if "hidden_states" not in inspect.signature(type(module.get_submodule(name)).forward).parameters:
+        if "hidden_states" not in _signature(type(module.get_submodule(name))).parameters:
             raise ValueError(f"its blocks ({type(module.get_submodule(name)).__name__}) take no `hidden_states`")
     return parents
 
@@ -145,8 +146,13 @@ class _Run:
             self.reference = residual
 
 
+@functools.lru_cache(maxsize=64)
+def _signature(block_type: type) -> inspect.Signature:
+    return inspect.signature(block_type.forward)  # per class, once: a step calls every block
+
+
 def _states(block: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
-    bound = inspect.signature(type(block).forward).bind(block, *args, **kwargs).arguments
+    bound = _signature(type(block)).bind(block, *args, **kwargs).arguments
     return bound["hidden_states"], bound.get("encoder_hidden_states")
 
 

@@ -302,19 +302,15 @@ class ImageModel:
         return time.perf_counter() - start
 
     def _adapter(self, adapter_id: str) -> aoti.LoraAdapter:
-        """The adapter, read with diffusers' `lora_state_dict` (the FLUX loader for the embedded DiT),
-        kept among the `ADAPTERS_KEPT` read most recently."""
+        """The adapter, read with the pipeline's own `lora_state_dict` (diffusers'), kept among the
+        `ADAPTERS_KEPT` read most recently."""
         adapter = self.adapters.pop(adapter_id, None)
         if adapter is None:
             spec = registry.adapter(self.spec.id, adapter_id)
-            if self.spec.pipeline == "shapes-dit":
-                from diffusers import FluxPipeline as loader
-            elif hasattr(type(self.pipe), "lora_state_dict"):
-                loader = type(self.pipe)
-            else:
+            if not hasattr(type(self.pipe), "lora_state_dict"):
                 raise ValueError(f"{self.spec.id}'s pipeline reads no LoRA adapters")
             kwargs = {"weight_name": spec.weight_name, "revision": spec.revision} if not spec.is_local else {}
-            adapter = aoti.LoraAdapter.from_diffusers(loader, spec.source, name=adapter_id, **kwargs)
+            adapter = aoti.LoraAdapter.from_diffusers(type(self.pipe), spec.source, name=adapter_id, **kwargs)
         self.adapters[adapter_id] = adapter
         while len(self.adapters) > ADAPTERS_KEPT:
             self.adapters.popitem(last=False)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from .image import GUIDANCE_MAX, LORA_SCALE_MAX, MAX_STEPS, STEP_CACHE, ImageParams
+from .image import GUIDANCE_MAX, LORA_SCALE_MAX, MAX_STEPS, ImageParams
 from .recipes import Switches
 from .text import TEMPERATURE_MAX, SamplingParams
 
@@ -69,18 +69,15 @@ def text_params(max_new_tokens: Any, temperature: Any, speculative: Any = False,
 def image_params(size: Any, steps: Any, seed: Any, guidance: Any, uses_guidance: bool, step_cache: Any = "off",
                  lora: Any = "", lora_scale: Any = 1.0) -> ImageParams:
     """Image parameters from raw values; ``guidance`` is checked either way (a wrong value is a wrong
-    request) and kept only where the model uses it; ``step_cache``: one of `STEP_CACHE`'s levels;
+    request) and kept only where the model uses it; ``step_cache``: a level (`check_image_request` knows them);
     ``lora``: an adapter id ("" for none; which ones the model offers is the model's to check)."""
     try:
         width, height = (int(v) for v in text("size", size).lower().split("x"))
     except ValueError:
         raise ValueError(f"size must look like 32x32, got {size!r}."[:200]) from None
     scale = number("guidance", guidance, 0, GUIDANCE_MAX)
-    level = text("step_cache", step_cache)
-    if level not in STEP_CACHE:
-        raise ValueError(f"`step_cache` must be one of {', '.join(STEP_CACHE)}, got {level!r}."[:200])
     return ImageParams(height, width, whole_number("steps", steps, 1, MAX_STEPS), whole_number("seed", seed, 0, SEED_MAX),
-                       scale if uses_guidance else None, level, text("lora", lora)[:200],
+                       scale if uses_guidance else None, text("step_cache", step_cache)[:200], text("lora", lora)[:200],
                        number("lora_scale", lora_scale, 0, LORA_SCALE_MAX))
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from diffusers import ConfigMixin, ModelMixin
 from diffusers.configuration_utils import register_to_config
+from diffusers.loaders import FluxLoraLoaderMixin
 from PIL import Image
 
 from .shapes import LabelPipeline, StepCallback, read_meta
@@ -61,8 +62,9 @@ class LabelEncoder(ModelMixin, ConfigMixin):
         return tokens, self.pooled_table(labels)
 
 
-class ShapesDiTPipeline(LabelPipeline):
-    """``ShapesDiTPipeline.from_pretrained(path)`` then ``pipe(prompt, num_inference_steps=20)``."""
+class ShapesDiTPipeline(LabelPipeline, FluxLoraLoaderMixin):
+    """``ShapesDiTPipeline.from_pretrained(path)`` then ``pipe(prompt, num_inference_steps=20)``. Reads
+    LoRA adapters as FLUX's pipeline does (`lora_state_dict`): its transformer is FLUX's."""
 
     def __init__(self, transformer: torch.nn.Module, label_encoder: LabelEncoder, scheduler: object,
                  labels: list[str], size: int) -> None:
