@@ -99,8 +99,8 @@ def label_for(prompt: str, labels: list[str]) -> int:
 
 class LabelPipeline:
     """What the embedded pipelines share: the labels a prompt is mapped onto, one square size, the
-    denoiser (the first of `components`), and pixels from the sampled image. A subclass draws in
-    ``__call__(prompt, num_inference_steps, generator, height, width, callback)``."""
+    denoiser (the first of `components`), and the call: a prompt's label in, an image out. A subclass
+    samples in ``_denoise(label, num_inference_steps, generator, callback)`` -> (1, 3, size, size)."""
 
     def __init__(self, labels: list[str], size: int) -> None:
         self.labels, self.size = labels, size
@@ -136,6 +136,19 @@ class LabelPipeline:
         pixels = ((sample[0].float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
         return Image.fromarray(np.ascontiguousarray(pixels))
 
+    def _denoise(self, label: torch.Tensor, steps: int, generator: torch.Generator | None,
+                 callback: StepCallback | None) -> torch.Tensor:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def __call__(
+        self, prompt: str, num_inference_steps: int = 20, generator: torch.Generator | None = None,
+        height: int | None = None, width: int | None = None, callback: StepCallback | None = None,
+    ) -> Image.Image:
+        self.check_size(height, width)
+        label = torch.tensor([self.check_inputs(prompt)], device=self.device)
+        return self.to_image(self._denoise(label, num_inference_steps, generator, callback))
+
 
 class ShapesPipeline(LabelPipeline):
     """``ShapesPipeline.from_pretrained(path)`` then ``pipe(prompt, num_inference_steps=20)``: a
@@ -159,18 +172,13 @@ class ShapesPipeline(LabelPipeline):
     def components(self) -> dict[str, torch.nn.Module]:
         return {"unet": self.unet}
 
-    @torch.no_grad()
-    def __call__(
-        self, prompt: str, num_inference_steps: int = 20, generator: torch.Generator | None = None,
-        height: int | None = None, width: int | None = None, callback: StepCallback | None = None,
-    ) -> Image.Image:
-        self.check_size(height, width)
-        label = torch.tensor([self.check_inputs(prompt)], device=self.device)
+    def _denoise(self, label: torch.Tensor, steps: int, generator: torch.Generator | None,
+                 callback: StepCallback | None) -> torch.Tensor:
         sample = torch.randn((1, 3, self.size, self.size), generator=generator, device=self.device, dtype=self.dtype)
-        self.scheduler.set_timesteps(num_inference_steps, device=self.device)
+        self.scheduler.set_timesteps(steps, device=self.device)
         for i, t in enumerate(self.scheduler.timesteps):
             noise = self.unet(sample, t.reshape(1), class_labels=label, return_dict=False)[0]
             sample = self.scheduler.step(noise, t, sample, generator=generator).prev_sample
             if callback is not None:
-                callback(i, num_inference_steps)
-        return self.to_image(sample)
+                callback(i, steps)
+        return sample

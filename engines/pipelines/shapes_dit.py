@@ -16,7 +16,6 @@ import torch
 from diffusers import ConfigMixin, ModelMixin
 from diffusers.configuration_utils import register_to_config
 from diffusers.loaders import FluxLoraLoaderMixin
-from PIL import Image
 
 from .shapes import LabelPipeline, StepCallback, read_meta
 
@@ -86,20 +85,15 @@ class ShapesDiTPipeline(LabelPipeline, FluxLoraLoaderMixin):
     def components(self) -> dict[str, torch.nn.Module]:
         return {"transformer": self.transformer, "label_encoder": self.label_encoder}
 
-    @torch.no_grad()
-    def __call__(
-        self, prompt: str, num_inference_steps: int = 20, generator: torch.Generator | None = None,
-        height: int | None = None, width: int | None = None, callback: StepCallback | None = None,
-    ) -> Image.Image:
-        self.check_size(height, width)
+    def _denoise(self, label: torch.Tensor, steps: int, generator: torch.Generator | None,
+                 callback: StepCallback | None) -> torch.Tensor:
         dtype = self.dtype
-        label = torch.tensor([self.check_inputs(prompt)], device=self.device)
         prompt_tokens, pooled = self.label_encoder(label)
         text_ids = torch.zeros(prompt_tokens.shape[1], 3, device=self.device, dtype=dtype)
         ids = image_ids(self.size).to(self.device, dtype)
         noise = torch.randn((1, 3, self.size, self.size), generator=generator, device=self.device, dtype=dtype)
         latents = pack(noise)
-        self.scheduler.set_timesteps(num_inference_steps, device=self.device)
+        self.scheduler.set_timesteps(steps, device=self.device)
         for i, t in enumerate(self.scheduler.timesteps):
             velocity = self.transformer(
                 hidden_states=latents, encoder_hidden_states=prompt_tokens.to(dtype), pooled_projections=pooled.to(dtype),
@@ -107,5 +101,5 @@ class ShapesDiTPipeline(LabelPipeline, FluxLoraLoaderMixin):
             )[0]
             latents = self.scheduler.step(velocity, t, latents).prev_sample
             if callback is not None:
-                callback(i, num_inference_steps)
-        return self.to_image(unpack(latents, self.size))
+                callback(i, steps)
+        return unpack(latents, self.size)
