@@ -104,6 +104,7 @@ class _Run:
         self.step = -1
         self.position = 0  # of the block called next in this step
         self.reuse = False
+        self.added = False  # this cached step's residual has been added (by the first block not run)
         self.in_a_row = 0
         self.reference: torch.Tensor | None = None  # the first block's residual at the last full step
         self.residuals: tuple[torch.Tensor, torch.Tensor | None] | None = None  # the other blocks' (hidden, encoder)
@@ -113,7 +114,7 @@ class _Run:
 
     def begin_step(self) -> None:
         self.step += 1
-        self.position, self.reuse, self.first, self.last = 0, False, None, None
+        self.position, self.reuse, self.added, self.first, self.last = 0, False, False, None, None
 
     def end_step(self) -> None:
         if self.first is None:  # no block ran through the lists (compiled whole, or another code path)
@@ -169,7 +170,8 @@ def _split(output: Any, hidden_in: torch.Tensor, encoder_in: torch.Tensor | None
 
 
 class _Step:
-    """Stands in for one block while the list is iterated: runs it, or skips it in a cached step."""
+    """Stands in for one block while the list is iterated: runs it or, in a cached step, is the one
+    block not run that adds the others' residual (the blocks after it are not even iterated)."""
 
     def __init__(self, block: torch.nn.Module, run: _Run) -> None:
         self.block, self.run = block, run
@@ -179,12 +181,11 @@ class _Step:
         position = run.position
         run.position += 1
         hidden_in, encoder_in = _states(self.block, args, kwargs)
-        if run.reuse and position > 0:  # skipped: the first skipped block adds the residual, the others pass on
+        if run.reuse:
+            run.added = True
             stats.blocks_skipped += 1
-            hidden, encoder = hidden_in, encoder_in
-            if position == 1:
-                hidden = hidden + run.residuals[0]
-                encoder = encoder if run.residuals[1] is None else encoder + run.residuals[1]
+            hidden = hidden_in + run.residuals[0]
+            encoder = encoder_in if run.residuals[1] is None else encoder_in + run.residuals[1]
             return hidden if encoder_in is None or run.kinds.get(type(self.block)) == "hidden" else (encoder, hidden)
         output = self.block(*args, **kwargs)
         stats.blocks_run += 1
@@ -209,7 +210,13 @@ class _CachedList(torch.nn.ModuleList):
         self._run = run
 
     def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
-        return (_Step(block, self._run) for block in super().__iter__())
+        run = self._run
+        blocks = list(super().__iter__())
+        for i, block in enumerate(blocks):
+            if run.reuse and run.added:  # a cached step: the rest are skipped without a call (no Python per block)
+                run.stats.blocks_skipped += len(blocks) - i
+                return
+            yield _Step(block, run)
 
 
 @contextlib.contextmanager

@@ -3,7 +3,8 @@
 
 ``idle`` is what the scheduler reports: True lets spaces reuse a worker for the next call of the same
 function, False makes it fork a new one. ``refuse`` answers the next N ``/schedule`` calls with 503
-("No GPU was available"). ``uuid`` is the GPU handed out (a real one's, from ``nvidia-smi -L``, where
+("No GPU was available"); ``hold_longer_than`` (seconds), while set, answers 503 to every
+``/schedule`` that asks for a longer duration (a compile held back while requests are served). ``uuid`` is the GPU handed out (a real one's, from ``nvidia-smi -L``, where
 there is one). Every call is logged in ``calls``.
 """
 
@@ -17,8 +18,9 @@ from urllib.parse import parse_qs, urlparse
 
 
 class DeviceAPI:
-    def __init__(self, idle: bool = True, refuse: int = 0, uuid: str = "GPU-standin-0") -> None:
-        self.idle, self.refuse, self.uuid = idle, refuse, uuid
+    def __init__(self, idle: bool = True, refuse: int = 0, hold_longer_than: float | None = None,
+                 uuid: str = "GPU-standin-0") -> None:
+        self.idle, self.refuse, self.hold_longer_than, self.uuid = idle, refuse, hold_longer_than, uuid
         self.calls: list[dict] = []
         self._lock = threading.Lock()
         api = self
@@ -45,12 +47,18 @@ class DeviceAPI:
         with self._lock:
             self.calls.append({"path": path, **params})
             if path == "/schedule":
-                if self.refuse > 0:
-                    self.refuse -= 1
+                held = self.hold_longer_than is not None and float(params.get("durationSeconds", 0)) > self.hold_longer_than
+                if held or self.refuse > 0:
+                    self.refuse = self.refuse if held else self.refuse - 1
                     return 503, b'{"detail": "no GPU"}'
                 body = {"idle": self.idle, "nvidiaIndex": 0, "nvidiaUUID": self.uuid, "allowToken": uuid.uuid4().hex}
                 return 200, json.dumps(body).encode()
             return 200, b"{}"
+
+    def release(self) -> None:
+        """Stop holding long calls back (``hold_longer_than``)."""
+        with self._lock:
+            self.hold_longer_than = None
 
     def scheduled(self) -> list[dict]:
         with self._lock:

@@ -15,7 +15,7 @@ import tempfile
 
 from benchmarks.common import Recorder
 
-MODELS = ("tiny-llama-pydoc", "tiny-shapes-unet")
+MODELS = ("tiny-llama-pydoc", "tiny-shapes-unet", "tiny-shapes-dit")
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
