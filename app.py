@@ -24,7 +24,7 @@ if ON_ZEROGPU:
     prepare_torch_for_spaces()
 import spaces  # noqa: E402, I001  (before anything initialises CUDA)
 
-from engines import Binding, ImageParams, ImageResult, RunReport, SamplingParams, Studio, Switches, inputs  # noqa: E402
+from engines import Binding, ImageParams, ImageResult, RunReport, SamplingParams, Studio, Switches, inputs, registry  # noqa: E402
 from engines.image import STEP_CACHE  # noqa: E402
 from engines.metrics import median  # noqa: E402
 import panel  # noqa: E402
@@ -43,7 +43,7 @@ MODELS = studio.models()
 TEXT_MODELS = [m["id"] for m in MODELS if m["task"] == "text"]
 IMAGE_MODELS = [m["id"] for m in MODELS if m["task"] == "image"]
 PANEL = panel.Panel({m["id"]: m["task"] for m in MODELS})
-STARTUP_MODELS = studio.startup_models(os.environ.get("AOTI_STARTUP_MODELS"))  # loaded (and compiled) at startup
+STARTUP_MODELS = registry.startup_models(os.environ.get("AOTI_STARTUP_MODELS"))  # loaded (and compiled) at startup
 
 
 def _default(task: str) -> str:

@@ -12,12 +12,15 @@ Visitors keep what changes nobody else's experience: picking a model and generat
 from __future__ import annotations
 
 import hmac
+import logging
 import os
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
 
 ENV_OWNERS = "AOTI_OWNERS"
 ENV_ADMIN_TOKEN = "AOTI_ADMIN_TOKEN"
@@ -99,7 +102,7 @@ class ServedModels:
     """Which model serves each task, and which a request may name. With ``open_catalog`` (a local
     server: whoever uses it owns it) a request may name any catalog model and switch to it, at most
     `switch_rate` times; otherwise requests name only the served ones, and loading another is an owner
-    action. Every switch is told to ``on_switch(task, previous, new, by)`` (the metrics, the log)."""
+    action. Every switch is logged and told to ``on_switch(task, previous, new, by)`` (the metrics)."""
 
     def __init__(self, open_catalog: bool, on_switch: Callable[[str, str | None, str, str], None]) -> None:
         self.open_catalog = open_catalog
@@ -139,4 +142,5 @@ class ServedModels:
         """``model_id`` now serves ``task``, loaded by ``by`` (the owner, a request): a switch, if it is one."""
         previous, self.by_task[task] = self.by_task.get(task), model_id
         if previous != model_id:
+            log.warning("switch: %s model %s -> %s, by %s", task, previous, model_id, by)
             self.on_switch(task, previous, model_id, by)

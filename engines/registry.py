@@ -241,3 +241,22 @@ def adapter(model_id: str, adapter_id: str) -> AdapterSpec:
             return spec
     names = ", ".join(a.id for a in offered) or "none"
     raise ValueError(f"`lora` {str(adapter_id)[:100]!r} is not offered for {model_id} (offered: {names}).")
+
+
+def startup_models(requested: str | None = None) -> list[str]:
+    """The models to load at startup: ``requested`` (comma-separated ids, at most one per task, as in
+    ``$AOTI_STARTUP_MODELS``), else the first embedded one of each task. A ValueError names what is wrong."""
+    if not requested or not requested.strip():
+        first: dict[str, str] = {}
+        for spec in CATALOG:
+            if spec.is_local:
+                first.setdefault(spec.task, spec.id)
+        return list(first.values())
+    ids = [i.strip() for i in requested.split(",") if i.strip()]
+    try:
+        tasks = [get(i).task for i in ids]
+    except KeyError as exc:
+        raise ValueError(str(exc.args[0])) from None
+    if len(set(tasks)) != len(tasks):
+        raise ValueError(f"startup models {ids}: at most one text and one image model (one of each task is loaded at a time).")
+    return ids

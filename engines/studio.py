@@ -48,7 +48,7 @@ class Studio:
         self.distributed: dict[str, DistributedEngine] = {}
         self.metrics = Metrics()
         self.ledger = Ledger(self.engine, self.metrics, gpu_in_workers, self.runtime_of)
-        self.served = ServedModels(open_catalog, self._switched)
+        self.served = ServedModels(open_catalog, self.metrics.record_switch)
         self.compile_rate = RateLimit(int(os.environ.get("AOTI_COMPILE_RATE", "10")), 600.0)  # compiles per 10 min
 
     @property
@@ -104,28 +104,10 @@ class Studio:
 
     # --- lifecycle ---------------------------------------------------------------------------------
 
-    def startup_models(self, requested: str | None = None) -> list[str]:
-        """The models to load at startup: ``requested`` (comma-separated ids, at most one per task, as in
-        ``$AOTI_STARTUP_MODELS``), else the first embedded one of each task. A ValueError names what is wrong."""
-        if not requested or not requested.strip():
-            first: dict[str, str] = {}
-            for spec in registry.CATALOG:
-                if spec.is_local:
-                    first.setdefault(spec.task, spec.id)
-            return list(first.values())
-        ids = [i.strip() for i in requested.split(",") if i.strip()]
-        try:
-            tasks = [registry.get(i).task for i in ids]
-        except KeyError as exc:
-            raise ValueError(str(exc.args[0])) from None
-        if len(set(tasks)) != len(tasks):
-            raise ValueError(f"startup models {ids}: at most one text and one image model (one of each task is loaded at a time).")
-        return ids
-
     def startup(self, model_ids: list[str] | None = None, compile: bool = True, background: bool = True) -> None:
-        """Load the given (default: `startup_models`) models so they serve eagerly, then compile or load
+        """Load the given (default: `registry.startup_models`) models so they serve eagerly, then compile or load
         their AOTI graphs (in the background unless ``background=False``)."""
-        specs = [registry.get(i) for i in model_ids or self.startup_models()]
+        specs = [registry.get(i) for i in model_ids or registry.startup_models()]
         for spec in [s for s in specs if not registry.availability(s)[0]]:  # said on its card, not dropped
             why = registry.availability(spec)[1]
             log.warning("startup: %s is not loaded: %s", spec.id, why)
@@ -163,11 +145,6 @@ class Studio:
     def serve(self, model_id: str, by: str) -> None:
         """``model_id`` now serves its task (an owner loaded it), recorded as a switch if it is one."""
         self.served.serve(model_id, registry.get(model_id).task, by)
-
-    def _switched(self, task: str, previous: str | None, model_id: str, by: str) -> None:
-        """A switch `served` made: recorded (`/metrics`' switches) and logged."""
-        self.metrics.record_switch(task, previous, model_id, by)
-        log.warning("switch: %s model %s -> %s, by %s", task, previous, model_id, by)
 
     def admit_compile(self, model_id: str, switches: Switches) -> bool:
         """Whether a request to compile ``model_id`` with these switches starts a compile. Not when the

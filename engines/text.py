@@ -127,6 +127,39 @@ PREFILL_BUCKET = 64  # prompts are padded up to a multiple of this many tokens
 
 
 
+def load_draft(draft_id: str, device: str, built: bool) -> tuple[TextModel | None, str]:
+    """The draft model ``draft_id`` and "", or None and why not (the model then serves without it);
+    ``built``: the target was built in code, not loaded (its draft is given, never loaded)."""
+    if built:
+        return None, f"no draft given for a model built in code (draft {draft_id} not loaded)"
+    spec = registry.draft(draft_id)
+    available, why = registry.availability(spec)
+    if not available:
+        log.warning("draft %s not loaded: %s", draft_id, why)
+        return None, f"its draft {draft_id} is unavailable: {why}"
+    return TextModel(spec, device), ""
+
+
+def static_cache_decoder(model: torch.nn.Module, max_cache_len: int, device: str) -> torch.nn.Module:
+    """transformers' exportable (input_ids, cache_position) -> logits wrapper of ``model``, on a static KV
+    cache of ``max_cache_len`` positions allocated on ``device`` (recorded: `TextModel` follows moves)."""
+    from transformers.integrations.executorch import TorchExportableModuleWithStaticCache
+
+    wrapper = TorchExportableModuleWithStaticCache(model, batch_size=1, max_cache_len=max_cache_len, device=device)
+    wrapper._aoti_cache_device = device
+    return wrapper
+
+
+def gpu_default(setting: bool | None, device: str) -> bool:
+    """A GPU-only behaviour's setting: as set, else on where the weights are on a GPU (``device``)."""
+    return device == "cuda" if setting is None else setting
+
+
+def prefill_buckets(max_prompt_tokens: int) -> list[int]:
+    """Every length a prompt is padded to on a GPU: multiples of `PREFILL_BUCKET` up to the longest prompt."""
+    return sorted({min(b, max_prompt_tokens) for b in range(PREFILL_BUCKET, max_prompt_tokens + PREFILL_BUCKET, PREFILL_BUCKET)})
+
+
 class TextModel:
     """A loaded causal LM with its static-cache decoder; `optimize` swaps in the AOTI graphs.
 
@@ -161,7 +194,7 @@ class TextModel:
         model.generation_config.cache_implementation = "static"
         self.max_cache_len = spec.max_prompt_tokens + spec.max_new_tokens
         self.model = model
-        self.decoder = self._export_wrapper(device)
+        self.decoder = static_cache_decoder(model, self.max_cache_len, device)
         self.status = aoti.Status(runtime="eager", reason="not compiled yet")
         self.ref: dict | None = None  # the artifact bound now (`aoti.Artifact.ref`, with "draft": its draft's), None when eager
         # Speculative decoding's draft (`spec.draft`): given, or loaded with a model loaded from its source;
@@ -170,7 +203,7 @@ class TextModel:
         if draft is None and spec.draft and without_draft:
             self.no_draft = f"its draft {spec.draft} is not loaded: {without_draft}"
         elif draft is None and spec.draft:
-            self.draft, self.no_draft = self._load_draft(spec.draft, device, built=loaded is not None)
+            self.draft, self.no_draft = load_draft(spec.draft, device, built=loaded is not None)
         if self.draft is not None and self.draft.max_cache_len < self.max_cache_len:
             raise ValueError(f"the draft {self.draft.spec.id} holds {self.draft.max_cache_len} positions, fewer than "
                              f"{spec.id}'s {self.max_cache_len}: give it max_prompt_tokens and max_new_tokens at least as large")
@@ -180,18 +213,6 @@ class TextModel:
         self.queue_ahead: bool | None = None
         self.pad_prompts: bool | None = None
         self._prompt_ids: dict[str, torch.Tensor] = {}  # the last prompts' token ids: a request is checked, then run
-
-    @staticmethod
-    def _load_draft(draft_id: str, device: str, built: bool) -> tuple[TextModel | None, str]:
-        """The draft model ``draft_id`` and "", or None and why not (the model serves without it)."""
-        if built:
-            return None, f"no draft given for a model built in code (draft {draft_id} not loaded)"
-        spec = registry.draft(draft_id)
-        available, why = registry.availability(spec)
-        if not available:
-            log.warning("draft %s not loaded: %s", draft_id, why)
-            return None, f"its draft {draft_id} is unavailable: {why}"
-        return TextModel(spec, device), ""
 
     @property
     def vocab_size(self) -> int:
@@ -203,23 +224,12 @@ class TextModel:
         """Where the weights are now: "cuda" or "cpu" (in a ZeroGPU worker, wherever spaces moved them)."""
         return module_device(self.model).type
 
-    def _export_wrapper(self, device: str) -> torch.nn.Module:
-        from transformers.integrations.executorch import TorchExportableModuleWithStaticCache
-
-        wrapper = TorchExportableModuleWithStaticCache(self.model, batch_size=1, max_cache_len=self.max_cache_len, device=device)
-        wrapper._aoti_cache_device = device
-        return wrapper
-
     def _follow_weights(self) -> None:
         """Give the decoder a KV cache on the weights' device if they moved since it was made (its
         cache records the device it was made on, and allocates there)."""
         if self.decoder._aoti_cache_device != self.device:
             log.info("%s: weights are on %s now; a new static cache there", self.spec.id, self.device)
-            self.decoder = self._export_wrapper(self.device)
-
-    def _on_gpu(self, setting: bool | None) -> bool:
-        """A GPU-only behaviour's setting: as set, else on where the weights are on a GPU now."""
-        return self.device == "cuda" if setting is None else setting
+            self.decoder = static_cache_decoder(self.model, self.max_cache_len, self.device)
 
     # --- compile -----------------------------------------------------------------------------------
 
@@ -232,7 +242,7 @@ class TextModel:
     def capture_calls(self) -> aoti.CapturedCalls:
         """The decoder's calls for a decode step, two prefill lengths (the shortest and the longest) and,
         with a draft, the verify step, so the planner builds a static graph for one token and for the
-        verify length and one prefill graph over the other lengths (`with_verify_graph`). The calls are
+        verify length and one prefill graph over the other lengths (`optimize`). The calls are
         recorded, not run: only their inputs matter, so a start on a warm cache makes no eager call."""
         lengths = [1, self.spec.max_prompt_tokens]
         lengths.insert(1, next(n for n in range(2, self.spec.max_prompt_tokens) if n != self.verify_length))
@@ -242,14 +252,6 @@ class TextModel:
             for length in lengths:
                 self._feed_zeros(length)
         return calls
-
-    def with_verify_graph(self, recipe: Recipe) -> Recipe:
-        """``recipe`` with, when this model has a draft, a static graph of its own for the verify length
-        (on a GPU, replayed as a CUDA graph like the one-token step), rather than a call of the
-        dynamic prefill graph."""
-        if self.verify_length is None:
-            return recipe
-        return replace(recipe, options=recipe.options.replace(static_sizes=(self.verify_length,)))
 
     @torch.no_grad()
     def _feed_zeros(self, length: int, start: int = 0) -> None:
@@ -281,12 +283,14 @@ class TextModel:
         self._follow_weights()
         recipe = recipe or text_recipe()
         graphs = self.device == "cuda" if cuda_graphs is None else cuda_graphs
-        self.status, self.ref = optimize_module(self.decoder, self.capture_calls, self.with_verify_graph(recipe), cache,
+        if self.verify_length is not None:  # speculation's verify step: a static graph of its own (a CUDA graph on a GPU)
+            recipe = replace(recipe, options=recipe.options.replace(static_sizes=(self.verify_length,)))
+        self.status, self.ref = optimize_module(self.decoder, self.capture_calls, recipe, cache,
                                                 exclusive, cuda_graphs=graphs, on_stage=on_stage, timed=decode_step)
         if self.draft is not None:
             draft_stage = None if on_stage is None else (lambda stage, estimate_s: on_stage(f"draft: {stage}", estimate_s))
             self._with_draft(self.draft.optimize(recipe, cache, exclusive, cuda_graphs, on_stage=draft_stage))
-        if self.status.runtime == "aoti" and self._on_gpu(self.pad_prompts):
+        if self.status.runtime == "aoti" and gpu_default(self.pad_prompts, self.device):
             with exclusive or contextlib.nullcontext():
                 self.warm_up()
         return self.status
@@ -315,23 +319,18 @@ class TextModel:
             self.ref = ref
         return self.status
 
-    def prefill_buckets(self) -> list[int]:
-        """Every length a prompt is padded to: multiples of `PREFILL_BUCKET` up to the longest prompt."""
-        longest = self.spec.max_prompt_tokens
-        return sorted({min(b, longest) for b in range(PREFILL_BUCKET, longest + PREFILL_BUCKET, PREFILL_BUCKET)})
-
     def prefill_length(self, length: int) -> int:
         """The length a prompt of ``length`` tokens is padded to: its bucket (its own length on the CPU)."""
-        bucket = next((b for b in self.prefill_buckets() if b >= length), None)
+        bucket = next((b for b in prefill_buckets(self.spec.max_prompt_tokens) if b >= length), None)
         if bucket is None:
             raise ValueError(f"the prompt is {length} tokens; this model takes at most {self.spec.max_prompt_tokens}.")
-        return bucket if self._on_gpu(self.pad_prompts) else length
+        return bucket if gpu_default(self.pad_prompts, self.device) else length
 
     def warm_up(self) -> None:
         """Run a prefill at every bucket length and one decode step, so that requests meet no shape
         for the first time (and the decode step's CUDA graph is captured before the first request)."""
         start = time.perf_counter()
-        buckets = self.prefill_buckets()
+        buckets = prefill_buckets(self.spec.max_prompt_tokens)
         for length in buckets:
             self._feed_zeros(length)
         self._feed_zeros(1, start=buckets[-1])
@@ -427,7 +426,7 @@ class TextModel:
         for i in range(count):
             more = i + 1 < count
             read = read_later(token)
-            queued = step(token, length + i) if self._on_gpu(self.queue_ahead) and more else None
+            queued = step(token, length + i) if gpu_default(self.queue_ahead, self.device) and more else None
             yield read()
             if not more:
                 return

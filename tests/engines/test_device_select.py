@@ -233,12 +233,9 @@ def test_zerogpu_h200_card_discovered(monkeypatch):
 
 
 def test_startup_models_from_the_environment_value():
-    from engines import Studio
-
-    studio = Studio(device=DeviceInfo("cpu", "CPU", 8 * GiB, 8 * GiB, 8 * GiB))
-    assert studio.startup_models(None) == studio.startup_models(" ") == ["tiny-llama-pydoc", "tiny-shapes-unet"]
-    assert studio.startup_models("qwen2.5-7b-instruct, tiny-shapes-unet") == ["qwen2.5-7b-instruct", "tiny-shapes-unet"]
+    assert registry.startup_models(None) == registry.startup_models(" ") == ["tiny-llama-pydoc", "tiny-shapes-unet"]
+    assert registry.startup_models("qwen2.5-7b-instruct, tiny-shapes-unet") == ["qwen2.5-7b-instruct", "tiny-shapes-unet"]
     with pytest.raises(ValueError, match="unknown model 'gpt-9'"):
-        studio.startup_models("gpt-9")
+        registry.startup_models("gpt-9")
     with pytest.raises(ValueError, match="at most one text and one image model"):
-        studio.startup_models("tiny-llama-pydoc,qwen2.5-7b-instruct")
+        registry.startup_models("tiny-llama-pydoc,qwen2.5-7b-instruct")

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import aoti
-from engines.text import SamplingParams, TextModel, sample_next
+from engines.text import SamplingParams, TextModel, prefill_buckets, sample_next
 
 GREEDY = SamplingParams(max_new_tokens=40, temperature=0)
 
@@ -34,7 +34,7 @@ def test_aoti_decode_loop_gives_the_same_greedy_tokens_as_eager(engine, text_mod
     assert state.phase == "aoti", state.reason
     warmed = aoti.status_of(text_model.decoder).compiled_calls
     verify = 1 if text_model.draft is not None else 0  # speculative decoding's verify length
-    assert warmed == len(text_model.prefill_buckets()) + verify + 1  # every prefill bucket and the decode step, compiled
+    assert warmed == len(prefill_buckets(text_model.spec.max_prompt_tokens)) + verify + 1  # every prefill bucket and the decode step, compiled
     compiled = [list(text_model.generate(p, GREEDY))[-1].text for p in prompts]
     assert compiled == eager
     live = aoti.status_of(text_model.decoder)
@@ -109,7 +109,7 @@ def test_padding_prompts_to_buckets_changes_no_logit_and_no_token(text_model, mo
     assert not text_model.pad_prompts and text_model.prefill_length(5) == 5  # the CPU runs prompts as they are
     monkeypatch.setattr(text_model, "pad_prompts", True)
     text_model.restore()
-    assert text_model.prefill_buckets()[-1] == text_model.spec.max_prompt_tokens
+    assert prefill_buckets(text_model.spec.max_prompt_tokens)[-1] == text_model.spec.max_prompt_tokens
     decoder, positions = text_model.decoder, torch.arange(text_model.max_cache_len)
     for prompt in ["If the file", "Return the number of lines in " * 3]:
         ids = text_model.check_inputs(prompt, GREEDY)
