@@ -69,8 +69,8 @@ class StageClock:
     """Where an image's time goes, timed by forward hooks on the pipeline's own modules: the text
     encoders ("text encoding"), the denoiser from its first call to the last step's end ("denoising",
     with each step's time) and the VAE's decoder ("VAE decode"). On a GPU each mark is a CUDA event,
-    read once at `close`: timing a step never makes the host wait for the GPU (a synchronization per
-    step cost a FLUX image 3 % on an H100)."""
+    read once at `close`: timing a step never makes the host wait for the GPU, which would leave the
+    GPU idle while the host launches the next step's work."""
 
     def __init__(self, pipe, denoiser: torch.nn.Module, events: bool) -> None:
         self.events = events

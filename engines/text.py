@@ -125,8 +125,6 @@ def decode_step(calls: aoti.CapturedCalls) -> list[aoti.CapturedCall]:
 PREFILL_BUCKET = 64  # prompts are padded up to a multiple of this many tokens
 
 
-
-
 def load_draft(draft_id: str, device: str, built: bool) -> tuple[TextModel | None, str]:
     """The draft model ``draft_id`` and "", or None and why not (the model then serves without it);
     ``built``: the target was built in code, not loaded (its draft is given, never loaded)."""
