@@ -2,9 +2,9 @@
 ``/schedule``, ``/allow``, ``/release``, ``/startup-report``.
 
 ``idle`` is what the scheduler reports: True lets spaces reuse a worker for the next call of the same
-function, False makes it fork a new one. ``refuse`` answers the next N ``/schedule`` calls with 503
-("No GPU was available"); ``hold_longer_than`` (seconds), while set, answers 503 to every
-``/schedule`` that asks for a longer duration (a compile held back while requests are served). ``uuid`` is the GPU handed out (a real one's, from ``nvidia-smi -L``, where
+function, False makes it fork a new one. ``hold_longer_than`` (seconds), until `release`, answers 503
+("No GPU was available") to every ``/schedule`` that asks for a longer duration: a compile held back
+while requests are served. ``uuid`` is the GPU handed out (a real one's, from ``nvidia-smi -L``, where
 there is one). Every call is logged in ``calls``.
 """
 
@@ -18,9 +18,8 @@ from urllib.parse import parse_qs, urlparse
 
 
 class DeviceAPI:
-    def __init__(self, idle: bool = True, refuse: int = 0, hold_longer_than: float | None = None,
-                 uuid: str = "GPU-standin-0") -> None:
-        self.idle, self.refuse, self.hold_longer_than, self.uuid = idle, refuse, hold_longer_than, uuid
+    def __init__(self, idle: bool = True, hold_longer_than: float | None = None, uuid: str = "GPU-standin-0") -> None:
+        self.idle, self.hold_longer_than, self.uuid = idle, hold_longer_than, uuid
         self.calls: list[dict] = []
         self._lock = threading.Lock()
         api = self
@@ -47,9 +46,7 @@ class DeviceAPI:
         with self._lock:
             self.calls.append({"path": path, **params})
             if path == "/schedule":
-                held = self.hold_longer_than is not None and float(params.get("durationSeconds", 0)) > self.hold_longer_than
-                if held or self.refuse > 0:
-                    self.refuse = self.refuse if held else self.refuse - 1
+                if self.hold_longer_than is not None and float(params.get("durationSeconds", 0)) > self.hold_longer_than:
                     return 503, b'{"detail": "no GPU"}'
                 body = {"idle": self.idle, "nvidiaIndex": 0, "nvidiaUUID": self.uuid, "allowToken": uuid.uuid4().hex}
                 return 200, json.dumps(body).encode()
