@@ -33,6 +33,7 @@ from .regional import find_blocks
 from .status import Status
 from .step_cache import StepCacheConfig, StepCacheStats, step_cache
 from .step_cache import refusal as step_cache_refusal
+from .cuda_graphs import StepGraph
 from .swap import CompiledMethod, eager, status_of
 from .transforms import (
     DecodeAttention,
@@ -75,6 +76,7 @@ __all__ = [
     "RegionalArtifact",
     "Status",
     "StepCacheConfig",
+    "StepGraph",
     "StepCacheStats",
     "TransformConfig",
     "apply",

@@ -14,7 +14,7 @@ from torch.utils import _pytree as pytree
 from . import lifetimes
 from .cache import MANIFEST_FILE, PROBE_FILE
 from .compile import EXTRA_CONSTANTS_FILE, Artifact, RegionalArtifact, import_op_modules
-from .cuda_graphs import CUDAGraphRunner, is_static
+from .cuda_graphs import CUDAGraphRunner, StepGraph, is_static
 from .env import fingerprint
 from .module_record import update
 from .passes.toolchain import prepare_inductor
@@ -68,7 +68,8 @@ def _verify_package(artifact: Artifact) -> tuple[bool, str]:
     return bool(verdict["ok"]), str(verdict["reason"])
 
 
-def _bind(artifact: Artifact, module: torch.nn.Module, status: Status, cuda_graphs: bool = False) -> tuple[list[tuple[Any, ...]], dict[str, torch.Tensor]]:
+def _bind(artifact: Artifact, module: torch.nn.Module, status: Status, cuda_graphs: bool = False,
+          single_threaded: bool = False) -> tuple[list[tuple[Any, ...]], dict[str, torch.Tensor]]:
     from torch._inductor.package import load_package
 
     prepare_inductor()  # a fresh process would otherwise re-run Inductor's slow CPU checks here
@@ -82,7 +83,7 @@ def _bind(artifact: Artifact, module: torch.nn.Module, status: Status, cuda_grap
         name, prefix = graph["name"], graph.get("constant_prefix", "")
         graphed = cuda_graphs and is_static(graph["guard"])
         # single-threaded runners skip the container's event bookkeeping, which a CUDA graph can't capture
-        runner = load_package(str(artifact.package), name, run_single_threaded=graphed)
+        runner = load_package(str(artifact.package), name, run_single_threaded=graphed or single_threaded)
         bound: dict[str, torch.Tensor] = {}
         missing = []
         for fqn in runner.get_constant_fqns():
@@ -129,9 +130,11 @@ def apply(artifact: Artifact | RegionalArtifact, module: torch.nn.Module, *, met
     return _apply_one(artifact, module, method, cuda_graphs)
 
 
-def _apply_one(artifact: Artifact, module: torch.nn.Module, method: str, cuda_graphs: bool) -> Status:
+def _apply_one(artifact: Artifact, module: torch.nn.Module, method: str, cuda_graphs: bool,
+               single_threaded: bool = False) -> Status:
     """`apply` of one package to a module whose method is eager (no garbage collection here: a regional
-    apply binds dozens of blocks, and a full collection per block adds seconds to a large model's load)."""
+    apply binds dozens of blocks, and a full collection per block adds seconds to a large model's load).
+    ``single_threaded``: runners a CUDA graph around the caller can capture (a regional step's)."""
     status = copy.deepcopy(artifact.status)
     ok, reason = verify_loadable(artifact)
     if not ok:
@@ -143,7 +146,7 @@ def _apply_one(artifact: Artifact, module: torch.nn.Module, method: str, cuda_gr
         status.fallbacks.append(f"cuda graphs -> off: the graphs run on {artifact.manifest['device']}")
         cuda_graphs = False
     start = time.perf_counter()
-    graphs, weights = _bind(artifact, module, status, cuda_graphs)
+    graphs, weights = _bind(artifact, module, status, cuda_graphs, single_threaded)
     status.load_s = round(time.perf_counter() - start, 4)
     status.runtime = "aoti"
     install(module, method, CompiledMethod(module, method, graphs, weights, status))
@@ -153,16 +156,18 @@ def _apply_one(artifact: Artifact, module: torch.nn.Module, method: str, cuda_gr
 def _apply_regional(artifact: RegionalArtifact, module: torch.nn.Module, cuda_graphs: bool) -> Status:
     status = copy.deepcopy(artifact.status)
     status.runtime, status.load_s = "aoti", 0.0
-    if cuda_graphs:  # asked for, not built: said, like a CPU package's
-        status.fallbacks.append("cuda graphs -> off: a regional build runs each block's graph on its own (no CUDA graph "
-                                "per block or around the step)")
+    devices = {part.manifest["device"] for _, part in artifact.parts}
+    if cuda_graphs and devices != {"cuda"}:
+        status.fallbacks.append(f"cuda graphs -> off: the graphs run on {', '.join(sorted(devices))}")
+        cuda_graphs = False
     unswap(module, "forward")
     lifetimes.release_orphans()
     rejected = []
     for names, part in artifact.parts:
         for name in names:
             block = module.get_submodule(name)
-            part_status = _apply_one(part, block, part.manifest["options"].get("method", "forward"), cuda_graphs=False)
+            part_status = _apply_one(part, block, part.manifest["options"].get("method", "forward"), cuda_graphs=False,
+                                     single_threaded=cuda_graphs)
             if part_status.runtime != "aoti":
                 rejected.append(part_status.reason)
                 continue
@@ -172,6 +177,10 @@ def _apply_regional(artifact: RegionalArtifact, module: torch.nn.Module, cuda_gr
         status.runtime = "eager" if len(rejected) == sum(len(n) for n, _ in artifact.parts) else "aoti"
         status.fallbacks.append(f"aoti -> eager for {len(rejected)} blocks: {rejected[0]}")
     status.reason = f"regional: {len(artifact.parts)} packages for {sum(len(n) for n, _ in artifact.parts)} blocks"
+    if cuda_graphs and not rejected:  # the whole step as one CUDA graph, captured at its first call
+        install(module, "forward", StepGraph(module.forward, status))
+    elif cuda_graphs:
+        status.fallbacks.append("cuda graph of the step -> off: some blocks run eagerly")
     update(module, regional=status)
     return status
 

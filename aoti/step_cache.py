@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from .regional import find_blocks
-from .swap import CompiledMethod
+from .swap import CompiledMethod, step_graph_lifted
 
 log = logging.getLogger(__name__)
 
@@ -235,7 +235,8 @@ def step_cache(module: torch.nn.Module, config: StepCacheConfig | None = None) -
     for name, blocks in originals.items():
         setattr(module, name, _CachedList(blocks, run))
     try:
-        yield stats
+        with step_graph_lifted(module):  # a replay of the whole step could skip nothing
+            yield stats
     finally:
         for name, blocks in originals.items():
             setattr(module, name, blocks)

@@ -1,8 +1,9 @@
 """Swapping a module's method for compiled graphs and back: the one owner of what is swapped in.
 
-`install` puts a `CompiledMethod` on the module (an instance attribute over the class's method);
-`unswap` takes it (and every regional block's) away; `eager` lifts them for the length of a block;
-`status_of` reads the live record. Nothing else looks inside a module for compiled methods.
+`install` puts a `CompiledMethod` (or a regional module's `StepGraph`) on the module (an instance
+attribute over the class's method); `unswap` takes it (and every regional block's) away; `eager` lifts
+them for the length of a block, `step_graph_lifted` only the step graph; `status_of` reads the live
+record. Nothing else looks inside a module for compiled methods.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from torch.export._tree_utils import reorder_kwargs
 from torch.utils import _pytree as pytree
 
 from . import lifetimes
+from .cuda_graphs import StepGraph
 from .module_record import record_of, update
 from .shapes import flatten_call
 from .status import Status
@@ -59,7 +61,10 @@ class CompiledMethod:
         return self.eager(*args, **kwargs)
 
 
-def install(module: torch.nn.Module, method: str, compiled: CompiledMethod) -> None:
+SWAPPED = (CompiledMethod, StepGraph)
+
+
+def install(module: torch.nn.Module, method: str, compiled: CompiledMethod | StepGraph) -> None:
     """``module.<method>`` runs ``compiled`` from now on (until `unswap`)."""
     setattr(module, method, compiled)
 
@@ -76,7 +81,7 @@ def eager(module: torch.nn.Module, method: str = "forward") -> Iterator[None]:
         with aoti.eager(pipe.transformer):
             reference = pipe("a cat")               # eager, for this call only
     """
-    swapped = {sub: sub.__dict__.pop(method) for sub in module.modules() if isinstance(sub.__dict__.get(method), CompiledMethod)}
+    swapped = {sub: sub.__dict__.pop(method) for sub in module.modules() if isinstance(sub.__dict__.get(method), SWAPPED)}
     try:
         yield
     finally:
@@ -88,9 +93,24 @@ def unswap(module: torch.nn.Module, method: str) -> None:
     """The eager method back on the module and on every regional block; transforms stay."""
     for sub in module.modules():
         swapped = sub.__dict__.get(method)
-        if isinstance(swapped, CompiledMethod):
+        if isinstance(swapped, SWAPPED):
             del sub.__dict__[method]
     update(module, regional=None)
+
+
+@contextlib.contextmanager
+def step_graph_lifted(module: torch.nn.Module) -> Iterator[None]:
+    """Inside the block, a regional module's step runs its blocks' graphs one by one (no `StepGraph`
+    replay), so that they can be skipped (`aoti.step_cache`); the step graph is back when it ends."""
+    graph = module.__dict__.get("forward")
+    if not isinstance(graph, StepGraph):
+        yield
+        return
+    del module.__dict__["forward"]
+    try:
+        yield
+    finally:
+        module.__dict__["forward"] = graph
 
 
 def status_of(module: torch.nn.Module, method: str = "forward") -> Status:

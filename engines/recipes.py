@@ -97,27 +97,31 @@ def text_recipe(fp8: bool = False, decode_kernels: bool = False, preset: str = "
 
 
 def image_recipe(fp8: bool = False, flux_attention: bool = False, regional: bool = False,
-                 preset: str = "default") -> Recipe:
+                 preset: str = "default", attention: str = "auto") -> Recipe:
     """How an image model's denoiser is optimized, in order:
 
     1. FLUX attention's q/k norms and rotary embedding as one kernel (``flux_attention``: FLUX on a GPU);
     2. FP8 weights (``fp8``);
-    3. compiled with one static graph per size bucket, or per repeated block (``regional``).
+    3. compiled with one static graph per size bucket, or per repeated block (``regional``), its
+       attention on ``attention``'s kernel (`aoti.attention`; "fp8": FLUX with FP8 weights on a GPU).
     """
     transforms: list[aoti.TransformConfig] = []
     if flux_attention:
         transforms.append(aoti.FuseFluxNormRope())
     if fp8:
         transforms.append(aoti.Float8Rowwise())
-    return Recipe(tuple(transforms), aoti.CompileOptions(dispatch="buckets", regional=regional, preset=preset))
+    return Recipe(tuple(transforms), aoti.CompileOptions(dispatch="buckets", regional=regional, preset=preset,
+                                                         attention=attention))
 
 
 def recipe_for(spec: ModelSpec, device: DeviceInfo, switches: Switches) -> Recipe:
     """``spec``'s recipe on ``device`` with ``switches``: FP8 where asked, or where only FP8 weights fit
     (`select.choose`); on a GPU, text models with the decode kernels and Inductor's "decode" preset
-    (their decode steps are one-row products), FLUX with its attention kernel."""
+    (their decode steps are one-row products), FLUX with its fused q/k norm + rotary kernel and, with
+    FP8 weights, FP8 attention."""
     fp8 = switches.fp8 or choose(spec, device).quantization == "fp8_rowwise"
     gpu = device.kind != "cpu"
     if spec.task == "text":
         return text_recipe(fp8, decode_kernels=gpu, preset="decode" if gpu else "default")
-    return image_recipe(fp8, flux_attention=spec.family == "flux" and gpu, regional=switches.regional)
+    flux_gpu = spec.family == "flux" and gpu
+    return image_recipe(fp8, flux_attention=flux_gpu, regional=switches.regional, attention="fp8" if fp8 and flux_gpu else "auto")

@@ -3,7 +3,7 @@ weights (CLIP-L and T5-XXL text encoders, the 19 + 38 block transformer, the VAE
 Hugging Face cache as the Hub would leave it, found there by the registry's ``flux.1-dev``, loaded by
 `engines.ImageModel` with the placement `engines.select.choose` makes for this device, optimized with
 the recipe the app uses here (`engines.recipes.recipe_for`: FP8 weights, FLUX's fused norm + rotary
-kernel, regional compile; CUDA graphs are asked for on a GPU, and a regional build records that it has none)
+kernel, FP8 attention, regional compile, the whole step replayed as one CUDA graph on a GPU)
 and timed end to end, stage by stage.
 
 Variants, in this order, on the one loaded pipeline:
@@ -13,6 +13,8 @@ Variants, in this order, on the one loaded pipeline:
   cached_40, cached_60   the app's build with step caching (`aoti.step_cache`) at a fixed schedule: that share
          of the steps reuses the blocks' residual (random weights make a threshold meaningless; the
          thresholds' quality is measured on the embedded DiT); the cached and the full step's times apart
+  ours_launches  the 'ours' build bound again with its blocks launched one by one (no CUDA graph of the step)
+  ours_sdpa  the app's recipe with PyTorch's bf16 attention kernel instead of FP8 attention (a rebuild)
   peer_bf16  diffusers' `compile_repeated_blocks` (torch.compile per block), bf16 (also on the CPU, for --tiny)
   peer   torchao FP8 (dynamic row-wise) + `compile_repeated_blocks`, where torchao is installed; the
          peers rewrite the transformer, so they run last
@@ -221,7 +223,7 @@ def warm_start(size: int, steps: int, cache_dir: str, tiny: bool) -> dict[str, A
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True)
-    parser.add_argument("--variants", default="eager,ours,cached_40,cached_60,warm,peer_bf16,peer")
+    parser.add_argument("--variants", default="eager,ours,cached_40,cached_60,ours_launches,ours_sdpa,warm,peer_bf16,peer")
     parser.add_argument("--size", type=int, default=None, help="image side (1024; 64 with --tiny)")
     parser.add_argument("--steps", type=int, default=28)
     parser.add_argument("--repeats", type=int, default=3)
@@ -281,6 +283,21 @@ def main(argv: list[str] | None = None) -> None:
             rec.variant(name, {**image_numbers(result, reference.get("image")), "peak_mb": peak},
                         build_s=status.compile_s, runtime=status.runtime, transforms=status.transforms,
                         cuda_graphs=status.cuda_graphs, fallbacks=status.fallbacks)
+        elif name == "ours_launches":
+            if model.ref is None:
+                rec.variant(name, {"skipped": "runs on the 'ours' build: list it first"})
+                return
+            status = model.bind(model.ref, studio.engine.cache, cuda_graphs=False)
+            result, peak = generate(model, params, device, args.repeats)
+            rec.variant(name, {**image_numbers(result, reference.get("image")), "peak_mb": peak},
+                        cuda_graphs=status.cuda_graphs, fallbacks=status.fallbacks)
+        elif name == "ours_sdpa":
+            recipe = recipe_for(spec, studio.device, Switches(fp8=studio.device.fp8, regional=True))
+            recipe = dataclasses.replace(recipe, options=recipe.options.replace(attention="auto"))
+            status = model.optimize(recipe, studio.engine.cache)
+            result, peak = generate(model, params, device, args.repeats)
+            rec.variant(name, {**image_numbers(result, reference.get("image")), "peak_mb": peak},
+                        build_s=status.compile_s, cuda_graphs=status.cuda_graphs, fallbacks=status.fallbacks)
         elif name.startswith("cached_"):
             if model.ref is None:
                 rec.variant(name, {"skipped": "runs on the 'ours' build: list it first"})

@@ -157,12 +157,13 @@ def test_blocks_that_never_ran_are_a_recorded_fallback(cache):
     assert any("never ran" in f for f in status.fallbacks)
 
 
-def test_cuda_graphs_asked_of_a_regional_build_are_a_recorded_fallback(cache):
-    """A regional build has no CUDA graphs: asking for them is said, not dropped silently."""
+def test_cuda_graphs_asked_of_a_regional_build_on_the_cpu_are_a_recorded_fallback(cache):
+    """CUDA graphs of a regional step need a GPU: asking for them on the CPU is said, not dropped silently."""
     model = _Blocks()
     with aoti.capture(model) as call, torch.no_grad():
         model(torch.randn(2, 8))
     artifact = aoti.compile(model, call, aoti.CompileOptions(regional=True), cache=cache)
     assert not any("cuda graphs" in f for f in aoti.apply(artifact, model).fallbacks)
     status = aoti.apply(artifact, model, cuda_graphs=True)
-    assert status.runtime == "aoti" and any(f.startswith("cuda graphs -> off: a regional build") for f in status.fallbacks)
+    assert status.runtime == "aoti" and "cuda graphs -> off: the graphs run on cpu" in status.fallbacks
+    assert "forward" not in model.__dict__  # no step graph: the blocks' graphs run one by one

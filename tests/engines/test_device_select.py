@@ -195,6 +195,15 @@ def test_llm_graphs_get_the_decode_preset_and_kernels_on_gpus_only():
     assert recipe_for(image, H100, Switches()).options.preset == "default"
 
 
+def test_flux_gets_fp8_attention_with_fp8_weights_on_a_gpu_only():
+    from engines.recipes import Switches, recipe_for
+
+    flux, dit = registry.get("flux.1-dev"), registry.get("tiny-shapes-dit")
+    assert recipe_for(flux, H100, Switches(fp8=True, regional=True)).options.attention == "fp8"
+    assert recipe_for(dit, H100, Switches(regional=True)).options.attention == "auto"  # bf16 weights: bf16 attention
+    assert recipe_for(dit, CPU_24, Switches(regional=True)).options.attention == "auto"
+
+
 def _zerogpu_card(monkeypatch, model: str) -> dict:
     """torch.cuda as ZeroGPU's main process sees it: spaces' stand-in values for ``model`` (from the
     installed spaces package's own configs.json), as its patched torch answers them."""
