@@ -23,6 +23,7 @@ from .apply import apply, preload, restore, verify_loadable
 from .cache import Cache, CacheUnwritable, default_cache_dir
 from .capture import CapturedCall, CapturedCalls, capture
 from .compile import Artifact, OnStage, RegionalArtifact, compile, load, transforms_for
+from .cuda_graphs import StepGraph
 from .hub import HubRefused, HubSource
 from .lora import FusedLora, LoraAdapter, fuse_lora, lora_of, unfuse_lora
 from .measure import Speedup, measure_speedup
@@ -33,7 +34,6 @@ from .regional import find_blocks
 from .status import Status
 from .step_cache import StepCacheConfig, StepCacheStats, step_cache
 from .step_cache import refusal as step_cache_refusal
-from .cuda_graphs import StepGraph
 from .swap import CompiledMethod, eager, status_of
 from .transforms import (
     DecodeAttention,

@@ -4,7 +4,8 @@ never rebuild.
 A compiled graph here reads the module's own weight tensors (`apply` binds them), so an adapter fused
 into those tensors in place (W += scale · alpha/r · B A) is what the graph computes with from its next
 call; each touched layer's own weight is copied to host memory once and copied back by `unfuse_lora`,
-bit for bit. No
+bit for bit. An FP8 layer (`Float8Rowwise`) is quantized again from its float weight plus the delta,
+into its own bits and scales. No
 tensor is replaced (a CUDA graph holds their addresses), so regional builds and CUDA graphs go on as
 they were.
 
@@ -30,6 +31,7 @@ from typing import Any
 import torch
 
 from .module_record import record_of, update
+from .transforms.quantize import RowwiseFloat8Linear
 
 log = logging.getLogger(__name__)
 
@@ -104,15 +106,23 @@ class FusedLora:
 @dataclass
 class LoraState:
     """On a module (its `ModuleRecord`): host copies of its own weights for every layer an adapter has
-    touched (taken at the first fuse of each layer, kept for the next switches) and what is fused now."""
+    touched (taken at the first fuse of each layer, kept for the next switches: a float layer's weight,
+    an FP8 layer's bits and scales) and what is fused now."""
 
-    stash: dict[str, torch.Tensor]
+    stash: dict[str, tuple[torch.Tensor, ...]]
     fused: FusedLora | None = None
+
+
+def _own_tensors(linear: torch.nn.Module) -> tuple[torch.Tensor, ...]:
+    """What an adapter changes in a layer, in place: a float weight, or an FP8 layer's bits and scales."""
+    if isinstance(linear, RowwiseFloat8Linear):
+        return linear.weight, linear.weight_scale
+    return (linear.weight,)
 
 
 def check_lora(module: torch.nn.Module, adapter: LoraAdapter) -> None:
     """A ValueError naming what in ``adapter`` doesn't fit ``module`` (a layer it lacks, a layer that is
-    not a float linear, a shape that differs); nothing changes."""
+    neither a float linear nor an FP8 one made by `Float8Rowwise`, a shape that differs); nothing changes."""
     for layer, (down, up, _) in adapter.layers.items():
         try:
             linear = module.get_submodule(layer)
@@ -121,9 +131,12 @@ def check_lora(module: torch.nn.Module, adapter: LoraAdapter) -> None:
         weight = getattr(linear, "weight", None)
         if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
             raise ValueError(f"adapter {adapter.name}: {layer} is not a linear layer")
-        if not weight.is_floating_point() or weight.element_size() < 2:
-            raise ValueError(f"adapter {adapter.name}: {layer} holds {weight.dtype} weights (FP8); LoRA fuses into "
-                             "bf16/fp16/fp32 weights only: switch FP8 off for this model")
+        if isinstance(linear, RowwiseFloat8Linear):
+            if linear.source is None:
+                raise ValueError(f"adapter {adapter.name}: {layer} is FP8 without its float weight to fuse into")
+        elif not weight.is_floating_point() or weight.element_size() < 2:
+            raise ValueError(f"adapter {adapter.name}: {layer} holds {weight.dtype} weights; LoRA fuses into float "
+                             "(bf16/fp16/fp32) and FP8 weights only: switch this quantization off for this model")
         if (up.shape[0], down.shape[1]) != tuple(weight.shape) or up.shape[1] != down.shape[0]:
             raise ValueError(f"adapter {adapter.name}: {layer} is {tuple(weight.shape)}, the adapter's product is "
                              f"{(up.shape[0], down.shape[1])}")
@@ -132,21 +145,27 @@ def check_lora(module: torch.nn.Module, adapter: LoraAdapter) -> None:
 @torch.no_grad()
 def fuse_lora(module: torch.nn.Module, adapter: LoraAdapter, scale: float = 1.0) -> FusedLora:
     """Fuse ``adapter`` at ``scale`` into ``module``'s weights in place (an adapter fused before is
-    unfused first); returns what is now fused. A layer's own weight is copied to host memory the first
-    time an adapter touches it (kept for later switches: `unfuse_lora` copies it back). A ValueError
-    (`check_lora`) leaves the module as it was. Hold the module's lock: its weights change in place."""
+    unfused first); returns what is now fused. A layer's own tensors are copied to host memory the first
+    time an adapter touches it (kept for later switches: `unfuse_lora` copies them back). An FP8 layer
+    (`Float8Rowwise`) is quantized again, as it was, from its float weight plus the adapter's product.
+    A ValueError (`check_lora`) leaves the module as it was. Hold the module's lock: its weights change
+    in place."""
     check_lora(module, adapter)
     unfuse_lora(module)
     state = record_of(module).lora or LoraState({})
     start = time.perf_counter()
     cuda = False
     for layer, (down, up, layer_scale) in adapter.layers.items():
-        weight = module.get_submodule(layer).weight
+        linear = module.get_submodule(layer)
+        weight = linear.weight
         cuda = cuda or weight.is_cuda
         if layer not in state.stash:
-            state.stash[layer] = torch.empty(weight.shape, dtype=weight.dtype, pin_memory=weight.is_cuda).copy_(weight)
+            state.stash[layer] = tuple(torch.empty(t.shape, dtype=t.dtype, pin_memory=t.is_cuda).copy_(t) for t in _own_tensors(linear))
         delta = up.to(weight.device, torch.float32) @ down.to(weight.device, torch.float32)
-        weight.copy_((weight.float() + delta * (scale * layer_scale)).to(weight.dtype))
+        if isinstance(linear, RowwiseFloat8Linear):
+            linear.requantize_(linear.source.to(weight.device, torch.float32) + delta * (scale * layer_scale))
+        else:
+            weight.copy_((weight.float() + delta * (scale * layer_scale)).to(weight.dtype))
     if cuda:
         torch.cuda.synchronize()  # the switch's time is the device's
     state.fused = FusedLora(adapter.name, scale, tuple(adapter.layers), time.perf_counter() - start)
@@ -168,9 +187,10 @@ def unfuse_lora(module: torch.nn.Module, keep: bool = True) -> str | None:
     if fused is not None:
         cuda = False
         for layer in fused.layers:
-            weight = module.get_submodule(layer).weight
-            cuda = cuda or weight.is_cuda
-            weight.copy_(state.stash[layer], non_blocking=True)
+            own = _own_tensors(module.get_submodule(layer))
+            cuda = cuda or own[0].is_cuda
+            for tensor, saved in zip(own, state.stash[layer], strict=True):
+                tensor.copy_(saved, non_blocking=True)
         if cuda:
             torch.cuda.synchronize()
         state.fused = None

@@ -57,6 +57,7 @@ class RowwiseFloat8Linear(torch.nn.Module):
     `aoti.kernels.gemv` instead, weight-only (the activation stays bf16)."""
 
     one_row_kernel = False
+    source: torch.Tensor | None = None  # the float weight it was made from, in host memory (`Float8Rowwise` sets it)
 
     def __init__(self, weight: torch.Tensor, weight_scale: torch.Tensor, bias: torch.Tensor | None) -> None:
         super().__init__()
@@ -82,6 +83,18 @@ class RowwiseFloat8Linear(torch.nn.Module):
             weight, scale = rowwise_fp8(source)
         bias = linear.bias.detach() if linear.bias is not None else None
         return cls(weight, scale.reshape(1, -1).contiguous(), bias)
+
+    @torch.no_grad()
+    def requantize_(self, weight: torch.Tensor) -> None:
+        """``weight`` (float, out x in, on the layer's device) quantized as this layer's was, written into
+        the layer's own tensors in place (compiled graphs and CUDA graphs hold their addresses): how an
+        adapter is fused into an FP8 layer (`aoti.fuse_lora`)."""
+        if self.per_tensor:
+            q, scale = fp8_scaled(weight, weight.abs().amax().reshape(1, 1))
+        else:
+            q, scale = rowwise_fp8(weight)
+        self.weight.copy_(q.view(torch.uint8))
+        self.weight_scale.copy_(scale.reshape(1, -1))
 
     @property
     def per_tensor(self) -> bool:
@@ -211,7 +224,8 @@ def _float8_rowwise(module: torch.nn.Module, config: Float8Rowwise) -> Applied:
                     left += 1
                 elif type(child) in (torch.nn.Linear, GemvLinear):
                     stash = _Stash(child, shared)
-                    parent._modules[name] = RowwiseFloat8Linear.from_linear(child, per_tensor)
+                    quantized = parent._modules[name] = RowwiseFloat8Linear.from_linear(child, per_tensor)
+                    quantized.source = stash.saved["weight"][0]  # an adapter is fused from it (`aoti.fuse_lora`)
                     stash.release()
                     swapped.append((parent, name, stash))
     if not swapped:

@@ -13,6 +13,9 @@ Variants, in this order, on the one loaded pipeline:
   cached_40, cached_60   the app's build with step caching (`aoti.step_cache`) at a fixed schedule: that share
          of the steps reuses the blocks' residual (random weights make a threshold meaningless; the
          thresholds' quality is measured on the embedded DiT); the cached and the full step's times apart
+  lora_eager  eager bf16 with a random rank-16 adapter fused into every linear layer of the blocks
+         (`aoti.fuse_lora`): the first fuse, a switch to a second adapter and the unfuse timed, and the image
+  lora   the same on the 'ours' build (FP8: the adapted layers quantized again), its image against lora_eager's
   ours_launches  the 'ours' build bound again with its blocks launched one by one (no CUDA graph of the step)
   ours_sdpa  the app's recipe with PyTorch's bf16 attention kernel instead of FP8 attention (a rebuild)
   peer_bf16  diffusers' `compile_repeated_blocks` (torch.compile per block), bf16 (also on the CPU, for --tiny)
@@ -179,6 +182,50 @@ def cache_schedule(steps: int, share: float) -> tuple[bool, ...]:
     return tuple(i in picks for i in range(steps))
 
 
+def random_adapter(transformer: torch.nn.Module, seed: int, rank: int = 16) -> Any:
+    """A random rank-``rank`` adapter on every linear layer of the transformer's blocks (attention,
+    feed-forward, modulation: as FLUX LoRAs trained on all linears cover them)."""
+    import aoti
+
+    generator = torch.Generator().manual_seed(seed)
+    layers = {}
+    for name, layer in transformer.named_modules():
+        features = (getattr(layer, "out_features", None), getattr(layer, "in_features", None))
+        if "transformer_blocks." in name and None not in features and getattr(layer, "weight", None) is not None:
+            down = torch.randn(rank, features[1], generator=generator) * 0.01
+            up = torch.randn(features[0], rank, generator=generator) * 0.01
+            layers[name] = (down, up, 1.0)
+    return aoti.LoraAdapter(f"random-r{rank}-{seed}", layers)
+
+
+def lora_numbers(model, params, device: str, repeats: int, reference: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Switch times of two random adapters on the model as it is bound now (first fuse, a switch, the
+    unfuse) and the image with the first; eager's image with it is kept as the compiled one's reference."""
+    import aoti
+
+    first, second = random_adapter(model.denoiser, 0), random_adapter(model.denoiser, 1)
+    out: dict[str, Any] = {"layers": len(first.layers), "rank": 16,
+                           "quantization": aoti.quantization_of(model.denoiser)}
+    out["first_fuse_s"] = round(aoti.fuse_lora(model.denoiser, first).seconds, 3)  # with the host copies' first taking
+    result, peak = generate(model, params, device, repeats)
+    start = time.perf_counter()
+    aoti.fuse_lora(model.denoiser, second)  # the first unfused, the second fused
+    out["switch_s"] = round(time.perf_counter() - start, 3)
+    start = time.perf_counter()
+    aoti.unfuse_lora(model.denoiser)
+    out["unfuse_s"] = round(time.perf_counter() - start, 3)
+    image = np.asarray(result.image, dtype=np.float64)
+    out.update(image_numbers(result, reference.get("image")), peak_mb=peak)
+    if "lora_image" in reference:
+        mse = float(((image - reference["lora_image"]) ** 2).mean())
+        out["vs_lora_eager"] = {"psnr_db": round(10 * math.log10(255**2 / mse), 1) if mse else math.inf,
+                                "speedup": round(reference["lora_image_s"] / result.latency_s, 2)}
+    else:
+        reference.update(lora_image=image, lora_image_s=result.latency_s)
+    aoti.unfuse_lora(model.denoiser, keep=False)  # the host copies go: the next variant starts clean
+    return out
+
+
 def step_times(result) -> dict[str, Any]:
     """A cached run's steps: the full and the cached step's median ms, and what a cached step costs."""
     cached = [ms for i, ms in enumerate(result.step_ms) if i in set(result.cached_steps)]
@@ -223,7 +270,7 @@ def warm_start(size: int, steps: int, cache_dir: str, tiny: bool) -> dict[str, A
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True)
-    parser.add_argument("--variants", default="eager,ours,cached_40,cached_60,ours_launches,ours_sdpa,warm,peer_bf16,peer")
+    parser.add_argument("--variants", default="eager,lora_eager,ours,cached_40,cached_60,lora,ours_launches,ours_sdpa,warm,peer_bf16,peer")
     parser.add_argument("--size", type=int, default=None, help="image side (1024; 64 with --tiny)")
     parser.add_argument("--steps", type=int, default=28)
     parser.add_argument("--repeats", type=int, default=3)
@@ -283,6 +330,11 @@ def main(argv: list[str] | None = None) -> None:
             rec.variant(name, {**image_numbers(result, reference.get("image")), "peak_mb": peak},
                         build_s=status.compile_s, runtime=status.runtime, transforms=status.transforms,
                         cuda_graphs=status.cuda_graphs, fallbacks=status.fallbacks)
+        elif name in ("lora", "lora_eager"):
+            if name == "lora" and model.ref is None:
+                rec.variant(name, {"skipped": "runs on the 'ours' build: list it first"})
+                return
+            rec.variant(name, lora_numbers(model, params, device, args.repeats, reference))
         elif name == "ours_launches":
             if model.ref is None:
                 rec.variant(name, {"skipped": "runs on the 'ours' build: list it first"})

@@ -111,3 +111,40 @@ def test_an_adapter_that_does_not_fit_is_refused_and_changes_nothing(tmp_path):
     assert all(torch.equal(v, before[k]) for k, v in smaller.state_dict().items()) and aoti.lora_of(smaller) is None
     with pytest.raises(ValueError, match="not a LoRA matrix this library fuses"):
         aoti.LoraAdapter.from_state_dict("dora", {"transformer.x.lora_magnitude_vector": torch.ones(3)})
+
+
+def test_an_adapter_fused_into_fp8_layers_is_quantized_again_from_the_float_weights(cache, tmp_path):
+    """FP8 weights (`Float8Rowwise`, torch's own `_scaled_mm` on the CPU): the adapted layers are quantized
+    again from their float weights plus the adapter's product, as FP8 of the float model with the adapter
+    would be, bit for bit; the compiled graphs compute with them; unfused, the first bits and scales."""
+    from aoti.transforms.quantize import RowwiseFloat8Linear
+
+    model, inputs = tiny.flux(), tiny.flux_inputs()
+    adapter = _adapter(_adapter_dir(model, tmp_path / "lora"))
+    reference = copy.deepcopy(model)
+    aoti.fuse_lora(reference, adapter, scale=0.7)  # the float model with the adapter, then FP8
+    aoti.transform(reference, [aoti.Float8Rowwise(emulate=True)])
+    aoti.transform(model, [aoti.Float8Rowwise(emulate=True)])
+    adapted_fp8 = [layer for layer in adapter.layers if isinstance(model.get_submodule(layer), RowwiseFloat8Linear)]
+    assert len(adapted_fp8) >= 4  # (layers whose sizes are not multiples of 16 stay float at these tiny sizes)
+    own = {k: v.clone() for k, v in model.state_dict().items()}
+    with aoti.capture(model) as call, torch.no_grad():
+        model(**inputs)
+    status = aoti.apply(aoti.compile(model, call, aoti.CompileOptions(), cache=cache), model)
+    assert status.runtime == "aoti" and status.quantization == "fp8_rowwise", status
+    plain = _run(model, inputs)
+
+    aoti.fuse_lora(model, adapter, scale=0.7)
+    for layer in adapted_fp8:
+        ours, theirs = model.get_submodule(layer), reference.get_submodule(layer)
+        assert torch.equal(ours.weight, theirs.weight) and torch.equal(ours.weight_scale, theirs.weight_scale), layer
+    calls = status.compiled_calls
+    with_adapter = _run(model, inputs)
+    assert status.compiled_calls > calls and status.guard_fallbacks == 0
+    torch.testing.assert_close(with_adapter, _run(reference, inputs), rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(with_adapter, plain, atol=1e-3)
+
+    aoti.unfuse_lora(model)
+    assert all(torch.equal(v, own[k]) for k, v in model.state_dict().items())
+    assert torch.equal(_run(model, inputs), plain)
+    aoti.restore(model)

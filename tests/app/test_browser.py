@@ -131,6 +131,10 @@ def test_page_generates_text_and_an_image_and_the_panel_updates(app_url, client,
     assert SCREENSHOT.stat().st_size > 10_000
 
 
+def _row(client, model: str) -> dict:
+    return {r["model"]: r for r in client.predict(api_name="/compile_status")}[model]
+
+
 def _assert_ticks_readable(page, plot: str) -> None:
     """A plot's shown axis labels: plain numbers (no exponent: "1e+1") and no two of one axis overlapping.
 
@@ -172,38 +176,78 @@ def _assert_inside_the_sidebar(cards, card) -> None:
     assert sidebar.evaluate("el => el.scrollWidth <= el.clientWidth + 1")
 
 
-@pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc to build the crashing library")
-def test_a_fallback_shows_its_reason_in_the_panel(compiled_app, cache_dir, tmp_path):
-    """A server whose cache holds the text model's package, rebuilt to segfault when loaded, and its
-    draft's, sound (copied: nothing is built): compiling from the Optimization tab finds them, the crash
-    probe's child dies, and the sidebar's card says "fallback" and why, in plain view; the server keeps
-    serving."""
-    from playwright.sync_api import expect, sync_playwright
+SLOWER = Path(__file__).resolve().parent / "slower"  # its sitecustomize makes every compiled call 40 ms longer
+
+
+@pytest.fixture(scope="module")
+def degraded(compiled_app, cache_dir, tmp_path_factory):
+    """A server whose cache holds the text model's package, rebuilt to segfault when loaded, its draft's
+    and the image model's, sound (copied: nothing is built), and whose every compiled call takes 40 ms
+    longer (`tests/app/slower`); no startup compile. Yields its URL and a `gradio_client.Client`."""
+    from types import SimpleNamespace
+
+    from gradio_client import Client
 
     import aoti
     from benchmarks.harness.servers import start_app, stop_app
     from tests.crash import crashing_copy
 
+    folder = tmp_path_factory.mktemp("degraded")
     cache, ref = aoti.Cache(cache_dir), compiled_app["tiny-llama-pydoc"]["ref"]
-    crashing_copy(aoti.Artifact(cache.get(ref["key"]), aoti.Status(), cache), tmp_path, sound=(ref["draft"]["key"],))
-    proc, url = start_app(tmp_path / "app.log", tmp_path / "cache", {"AOTI_COMPILE": "0"})
+    crashing_copy(aoti.Artifact(cache.get(ref["key"]), aoti.Status(), cache), folder,
+                  sound=(ref["draft"]["key"], compiled_app["tiny-shapes-unet"]["ref"]["key"]))
+    path = os.pathsep.join(p for p in (str(SLOWER), os.environ.get("PYTHONPATH", "")) if p)
+    env = {"AOTI_COMPILE": "0", "PYTHONPATH": path, "AOTI_TEST_SLOWER_MS": "40", "AOTI_MEASURE_S": "0.5"}
+    proc, url = start_app(folder / "app.log", folder / "cache", env)
     try:
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.goto(url)
-            card = page.locator('#model-cards [data-model="tiny-llama-pydoc"]')
-            expect(card.locator(".badge")).to_have_text("eager", timeout=120_000)
-            page.get_by_role("tab", name="Optimization").click()
-            page.locator("#opt-apply").click()
-            expect(card.locator(".badge")).to_have_text("fallback", timeout=120_000)
-            expect(card).to_contain_text("crashed")
-            expect(card).to_contain_text("SIGSEGV")
-            expect(card).to_be_in_viewport()
-            _assert_inside_the_sidebar(page.locator("#model-cards"), card)
-            page.get_by_role("tab", name="Text").click()
-            page.locator("#text-generate").click()  # served eager
-            expect(page.locator("#text-output textarea")).to_have_value(re.compile(r"\S"), timeout=60_000)
-            browser.close()
+        yield SimpleNamespace(url=url, client=Client(url, verbose=False))
     finally:
-        stop_app(proc, tmp_path / "app.log")
+        stop_app(proc, folder / "app.log")
+
+
+@pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc to build the crashing library")
+def test_a_fallback_shows_its_reason_in_the_panel(degraded):
+    """Compiling the text model from the Optimization tab finds its crashing package, the crash probe's
+    child dies, and the sidebar's card says "fallback" and why, in plain view; the server keeps serving."""
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(degraded.url)
+        card = page.locator('#model-cards [data-model="tiny-llama-pydoc"]')
+        expect(card.locator(".badge")).to_have_text("eager", timeout=120_000)
+        page.get_by_role("tab", name="Optimization").click()
+        page.locator("#opt-apply").click()
+        expect(card.locator(".badge")).to_have_text("fallback", timeout=120_000)
+        expect(card).to_contain_text("crashed")
+        expect(card).to_contain_text("SIGSEGV")
+        expect(card).to_be_in_viewport()
+        _assert_inside_the_sidebar(page.locator("#model-cards"), card)
+        page.get_by_role("tab", name="Text").click()
+        page.locator("#text-generate").click()  # served eager
+        expect(page.locator("#text-output textarea")).to_have_value(re.compile(r"\S"), timeout=60_000)
+        browser.close()
+
+
+@pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc to build the crashing library")
+def test_a_slower_compiled_path_is_said_slower_never_faster(degraded):
+    """The image model's graphs bound from the cache, every compiled call 40 ms longer: measured at load
+    against eager, the card on a fresh page says "N× slower", and nowhere "faster"."""
+    from playwright.sync_api import expect, sync_playwright
+
+    degraded.client.predict("tiny-shapes-unet", True, False, False, "", api_name="/set_optimization")
+    deadline = time.time() + 120
+    while (row := _row(degraded.client, "tiny-shapes-unet"))["state"] == "compiling" and time.time() < deadline:
+        time.sleep(0.5)  # binding the package from the cache, then timing it against eager
+    assert row["state"] == "aoti" and row["reason"] == "from the local cache" and row["measured"]["verdict"] == "slower", row
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(degraded.url)
+        card = page.locator('#model-cards [data-model="tiny-shapes-unet"]')
+        expect(card.locator(".badge")).to_have_text("compiled", timeout=60_000)
+        expect(card.locator(".speedup")).to_have_text(re.compile(r"^\d[\d.]*× slower$"))
+        expect(card).to_contain_text("hot module, measured at load")
+        assert "faster" not in card.inner_text()
+        browser.close()
