@@ -36,6 +36,7 @@ log = logging.getLogger("app")
 COMPILE_AT_STARTUP = os.environ.get("AOTI_COMPILE", "1") != "0"
 QUEUE_MAX = int(os.environ.get("AOTI_QUEUE_MAX", "64"))  # requests waiting at most; more are told the server is busy
 ACCESS = Access.from_env()  # who may change the server for everyone
+registry.owner_adapters()  # the owner's adapters (AOTI_ADAPTERS): a bad list stops the start here, saying what is wrong
 STARTUP_RETRY_S = float(os.environ.get("AOTI_STARTUP_RETRY_S", "60"))  # ZeroGPU: a refused startup compile, tried again
 STARTUP_ATTEMPTS = 5
 studio = Studio(gpu_in_workers=ON_ZEROGPU, open_catalog=ACCESS.open)

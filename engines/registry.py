@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import functools
+import json
 import logging
 import os
+import re
 import socket
 import time
 from dataclasses import dataclass, field
@@ -206,7 +209,8 @@ def draft(model_id: str) -> ModelSpec:
 @dataclass(frozen=True)
 class AdapterSpec:
     """One LoRA adapter a visitor may pick for ``model`` (an image model's denoiser): a local file, or a
-    file of a Hub repo at a pinned ``revision`` (an adapter is a download: only the ones listed here)."""
+    file of a Hub repo at a pinned ``revision`` (an adapter is a download: only the ones listed here and
+    in the owner's `owner_adapters`)."""
 
     id: str
     model: str
@@ -228,9 +232,55 @@ ADAPTERS: tuple[AdapterSpec, ...] = (
 )
 
 
+ENV_ADAPTERS = "AOTI_ADAPTERS"  # the owner's adapters: a JSON list, or the path of a JSON file holding one
+
+
+@functools.cache
+def owner_adapters() -> tuple[AdapterSpec, ...]:
+    """The adapters the owner allows beyond the catalog's, from ``AOTI_ADAPTERS`` (a Space variable):
+    a JSON list of ``{"id", "model", "source", "weight_name", "revision", "description"}``, or the path
+    of a file holding one. A Hub adapter must pin ``revision`` to a commit (40 hex digits: what was
+    allowed is what is downloaded) and name ``weight_name``; a local one is an absolute path. A
+    ValueError naming the entry and what is wrong where one is not so (the app does not start)."""
+    text = os.environ.get(ENV_ADAPTERS, "").strip()
+    if not text:
+        return ()
+    if not text.startswith(("[", "{")):  # otherwise a file
+        try:
+            text = Path(text).read_text()
+        except OSError as exc:
+            raise ValueError(f"{ENV_ADAPTERS}: {text!r} is neither a JSON list nor a readable file ({exc.strerror})") from None
+    try:
+        entries = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{ENV_ADAPTERS} is not valid JSON: {exc}") from None
+    if not isinstance(entries, list):
+        raise ValueError(f"{ENV_ADAPTERS} must be a JSON list of adapters")
+    fields, out = {f for f in AdapterSpec.__dataclass_fields__}, []
+    for i, entry in enumerate(entries):
+        where = f"{ENV_ADAPTERS}[{i}]"
+        if not isinstance(entry, dict) or not {"id", "model", "source"} <= entry.keys() or not entry.keys() <= fields:
+            raise ValueError(f"{where} must be an object with id, model and source (and optionally weight_name, revision, "
+                             f"description); got {str(entry)[:200]}")
+        if not all(isinstance(v, str) for v in entry.values()):
+            raise ValueError(f"{where}: every field is text")
+        spec = AdapterSpec(**entry)
+        model = next((m for m in CATALOG if m.id == spec.model), None)
+        if model is None or model.task != "image":
+            raise ValueError(f"{where}: {spec.model!r} is not an image model of the catalog")
+        if not spec.is_local and not (spec.weight_name and re.fullmatch(r"[0-9a-f]{40}", spec.revision or "")):
+            raise ValueError(f"{where}: a Hub adapter ({spec.source}) needs its weight_name and a revision pinned to a "
+                             "commit (40 hex digits)")
+        if any(a.model == spec.model and a.id == spec.id for a in (*ADAPTERS, *out)):
+            raise ValueError(f"{where}: {spec.model} already has an adapter named {spec.id!r}")
+        out.append(spec)
+    return tuple(out)
+
+
 def adapters_for(model_id: str) -> list[AdapterSpec]:
-    """The adapters offered for ``model_id`` (available here: a local file that exists, or a Hub adapter)."""
-    return [a for a in ADAPTERS if a.model == model_id and (not a.is_local or Path(a.source).exists())]
+    """The adapters offered for ``model_id``: the catalog's and the owner's (`owner_adapters`), where
+    available here (a local file that exists, or a Hub adapter)."""
+    return [a for a in (*ADAPTERS, *owner_adapters()) if a.model == model_id and (not a.is_local or Path(a.source).exists())]
 
 
 def adapter(model_id: str, adapter_id: str) -> AdapterSpec:

@@ -41,13 +41,15 @@ def compiled_app(client):
 
 OWNER_TOKEN = "s3cret-token"
 BROKEN_HUB_MODEL = "qwen2.5-0.5b-instruct"  # in the owned server's Hugging Face cache with a config and nothing else
+OWNER_ADAPTER = "outline-owner"  # the owned server's owner allows it (`AOTI_ADAPTERS`)
 
 
 @pytest.fixture(scope="session")
 def owned(cache_dir, tmp_path_factory):
     """A real `python app.py` with an owner (alice, or the admin token) and no startup compile, as a
     public Space runs; its Hugging Face cache holds `BROKEN_HUB_MODEL` with a config.json alone, so
-    that model is listed as available and fails when loaded. A `gradio_client.Client` for it."""
+    that model is listed as available and fails when loaded; the owner allows one more adapter
+    (`OWNER_ADAPTER`, a copy of the embedded one). A `gradio_client.Client` for it."""
     import json
 
     from gradio_client import Client
@@ -58,8 +60,9 @@ def owned(cache_dir, tmp_path_factory):
     folder = tmp_path_factory.mktemp("owned")
     snapshot = new_snapshot(folder / "hf", registry.get(BROKEN_HUB_MODEL).source)
     (snapshot / "config.json").write_text(json.dumps({"model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"]}))
+    adapter = [{"id": OWNER_ADAPTER, "model": "tiny-shapes-dit", "source": registry.adapter("tiny-shapes-dit", "outline").source}]
     env = {"AOTI_ADMIN_TOKEN": OWNER_TOKEN, "AOTI_OWNERS": "alice", "AOTI_COMPILE": "0", "AOTI_QUEUE_MAX": "2",
-           "HF_HOME": str(folder / "hf")}
+           "HF_HOME": str(folder / "hf"), "AOTI_ADAPTERS": json.dumps(adapter)}
     proc, url = start_app(folder / "app.log", cache_dir, env)
     try:
         client = Client(url, verbose=False)

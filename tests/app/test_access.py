@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.harness.servers import start_app, stop_app
+from tests.app.conftest import OWNER_ADAPTER
 from tests.app.conftest import OWNER_TOKEN as TOKEN
 from tests.app.test_browser import CHROMIUM
 
@@ -29,6 +30,12 @@ def test_a_visitor_is_refused_every_owner_action_and_the_server_does_not_change(
     after = _state(owned)
     assert (after["state"], after["reason"]) == (before["state"], before["reason"])
     assert owned.predict(TEXT, "If the file", 4, 0.0, api_name="/generate_text")  # generating is open to all
+
+
+def test_visitors_are_offered_the_adapters_the_owner_allows(owned):
+    rows = {r["id"]: r for r in owned.predict(api_name="/models")}
+    assert rows["tiny-shapes-dit"]["adapters"] == ["outline", OWNER_ADAPTER]  # the catalog's, then the owner's (AOTI_ADAPTERS)
+    assert rows["tiny-shapes-unet"]["adapters"] == []
 
 
 def test_the_admin_token_changes_the_server(owned):

@@ -23,7 +23,7 @@ from benchmarks.harness.servers import ROOT, start_app, stop_app
 from benchmarks.harness.zerogpu_api import DeviceAPI
 
 STANDIN = Path(__file__).resolve().parent / "standin"
-TEXT, IMAGE = "tiny-llama-pydoc", "tiny-shapes-unet"
+TEXT, IMAGE, DIT = "tiny-llama-pydoc", "tiny-shapes-unet", "tiny-shapes-dit"
 RETRY_S = 10  # busy mode: a refused startup compile is tried again after this long (then 2x, 3x ...)
 # idle: the scheduler reports the GPU idle, spaces reuses a function's worker. busy: a new fork for
 # every call, and every /schedule for more than 300 s (the startup compile's) is refused (503) until
@@ -158,6 +158,32 @@ def test_switching_aoti_off_and_on_is_what_the_next_request_runs(space):
     assert len(space.api.scheduled()) == scheduled + 1  # the compile ran in a GPU call
     space.client.predict(TEXT, "The file", 6, 0.0, api_name="/generate_text")
     assert last_requests(space.client, 1)[0]["runtime"] == "aoti"
+
+
+def test_a_lora_request_fuses_its_adapter_in_the_worker_and_the_next_gets_the_models_own_weights(space):
+    """The adapter travels with the request: the worker (a fresh fork when busy, the reused one when idle)
+    fuses it and draws outlines; the next request without it gets the model's own weights back, and the
+    first image bit for bit."""
+    import numpy as np
+    from PIL import Image
+
+    from engines.pipelines.shapes import outlined
+
+    wait_compiled(space.client)
+    prompt, args = "a green square, top right", ("32x32", 20, 7, 0, False, "off")
+    images, infos = [], []
+    for lora in ("", "outline", ""):
+        path, info = space.client.predict(DIT, prompt, *args, lora, 1.0, api_name="/generate_image")
+        images.append(np.asarray(Image.open(path).convert("RGB")))
+        infos.append(info)
+    assert "LoRA" not in infos[0] and "LoRA" not in infos[2]
+    assert "LoRA outline at 1, switched in" in infos[1], infos[1]
+    assert outlined(Image.fromarray(images[1]), prompt) and not np.array_equal(images[1], images[0])
+    assert np.array_equal(images[2], images[0])
+    records = last_requests(space.client, 3)
+    assert all(r["ok"] and r["worker_pid"] != os.getpid() for r in records), records
+    if space.mode == "busy":
+        assert len({r["worker_pid"] for r in records}) == 3
 
 
 def test_a_worker_that_cannot_bind_serves_eager_and_says_why(space, cache_dir, tmp_path):
