@@ -225,7 +225,7 @@ def _float8_rowwise(module: torch.nn.Module, config: Float8Rowwise) -> Applied:
                 elif type(child) in (torch.nn.Linear, GemvLinear):
                     stash = _Stash(child, shared)
                     quantized = parent._modules[name] = RowwiseFloat8Linear.from_linear(child, per_tensor)
-                    quantized.source = stash.saved["weight"][0]  # an adapter is fused from it (`aoti.fuse_lora`)
+                    quantized.source = stash.saved["weight"][0].detach()  # an adapter is fused from it (`aoti.fuse_lora`)
                     stash.release()
                     swapped.append((parent, name, stash))
     if not swapped:
