@@ -1,10 +1,13 @@
 """A real browser (Debian Chromium driven by Playwright) uses the page like a person would."""
 
+import contextlib
 import os
 import re
 import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -176,6 +179,21 @@ def _assert_inside_the_sidebar(cards, card) -> None:
     assert sidebar.evaluate("el => el.scrollWidth <= el.clientWidth + 1")
 
 
+@contextlib.contextmanager
+def _desktop_page(url: str) -> Iterator[Any]:
+    """A fresh Chromium page 1400 px wide, opened on ``url``."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(url)
+            yield page
+        finally:
+            browser.close()
+
+
 SLOWER = Path(__file__).resolve().parent / "slower"  # its sitecustomize makes every compiled call 40 ms longer
 
 
@@ -209,12 +227,9 @@ def degraded(compiled_app, cache_dir, tmp_path_factory):
 def test_a_fallback_shows_its_reason_in_the_panel(degraded):
     """Compiling the text model from the Optimization tab finds its crashing package, the crash probe's
     child dies, and the sidebar's card says "fallback" and why, in plain view; the server keeps serving."""
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.goto(degraded.url)
+    with _desktop_page(degraded.url) as page:
         card = page.locator('#model-cards [data-model="tiny-llama-pydoc"]')
         expect(card.locator(".badge")).to_have_text("eager", timeout=120_000)
         page.get_by_role("tab", name="Optimization").click()
@@ -227,27 +242,22 @@ def test_a_fallback_shows_its_reason_in_the_panel(degraded):
         page.get_by_role("tab", name="Text").click()
         page.locator("#text-generate").click()  # served eager
         expect(page.locator("#text-output textarea")).to_have_value(re.compile(r"\S"), timeout=60_000)
-        browser.close()
 
 
 @pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc to build the crashing library")
 def test_a_slower_compiled_path_is_said_slower_never_faster(degraded):
     """The image model's graphs bound from the cache, every compiled call 40 ms longer: measured at load
     against eager, the card on a fresh page says "N× slower", and nowhere "faster"."""
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     degraded.client.predict("tiny-shapes-unet", True, False, False, "", api_name="/set_optimization")
     deadline = time.time() + 120
     while (row := _row(degraded.client, "tiny-shapes-unet"))["state"] == "compiling" and time.time() < deadline:
         time.sleep(0.5)  # binding the package from the cache, then timing it against eager
     assert row["state"] == "aoti" and row["reason"] == "from the local cache" and row["measured"]["verdict"] == "slower", row
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.goto(degraded.url)
+    with _desktop_page(degraded.url) as page:
         card = page.locator('#model-cards [data-model="tiny-shapes-unet"]')
         expect(card.locator(".badge")).to_have_text("compiled", timeout=60_000)
         expect(card.locator(".speedup")).to_have_text(re.compile(r"^\d[\d.]*× slower$"))
         expect(card).to_contain_text("hot module, measured at load")
         assert "faster" not in card.inner_text()
-        browser.close()
