@@ -111,7 +111,8 @@ class StepGraph:
         stream.synchronize()
         graph = torch.cuda.CUDAGraph()
         before = self.status.compiled_calls
-        with torch.cuda.graph(graph, stream=stream):
+        # thread-local: another model's request on another thread (its own stream) may go on meanwhile
+        with torch.cuda.graph(graph, stream=stream, capture_error_mode="thread_local"):
             outputs = self.eager(*args, **kwargs)
         torch.cuda.current_stream().wait_stream(stream)
         out_leaves, out_spec = pytree.tree_flatten(outputs)
