@@ -31,6 +31,7 @@ from typing import Any
 import torch
 
 from .module_record import record_of, update
+from .transforms.fuse import ProjectionSlice
 from .transforms.quantize import RowwiseFloat8Linear
 
 log = logging.getLogger(__name__)
@@ -83,6 +84,26 @@ class LoraAdapter:
         return cls(name, layers)
 
     @classmethod
+    def from_peft(cls, folder: str | Path, name: str | None = None) -> LoraAdapter:
+        """Read a peft adapter folder (``adapter_config.json`` and ``adapter_model.safetensors``, as
+        ``PeftModel.save_pretrained`` writes them, e.g. for a transformers causal LM): the layers are named
+        as in the model peft wrapped (``model.layers.0.self_attn.q_proj``)."""
+        import json
+
+        from safetensors.torch import load_file
+
+        folder = Path(folder)
+        config = json.loads((folder / "adapter_config.json").read_text())
+        if config.get("peft_type", "LORA") != "LORA" or config.get("use_dora"):
+            raise ValueError(f"adapter {name or folder}: {config.get('peft_type')} adapters (or DoRA) are not fused by this library")
+        state_dict = load_file(folder / "adapter_model.safetensors")
+        metadata = {f"base_model.model.{k}": v for k, v in config.items()
+                    if k in ("lora_alpha", "alpha_pattern", "use_rslora")}
+        if "r" in config and "lora_alpha" not in config:
+            metadata["base_model.model.lora_alpha"] = config["r"]
+        return cls.from_state_dict(name or folder.name, state_dict, "base_model.model", metadata=metadata)
+
+    @classmethod
     def from_diffusers(cls, loader: Any, source: str | Path | dict, name: str | None = None, prefix: str = "transformer",
                        **kwargs: Any) -> LoraAdapter:
         """Read an adapter with ``loader.lora_state_dict`` (a diffusers pipeline class or its LoRA loader
@@ -94,8 +115,8 @@ class LoraAdapter:
 
 @dataclass(frozen=True)
 class FusedLora:
-    """The adapter fused into a module's weights now: its name, scale, the layers it changed, and the
-    seconds its fusing took."""
+    """The adapter fused into a module's weights now: its name, scale, the linear layers it changed (a
+    fused projection's once), and the seconds its fusing took."""
 
     name: str
     scale: float
@@ -120,12 +141,24 @@ def _own_tensors(linear: torch.nn.Module) -> tuple[torch.Tensor, ...]:
     return (linear.weight,)
 
 
+def _target(module: torch.nn.Module, layer: str) -> tuple[str, torch.nn.Module, slice | None]:
+    """Where an adapter's ``layer`` lives: the linear layer holding its weight (its qualified name and
+    itself) and, for a projection fused with its siblings (`aoti.FuseProjections`: q/k/v, gate/up), the
+    rows of the fused weight that are its own; None where the layer is itself the linear."""
+    sub = module.get_submodule(layer)
+    if isinstance(sub, ProjectionSlice):
+        parent = layer.rpartition(".")[0]
+        fused = f"{parent}.{sub.fused_name}" if parent else sub.fused_name
+        return fused, module.get_submodule(fused), slice(sub.start, sub.stop, sub.step)
+    return layer, sub, None
+
+
 def check_lora(module: torch.nn.Module, adapter: LoraAdapter) -> None:
     """A ValueError naming what in ``adapter`` doesn't fit ``module`` (a layer it lacks, a layer that is
     neither a float linear nor an FP8 one made by `Float8Rowwise`, a shape that differs); nothing changes."""
     for layer, (down, up, _) in adapter.layers.items():
         try:
-            linear = module.get_submodule(layer)
+            _, linear, rows = _target(module, layer)
         except AttributeError:
             raise ValueError(f"adapter {adapter.name}: {type(module).__name__} has no layer {layer}") from None
         weight = getattr(linear, "weight", None)
@@ -137,8 +170,9 @@ def check_lora(module: torch.nn.Module, adapter: LoraAdapter) -> None:
         elif not weight.is_floating_point() or weight.element_size() < 2:
             raise ValueError(f"adapter {adapter.name}: {layer} holds {weight.dtype} weights; LoRA fuses into float "
                              "(bf16/fp16/fp32) and FP8 weights only: switch this quantization off for this model")
-        if (up.shape[0], down.shape[1]) != tuple(weight.shape) or up.shape[1] != down.shape[0]:
-            raise ValueError(f"adapter {adapter.name}: {layer} is {tuple(weight.shape)}, the adapter's product is "
+        shape = (len(range(weight.shape[0])[rows]) if rows else weight.shape[0], weight.shape[1])
+        if (up.shape[0], down.shape[1]) != shape or up.shape[1] != down.shape[0]:
+            raise ValueError(f"adapter {adapter.name}: {layer} is {shape}, the adapter's product is "
                              f"{(up.shape[0], down.shape[1])}")
 
 
@@ -154,21 +188,29 @@ def fuse_lora(module: torch.nn.Module, adapter: LoraAdapter, scale: float = 1.0)
     unfuse_lora(module)
     state = record_of(module).lora or LoraState({})
     start = time.perf_counter()
-    cuda = False
+    deltas: dict[str, tuple[torch.nn.Module, torch.Tensor]] = {}  # per linear layer: the adapter's product, scaled
     for layer, (down, up, layer_scale) in adapter.layers.items():
-        linear = module.get_submodule(layer)
+        name, linear, rows = _target(module, layer)
+        device = linear.weight.device
+        product = (up.to(device, torch.float32) @ down.to(device, torch.float32)) * (scale * layer_scale)
+        if rows is not None:  # a projection fused with its siblings: its own rows of the fused weight
+            full = deltas[name][1] if name in deltas else torch.zeros(linear.weight.shape, dtype=torch.float32, device=device)
+            full[rows] += product
+            product = full
+        deltas[name] = (linear, product)
+    cuda = False
+    for name, (linear, delta) in deltas.items():
         weight = linear.weight
         cuda = cuda or weight.is_cuda
-        if layer not in state.stash:
-            state.stash[layer] = tuple(torch.empty(t.shape, dtype=t.dtype, pin_memory=t.is_cuda).copy_(t) for t in _own_tensors(linear))
-        delta = up.to(weight.device, torch.float32) @ down.to(weight.device, torch.float32)
+        if name not in state.stash:
+            state.stash[name] = tuple(torch.empty(t.shape, dtype=t.dtype, pin_memory=t.is_cuda).copy_(t) for t in _own_tensors(linear))
         if isinstance(linear, RowwiseFloat8Linear):
-            linear.requantize_(linear.source.to(weight.device, torch.float32) + delta * (scale * layer_scale))
+            linear.requantize_(linear.source.to(weight.device, torch.float32) + delta)
         else:
-            weight.copy_((weight.float() + delta * (scale * layer_scale)).to(weight.dtype))
+            weight.copy_((weight.float() + delta).to(weight.dtype))
     if cuda:
         torch.cuda.synchronize()  # the switch's time is the device's
-    state.fused = FusedLora(adapter.name, scale, tuple(adapter.layers), time.perf_counter() - start)
+    state.fused = FusedLora(adapter.name, scale, tuple(deltas), time.perf_counter() - start)
     update(module, lora=state)
     log.info("aoti: LoRA %s fused at %.2f into %d layers of %s in %.3f s", adapter.name, scale, len(adapter.layers),
              type(module).__name__, state.fused.seconds)
@@ -187,7 +229,7 @@ def unfuse_lora(module: torch.nn.Module, keep: bool = True) -> str | None:
     if fused is not None:
         cuda = False
         for layer in fused.layers:
-            own = _own_tensors(module.get_submodule(layer))
+            own = _own_tensors(module.get_submodule(layer))  # (the linear layers themselves: `FusedLora.layers`)
             cuda = cuda or own[0].is_cuda
             for tensor, saved in zip(own, state.stash[layer], strict=True):
                 tensor.copy_(saved, non_blocking=True)

@@ -148,3 +148,36 @@ def test_an_adapter_fused_into_fp8_layers_is_quantized_again_from_the_float_weig
     assert all(torch.equal(v, own[k]) for k, v in model.state_dict().items())
     assert torch.equal(_run(model, inputs), plain)
     aoti.restore(model)
+
+
+def test_a_peft_adapter_of_a_text_model_fuses_into_its_fused_projections(tmp_path):
+    """A transformers causal LM whose q/k/v and gate/up projections are fused (`FuseProjections`) and a
+    peft adapter on every projection, saved by peft: read by `LoraAdapter.from_peft`, each projection's
+    product lands in its own rows of the fused weight; the logits are peft's own (adapter unmerged);
+    unfused, the weights and logits are the first ones bit for bit."""
+    from peft import LoraConfig, get_peft_model
+
+    model, ids = tiny.llama(), tiny.token_ids(12)
+    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    reference = get_peft_model(copy.deepcopy(model), LoraConfig(r=RANK, lora_alpha=ALPHA, target_modules=targets,
+                                                                init_lora_weights=False))
+    reference.save_pretrained(str(tmp_path / "adapter"))
+    with torch.no_grad():
+        expected = reference(ids).logits
+    aoti.transform(model, [aoti.FuseProjections()])
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        plain = model(ids).logits
+
+    adapter = aoti.LoraAdapter.from_peft(tmp_path / "adapter")
+    assert len(adapter.layers) == 2 * len(targets) and "model.layers.0.self_attn.q_proj" in adapter.layers
+    fused = aoti.fuse_lora(model, adapter, scale=1.0)
+    assert "model.layers.0.self_attn.qkv_proj" in fused.layers and "model.layers.1.mlp.gate_up_proj" in fused.layers
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).logits, expected, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(expected, plain, atol=1e-3)
+
+    aoti.unfuse_lora(model)
+    assert all(torch.equal(v, weights[k]) for k, v in model.state_dict().items())
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, plain)
