@@ -142,7 +142,8 @@ class StepGraph:
                 entry = self.captured[key] = self._capture(leaves, spec)
                 self.status.cuda_graphs += 1
             except Exception as exc:  # e.g. a kernel that synchronizes: the plain launches go on
-                torch.cuda.synchronize()
+                if torch.cuda.is_available():
+                    torch.cuda.synchronize()
                 self.broken = True
                 self._say(f"capture failed: {type(exc).__name__}: {exc}"[:300])
                 return self.eager(*args, **kwargs)

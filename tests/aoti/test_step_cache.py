@@ -92,3 +92,31 @@ def test_where_it_cannot_run_it_says_why(flux_compiled):
     with pytest.raises(ValueError, match="compiled as one graph.*compile it regionally"):
         with aoti.step_cache(model):
             pass
+
+
+def test_a_step_graph_is_lifted_for_caching_and_a_step_it_cannot_capture_runs_launch_by_launch():
+    """`aoti.StepGraph` as a regional build installs it on a GPU, here on the CPU where no capture can
+    succeed: the step runs launch by launch, said once in the status; autograd on is said apart;
+    `step_cache` and `eager` lift it for their block and put it back; `restore` takes it away."""
+    model, inputs = tiny.flux(num_layers=2, num_single_layers=2), tiny.flux_inputs()
+    plain = _steps(model, inputs, 2)
+    status = aoti.Status(runtime="aoti")
+    graph = aoti.StepGraph(model.forward, status)
+    model.forward = graph
+    assert all(torch.equal(a, b) for a, b in zip(_steps(model, inputs, 2), plain))
+    failed = [f for f in status.fallbacks if f.startswith("cuda graph of the step -> off: capture failed")]
+    assert len(failed) == 1 and status.cuda_graphs == 0  # said once for the two steps
+    with torch.enable_grad():
+        model(**inputs)
+    assert "cuda graph of the step -> off: autograd is on (a step is captured for inference only)" in status.fallbacks
+
+    calls = _block_calls(model)
+    with aoti.step_cache(model, aoti.StepCacheConfig(schedule=(False, True))) as stats:
+        assert "forward" not in model.__dict__  # the blocks run one by one, so that they can be skipped
+        _steps(model, inputs, 2)
+    assert stats.cached == [False, True] and len(calls) == 4 + 1 and model.__dict__["forward"] is graph
+    with aoti.eager(model):
+        assert "forward" not in model.__dict__
+    assert model.__dict__["forward"] is graph
+    aoti.restore(model)
+    assert "forward" not in model.__dict__
