@@ -99,8 +99,6 @@ class LoraAdapter:
         state_dict = load_file(folder / "adapter_model.safetensors")
         metadata = {f"base_model.model.{k}": v for k, v in config.items()
                     if k in ("lora_alpha", "alpha_pattern", "use_rslora")}
-        if "r" in config and "lora_alpha" not in config:
-            metadata["base_model.model.lora_alpha"] = config["r"]
         return cls.from_state_dict(name or folder.name, state_dict, "base_model.model", metadata=metadata)
 
     @classmethod

@@ -265,7 +265,10 @@ def owner_adapters() -> tuple[AdapterSpec, ...]:
         if not all(isinstance(v, str) for v in entry.values()):
             raise ValueError(f"{where}: every field is text")
         spec = AdapterSpec(**entry)
-        model = next((m for m in CATALOG if m.id == spec.model), None)
+        try:
+            model = get(spec.model)
+        except KeyError:
+            model = None
         if model is None or model.task != "image":
             raise ValueError(f"{where}: {spec.model!r} is not an image model of the catalog")
         if not spec.is_local and not (spec.weight_name and re.fullmatch(r"[0-9a-f]{40}", spec.revision or "")):

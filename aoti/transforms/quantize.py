@@ -38,6 +38,13 @@ from .fuse import fused_groups
 log = logging.getLogger(__name__)
 
 
+def _quantized(weight: torch.Tensor, per_tensor: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """``weight`` in e4m3 and its float32 scales: one per output row, or one for the whole weight."""
+    if per_tensor:
+        return fp8_scaled(weight, weight.abs().amax().reshape(1, 1))
+    return rowwise_fp8(weight)
+
+
 class RowwiseFloat8Linear(torch.nn.Module):
     """A linear layer with FP8 (e4m3) weights scaled per output row and activations quantized per
     token at run time, multiplied by `torch._scaled_mm` (cuBLASLt / CUTLASS FP8 tensor-core kernels on
@@ -76,11 +83,7 @@ class RowwiseFloat8Linear(torch.nn.Module):
         """``linear`` in e4m3 with a scale per output row, or (``per_tensor``) one scale for the whole
         weight: its ``weight_scale`` is then (1, 1), so a package built either way knows which by the
         shapes of its constants."""
-        source = linear.weight.detach()
-        if per_tensor:
-            weight, scale = fp8_scaled(source, source.abs().amax().reshape(1, 1))
-        else:
-            weight, scale = rowwise_fp8(source)
+        weight, scale = _quantized(linear.weight.detach(), per_tensor)
         bias = linear.bias.detach() if linear.bias is not None else None
         return cls(weight, scale.reshape(1, -1).contiguous(), bias)
 
@@ -89,10 +92,7 @@ class RowwiseFloat8Linear(torch.nn.Module):
         """``weight`` (float, out x in, on the layer's device) quantized as this layer's was, written into
         the layer's own tensors in place (compiled graphs and CUDA graphs hold their addresses): how an
         adapter is fused into an FP8 layer (`aoti.fuse_lora`)."""
-        if self.per_tensor:
-            q, scale = fp8_scaled(weight, weight.abs().amax().reshape(1, 1))
-        else:
-            q, scale = rowwise_fp8(weight)
+        q, scale = _quantized(weight, self.per_tensor)
         self.weight.copy_(q.view(torch.uint8))
         self.weight_scale.copy_(scale.reshape(1, -1))
 

@@ -153,15 +153,19 @@ def placements(spec, caps_gb: list[float]) -> dict[str, dict[str, Any]]:
     return out
 
 
+def psnr_db(pixels: np.ndarray, reference: np.ndarray) -> float:
+    """PSNR of ``pixels`` against ``reference`` (0-255), to 0.1 dB; inf where they are equal."""
+    mse = float(((pixels - reference) ** 2).mean())
+    return round(10 * math.log10(255**2 / mse), 1) if mse else math.inf
+
+
 def image_numbers(result, reference: np.ndarray | None) -> dict[str, Any]:
     """Seconds per image, stage by stage, and the difference from eager's image."""
     pixels = np.asarray(result.image, dtype=np.float64)
     out: dict[str, Any] = {"image_s": round(result.latency_s, 3), "stages_s": result.stages_s,
                            "median_step_ms": round(float(np.median(result.step_ms)), 2)}
     if reference is not None:
-        mse = float(((pixels - reference) ** 2).mean())
-        out["vs_eager"] = {"max_pixel_diff": int(np.abs(pixels - reference).max()),
-                           "psnr_db": round(10 * math.log10(255**2 / mse), 1) if mse else math.inf}
+        out["vs_eager"] = {"max_pixel_diff": int(np.abs(pixels - reference).max()), "psnr_db": psnr_db(pixels, reference)}
     return out
 
 
@@ -217,8 +221,7 @@ def lora_numbers(model, params, device: str, repeats: int, reference: dict[str, 
     image = np.asarray(result.image, dtype=np.float64)
     out.update(image_numbers(result, reference.get("image")), peak_mb=peak)
     if "lora_image" in reference:
-        mse = float(((image - reference["lora_image"]) ** 2).mean())
-        out["vs_lora_eager"] = {"psnr_db": round(10 * math.log10(255**2 / mse), 1) if mse else math.inf,
+        out["vs_lora_eager"] = {"psnr_db": psnr_db(image, reference["lora_image"]),
                                 "speedup": round(reference["lora_image_s"] / result.latency_s, 2)}
     else:
         reference.update(lora_image=image, lora_image_s=result.latency_s)
@@ -318,42 +321,36 @@ def main(argv: list[str] | None = None) -> None:
     params = ImageParams(size, size, args.steps, seed=0, guidance=spec.guidance)
     reference: dict[str, np.ndarray] = {}
 
+    app_recipe = recipe_for(spec, studio.device, Switches(fp8=studio.device.fp8, regional=True))
+
     def run_one(name: str) -> None:
+        if (name in ("lora", "ours_launches") or name.startswith("cached_")) and model.ref is None:
+            rec.variant(name, {"skipped": "runs on the 'ours' build: list it first"})
+            return
         if name == "eager":
             result, peak = generate(model, params, device, args.repeats)
             reference["image"] = np.asarray(result.image, dtype=np.float64)
             rec.variant(name, {**image_numbers(result, None), "peak_mb": peak})
         elif name == "ours":
-            recipe = recipe_for(spec, studio.device, Switches(fp8=studio.device.fp8, regional=True))
-            status = model.optimize(recipe, studio.engine.cache)
+            status = model.optimize(app_recipe, studio.engine.cache)
             result, peak = generate(model, params, device, args.repeats)
             rec.variant(name, {**image_numbers(result, reference.get("image")), "peak_mb": peak},
                         build_s=status.compile_s, runtime=status.runtime, transforms=status.transforms,
                         cuda_graphs=status.cuda_graphs, fallbacks=status.fallbacks)
         elif name in ("lora", "lora_eager"):
-            if name == "lora" and model.ref is None:
-                rec.variant(name, {"skipped": "runs on the 'ours' build: list it first"})
-                return
             rec.variant(name, lora_numbers(model, params, device, args.repeats, reference))
         elif name == "ours_launches":
-            if model.ref is None:
-                rec.variant(name, {"skipped": "runs on the 'ours' build: list it first"})
-                return
             status = model.bind(model.ref, studio.engine.cache, cuda_graphs=False)
             result, peak = generate(model, params, device, args.repeats)
             rec.variant(name, {**image_numbers(result, reference.get("image")), "peak_mb": peak},
                         cuda_graphs=status.cuda_graphs, fallbacks=status.fallbacks)
         elif name == "ours_sdpa":
-            recipe = recipe_for(spec, studio.device, Switches(fp8=studio.device.fp8, regional=True))
-            recipe = dataclasses.replace(recipe, options=recipe.options.replace(attention="auto"))
+            recipe = dataclasses.replace(app_recipe, options=app_recipe.options.replace(attention="auto"))
             status = model.optimize(recipe, studio.engine.cache)
             result, peak = generate(model, params, device, args.repeats)
             rec.variant(name, {**image_numbers(result, reference.get("image")), "peak_mb": peak},
                         build_s=status.compile_s, cuda_graphs=status.cuda_graphs, fallbacks=status.fallbacks)
         elif name.startswith("cached_"):
-            if model.ref is None:
-                rec.variant(name, {"skipped": "runs on the 'ours' build: list it first"})
-                return
             schedule = cache_schedule(args.steps, int(name.removeprefix("cached_")) / 100)
             result, peak = generate(model, params, device, args.repeats, aoti.StepCacheConfig(schedule=schedule))
             rec.variant(name, {**image_numbers(result, reference.get("image")), "peak_mb": peak, **step_times(result)},
