@@ -33,6 +33,7 @@ import torch
 from .module_record import record_of, update
 from .transforms.fuse import ProjectionSlice
 from .transforms.quantize import RowwiseFloat8Linear
+from .weights import pinned_copies
 
 log = logging.getLogger(__name__)
 
@@ -177,15 +178,17 @@ def check_lora(module: torch.nn.Module, adapter: LoraAdapter) -> None:
 @torch.no_grad()
 def fuse_lora(module: torch.nn.Module, adapter: LoraAdapter, scale: float = 1.0) -> FusedLora:
     """Fuse ``adapter`` at ``scale`` into ``module``'s weights in place (an adapter fused before is
-    unfused first); returns what is now fused. A layer's own tensors are copied to host memory the first
+    taken out: its layers that the new one leaves get their own weights back, the others are written
+    from them); returns what is now fused. A layer's own tensors are copied to host memory the first
     time an adapter touches it (kept for later switches: `unfuse_lora` copies them back). An FP8 layer
     (`Float8Rowwise`) is quantized again, as it was, from its float weight plus the adapter's product.
     A ValueError (`check_lora`) leaves the module as it was. Hold the module's lock: its weights change
     in place."""
     check_lora(module, adapter)
-    unfuse_lora(module)
-    state = record_of(module).lora or LoraState({})
     start = time.perf_counter()
+    targets = {_target(module, layer)[0] for layer in adapter.layers}
+    _restore(module, keep=targets)  # the layers the new adapter fuses into are written over whole below
+    state = record_of(module).lora or LoraState({})
     deltas: dict[str, tuple[torch.nn.Module, torch.Tensor]] = {}  # per linear layer: the adapter's product, scaled
     for layer, (down, up, layer_scale) in adapter.layers.items():
         name, linear, rows = _target(module, layer)
@@ -196,16 +199,17 @@ def fuse_lora(module: torch.nn.Module, adapter: LoraAdapter, scale: float = 1.0)
             full[rows] += product
             product = full
         deltas[name] = (linear, product)
+    _stash_new(state, {name: linear for name, (linear, _) in deltas.items()})
     cuda = False
     for name, (linear, delta) in deltas.items():
         weight = linear.weight
         cuda = cuda or weight.is_cuda
-        if name not in state.stash:
-            state.stash[name] = tuple(torch.empty(t.shape, dtype=t.dtype, pin_memory=t.is_cuda).copy_(t) for t in _own_tensors(linear))
         if isinstance(linear, RowwiseFloat8Linear):
-            linear.requantize_(linear.source.to(weight.device, torch.float32) + delta)
+            # To the device as it is, widened there: ``.to(device, float32)`` would widen in host memory first.
+            linear.requantize_(linear.source.to(weight.device, non_blocking=True).float() + delta)
         else:
-            weight.copy_((weight.float() + delta).to(weight.dtype))
+            own = state.stash[name][0]  # the layer's own weight: it may hold the adapter switched from
+            weight.copy_((own.to(weight.device, non_blocking=True).float() + delta).to(weight.dtype))
     if cuda:
         torch.cuda.synchronize()  # the switch's time is the device's
     state.fused = FusedLora(adapter.name, scale, tuple(deltas), time.perf_counter() - start)
@@ -213,6 +217,47 @@ def fuse_lora(module: torch.nn.Module, adapter: LoraAdapter, scale: float = 1.0)
     log.info("aoti: LoRA %s fused at %.2f into %d layers of %s in %.3f s", adapter.name, scale, len(adapter.layers),
              type(module).__name__, state.fused.seconds)
     return state.fused
+
+
+def _stash_new(state: LoraState, linears: dict[str, torch.nn.Module]) -> None:
+    """Host copies of the own tensors of each layer in ``linears`` not stashed yet. On a GPU they are
+    page-locked, and so are the FP8 layers' float weights (moved in place: the same tensor objects, which
+    the FP8 transform's own stash holds too), so that each switch copies them at the bus's speed."""
+    new = {name: linear for name, linear in linears.items() if name not in state.stash}
+    if not new:
+        return
+    if not next(iter(new.values())).weight.is_cuda:
+        state.stash.update({name: tuple(t.clone() for t in _own_tensors(linear)) for name, linear in new.items()})
+        return
+    own = pinned_copies([t for linear in new.values() for t in _own_tensors(linear)])
+    for name, linear in new.items():
+        state.stash[name], own = tuple(own[:len(_own_tensors(linear))]), own[len(_own_tensors(linear)):]
+    sources = [linear.source for linear in new.values() if isinstance(linear, RowwiseFloat8Linear)
+               and linear.source.device.type == "cpu" and not linear.source.is_pinned()]
+    for source, pinned in zip(sources, pinned_copies(sources), strict=True):
+        source.set_(pinned)
+
+
+def _restore(module: torch.nn.Module, keep: set[str] = frozenset()) -> str | None:
+    """Put the module's own weights back (from the host copies) in every layer the fused adapter
+    touched except those in ``keep`` (a switch writes those over anyway); the adapter's name, or None."""
+    state = record_of(module).lora
+    fused = state.fused if state else None
+    if fused is None:
+        return None
+    cuda = False
+    for layer in fused.layers:
+        if layer in keep:
+            continue
+        own = _own_tensors(module.get_submodule(layer))  # (the linear layers themselves: `FusedLora.layers`)
+        cuda = cuda or own[0].is_cuda
+        for tensor, saved in zip(own, state.stash[layer], strict=True):
+            tensor.copy_(saved, non_blocking=True)
+    if cuda:
+        torch.cuda.synchronize()
+    state.fused = None
+    log.info("aoti: LoRA %s unfused from %s", fused.name, type(module).__name__)
+    return fused.name
 
 
 @torch.no_grad()
@@ -223,20 +268,9 @@ def unfuse_lora(module: torch.nn.Module, keep: bool = True) -> str | None:
     state = record_of(module).lora
     if state is None:
         return None
-    fused = state.fused
-    if fused is not None:
-        cuda = False
-        for layer in fused.layers:
-            own = _own_tensors(module.get_submodule(layer))  # (the linear layers themselves: `FusedLora.layers`)
-            cuda = cuda or own[0].is_cuda
-            for tensor, saved in zip(own, state.stash[layer], strict=True):
-                tensor.copy_(saved, non_blocking=True)
-        if cuda:
-            torch.cuda.synchronize()
-        state.fused = None
-        log.info("aoti: LoRA %s unfused from %s", fused.name, type(module).__name__)
+    name = _restore(module)
     update(module, lora=state if keep else None)
-    return fused.name if fused else None
+    return name
 
 
 def lora_of(module: torch.nn.Module) -> FusedLora | None:

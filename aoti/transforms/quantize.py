@@ -225,7 +225,9 @@ def _float8_rowwise(module: torch.nn.Module, config: Float8Rowwise) -> Applied:
                 elif type(child) in (torch.nn.Linear, GemvLinear):
                     stash = _Stash(child, shared)
                     quantized = parent._modules[name] = RowwiseFloat8Linear.from_linear(child, per_tensor)
-                    quantized.source = stash.saved["weight"][0].detach()  # an adapter is fused from it (`aoti.fuse_lora`)
+                    # An adapter is fused from it (`aoti.fuse_lora`): the stash's own tensor object, so that pinning
+                    # it in place (`Tensor.set_`) serves both.
+                    quantized.source = stash.saved["weight"][0]
                     stash.release()
                     swapped.append((parent, name, stash))
     if not swapped:
