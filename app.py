@@ -182,10 +182,10 @@ def _image_params(model_id: str, size: str, steps: float, seed: float, guidance:
     return inputs.image_params(size, steps, seed, guidance, uses_guidance, step_cache, lora, lora_scale)
 
 
-def _text_request(model_id, prompt, max_new_tokens, temperature, compare, speculative) -> SamplingParams:
+def _text_request(model_id, prompt, max_new_tokens, temperature, compare, speculative, lora, lora_scale) -> SamplingParams:
     """The checked parameters of a text request; a ValueError naming the input otherwise."""
     most = row["max_new_tokens"] if (row := _model(model_id)) else 2**31 - 1
-    params = inputs.text_params(max_new_tokens, temperature, speculative, most)
+    params = inputs.text_params(max_new_tokens, temperature, speculative, most, lora, lora_scale)
     inputs.flag("compare", compare)
     studio.check_text(model_id, prompt, params)
     return params
@@ -219,9 +219,9 @@ def _verdict(check, names: list[str]) -> list[dict[str, Any]]:
 
 
 def validate_text(model_id: str, prompt: str, max_new_tokens: float, temperature: float, compare: bool = False,
-                  speculative: bool = False):
-    return _verdict(lambda: _text_request(model_id, prompt, max_new_tokens, temperature, compare, speculative),
-                    ["model_id", "prompt", "max_new_tokens", "temperature", "compare", "speculative"])
+                  speculative: bool = False, lora: str = "", lora_scale: float = 1.0):
+    return _verdict(lambda: _text_request(model_id, prompt, max_new_tokens, temperature, compare, speculative, lora, lora_scale),
+                    ["model_id", "prompt", "max_new_tokens", "temperature", "compare", "speculative", "lora", "lora_scale"])
 
 
 def validate_image(model_id: str, prompt: str, size: str, steps: float, seed: float, guidance: float, compare: bool = False,
@@ -240,12 +240,13 @@ def validate_optimization(model_id: str, use_aoti: bool, fp8: bool, regional: bo
 
 
 def generate_text(model_id: str, prompt: str, max_new_tokens: float, temperature: float, compare: bool = False,
-                  speculative: bool = False):
+                  speculative: bool = False, lora: str = "", lora_scale: float = 1.0):
     """Stream a continuation of `prompt` from a text model. ``compare`` runs the request once more on the
     eager forward and reports both speeds (in `/metrics`), for this request only. ``speculative`` decodes
-    with the model's draft model (`engines.speculative`); refused for a model that has none."""
+    with the model's draft model (`engines.speculative`); refused for a model that has none. ``lora``:
+    one of the model's adapters ("": none) at ``lora_scale``, fused into the compiled model's weights."""
     try:
-        params = _text_request(model_id, prompt, max_new_tokens, temperature, compare, speculative)
+        params = _text_request(model_id, prompt, max_new_tokens, temperature, compare, speculative, lora, lora_scale)
         studio.admit_request(model_id)
     except ValueError as exc:
         raise gr.Error(str(exc)) from None
@@ -259,9 +260,9 @@ def generate_text(model_id: str, prompt: str, max_new_tokens: float, temperature
             yield item.text
     except Exception as exc:  # recorded and reported; the server keeps serving
         message, error = _failed(exc)
-        studio.ledger.record_text(model_id, time.perf_counter() - start, last, report, error=message)
+        studio.ledger.record_text(model_id, time.perf_counter() - start, last, report, error=message, params=params)
         raise error from None
-    studio.ledger.record_text(model_id, time.perf_counter() - start, last, report)
+    studio.ledger.record_text(model_id, time.perf_counter() - start, last, report, params=params)
     if report is not None and (line := panel.comparison(report.compared, "text")):
         gr.Info(line)
     elif report is not None and report.compare_note:
@@ -479,6 +480,10 @@ def build() -> gr.Blocks:
                 "Speculative decoding: a small draft model proposes tokens, this model checks them in one step "
                 "(the model's own greedy text, up to floating-point rounding on a GPU; the same sampling distribution)"))
             with gr.Row():
+                text_lora = gr.Dropdown(elem_id="text-lora", allow_custom_value=True, **_lora_control(DEFAULT_TEXT))
+                text_lora_scale = gr.Slider(0, inputs.LORA_SCALE_MAX, value=1.0, step=0.05, label="LoRA scale",
+                                            elem_id="text-lora-scale")
+            with gr.Row():
                 text_button = gr.Button("Generate", variant="primary", elem_id="text-generate")
                 text_stop = gr.Button("Stop", elem_id="text-stop")
             text_examples = gr.Examples([[p] for p in TEXT_EXAMPLES], [prompt], label="Examples (a click runs one)")
@@ -522,13 +527,14 @@ def build() -> gr.Blocks:
             outputs = PANEL.build()
             gr.Timer(1.0).tick(_panel, outputs=outputs, api_visibility="private", show_progress="hidden")
 
-        text_inputs = [text_model, prompt, max_tokens, temperature, text_compare, speculative]
+        text_inputs = [text_model, prompt, max_tokens, temperature, text_compare, speculative, text_lora, text_lora_scale]
         text_run = text_button.click(generate_text, text_inputs, text_out, api_name="generate_text", concurrency_id="device",
                                      validator=validate_text, preprocess=False)
         text_example_run = text_examples.load_input_event.then(generate_text, text_inputs, text_out, concurrency_id="device",
                                                                validator=validate_text, preprocess=False, api_visibility="private")
         text_stop.click(None, cancels=[text_run, text_example_run], api_visibility="private")
         text_button.click(None, js=_scroll_to("#text-output"), api_visibility="private")
+        text_model.change(lambda model_id: gr.Dropdown(**_lora_control(model_id)), text_model, text_lora, api_visibility="private")
         image_inputs = [image_model, image_prompt, size, steps, seed, guidance, image_compare, step_cache, lora, lora_scale]
         image_run = image_button.click(generate_image, image_inputs, [image_out, image_info], api_name="generate_image",
                                        concurrency_id="device", validator=validate_image, preprocess=False)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +16,7 @@ import aoti
 from aoti import module_device
 
 from . import registry
+from .adapters import AdapterSlot, check_adapter_request
 from .device import on_zerogpu
 from .optimize import bind_module, module_storages, optimize_module
 from .recipes import Recipe, image_recipe
@@ -51,8 +51,6 @@ class ImageResult:
 MAX_STEPS = 50  # denoising steps a request may ask for (the UI's slider too)
 GUIDANCE_MAX = 10.0
 MAX_PROMPT_CHARS = 1000
-LORA_SCALE_MAX = 2.0
-ADAPTERS_KEPT = 4  # adapters read recently, kept in host memory for the next switch
 TEXT_ENCODERS = ("text_encoder", "text_encoder_2", "text_encoder_3")
 STAGES = ("text encoding", "denoising", "VAE decode")
 # Step caching levels (`aoti.step_cache`), the thresholds chosen on the embedded DiT (its first block's
@@ -154,10 +152,7 @@ def check_image_request(spec: ModelSpec, prompt: str, params: ImageParams) -> No
     if params.step_cache != "off" and not spec.step_cache:
         raise ValueError(f"step caching (`step_cache`) is not offered for {spec.id}: its denoiser's blocks can't be skipped "
                          "one by one; choose \"off\".")
-    if params.lora:
-        registry.adapter(spec.id, params.lora)  # a ValueError naming those offered
-    if not 0 <= params.lora_scale <= LORA_SCALE_MAX:
-        raise ValueError(f"`lora_scale` must be between 0 and {LORA_SCALE_MAX:g}, got {params.lora_scale}.")
+    check_adapter_request(spec.id, params.lora, params.lora_scale)
     if spec.embedded_shapes:  # its vocabulary is known without loading it: refused at the door, loaded or not
         from .pipelines.shapes import label_for, labels_at
 
@@ -224,7 +219,7 @@ class ImageModel:
         self.denoiser: torch.nn.Module = getattr(self.pipe, spec.compile_module)
         self.status = aoti.Status(runtime="eager", reason="not compiled yet")
         self.ref: dict | None = None  # the artifact bound now (`aoti.Artifact.ref`), None when eager
-        self.adapters: OrderedDict[str, aoti.LoraAdapter] = OrderedDict()  # read recently, the latest last
+        self.adapter = AdapterSlot(spec.id, lambda: self.denoiser, self._read_adapter)
 
     @property
     def placement(self) -> str:
@@ -284,7 +279,7 @@ class ImageModel:
         and the host's launch gaps between them add up."""
         recipe = recipe or image_recipe()
         graphs = self.device == "cuda" if cuda_graphs is None else cuda_graphs
-        aoti.unfuse_lora(self.denoiser, keep=False)  # built on the model's own weights; the next request fuses again
+        self.adapter.drop()  # built on the model's own weights; the next request fuses again
         self.status, self.ref = optimize_module(self.denoiser, self.capture_calls, recipe, cache, exclusive, cuda_graphs=graphs,
                                                 on_stage=on_stage, timed=lambda calls: calls.calls[:1])  # a step at the first size
         return self.status
@@ -292,43 +287,21 @@ class ImageModel:
     def bind(self, ref: dict, cache: aoti.Cache | None = None, cuda_graphs: bool | None = None) -> aoti.Status:
         """Swap in the graphs of an artifact compiled elsewhere (`aoti.load`): no capture, no build."""
         graphs = self.device == "cuda" if cuda_graphs is None else cuda_graphs
-        aoti.unfuse_lora(self.denoiser, keep=False)
+        self.adapter.drop()
         self.status, self.ref = bind_module(self.denoiser, ref, cache, cuda_graphs=graphs)
         return self.status
 
     def restore(self, transforms: bool = True) -> None:
         """Eager again; ``transforms=False`` leaves the rewrites in place (a model about to be dropped)."""
+        self.adapter.drop()
         self.status, self.ref = aoti.restore(self.denoiser, transforms=transforms), None
 
-    def use_adapter(self, adapter_id: str, scale: float = 1.0) -> float:
-        """Fuse adapter ``adapter_id`` at ``scale`` into the denoiser's weights ("": none), unless it is
-        fused so already; the seconds the switch took (0 where nothing changed). The compiled graphs
-        read those weights: nothing is rebuilt (`aoti.fuse_lora`)."""
-        fused = aoti.lora_of(self.denoiser)
-        now = (fused.name, fused.scale) if fused else ("", 1.0)
-        if now == (adapter_id, scale if adapter_id else 1.0):
-            return 0.0
-        start = time.perf_counter()
-        if adapter_id:
-            aoti.fuse_lora(self.denoiser, self._adapter(adapter_id), scale)
-        else:
-            aoti.unfuse_lora(self.denoiser)
-        return time.perf_counter() - start
-
-    def _adapter(self, adapter_id: str) -> aoti.LoraAdapter:
-        """The adapter, read with the pipeline's own `lora_state_dict` (diffusers'), kept among the
-        `ADAPTERS_KEPT` read most recently."""
-        adapter = self.adapters.pop(adapter_id, None)
-        if adapter is None:
-            spec = registry.adapter(self.spec.id, adapter_id)
-            if not hasattr(type(self.pipe), "lora_state_dict"):
-                raise ValueError(f"{self.spec.id}'s pipeline reads no LoRA adapters")
-            kwargs = {"weight_name": spec.weight_name, "revision": spec.revision} if not spec.is_local else {}
-            adapter = aoti.LoraAdapter.from_diffusers(type(self.pipe), spec.source, name=adapter_id, **kwargs)
-        self.adapters[adapter_id] = adapter
-        while len(self.adapters) > ADAPTERS_KEPT:
-            self.adapters.popitem(last=False)
-        return adapter
+    def _read_adapter(self, spec: registry.AdapterSpec) -> aoti.LoraAdapter:
+        """An offered adapter, read with the pipeline's own `lora_state_dict` (diffusers')."""
+        if not hasattr(type(self.pipe), "lora_state_dict"):
+            raise ValueError(f"{self.spec.id}'s pipeline reads no LoRA adapters")
+        kwargs = {"weight_name": spec.weight_name, "revision": spec.revision} if not spec.is_local else {}
+        return aoti.LoraAdapter.from_diffusers(type(self.pipe), spec.source, name=spec.id, **kwargs)
 
     def check_inputs(self, prompt: str, params: ImageParams) -> None:
         check_image_request(self.spec, prompt, params)
@@ -345,7 +318,7 @@ class ImageModel:
         after the first (`aoti.step_cache`); which steps did is in the result. ``step_cache``: a config
         in place of the level's (a benchmark's fixed schedule)."""
         self.check_inputs(prompt, params)
-        switch_s = self.use_adapter(params.lora, params.lora_scale)
+        switch_s = self.adapter.use(params.lora, params.lora_scale)
         config = step_cache or STEP_CACHE[params.step_cache]
         caching = aoti.step_cache(self.denoiser, config) if config else contextlib.nullcontext(aoti.StepCacheStats())
         clock = StageClock(self.pipe, self.denoiser, events=self.device == "cuda")

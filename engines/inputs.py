@@ -12,7 +12,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from .image import GUIDANCE_MAX, LORA_SCALE_MAX, MAX_STEPS, ImageParams
+from .adapters import LORA_SCALE_MAX
+from .image import GUIDANCE_MAX, MAX_STEPS, ImageParams
 from .recipes import Switches
 from .text import TEMPERATURE_MAX, SamplingParams
 
@@ -58,12 +59,14 @@ def text(name: str, value: Any) -> str:
     return value
 
 
-def text_params(max_new_tokens: Any, temperature: Any, speculative: Any = False, most_tokens: int = 2**31 - 1) -> SamplingParams:
+def text_params(max_new_tokens: Any, temperature: Any, speculative: Any = False, most_tokens: int = 2**31 - 1,
+                lora: Any = "", lora_scale: Any = 1.0) -> SamplingParams:
     """Sampling parameters from raw values; ``most_tokens``: the model's bound on `max_new_tokens`
-    (`ModelSpec.max_new_tokens`, checked again by `check_text_request`)."""
+    (`ModelSpec.max_new_tokens`, checked again by `check_text_request`); ``lora`` as `image_params`."""
     return SamplingParams(max_new_tokens=whole_number("max_new_tokens", max_new_tokens, 1, most_tokens),
                           temperature=number("temperature", temperature, 0, TEMPERATURE_MAX), seed=0,
-                          speculative=flag("speculative", speculative))
+                          speculative=flag("speculative", speculative), lora=text("lora", lora)[:200],
+                          lora_scale=number("lora_scale", lora_scale, 0, LORA_SCALE_MAX))
 
 
 def image_params(size: Any, steps: Any, seed: Any, guidance: Any, uses_guidance: bool, step_cache: Any = "off",

@@ -208,14 +208,14 @@ def draft(model_id: str) -> ModelSpec:
 
 @dataclass(frozen=True)
 class AdapterSpec:
-    """One LoRA adapter a visitor may pick for ``model`` (an image model's denoiser): a local file, or a
-    file of a Hub repo at a pinned ``revision`` (an adapter is a download: only the ones listed here and
-    in the owner's `owner_adapters`)."""
+    """One LoRA adapter a visitor may pick for ``model``: for an image model's denoiser a diffusers LoRA
+    file, for a text model a peft adapter folder; local, or in a Hub repo at a pinned ``revision`` (an
+    adapter is a download: only the ones listed here and in the owner's `owner_adapters`)."""
 
     id: str
     model: str
-    source: str  # a local .safetensors file, or a Hub repo id
-    weight_name: str | None = None  # the file in a Hub repo
+    source: str  # a local .safetensors file (image) or peft folder (text), or a Hub repo id
+    weight_name: str | None = None  # in a Hub repo: the file (image), or the folder if not the root (text)
     revision: str | None = None
     description: str = ""
 
@@ -229,6 +229,10 @@ ADAPTERS: tuple[AdapterSpec, ...] = (
         id="outline", model="tiny-shapes-dit", source=str(ASSETS / "tiny-shapes-dit-outline" / "pytorch_lora_weights.safetensors"),
         description="Embedded rank-8 adapter: the shapes drawn as outlines (assets/train_dit_lora.py).",
     ),
+    AdapterSpec(
+        id="shout", model="tiny-llama-pydoc", source=str(ASSETS / "tiny-llama-pydoc-shout"),
+        description="Embedded rank-8 adapter: the docstrings go on in capitals (assets/train_text_lora.py).",
+    ),
 )
 
 
@@ -240,7 +244,8 @@ def owner_adapters() -> tuple[AdapterSpec, ...]:
     """The adapters the owner allows beyond the catalog's, from ``AOTI_ADAPTERS`` (a Space variable):
     a JSON list of ``{"id", "model", "source", "weight_name", "revision", "description"}``, or the path
     of a file holding one. A Hub adapter must pin ``revision`` to a commit (40 hex digits: what was
-    allowed is what is downloaded) and name ``weight_name``; a local one is an absolute path. A
+    allowed is what is downloaded), and an image model's names its file (``weight_name``); a local one
+    is an absolute path. A
     ValueError naming the entry and what is wrong where one is not so (the app does not start)."""
     text = os.environ.get(ENV_ADAPTERS, "").strip()
     if not text:
@@ -269,11 +274,12 @@ def owner_adapters() -> tuple[AdapterSpec, ...]:
             model = get(spec.model)
         except KeyError:
             model = None
-        if model is None or model.task != "image":
-            raise ValueError(f"{where}: {spec.model!r} is not an image model of the catalog")
-        if not spec.is_local and not (spec.weight_name and re.fullmatch(r"[0-9a-f]{40}", spec.revision or "")):
-            raise ValueError(f"{where}: a Hub adapter ({spec.source}) needs its weight_name and a revision pinned to a "
-                             "commit (40 hex digits)")
+        if model is None:
+            raise ValueError(f"{where}: {spec.model!r} is not a model of the catalog")
+        if not spec.is_local and not re.fullmatch(r"[0-9a-f]{40}", spec.revision or ""):
+            raise ValueError(f"{where}: a Hub adapter ({spec.source}) needs a revision pinned to a commit (40 hex digits)")
+        if not spec.is_local and model.task == "image" and not spec.weight_name:
+            raise ValueError(f"{where}: a Hub adapter of an image model ({spec.source}) needs its weight_name (the file)")
         if any(a.model == spec.model and a.id == spec.id for a in (*ADAPTERS, *out)):
             raise ValueError(f"{where}: {spec.model} already has an adapter named {spec.id!r}")
         out.append(spec)

@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import torch
 
@@ -21,6 +22,7 @@ from aoti import module_device
 from aoti.integrations.transformers import use_gqa_decode_attention
 
 from . import registry, speculative
+from .adapters import AdapterSlot, check_adapter_request
 from .device import on_zerogpu
 from .optimize import bind_module, module_storages, optimize_module
 from .recipes import Recipe, text_recipe
@@ -39,6 +41,8 @@ class SamplingParams:
     seed: int | None = None
     ignore_eos: bool = False  # always generate max_new_tokens (benchmarks)
     speculative: bool = False  # draft tokens with the model's draft and verify them (`engines.speculative`)
+    lora: str = ""  # an adapter of `registry.adapters_for` the model ("": none), fused into its weights
+    lora_scale: float = 1.0
 
 
 @dataclass
@@ -51,6 +55,7 @@ class TextStep:
     elapsed_s: float
     drafted: int = 0  # speculative decoding: tokens the draft proposed so far,
     accepted: int = 0  # and how many of them the target kept
+    lora_switch_s: float = 0.0  # seconds spent fusing (or unfusing) the asked adapter first (0: it was in place)
 
     @property
     def decode_tokens_per_s(self) -> float | None:
@@ -115,6 +120,21 @@ def check_text_request(spec: ModelSpec, prompt: str, params: SamplingParams) -> 
         raise ValueError(f"`top_p` must be in (0, 1], got {params.top_p}.")
     if params.speculative and not spec.draft:
         raise ValueError(f"`speculative` decoding needs a draft model; {spec.id} has none.")
+    check_adapter_request(spec.id, params.lora, params.lora_scale)
+
+
+def read_peft_adapter(spec: registry.AdapterSpec) -> aoti.LoraAdapter:
+    """An offered text-model adapter: a peft folder (``adapter_config.json``, ``adapter_model.safetensors``),
+    local, or in a Hub repo at its pinned revision (``weight_name``: the folder in the repo, if not its root)."""
+    folder = Path(spec.source)
+    if not spec.is_local:
+        from huggingface_hub import snapshot_download
+
+        inside = f"{spec.weight_name.strip('/')}/" if spec.weight_name else ""
+        folder = Path(snapshot_download(spec.source, revision=spec.revision,
+                                        allow_patterns=[f"{inside}adapter_config.json", f"{inside}adapter_model.safetensors"]))
+        folder = folder / inside if inside else folder
+    return aoti.LoraAdapter.from_peft(folder, name=spec.id)
 
 
 def decode_step(calls: aoti.CapturedCalls) -> list[aoti.CapturedCall]:
@@ -211,6 +231,7 @@ class TextModel:
         self.queue_ahead: bool | None = None
         self.pad_prompts: bool | None = None
         self._prompt_ids: dict[str, torch.Tensor] = {}  # the last prompts' token ids: a request is checked, then run
+        self.adapter = AdapterSlot(spec.id, lambda: self.model, read_peft_adapter)  # fused into the draft's target only
 
     @property
     def vocab_size(self) -> int:
@@ -279,6 +300,7 @@ class TextModel:
         being served eagerly during the build. On a GPU the one-token decode graph is replayed as a
         CUDA graph (``cuda_graphs``, default on)."""
         self._follow_weights()
+        self.adapter.drop()  # built on the model's own weights; the next request fuses again
         recipe = recipe or text_recipe()
         graphs = self.device == "cuda" if cuda_graphs is None else cuda_graphs
         if self.verify_length is not None:  # speculation's verify step: a static graph of its own (a CUDA graph on a GPU)
@@ -307,6 +329,7 @@ class TextModel:
         """Swap in the graphs of an artifact compiled elsewhere (`aoti.load`): no capture, no build.
         The decode step's CUDA graph is captured at its first call."""
         self._follow_weights()
+        self.adapter.drop()
         graphs = self.device == "cuda" if cuda_graphs is None else cuda_graphs
         self.status, self.ref = bind_module(self.decoder, {k: v for k, v in ref.items() if k != "draft"}, cache, cuda_graphs=graphs)
         if self.draft is not None and ref.get("draft"):
@@ -342,6 +365,7 @@ class TextModel:
 
     def restore(self, transforms: bool = True) -> None:
         """Eager again; ``transforms=False`` leaves the rewrites in place (a model about to be dropped)."""
+        self.adapter.drop()
         self.status, self.ref = aoti.restore(self.decoder, transforms=transforms), None
         if self.draft is not None:
             self.draft.restore(transforms)
@@ -368,6 +392,7 @@ class TextModel:
         """Stream the continuation of ``prompt``: each step yields the whole text generated so far."""
         ids = self.check_inputs(prompt, params)
         eos = None if params.ignore_eos else self.tokenizer.eos_token_id
+        switch_s = round(self.adapter.use(params.lora, params.lora_scale), 4)
         start = time.perf_counter()
         generated: list[int] = []
         ttft = None
@@ -380,7 +405,7 @@ class TextModel:
             if ttft is None:
                 ttft = time.perf_counter() - start
             yield TextStep(self.tokenizer.decode(generated, skip_special_tokens=True), len(generated), ttft,
-                           time.perf_counter() - start, stats.drafted, stats.accepted)
+                           time.perf_counter() - start, stats.drafted, stats.accepted, switch_s)
 
     def decode_speculative(self, ids: torch.Tensor, params: SamplingParams, stats: Speculation) -> Iterator[int]:
         """Like `decode_tokens`, with the draft proposing ``spec.draft_tokens`` tokens a round and this

@@ -109,7 +109,7 @@ class Ledger:
     # --- after a request ---------------------------------------------------------------------------
 
     def record_text(self, model_id: str, latency_s: float, last: TextStep | None, report: RunReport | None = None,
-                    error: str | None = None) -> None:
+                    error: str | None = None, params: SamplingParams | None = None) -> None:
         """Record a finished (or failed) text request with what the worker reported."""
         rate = last.decode_tokens_per_s if last else None  # timed where the model ran (the worker's clock)
         acceptance = round(last.accepted / last.drafted, 3) if last and last.drafted else None
@@ -119,7 +119,11 @@ class Ledger:
             model_id, "text", report.runtime if report else self.expected_runtime(model_id), latency_s,
             ttft_s=last.ttft_s if last else None, tokens=last.tokens if last else 0,
             tokens_per_s=round(rate, 2) if rate else None, ok=error is None, error=error, acceptance=acceptance,
-        ), report, 1 / rate if rate and acceptance is None else None)
+            lora=params.lora if params else "", lora_scale=params.lora_scale if params and params.lora else None,
+            lora_switch_s=last.lora_switch_s if last else None,
+        ), report, 1 / rate if rate and acceptance is None else None)  # a fused adapter changes no token's cost
+        if last is not None and params is not None:
+            self.states.adapter_used(model_id, params.lora, params.lora_scale, last.lora_switch_s)
 
     def record_image(self, model_id: str, result: ImageResult | None, latency_s: float, report: RunReport | None = None,
                      error: str | None = None, params: ImageParams | None = None) -> None:

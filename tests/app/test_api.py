@@ -26,6 +26,25 @@ def test_generate_text_streams(client, compiled_app):
     assert len(outputs[-1].split()) >= 5
 
 
+def _capitals(text: str) -> float:
+    letters = [c for c in text if c.isalpha()]
+    return sum(c.isupper() for c in letters) / max(1, len(letters))
+
+
+def test_a_text_adapter_is_fused_per_request_into_the_compiled_graphs_weights(client, compiled_app):
+    """The embedded adapter "shout" (assets/train_text_lora.py) on the compiled text model: the text goes
+    on in capitals, the model's row names the adapter, nothing is rebuilt; without it, the first text again."""
+    request = ("tiny-llama-pydoc", "Create a new", 24, 0.0, False, False)
+    plain = client.predict(*request, "", 1.0, api_name="/generate_text")
+    compiles = next(r for r in client.predict(api_name="/compile_status") if r["model"] == "tiny-llama-pydoc")["compiles"]
+    shouted = client.predict(*request, "shout", 1.0, api_name="/generate_text")
+    assert _capitals(shouted) >= 0.8 > 0.3 >= _capitals(plain), (plain, shouted)
+    row = next(r for r in client.predict(api_name="/compile_status") if r["model"] == "tiny-llama-pydoc")
+    assert (row["lora"], row["lora_scale"], row["compiles"], row["state"]) == ("shout", 1.0, compiles, "aoti")
+    assert row["lora_switch_s"] > 0
+    assert client.predict(*request, "", 1.0, api_name="/generate_text") == plain
+
+
 def test_generate_image_returns_a_png(client, compiled_app):
     path, info = client.predict("tiny-shapes-unet", "a yellow square, top right", "32x32", 10, 1, 0, api_name="/generate_image")
     assert path.endswith(".png")

@@ -13,7 +13,7 @@ from gradio_client.exceptions import AppError, ValidationError
 from tests.app.conftest import BROKEN_HUB_MODEL, OWNER_TOKEN
 
 TEXT, IMAGE = "tiny-llama-pydoc", "tiny-shapes-unet"
-GOOD_TEXT = (TEXT, "If the file", 4, 0.0, False, False)
+GOOD_TEXT = (TEXT, "If the file", 4, 0.0, False, False, "", 1.0)
 GOOD_IMAGE = (IMAGE, "a red circle, top left", "32x32", 4, 0, 0.0, False, "off", "", 1.0)
 
 
@@ -51,6 +51,9 @@ TEXT_ATTEMPTS = [  # (argument index, value, the input the message names, what i
     (3, "hot", "temperature", "must be a number"),
     (4, "yes", "compare", "`compare` must be true or false"),
     (5, 1, "speculative", "`speculative` must be true or false"),
+    (6, "outline", "lora", "`lora` 'outline' is not offered for tiny-llama-pydoc \\(offered: shout\\)"),
+    (6, ["a"], "lora", "`lora` must be text"),
+    (7, 5, "lora_scale", "`lora_scale` must be between 0 and 2"),
 ]
 
 IMAGE_ATTEMPTS = [

@@ -1,4 +1,4 @@
-"""The owner's adapters (`AOTI_ADAPTERS`): listed beside the catalog's, a Hub adapter only at a pinned
+"""The owner's adapters (`AOTI_ADAPTERS`, image and text models): listed beside the catalog's, a Hub adapter only at a pinned
 commit, and a list that is wrong stops the start with what is wrong."""
 
 from __future__ import annotations
@@ -28,23 +28,26 @@ def test_the_owners_adapters_are_offered_beside_the_catalogs(owner_list, tmp_pat
     entries = [{"id": "outline-2", "model": "tiny-shapes-dit", "source": OUTLINE, "description": "a copy"},
                {"id": "ghibli", "model": "flux.1-dev", "source": "someone/flux-ghibli", "weight_name": "lora.safetensors",
                 "revision": COMMIT},
-               {"id": "gone", "model": "tiny-shapes-dit", "source": str(tmp_path / "missing.safetensors")}]
+               {"id": "gone", "model": "tiny-shapes-dit", "source": str(tmp_path / "missing.safetensors")},
+               {"id": "pirate", "model": "qwen2.5-7b-instruct", "source": "someone/qwen-pirate-lora", "revision": COMMIT}]
     path = tmp_path / "adapters.json"
     path.write_text(json.dumps(entries))
     for value in (entries, str(path)):  # the list itself, or a file holding it
         owner_list(value)
         assert [a.id for a in registry.adapters_for("tiny-shapes-dit")] == ["outline", "outline-2"]  # a missing file is not offered
         assert registry.adapter("flux.1-dev", "ghibli").revision == COMMIT
+        assert registry.adapter("qwen2.5-7b-instruct", "pirate").weight_name is None  # a text adapter: a peft folder, the root
+        assert [a.id for a in registry.adapters_for("tiny-llama-pydoc")] == ["shout"]
         with pytest.raises(ValueError, match=r"'gone' is not offered for tiny-shapes-dit \(offered: outline, outline-2\)"):
             registry.adapter("tiny-shapes-dit", "gone")
 
 
 @pytest.mark.parametrize(("value", "message"), [
     ([{"id": "x", "model": "flux.1-dev", "source": "someone/lora", "weight_name": "a.safetensors", "revision": "main"}],
-     r"AOTI_ADAPTERS\[0\]: a Hub adapter \(someone/lora\) needs its weight_name and a revision pinned to a commit"),
-    ([{"id": "x", "model": "flux.1-dev", "source": "someone/lora", "revision": COMMIT}], "needs its weight_name"),
-    ([{"id": "x", "model": "tiny-llama-pydoc", "source": OUTLINE}], "'tiny-llama-pydoc' is not an image model of the catalog"),
-    ([{"id": "x", "model": "no-such-model", "source": OUTLINE}], "'no-such-model' is not an image model"),
+     r"AOTI_ADAPTERS\[0\]: a Hub adapter \(someone/lora\) needs a revision pinned to a commit"),
+    ([{"id": "x", "model": "qwen2.5-7b-instruct", "source": "someone/lora"}], "needs a revision pinned to a commit"),
+    ([{"id": "x", "model": "flux.1-dev", "source": "someone/lora", "revision": COMMIT}], "an image model .* needs its weight_name"),
+    ([{"id": "x", "model": "no-such-model", "source": OUTLINE}], "'no-such-model' is not a model of the catalog"),
     ([{"id": "outline", "model": "tiny-shapes-dit", "source": OUTLINE}], "already has an adapter named 'outline'"),
     ([{"id": "x", "model": "tiny-shapes-dit"}], r"AOTI_ADAPTERS\[0\] must be an object with id, model and source"),
     ([{"id": "x", "model": "tiny-shapes-dit", "source": OUTLINE, "scale": "2"}], "must be an object"),

@@ -162,8 +162,8 @@ def test_switching_aoti_off_and_on_is_what_the_next_request_runs(space):
 
 def test_a_lora_request_fuses_its_adapter_in_the_worker_and_the_next_gets_the_models_own_weights(space):
     """The adapter travels with the request: the worker (a fresh fork when busy, the reused one when idle)
-    fuses it and draws outlines; the next request without it gets the model's own weights back, and the
-    first image bit for bit."""
+    fuses it and draws outlines (writes capitals, for the text model); the next request without it gets
+    the model's own weights back, and the first image (text) bit for bit."""
     import numpy as np
     from PIL import Image
 
@@ -184,6 +184,13 @@ def test_a_lora_request_fuses_its_adapter_in_the_worker_and_the_next_gets_the_mo
     assert all(r["ok"] and r["worker_pid"] != os.getpid() for r in records), records
     if space.mode == "busy":
         assert len({r["worker_pid"] for r in records}) == 3
+
+    # The text model's embedded adapter the same way: capitals in the worker, then the model's own text.
+    texts = [space.client.predict(TEXT, "Create a new", 12, 0.0, False, False, lora, 1.0, api_name="/generate_text")
+             for lora in ("", "shout", "")]
+    letters = [[c for c in text if c.isalpha()] for text in texts]
+    assert sum(c.isupper() for c in letters[1]) >= 0.8 * len(letters[1]) and texts[2] == texts[0] != texts[1], texts
+    assert [r["lora"] for r in last_requests(space.client, 3)] == ["", "shout", ""]
 
 
 def test_a_worker_that_cannot_bind_serves_eager_and_says_why(space, cache_dir, tmp_path):
