@@ -324,9 +324,17 @@ def main(argv: list[str] | None = None) -> None:
 
     app_recipe = recipe_for(spec, studio.device, Switches(fp8=studio.device.fp8, regional=True))
 
+    peers_ran: list[str] = []
+
     def run_one(name: str) -> None:
         if (name in ("lora", "ours_launches") or name.startswith("cached_")) and model.ref is None:
             rec.variant(name, {"skipped": "runs on the 'ours' build: list it first"})
+            return
+        if name == "lora_eager" and model.ref is not None:
+            rec.variant(name, {"skipped": "runs on the eager model: list it before 'ours'"})
+            return
+        if name in ("ours", "ours_sdpa", "lora") and peers_ran:
+            rec.variant(name, {"skipped": f"{peers_ran[0]} left torchao's weights in the transformer: list the peers last"})
             return
         if name == "eager":
             result, peak = generate(model, params, device, args.repeats)
@@ -363,6 +371,7 @@ def main(argv: list[str] | None = None) -> None:
             rec.variant(name, json_from_fresh_process(code, timeout=1800))
         elif name in ("peer", "peer_bf16"):
             model.restore()  # (the peers start from the eager transformer)
+            peers_ran.append(name)
             rec.variant(name, peer(model, params, device, args, reference.get("image"), fp8=name == "peer"))
         else:
             raise ValueError(f"unknown variant {name}")
