@@ -227,7 +227,8 @@ def _float8_rowwise(module: torch.nn.Module, config: Float8Rowwise) -> Applied:
                     quantized = parent._modules[name] = RowwiseFloat8Linear.from_linear(child, per_tensor)
                     # An adapter is fused from it (`aoti.fuse_lora`): the stash's own tensor object, so that pinning
                     # it in place (`Tensor.set_`) serves both.
-                    quantized.source = stash.saved["weight"][0]
+                    weight = stash.saved["weight"][0]  # (a tied weight stays the shared Parameter: a plain view of it)
+                    quantized.source = weight.detach() if isinstance(weight, torch.nn.Parameter) else weight
                     stash.release()
                     swapped.append((parent, name, stash))
     if not swapped:

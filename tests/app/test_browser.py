@@ -194,7 +194,7 @@ def _desktop_page(url: str) -> Iterator[Any]:
             browser.close()
 
 
-SLOWER = Path(__file__).resolve().parent / "slower"  # its sitecustomize makes every compiled call 40 ms longer
+SLOWER = Path(__file__).resolve().parent / "slower"  # its sitecustomize makes every compiled call 4x + 40 ms as long
 
 
 @pytest.fixture(scope="module")
