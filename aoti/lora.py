@@ -186,24 +186,19 @@ def fuse_lora(module: torch.nn.Module, adapter: LoraAdapter, scale: float = 1.0)
     in place."""
     check_lora(module, adapter)
     start = time.perf_counter()
-    targets = {_target(module, layer)[0] for layer in adapter.layers}
-    _restore(module, keep=targets)  # the layers the new adapter fuses into are written over whole below
-    state = record_of(module).lora or LoraState({})
-    deltas: dict[str, tuple[torch.nn.Module, torch.Tensor]] = {}  # per linear layer: the adapter's product, scaled
+    # Per linear layer: itself and the adapter's (rows, down, up, scale) for it; a fused projection has several.
+    targets: dict[str, tuple[torch.nn.Module, list[tuple[slice | None, torch.Tensor, torch.Tensor, float]]]] = {}
     for layer, (down, up, layer_scale) in adapter.layers.items():
         name, linear, rows = _target(module, layer)
-        device = linear.weight.device
-        product = (up.to(device, torch.float32) @ down.to(device, torch.float32)) * (scale * layer_scale)
-        if rows is not None:  # a projection fused with its siblings: its own rows of the fused weight
-            full = deltas[name][1] if name in deltas else torch.zeros(linear.weight.shape, dtype=torch.float32, device=device)
-            full[rows] += product
-            product = full
-        deltas[name] = (linear, product)
-    _stash_new(state, {name: linear for name, (linear, _) in deltas.items()})
+        targets.setdefault(name, (linear, []))[1].append((rows, down, up, scale * layer_scale))
+    _restore(module, keep=set(targets))  # the layers the new adapter fuses into are written over whole below
+    state = record_of(module).lora or LoraState({})
+    _stash_new(state, {name: linear for name, (linear, _) in targets.items()})
     cuda = False
-    for name, (linear, delta) in deltas.items():
+    for name, (linear, parts) in targets.items():  # one layer's product at a time: a model's worth would not fit
         weight = linear.weight
         cuda = cuda or weight.is_cuda
+        delta = _product(parts, weight)
         if isinstance(linear, RowwiseFloat8Linear):
             # To the device as it is, widened there: ``.to(device, float32)`` would widen in host memory first.
             linear.requantize_(linear.source.to(weight.device, non_blocking=True).float() + delta)
@@ -212,11 +207,24 @@ def fuse_lora(module: torch.nn.Module, adapter: LoraAdapter, scale: float = 1.0)
             weight.copy_((own.to(weight.device, non_blocking=True).float() + delta).to(weight.dtype))
     if cuda:
         torch.cuda.synchronize()  # the switch's time is the device's
-    state.fused = FusedLora(adapter.name, scale, tuple(deltas), time.perf_counter() - start)
+    state.fused = FusedLora(adapter.name, scale, tuple(targets), time.perf_counter() - start)
     update(module, lora=state)
     log.info("aoti: LoRA %s fused at %.2f into %d layers of %s in %.3f s", adapter.name, scale, len(adapter.layers),
              type(module).__name__, state.fused.seconds)
     return state.fused
+
+
+def _product(parts: list[tuple[slice | None, torch.Tensor, torch.Tensor, float]], weight: torch.Tensor) -> torch.Tensor:
+    """The adapter's scaled product for one linear layer, fp32 on its device: up @ down, or for a fused
+    projection each part's in its own rows of the fused weight."""
+    device = weight.device
+    if len(parts) == 1 and parts[0][0] is None:
+        _, down, up, scale = parts[0]
+        return (up.to(device, torch.float32) @ down.to(device, torch.float32)) * scale
+    full = torch.zeros(weight.shape, dtype=torch.float32, device=device)
+    for rows, down, up, scale in parts:
+        full[rows] += (up.to(device, torch.float32) @ down.to(device, torch.float32)) * scale
+    return full
 
 
 def _stash_new(state: LoraState, linears: dict[str, torch.nn.Module]) -> None:
