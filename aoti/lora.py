@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import re
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -232,21 +233,19 @@ def _stash_new(state: LoraState, linears: dict[str, torch.nn.Module]) -> None:
     page-locked, and so are the FP8 layers' float weights (moved in place: the same tensor objects, which
     the FP8 transform's own stash holds too), so that each switch copies them at the bus's speed."""
     new = {name: linear for name, linear in linears.items() if name not in state.stash}
-    if not new:
+    own = {name: _own_tensors(linear) for name, linear in new.items()}
+    if not any(tensors[0].is_cuda for tensors in own.values()):
+        state.stash.update({name: tuple(t.clone() for t in tensors) for name, tensors in own.items()})
         return
-    if not next(iter(new.values())).weight.is_cuda:
-        state.stash.update({name: tuple(t.clone() for t in _own_tensors(linear)) for name, linear in new.items()})
-        return
-    own = pinned_copies([t for linear in new.values() for t in _own_tensors(linear)])
-    for name, linear in new.items():
-        state.stash[name], own = tuple(own[:len(_own_tensors(linear))]), own[len(_own_tensors(linear)):]
+    copies = iter(pinned_copies([t for tensors in own.values() for t in tensors]))
+    state.stash.update({name: tuple(next(copies) for _ in tensors) for name, tensors in own.items()})
     sources = [linear.source for linear in new.values() if isinstance(linear, RowwiseFloat8Linear)
                and linear.source.device.type == "cpu" and not linear.source.is_pinned()]
     for source, pinned in zip(sources, pinned_copies(sources), strict=True):
         source.set_(pinned)
 
 
-def _restore(module: torch.nn.Module, keep: set[str] = frozenset()) -> str | None:
+def _restore(module: torch.nn.Module, keep: Collection[str] = ()) -> str | None:
     """Put the module's own weights back (from the host copies) in every layer the fused adapter
     touched except those in ``keep`` (a switch writes those over anyway); the adapter's name, or None."""
     state = record_of(module).lora

@@ -31,30 +31,29 @@ class AdapterSlot:
     """``module``'s fused adapter; ``read`` turns an offered adapter (`registry.AdapterSpec`) into
     an `aoti.LoraAdapter` with the model family's own loader (diffusers' or peft's)."""
 
-    def __init__(self, model_id: str, module: Callable[[], torch.nn.Module],
+    def __init__(self, model_id: str, module: torch.nn.Module,
                  read: Callable[[registry.AdapterSpec], aoti.LoraAdapter]) -> None:
-        self.model_id, self._module, self._read = model_id, module, read
+        self.model_id, self.module, self._read = model_id, module, read
         self.kept: OrderedDict[str, aoti.LoraAdapter] = OrderedDict()  # read recently, the latest last
 
     def use(self, adapter_id: str, scale: float = 1.0) -> float:
         """Fuse adapter ``adapter_id`` at ``scale`` ("": none), unless it is fused so already; the
         seconds the switch took (0 where nothing changed). Compiled graphs read those weights."""
-        module = self._module()
-        fused = aoti.lora_of(module)
+        fused = aoti.lora_of(self.module)
         now = (fused.name, fused.scale) if fused else ("", 1.0)
         if now == (adapter_id, scale if adapter_id else 1.0):
             return 0.0
         start = time.perf_counter()
         if adapter_id:
-            aoti.fuse_lora(module, self._adapter(adapter_id), scale)
+            aoti.fuse_lora(self.module, self._adapter(adapter_id), scale)
         else:
-            aoti.unfuse_lora(module)
+            aoti.unfuse_lora(self.module)
         return time.perf_counter() - start
 
     def drop(self) -> None:
         """The module's own weights back and the host copies dropped: call before its weights change
         another way (a transform, a rebuild, a bind); the next request fuses again."""
-        aoti.unfuse_lora(self._module(), keep=False)
+        aoti.unfuse_lora(self.module, keep=False)
 
     def _adapter(self, adapter_id: str) -> aoti.LoraAdapter:
         adapter = self.kept.pop(adapter_id, None)

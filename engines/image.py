@@ -219,7 +219,7 @@ class ImageModel:
         self.denoiser: torch.nn.Module = getattr(self.pipe, spec.compile_module)
         self.status = aoti.Status(runtime="eager", reason="not compiled yet")
         self.ref: dict | None = None  # the artifact bound now (`aoti.Artifact.ref`), None when eager
-        self.adapter = AdapterSlot(spec.id, lambda: self.denoiser, self._read_adapter)
+        self.adapter = AdapterSlot(spec.id, self.denoiser, self._read_adapter)
 
     @property
     def placement(self) -> str:

@@ -245,8 +245,8 @@ def owner_adapters() -> tuple[AdapterSpec, ...]:
     a JSON list of ``{"id", "model", "source", "weight_name", "revision", "description"}``, or the path
     of a file holding one. A Hub adapter must pin ``revision`` to a commit (40 hex digits: what was
     allowed is what is downloaded), and an image model's names its file (``weight_name``); a local one
-    is an absolute path. A
-    ValueError naming the entry and what is wrong where one is not so (the app does not start)."""
+    is an absolute path. A ValueError naming the entry and what is wrong where one is not so (the app
+    does not start)."""
     text = os.environ.get(ENV_ADAPTERS, "").strip()
     if not text:
         return ()
@@ -273,9 +273,7 @@ def owner_adapters() -> tuple[AdapterSpec, ...]:
         try:
             model = get(spec.model)
         except KeyError:
-            model = None
-        if model is None:
-            raise ValueError(f"{where}: {spec.model!r} is not a model of the catalog")
+            raise ValueError(f"{where}: {spec.model!r} is not a model of the catalog") from None
         if not spec.is_local and not re.fullmatch(r"[0-9a-f]{40}", spec.revision or ""):
             raise ValueError(f"{where}: a Hub adapter ({spec.source}) needs a revision pinned to a commit (40 hex digits)")
         if not spec.is_local and model.task == "image" and not spec.weight_name:

@@ -132,8 +132,7 @@ def read_peft_adapter(spec: registry.AdapterSpec) -> aoti.LoraAdapter:
 
         inside = f"{spec.weight_name.strip('/')}/" if spec.weight_name else ""
         folder = Path(snapshot_download(spec.source, revision=spec.revision,
-                                        allow_patterns=[f"{inside}adapter_config.json", f"{inside}adapter_model.safetensors"]))
-        folder = folder / inside if inside else folder
+                                        allow_patterns=[f"{inside}adapter_config.json", f"{inside}adapter_model.safetensors"])) / inside
     return aoti.LoraAdapter.from_peft(folder, name=spec.id)
 
 
@@ -231,7 +230,7 @@ class TextModel:
         self.queue_ahead: bool | None = None
         self.pad_prompts: bool | None = None
         self._prompt_ids: dict[str, torch.Tensor] = {}  # the last prompts' token ids: a request is checked, then run
-        self.adapter = AdapterSlot(spec.id, lambda: self.model, read_peft_adapter)  # fused into the draft's target only
+        self.adapter = AdapterSlot(spec.id, self.model, read_peft_adapter)  # fused into the draft's target only
 
     @property
     def vocab_size(self) -> int:
